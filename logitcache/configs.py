@@ -1,0 +1,117 @@
+"""Helpers shared by the frozen config dataclasses: dict round-trip, strict loading, hashing."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from .errors import LogitcacheError
+
+
+def to_dict(config) -> dict:
+    """A JSON-ready dict of a (nested) config dataclass; paths become strings."""
+
+    def convert(value):
+        if dataclasses.is_dataclass(value):
+            return {f.name: convert(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, (list, tuple)):
+            return [convert(v) for v in value]
+        return value
+
+    return convert(config)
+
+
+def _coerce(key: str, annotation, value):
+    """Check `value` against a field annotation; name the key in the error."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, arg, value)
+            except LogitcacheError as exc:
+                errors.append(str(exc))
+        raise LogitcacheError(errors[0] if errors else f"config key '{key}': bad value {value!r}")
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise LogitcacheError(f"config key '{key}' must be a table, got {type(value).__name__}")
+        return from_dict(annotation, value, prefix=f"{key}.")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise LogitcacheError(f"config key '{key}' must be a list, got {type(value).__name__}")
+        inner = args[0] if args else Any
+        return tuple(_coerce(key, inner, v) for v in value)
+    if annotation is Path:
+        if not isinstance(value, (str, Path)):
+            raise LogitcacheError(f"config key '{key}' must be a path string, got {value!r}")
+        return Path(value)
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise LogitcacheError(f"config key '{key}' must be a number, got {value!r}")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise LogitcacheError(f"config key '{key}' must be an integer, got {value!r}")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise LogitcacheError(f"config key '{key}' must be true or false, got {value!r}")
+        return value
+    if annotation is str:
+        if not isinstance(value, str):
+            raise LogitcacheError(f"config key '{key}' must be a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls, data: dict, prefix: str = ""):
+    """Build a config dataclass from a dict, refusing unknown keys and wrong types by name."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            raise LogitcacheError(f"unknown config key '{prefix}{key}' (known: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(prefix + k, hints[k], v) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise LogitcacheError(f"config '{prefix.rstrip('.') or cls.__name__}': {exc}") from None
+
+
+def config_hash(config) -> str:
+    """A short stable hash of a config, used to decide whether an output matches it."""
+    blob = json.dumps(to_dict(config), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def check(condition: bool, message: str) -> None:
+    """Validation inside __post_init__: raise the one-line error type."""
+    if not condition:
+        raise LogitcacheError(message)
+
+
+def write_json_atomic(path: Path, payload) -> None:
+    """Write then rename, so a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,13 @@
+"""The one exception type the CLI turns into a single line and exit code 2."""
+
+
+class LogitcacheError(Exception):
+    """Bad input or an unusable artifact: reported as one line, never a traceback."""
+
+
+class CacheCorruptError(LogitcacheError):
+    """A cache block failed its checksum or could not be decoded."""
+
+    def __init__(self, message: str, block: int | None = None):
+        super().__init__(message)
+        self.block = block
