@@ -153,7 +153,7 @@ class CacheLayout:
     vocab_size: int
     block_rows: int
     prob_dtype: str
-    with_counts: bool = False  # sampled targets: per-id draw counts (uint8) in `sample_counts`
+    with_weights: bool = False  # sampled targets: importance weights (float16) in `sample_weights`
 
     @property
     def n_blocks(self) -> int:
@@ -184,16 +184,16 @@ def create_cache(path: Path, layout: CacheLayout, attrs: dict) -> None:
     prob_dtype = prob_storage_dtype(layout.prob_dtype)
     group.create_array("topk_probs", shape=(n, t, k), chunks=(r, t, k), dtype=prob_dtype,
                        compressors=_blosc(np.dtype(prob_dtype).itemsize), fill_value=0)
-    if layout.with_counts:
-        group.create_array("sample_counts", shape=(n, t, k), chunks=(r, t, k), dtype=np.uint8,
-                           compressors=_blosc(1), fill_value=0)
+    if layout.with_weights:
+        group.create_array("sample_weights", shape=(n, t, k), chunks=(r, t, k), dtype=np.float16,
+                           compressors=_blosc(2), fill_value=0)
     group.create_array("done", shape=(layout.n_blocks,), chunks=(1,), dtype=np.uint8, fill_value=0)
     group.create_array("checksum", shape=(layout.n_blocks,), chunks=(1,), dtype=np.uint32, fill_value=0)
     full = dict(attrs)
     full.update(
         schema_version=SCHEMA_VERSION, n_rows=n, seq_len=t, k=k, vocab_size=layout.vocab_size,
         block_rows=r, n_blocks=layout.n_blocks, prob_dtype=layout.prob_dtype,
-        with_counts=layout.with_counts,
+        with_weights=layout.with_weights,
     )
     full["encodings"] = decode_recipe(full)
     group.attrs.update({ATTRS_KEY: full})
@@ -210,7 +210,7 @@ def block_checksum(arrays: list[np.ndarray]) -> int:
 def _layout_from_attrs(attrs: dict) -> CacheLayout:
     return CacheLayout(
         n_rows=attrs["n_rows"], seq_len=attrs["seq_len"], k=attrs["k"], vocab_size=attrs["vocab_size"],
-        block_rows=attrs["block_rows"], prob_dtype=attrs["prob_dtype"], with_counts=attrs.get("with_counts", False),
+        block_rows=attrs["block_rows"], prob_dtype=attrs["prob_dtype"], with_weights=attrs.get("with_weights", False),
     )
 
 
@@ -237,7 +237,7 @@ class CacheStore:
             )
         self.layout = _layout_from_attrs(self.attrs)
         names = ["tokens", "topk_ids", "topk_probs", "done", "checksum"] + (
-            ["sample_counts"] if self.layout.with_counts else []
+            ["sample_weights"] if self.layout.with_weights else []
         )
         try:
             self.arrays = {name: self.group[name] for name in names}
@@ -258,7 +258,7 @@ class CacheStore:
             return mask
 
     def write_block(self, block: int, tokens: np.ndarray, topk_ids: np.ndarray, topk_probs: np.ndarray,
-                    counts: np.ndarray | None = None) -> None:
+                    weights: np.ndarray | None = None) -> None:
         """Encode and write one block, then its checksum, then its `done` marker (in that order)."""
         start, stop = self.layout.block_range(block)
         assert tokens.shape[0] == stop - start
@@ -268,16 +268,16 @@ class CacheStore:
         self.arrays["tokens"][start:stop] = stored[0]
         self.arrays["topk_ids"][start:stop] = stored[1]
         self.arrays["topk_probs"][start:stop] = stored[2]
-        if self.layout.with_counts:
-            stored.append(np.take_along_axis(counts, order, axis=-1).astype(np.uint8))
-            self.arrays["sample_counts"][start:stop] = stored[3]
+        if self.layout.with_weights:
+            stored.append(np.take_along_axis(weights, order, axis=-1).astype(np.float16))
+            self.arrays["sample_weights"][start:stop] = stored[3]
         self.arrays["checksum"][block] = np.uint32(block_checksum(stored))
         self.arrays["done"][block] = 1
 
     def read_stored_block(self, block: int) -> list[np.ndarray]:
         """The block's stored (encoded) arrays; raises CacheCorruptError if a chunk cannot be decoded."""
         start, stop = self.layout.block_range(block)
-        names = ["tokens", "topk_ids", "topk_probs"] + (["sample_counts"] if self.layout.with_counts else [])
+        names = ["tokens", "topk_ids", "topk_probs"] + (["sample_weights"] if self.layout.with_weights else [])
         try:
             return [self.arrays[name][start:stop] for name in names]
         except Exception as exc:
@@ -292,15 +292,15 @@ class CacheStore:
             raise CacheCorruptError(f"block {block}: checksum mismatch (stored data changed after writing)", block)
 
     def decode(self, stored: list[np.ndarray]) -> tuple[np.ndarray, ...]:
-        """Stored block -> tokens (n, T) int64, ids (n, T, K) int64, probs (n, T, K) float32 [, counts],
+        """Stored block -> tokens (n, T) int64, ids (n, T, K) int64, probs (n, T, K) float32 [, weights],
         each position sorted by decreasing probability."""
         tokens = stored[0].astype(np.int64)
         ids = decode_ids(stored[1])
         probs = normalise_topk(decode_probs(stored[2], self.layout.prob_dtype))
         order = np.argsort(-probs, axis=-1, kind="stable")
         out = [tokens, np.take_along_axis(ids, order, axis=-1), np.take_along_axis(probs, order, axis=-1)]
-        if self.layout.with_counts:
-            out.append(np.take_along_axis(stored[3].astype(np.int64), order, axis=-1))
+        if self.layout.with_weights:
+            out.append(np.take_along_axis(stored[3].astype(np.float32), order, axis=-1))
         return tuple(out)
 
     def bytes_on_disk(self) -> dict[str, int]:
@@ -406,11 +406,11 @@ def cache_summary(path: Path) -> dict:
     layout, attrs = store.layout, store.attrs
     sizes = store.bytes_on_disk()
     tokens = max(1, layout.n_rows * layout.seq_len)
-    target_names = ["topk_ids", "topk_probs"] + (["sample_counts"] if layout.with_counts else [])
+    target_names = ["topk_ids", "topk_probs"] + (["sample_weights"] if layout.with_weights else [])
     target_bytes = sum(sizes[n] for n in target_names)
     raw_per_token = layout.k * (
         np.dtype(token_dtype(layout.vocab_size)).itemsize + np.dtype(prob_storage_dtype(layout.prob_dtype)).itemsize
-        + (1 if layout.with_counts else 0)
+        + (2 if layout.with_weights else 0)
     )
     return {
         "path": str(path),

@@ -115,3 +115,21 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def prepare_output(path: Path, resume: bool = False, overwrite: bool = False) -> None:
+    """Refuse to write into a path that already holds something, unless resuming or --overwrite."""
+    import shutil
+
+    path = Path(path)
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return
+    if resume:
+        return
+    if not overwrite:
+        raise LogitcacheError(f"{path} already exists and is not empty; pass --overwrite to replace it"
+                              + (" or --resume to continue it" if path.is_dir() else ""))
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink()

@@ -1,0 +1,1 @@
+"""The `logitcache` command line (installed as the `logitcache_cli` package)."""

@@ -1,0 +1,35 @@
+"""`logitcache inspect CACHE`: what a cache holds."""
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from logitcache.cache import cache_summary
+
+from . import common as C
+
+
+@C.handle_errors
+def command(
+    cache: Annotated[Path, typer.Argument(help="A cache.zarr written by `logitcache dump`.")],
+    json_out: C.JsonOut = None,
+) -> None:
+    """Teachers, k, T, combine, rows, blocks done, bytes per token (on disk and raw), decode recipe."""
+    s = cache_summary(cache)
+    a = s["attrs"]
+    teachers = "; ".join(f"{t['arch']} {t['params'] / 1e6:.1f}M ({Path(t['path']).name})" for t in a["teachers"])
+    rows = [
+        ["teachers", teachers], ["targets", a.get("targets", "topk")], ["k (width)", a["k"]],
+        ["temperature", a["temperature"]], ["combine", a["combine"]], ["split", a["split"]],
+        ["rows x positions", f"{a['n_rows']} x {a['seq_len']}"], ["vocabulary", a["vocab_size"]],
+        ["blocks done", f"{s['blocks_done']} / {s['n_blocks']} (block = {a['block_rows']} rows)"],
+        ["prob dtype", a["prob_dtype"]], ["bytes/token on disk (targets)", s["bytes_per_token"]],
+        ["bytes/token raw", s["raw_bytes_per_token"]], ["compression ratio", s["compression_ratio"]],
+        ["full fp32 logits bytes/token", s["full_logit_bytes_per_token"]],
+        ["bytes on disk (all arrays)", s["bytes_on_disk"]], ["data fingerprint", a["data_fingerprint"][:16]],
+    ]
+    rows += [[f"decode {k}", v] for k, v in a["encodings"].items()]
+    C.print_table(f"cache {cache}", ["field", "value"], rows)
+    if json_out:
+        C.write_json(json_out, json.loads(json.dumps(s, default=str)))

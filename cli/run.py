@@ -1,0 +1,24 @@
+"""`logitcache run`: the whole pipeline from one config, ending in WORK/report.md."""
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from logitcache.run import load_run_config, run_pipeline
+
+from . import common as C
+
+
+@C.handle_errors
+def command(
+    out: Annotated[Path, typer.Option("--out", help="Work directory: every stage's output and the report.")] = Path("work/demo"),
+    config: Annotated[Optional[Path], typer.Option("--config", help="TOML config (default: configs/demo.toml, the embedded demo).")] = None,
+    force: Annotated[Optional[list[str]], typer.Option("--force", help="Redo this stage even if complete (corpus, prepare, teacher:NAME, dump, student, eval); repeatable.")] = None,
+) -> None:
+    """corpus -> prepare -> teachers -> dump -> students -> eval -> report; complete stages are skipped."""
+    run_config = load_run_config(config)
+    report = run_pipeline(run_config, out, tuple(force or ()), progress=C.progress_hook())
+    rows = [[f"teacher {t['name']}", t["params"], t["dev_ce"], t["test_ce"]] for t in report["teachers"]]
+    rows += [[f"student {k}", s["params"], s["dev_ce"], s["test_ce"]] for k, s in report["students"].items()]
+    C.print_table(f"report: {out}/report.md", ["model", "params", "dev CE", "test CE"], rows,
+                  caption=f"cache {report['cache']['bytes_per_token']:.2f} bytes/token; total {sum(report['stages'].values()):.0f} s")

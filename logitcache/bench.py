@@ -1,0 +1,199 @@
+"""`bench cache-size`: cache size against target accuracy (and student quality) for k = 1 .. 256.
+
+Every row is dumped from the same teachers over the same chunks, then compared position by
+position with the full ensemble distribution: probability mass kept, KL(full || cached target)
+where the cached target spreads its tail mass uniformly over the ids it did not keep (so the KL
+counts both truncation and quantisation, and is 0 at k = vocab), and top-1 agreement.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .cache import CacheReader, cache_summary
+from .configs import check, to_dict, write_json_atomic
+from .data import load_data
+from .dump import DumpConfig, dump
+from .ensemble import Ensemble, load_teachers
+from .progress import NULL_PROGRESS, ProgressHook
+from .student import StudentConfig, train_student
+from .train import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CacheSizeConfig:
+    data: Path
+    teachers: tuple[Path, ...]
+    out: Path
+    ks: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    prob_dtypes: tuple[str, ...] = ("log-u8",)
+    samples: tuple[int, ...] = ()  # sampled-target rows (N draws per position)
+    chunks: int = 256
+    temperature: float = 2.0
+    combine: str = "mean-logits"
+    train_steps: int = 0  # > 0: also distil a student from each cache for this many steps
+    student_preset: str = "llama-student-small"
+    student_batch_size: int = 16
+    student_lr: float = 2e-3
+    alpha: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self):
+        check(len(self.teachers) > 0, "give at least one --teacher")
+        check(all(k > 0 for k in self.ks), "every k must be positive")
+        check(all(0 < n <= 255 for n in self.samples), "every sample count must be in 1..255")
+        check(self.chunks > 0, "chunks must be positive")
+        check(self.train_steps >= 0, "train_steps must be >= 0")
+
+
+@torch.no_grad()
+def target_accuracy(reader: CacheReader, ensemble: Ensemble, rows: np.ndarray, batch_size: int = 8) -> dict:
+    """mass kept, KL(full || cached with uniform tail) and top-1 agreement, averaged over positions."""
+    vocab = ensemble.vocab_size
+    mass, kl, agree, count = 0.0, 0.0, 0, 0
+    weights_kind = reader.layout.with_weights
+    for start in range(0, rows.shape[0], batch_size):
+        stop = min(start + batch_size, rows.shape[0])
+        full = ensemble.probs(torch.from_numpy(rows[start:stop].astype(np.int64)))  # (B, T, V)
+        blocks = reader.read(start, stop) if not weights_kind else _read_weighted(reader, start, stop)
+        _, ids, probs = (torch.from_numpy(a) for a in blocks[:3])
+        target_probs = probs if not weights_kind else torch.from_numpy(blocks[3])  # sampled: the weights
+        kept = (target_probs * (ids >= 0)).sum(-1, keepdim=True).clamp(max=1.0)  # (B, T, 1)
+        k_eff = ids.shape[-1]
+        tail = (1.0 - kept).clamp(min=1e-12) / max(vocab - k_eff, 1)
+        approx = tail.expand(*full.shape).clone()
+        approx.scatter_(-1, ids, torch.zeros_like(target_probs))
+        approx.scatter_add_(-1, ids, target_probs)  # padded duplicates add 0
+        approx = approx.clamp(min=1e-12)
+        kl += float((torch.xlogy(full, full) - full * torch.log(approx)).sum())
+        mass += float(full.gather(-1, ids).mul(target_probs > 0).sum()) if weights_kind else float(probs.sum())
+        agree += int((approx.argmax(-1) == full.argmax(-1)).sum())
+        count += full.shape[0] * full.shape[1]
+    return {"mass_kept": mass / count, "kl": kl / count, "top1_agreement": agree / count}
+
+
+def _read_weighted(reader: CacheReader, start: int, stop: int):
+    """Sampled caches: (tokens, ids, p_i, weights) rows start:stop."""
+    r = reader.layout.block_rows
+    parts = [reader.read_block(b) for b in range(start // r, (stop - 1) // r + 1)]
+    arrays = [np.concatenate([p[i] for p in parts]) for i in range(4)]
+    offset = (start // r) * r
+    return [a[start - offset:stop - offset] for a in arrays]
+
+
+def _student_ce(config: CacheSizeConfig, cache: Path, out: Path, alpha: float, online: tuple = ()) -> float:
+    train = TrainConfig(lr=config.student_lr, batch_size=config.student_batch_size, max_steps=config.train_steps,
+                        warmup_steps=max(1, config.train_steps // 10), val_chunks=256, seed=config.seed)
+    report = train_student(StudentConfig(cache=cache, data=config.data, out=out, preset=config.student_preset,
+                                         alpha=alpha, online_teachers=online, train=train, shuffle_buffer=1024))
+    return report.best_val_ce
+
+
+def cache_size(config: CacheSizeConfig, progress: ProgressHook = NULL_PROGRESS) -> dict:
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_data(config.data)
+    rows = data.store.split("train")[: config.chunks]
+    teachers, _ = load_teachers(list(config.teachers), torch.device("cpu"), data.attrs["tokenizer_sha256"])
+    ensemble = Ensemble(teachers, config.combine, config.temperature, torch.device("cpu"))
+    variants = [("topk", k, dtype) for dtype in config.prob_dtypes for k in config.ks if k <= data.vocab_size]
+    variants += [("sample", n, dtype) for dtype in config.prob_dtypes for n in config.samples]
+    result_rows = []
+    for targets, width, dtype in variants:
+        name = f"{targets}{width}-{dtype}"
+        cache_path = out / "caches" / f"{name}.zarr"
+        shutil.rmtree(cache_path, ignore_errors=True)
+        dump_cfg = DumpConfig(data=config.data, teachers=config.teachers, out=cache_path, top_k=width if targets == "topk" else 1,
+                              samples=width if targets == "sample" else 16, targets=targets, temperature=config.temperature,
+                              combine=config.combine, prob_dtype=dtype, max_chunks=config.chunks, block_rows=64,
+                              seed=config.seed, device="cpu")
+        report = dump(dump_cfg, progress=progress)
+        summary = cache_summary(cache_path)
+        accuracy = target_accuracy(CacheReader(cache_path), ensemble, rows)
+        row = {"k": width, "targets": targets, "prob_dtype": dtype, "bytes_per_token": summary["bytes_per_token"],
+               "raw_bytes_per_token": summary["raw_bytes_per_token"], "compression_ratio": summary["compression_ratio"],
+               **accuracy, "dump_tokens_per_s": report.tokens_per_s, "student_ce": None}
+        if config.train_steps:
+            row["student_ce"] = _student_ce(config, cache_path, out / "students" / name, config.alpha)
+        log.info("%s: %s", name, row)
+        result_rows.append(row)
+    payload = {"rows": result_rows, "vocab_size": data.vocab_size, "chunks": int(rows.shape[0]),
+               "temperature": config.temperature, "full_logit_bytes_per_token": 4.0 * data.vocab_size,
+               "config": to_dict(config)}
+    if config.train_steps:
+        reference = out / "caches" / next(f"{t}{w}-{d}.zarr" for t, w, d in variants)
+        payload["online_full_ce"] = _student_ce(config, reference, out / "students" / "online-full", config.alpha,
+                                                tuple(config.teachers))
+        payload["baseline_ce"] = _student_ce(config, reference, out / "students" / "ce-only", 1.0)
+    write_json_atomic(out / "cache_size.json", payload)
+    (out / "cache_size.md").write_text(markdown_table(payload))
+    plot_cache_size(payload, out / "cache_size.png")
+    return payload
+
+
+def markdown_table(payload: dict) -> str:
+    lines = ["| targets | k / N | prob dtype | bytes/token | raw bytes/token | ratio | mass kept | KL (nats/token) | top-1 agr. | dump tok/s | student CE |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in payload["rows"]:
+        ce = f"{r['student_ce']:.4f}" if r["student_ce"] is not None else "-"
+        lines.append(f"| {r['targets']} | {r['k']} | {r['prob_dtype']} | {r['bytes_per_token']:.2f} | {r['raw_bytes_per_token']:.0f} | "
+                     f"{r['compression_ratio']:.1f} | {r['mass_kept']:.4f} | {r['kl']:.4f} | {r['top1_agreement']:.4f} | "
+                     f"{r['dump_tokens_per_s']:.0f} | {ce} |")
+    extra = []
+    if payload.get("online_full_ce") is not None:
+        extra.append(f"online full-vocabulary distillation: student CE {payload['online_full_ce']:.4f}")
+    if payload.get("baseline_ce") is not None:
+        extra.append(f"CE-only baseline (alpha = 1): student CE {payload['baseline_ce']:.4f}")
+    extra.append(f"full fp32 logits: {payload['full_logit_bytes_per_token']:.0f} bytes/token; T = {payload['temperature']}, "
+                 f"{payload['chunks']} chunks")
+    return "\n".join(lines) + "\n\n" + "\n\n".join(extra) + "\n"
+
+
+def plot_cache_size(payload: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    has_ce = any(r["student_ce"] is not None for r in payload["rows"])
+    fig, axes = plt.subplots(1, 3 if has_ce else 2, figsize=(15 if has_ce else 10, 4.2))
+    for targets, marker in (("topk", "o"), ("sample", "s")):
+        for dtype in sorted({r["prob_dtype"] for r in payload["rows"]}):
+            rows = [r for r in payload["rows"] if r["targets"] == targets and r["prob_dtype"] == dtype]
+            if not rows:
+                continue
+            label = f"{'top-k' if targets == 'topk' else 'sampled (N draws)'}, {dtype}"
+            axes[0].plot([r["k"] for r in rows], [r["bytes_per_token"] for r in rows], marker=marker, label=label)
+            axes[1].plot([r["bytes_per_token"] for r in rows], [max(r["kl"], 1e-6) for r in rows], marker=marker, label=label)
+            for r in rows:
+                axes[1].annotate(str(r["k"]), (r["bytes_per_token"], max(r["kl"], 1e-6)), fontsize=7,
+                                 textcoords="offset points", xytext=(3, 3))
+            if has_ce:
+                axes[2].plot([r["bytes_per_token"] for r in rows], [r["student_ce"] for r in rows], marker=marker, label=label)
+    axes[0].set(xscale="log", yscale="log", xlabel="k (ids kept per token) / N (draws)", ylabel="cache bytes per token (on disk)",
+                title="cache size")
+    axes[0].set_xscale("log", base=2)
+    axes[1].set(xscale="log", yscale="log", xlabel="cache bytes per token (on disk)", ylabel="KL(full ensemble || cached target), nats/token",
+                title="target accuracy")
+    if has_ce:
+        axes[2].set(xscale="log", xlabel="cache bytes per token (on disk)", ylabel="student validation CE (nats/token)",
+                    title="student quality")
+        if payload.get("online_full_ce") is not None:
+            axes[2].axhline(payload["online_full_ce"], color="green", linestyle="--", label="online, full vocabulary")
+        if payload.get("baseline_ce") is not None:
+            axes[2].axhline(payload["baseline_ce"], color="red", linestyle=":", label="no distillation (alpha = 1)")
+    for ax in axes:
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"logitcache: cache size vs accuracy (vocab {payload['vocab_size']}, T = {payload['temperature']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

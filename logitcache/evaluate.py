@@ -1,0 +1,182 @@
+"""`eval`: validation CE / perplexity / bits per byte, BLiMP minimal pairs, agreement with teachers."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import distributed as D
+from .configs import check
+from .data import load_data
+from .ensemble import COMBINES, Ensemble, load_teachers
+from .errors import LogitcacheError
+from .models import load_model
+from .progress import NULL_PROGRESS, ProgressHook
+from .tokenizer import BOS_ID, PAD_ID, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    models: tuple[Path, ...]
+    data: Path
+    split: str = "dev"
+    blimp: Path | None = None
+    blimp_max_pairs: int = 0  # per paradigm; 0: all
+    teachers: tuple[Path, ...] = ()
+    temperature: float = 1.0  # for agreement / KL with the teacher ensemble
+    combine: str = "mean-logits"
+    max_chunks: int = 0  # 0: the whole split
+    batch_size: int = 32
+    device: str = "auto"
+
+    def __post_init__(self):
+        check(len(self.models) > 0, "give at least one model dir")
+        check(self.split in ("train", "dev", "test"), f"split must be train|dev|test, got {self.split!r}")
+        check(self.batch_size > 0, "batch_size must be positive")
+        check(self.max_chunks >= 0, "max_chunks must be >= 0")
+        check(self.temperature > 0, "temperature must be positive")
+        check(self.combine in COMBINES, f"combine must be one of {', '.join(COMBINES)}")
+
+
+def token_byte_lengths(tokenizer) -> np.ndarray:
+    """(V,) UTF-8 bytes each token stands for (byte-level BPE: one mapped char per byte; specials 0)."""
+    lengths = np.zeros(tokenizer.get_vocab_size(), dtype=np.int64)
+    specials = {t.content for t in tokenizer.get_added_tokens_decoder().values()}
+    for token, token_id in tokenizer.get_vocab().items():
+        lengths[token_id] = 0 if token in specials else len(token)
+    return lengths
+
+
+@torch.no_grad()
+def language_model_metrics(model, rows: np.ndarray, byte_lengths: np.ndarray, batch_size: int,
+                           device: torch.device, ensemble: Ensemble | None = None,
+                           progress: ProgressHook = NULL_PROGRESS) -> dict:
+    """CE (nats/token), perplexity, bits per byte; with an ensemble, top-1 agreement and KL to it."""
+    total_nats, total_tokens, total_bytes = 0.0, 0, 0
+    agree, kl_sum, kl_count = 0, 0.0, 0
+    progress.start("eval", rows.shape[0])
+    for start in range(0, rows.shape[0], batch_size):
+        ids = torch.from_numpy(rows[start:start + batch_size].astype(np.int64)).to(device)
+        logits = model(input_ids=ids).logits.float()  # (B, T, V)
+        targets = ids[:, 1:]
+        nats = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
+        total_nats += float(nats)
+        total_tokens += targets.numel()
+        total_bytes += int(byte_lengths[targets.cpu().numpy()].sum())
+        if ensemble is not None:
+            teacher = ensemble.probs(ids)  # (B, T, V) at the ensemble's temperature
+            log_q = F.log_softmax(logits / ensemble.temperature, dim=-1)
+            agree += int((logits.argmax(-1) == teacher.argmax(-1)).sum())
+            kl_sum += float(torch.xlogy(teacher, teacher).sum() - (teacher * log_q).sum())
+            kl_count += ids.numel()
+        progress.update(ids.shape[0])
+    progress.finish()
+    ce = total_nats / max(total_tokens, 1)
+    out = {"ce": ce, "ppl": math.exp(min(ce, 50.0)), "bits_per_byte": total_nats / math.log(2) / max(total_bytes, 1),
+           "tokens": total_tokens}
+    if ensemble is not None:
+        out["teacher_top1_agreement"] = agree / max(kl_count, 1)
+        out["teacher_kl"] = kl_sum / max(kl_count, 1)
+    return out
+
+
+def load_blimp(directory: Path, max_pairs: int = 0) -> dict[str, list[dict]]:
+    """{paradigm UID: [records]} from a directory of BLiMP JSONL files."""
+    directory = Path(directory)
+    files = sorted(directory.glob("*.jsonl")) if directory.is_dir() else []
+    if not files:
+        raise LogitcacheError(f"no BLiMP *.jsonl files in {directory}")
+    paradigms: dict[str, list[dict]] = {}
+    for path in files:
+        records = []
+        for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                record["sentence_good"], record["sentence_bad"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise LogitcacheError(f"{path}:{line_no}: not a BLiMP record (needs sentence_good/sentence_bad)") from None
+            records.append(record)
+            if max_pairs and len(records) >= max_pairs:
+                break
+        paradigms[records[0].get("UID", path.stem) if records else path.stem] = records
+    return paradigms
+
+
+@torch.no_grad()
+def sentence_logprobs(model, tokenizer, sentences: list[str], device: torch.device, batch_size: int = 64) -> np.ndarray:
+    """Sum of token log-probs of each sentence given a <s> prefix. (n,) float64."""
+    encoded = [[BOS_ID] + tokenizer.encode(s, add_special_tokens=False).ids for s in sentences]
+    scores = np.zeros(len(sentences), dtype=np.float64)
+    for start in range(0, len(encoded), batch_size):
+        chunk = encoded[start:start + batch_size]
+        width = max(len(e) for e in chunk)
+        ids = torch.full((len(chunk), width), PAD_ID, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.bool)
+        for i, e in enumerate(chunk):  # right padding: causal attention never sees it
+            ids[i, :len(e)] = torch.tensor(e)
+            mask[i, :len(e)] = True
+        ids, mask = ids.to(device), mask.to(device)
+        log_probs = F.log_softmax(model(input_ids=ids).logits.float(), dim=-1)  # (B, W, V)
+        token_lp = log_probs[:, :-1].gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # (B, W-1)
+        scores[start:start + len(chunk)] = (token_lp * mask[:, 1:]).sum(-1).double().cpu().numpy()
+    return scores
+
+
+def blimp_accuracy(model, tokenizer, paradigms: dict[str, list[dict]], device: torch.device,
+                   progress: ProgressHook = NULL_PROGRESS) -> dict:
+    """Per paradigm, per linguistic term and overall accuracy; a pair counts when good > bad strictly."""
+    per_paradigm: dict[str, float] = {}
+    by_term: dict[str, list[int]] = defaultdict(list)
+    progress.start("blimp", len(paradigms))
+    for uid, records in paradigms.items():
+        good = sentence_logprobs(model, tokenizer, [r["sentence_good"] for r in records], device)
+        bad = sentence_logprobs(model, tokenizer, [r["sentence_bad"] for r in records], device)
+        correct = (good > bad).astype(int)  # a tie is a miss
+        per_paradigm[uid] = float(correct.mean())
+        for record, c in zip(records, correct):
+            by_term[record.get("linguistics_term", "unknown")].append(int(c))
+        progress.update(1)
+    progress.finish()
+    return {
+        "overall": float(np.mean(list(per_paradigm.values()))),
+        "paradigms": per_paradigm,
+        "terms": {term: float(np.mean(v)) for term, v in sorted(by_term.items())},
+    }
+
+
+def evaluate(config: EvalConfig, progress: ProgressHook = NULL_PROGRESS) -> dict:
+    device = D.pick_device(config.device, D.DistEnv())
+    data = load_data(config.data)
+    tokenizer = load_tokenizer(data.tokenizer_path)
+    rows = data.store.split(config.split)
+    if config.max_chunks:
+        rows = rows[: config.max_chunks]
+    byte_lengths = token_byte_lengths(tokenizer)
+    ensemble = None
+    if config.teachers:
+        teachers, _ = load_teachers(list(config.teachers), device, data.attrs["tokenizer_sha256"])
+        ensemble = Ensemble(teachers, config.combine, config.temperature, device)
+    paradigms = load_blimp(config.blimp, config.blimp_max_pairs) if config.blimp else None
+    results = []
+    for path in config.models:
+        model = load_model(path).to(device)
+        if int(model.config.vocab_size) != data.vocab_size:
+            raise LogitcacheError(f"model {path} has vocabulary {model.config.vocab_size}, the data {data.vocab_size}")
+        entry = {"path": str(path), "params": sum(p.numel() for p in model.parameters()), "split": config.split}
+        entry.update(language_model_metrics(model, rows, byte_lengths, config.batch_size, device, ensemble, progress))
+        if paradigms is not None:
+            entry["blimp"] = blimp_accuracy(model, tokenizer, paradigms, device, progress)
+        results.append(entry)
+        del model
+    return {"models": results}

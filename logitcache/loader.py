@@ -1,0 +1,147 @@
+"""Streaming batches from a cache: random block order, a bounded shuffle buffer, background decode.
+
+The order of an epoch is a pure function of (seed, epoch): blocks in a random order feed a shuffle
+buffer of `buffer_rows` rows from which rows leave at random. The plan is simulated on row indices
+first (cheap), so a resumed run can start at any step without decoding what came before. A
+producer thread decodes blocks (a small thread pool, `prefetch_blocks` ahead) and assembles whole
+batches (pinned on CUDA) into a queue; memory is bounded by the rows waiting in the buffer.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from . import distributed as D
+from .cache import CacheReader
+from .errors import CacheCorruptError
+
+log = logging.getLogger(__name__)
+
+
+def emission_order(n_rows: int, block_rows: int, buffer_rows: int, seed: int, epoch: int) -> np.ndarray:
+    """(n_rows,) row indices in the order one epoch emits them."""
+    rng = np.random.default_rng([seed, epoch, 7])
+    n_blocks = (n_rows + block_rows - 1) // block_rows
+    buffer: list[int] = []
+    order: list[int] = []
+    for block in rng.permutation(n_blocks):
+        buffer.extend(range(block * block_rows, min((block + 1) * block_rows, n_rows)))
+        while len(buffer) >= buffer_rows:
+            j = int(rng.integers(len(buffer)))
+            buffer[j], buffer[-1] = buffer[-1], buffer[j]
+            order.append(buffer.pop())
+    rng.shuffle(buffer)
+    order.extend(buffer)
+    return np.asarray(order, dtype=np.int64)
+
+
+class CacheRows:
+    """A `BatchSource` over a cache. `targets=False` reads tokens only (the alpha = 1 baseline)."""
+
+    def __init__(self, reader: CacheReader, seed: int, buffer_rows: int = 4096, targets: bool = True,
+                 skip_bad_blocks: bool = False, prefetch_blocks: int = 4, workers: int = 2, pin: bool = False):
+        self.reader = reader
+        self.n_rows = len(reader)
+        self.block_rows = reader.layout.block_rows
+        self.seed = seed
+        self.buffer_rows = max(1, buffer_rows)
+        self.targets = targets
+        self.skip_bad_blocks = skip_bad_blocks
+        self.prefetch_blocks = max(1, prefetch_blocks)
+        self.workers = max(1, workers)
+        self.pin = pin
+        self.skipped_blocks: set[int] = set()
+        self.with_weights = reader.layout.with_weights
+
+    def _load(self, block: int):
+        try:
+            return self.reader.read_block(block, targets=self.targets)
+        except CacheCorruptError as exc:
+            if not self.skip_bad_blocks:
+                raise
+            log.warning("skipping bad block %d: %s", block, exc)
+            return exc
+
+    def batches(self, epoch: int, start_step: int, batch_size: int, env: D.DistEnv) -> Iterator[dict]:
+        order = emission_order(self.n_rows, self.block_rows, self.buffer_rows, self.seed, epoch)
+        per_rank = batch_size // env.world
+        steps = self.n_rows // batch_size
+        plan = [np.sort(order[s * batch_size:(s + 1) * batch_size][env.rank * per_rank:(env.rank + 1) * per_rank])
+                for s in range(start_step, steps)]
+        out: queue.Queue = queue.Queue(maxsize=4)
+        stop = threading.Event()
+        thread = threading.Thread(target=self._produce, args=(plan, out, stop), daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = out.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            while thread.is_alive():  # unblock a producer waiting on a full queue
+                try:
+                    out.get_nowait()
+                except queue.Empty:
+                    thread.join(timeout=0.05)
+
+    def _produce(self, plan: list[np.ndarray], out: queue.Queue, stop: threading.Event) -> None:
+        try:
+            # blocks in order of first use; only this rank's remaining rows are kept once decoded
+            first_use = list(dict.fromkeys((np.concatenate(plan) // self.block_rows).tolist())) if plan else []
+            needed = set(np.concatenate(plan).tolist()) if plan else set()
+            rows_data: dict[int, tuple] = {}
+            with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="logitcache-decode") as pool:
+                pending: deque = deque()
+                next_block = 0
+
+                def top_up():
+                    nonlocal next_block
+                    while next_block < len(first_use) and len(pending) < self.prefetch_blocks:
+                        block = first_use[next_block]
+                        pending.append((block, pool.submit(self._load, block)))
+                        next_block += 1
+
+                loaded: set[int] = set()
+                for rows in plan:
+                    if stop.is_set():
+                        return
+                    for block in sorted(set((rows // self.block_rows).tolist())):
+                        while block not in loaded:
+                            top_up()
+                            b, future = pending.popleft()
+                            arrays = future.result()
+                            loaded.add(b)
+                            if isinstance(arrays, CacheCorruptError):
+                                self.skipped_blocks.add(b)
+                                continue
+                            start = b * self.block_rows
+                            for i in range(arrays[0].shape[0]):
+                                if start + i in needed:
+                                    rows_data[start + i] = tuple(a[i].copy() for a in arrays)
+                    parts = [rows_data.pop(r) for r in rows.tolist() if r in rows_data]
+                    top_up()
+                    if not parts:
+                        continue
+                    out.put(self._collate(parts))
+            out.put(None)
+        except BaseException as exc:  # surfaced in the consumer
+            out.put(exc)
+
+    def _collate(self, parts: list[tuple]) -> dict:
+        names = ["input_ids", "topk_ids", "topk_probs", "sample_weights"]
+        batch = {}
+        for i in range(len(parts[0])):
+            tensor = torch.from_numpy(np.stack([p[i] for p in parts]))
+            batch[names[i]] = tensor.pin_memory() if self.pin else tensor
+        return batch

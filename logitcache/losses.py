@@ -1,0 +1,108 @@
+"""Distillation losses over cached sparse targets (DESIGN.md section 5).
+
+Shapes: student logits s (B, T, V); cached ids I (B, T, K) and teacher probs p (B, T, K) at
+temperature tau, p_tail = 1 - sum_k p. Nothing here materialises a dense (B, T, V) target: the
+student's log-probs are gathered at the K ids and the tail uses a log-sum-exp over the rest.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+TAILS = ("bucket", "renormalize")
+REDUCTIONS = ("token", "paper")
+
+
+def _xlogy_ratio(p: torch.Tensor, log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """p * (log p - log q), with 0 where p == 0 (and no NaN gradient through the masked branch)."""
+    positive = p > 0
+    safe = torch.where(positive, log_p - log_q, torch.zeros_like(log_q))
+    return torch.where(positive, p * safe, torch.zeros_like(p))
+
+
+def _reduce(kl: torch.Tensor, reduction: str, mask: torch.Tensor | None) -> torch.Tensor:
+    """kl (B, T) per position -> scalar. token: mean over positions; paper: sum / B (KLDivLoss batchmean)."""
+    if mask is not None:
+        kl = kl * mask
+    if reduction == "paper":
+        return kl.sum() / kl.shape[0]
+    count = mask.sum() if mask is not None else torch.tensor(kl.numel(), device=kl.device)
+    return kl.sum() / count.clamp(min=1)
+
+
+def sparse_kl(
+    student_logits: torch.Tensor,  # (B, T, V)
+    topk_ids: torch.Tensor,  # (B, T, K) int64
+    topk_probs: torch.Tensor,  # (B, T, K) teacher probabilities at `temperature`
+    temperature: float,
+    tail: str = "bucket",
+    reduction: str = "token",
+    mask: torch.Tensor | None = None,  # (B, T) 1 for positions that count
+) -> torch.Tensor:
+    """T^2 * KL(teacher || student) over the K kept ids plus a tail bucket (or renormalised over K)."""
+    scaled = student_logits.float() / temperature  # (B, T, V)
+    lse_all = torch.logsumexp(scaled, dim=-1)  # (B, T)
+    kept = scaled.gather(-1, topk_ids)  # (B, T, K)
+    p = topk_probs.float().clamp(min=0)
+    log_p = torch.log(p.clamp(min=1e-30))
+    if tail == "renormalize":
+        lse_kept = torch.logsumexp(kept, dim=-1, keepdim=True)  # (B, T, 1)
+        p_mass = p.sum(-1, keepdim=True).clamp(min=1e-30)
+        p_norm = p / p_mass
+        kl = _xlogy_ratio(p_norm, log_p - torch.log(p_mass), kept - lse_kept).sum(-1)
+    else:
+        log_q = kept - lse_all.unsqueeze(-1)  # (B, T, K)
+        kl = _xlogy_ratio(p, log_p, log_q).sum(-1)  # (B, T)
+        p_tail = (1.0 - p.sum(-1)).clamp(min=0)  # (B, T)
+        # log q_tail = log(1 - exp(lse_kept - lse_all)); guarded where the kept ids hold everything
+        gap = (torch.logsumexp(kept, dim=-1) - lse_all).clamp(max=0)
+        has_tail = (p_tail > 0) & (gap < -1e-6)
+        safe_gap = torch.where(has_tail, gap, torch.full_like(gap, -1.0))
+        log_q_tail = torch.log(-torch.expm1(safe_gap))
+        tail_term = _xlogy_ratio(p_tail, torch.log(p_tail.clamp(min=1e-30)), log_q_tail)
+        # if the teacher puts mass in the tail but the student puts (numerically) none there, the KL
+        # is huge but finite: charge it at log q_tail = log(1e-6) rather than infinity
+        fallback = (p_tail * (torch.log(p_tail.clamp(min=1e-30)) + 13.8155)).clamp(min=0)
+        tail_term = torch.where(has_tail, tail_term, fallback)
+        kl = kl + torch.where(p_tail > 0, tail_term, torch.zeros_like(tail_term))
+    return temperature**2 * _reduce(kl, reduction, mask)
+
+
+def dense_kl(
+    student_logits: torch.Tensor,  # (B, T, V)
+    teacher_probs: torch.Tensor,  # (B, T, V) full ensemble distribution at `temperature`
+    temperature: float,
+    reduction: str = "token",
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """T^2 * KL(teacher || student) at full vocabulary (the online reference)."""
+    log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    p = teacher_probs.float()
+    kl = _xlogy_ratio(p, torch.log(p.clamp(min=1e-30)), log_q).sum(-1)
+    return temperature**2 * _reduce(kl, reduction, mask)
+
+
+def sampled_kl(
+    student_logits: torch.Tensor,  # (B, T, V)
+    sample_ids: torch.Tensor,  # (B, T, W) unique sampled ids (padding: weight 0)
+    sample_probs: torch.Tensor,  # (B, T, W) teacher p_i at `temperature`
+    sample_weights: torch.Tensor,  # (B, T, W) w_i = count_i / N * p_i / q_i (0 at padding)
+    temperature: float,
+    reduction: str = "token",
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """T^2 * sum_i w_i (log p_i - log s_i): an unbiased estimate of KL(p || s), and its gradient of the
+    full KL's gradient (Sparse Logit Sampling, Anshumann et al. 2025)."""
+    scaled = student_logits.float() / temperature
+    log_s = scaled.gather(-1, sample_ids) - torch.logsumexp(scaled, dim=-1, keepdim=True)  # (B, T, W)
+    w = sample_weights.float()
+    log_p = torch.log(sample_probs.float().clamp(min=1e-30))
+    kl = torch.where(w > 0, w * (log_p - log_s), torch.zeros_like(w)).sum(-1)  # (B, T)
+    return temperature**2 * _reduce(kl, reduction, mask)
+
+
+def retemper(topk_probs: torch.Tensor, t_cache: float, t_new: float) -> torch.Tensor:
+    """Approximate targets at another temperature: p^(t_cache / t_new) renormalised over the kept ids
+    (the tail cannot be re-tempered, so the result has no tail)."""
+    logp = torch.log(topk_probs.float().clamp(min=1e-30)) * (t_cache / t_new)
+    return torch.softmax(logp, dim=-1)

@@ -1,0 +1,138 @@
+"""The report of `run`: report.md, report.json (DESIGN.md section 9) and training-curve PNGs."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import statistics
+from pathlib import Path
+
+from .cache import cache_summary
+from .configs import write_json_atomic
+from .train import read_metrics
+
+log = logging.getLogger(__name__)
+
+
+def _by_path(results: dict, split: str) -> dict[str, dict]:
+    return {m["path"]: m for m in results[split]["models"]}
+
+
+def _model_entry(name: str, path: Path, results: dict) -> dict:
+    dev, test = _by_path(results, "dev")[str(path)], _by_path(results, "test")[str(path)]
+    entry = {"name": name, "path": str(path), "params": dev["params"], "dev_ce": dev["ce"], "test_ce": test["ce"],
+             "dev_ppl": dev["ppl"], "test_ppl": test["ppl"], "dev_bits_per_byte": dev["bits_per_byte"]}
+    if "blimp" in dev:
+        entry["blimp"] = dev["blimp"]["overall"]
+    return entry
+
+
+def _student_group(kind: str, paths: list[Path], results: dict) -> dict:
+    """One entry per student kind: the mean over seeds, plus each seed's numbers."""
+    seeds = [_model_entry(f"{kind} ({p.name})", p, results) for p in paths]
+    mean = {key: statistics.fmean(s[key] for s in seeds) for key in ("dev_ce", "test_ce", "dev_ppl", "test_ppl", "dev_bits_per_byte")}
+    if all("blimp" in s for s in seeds):
+        mean["blimp"] = statistics.fmean(s["blimp"] for s in seeds)
+    return {"name": kind, "path": str(paths[0]), "params": seeds[0]["params"], **mean, "seeds": seeds}
+
+
+def write_report(work: Path, config, teacher_dirs: list[Path], students: dict, cache: Path, results: dict,
+                 seconds: dict) -> dict:
+    teachers = [_model_entry(section.name, path, results) for section, path in zip(config.teachers, teacher_dirs)]
+    groups = {kind: _student_group(kind, paths, results) for kind, paths in students.items()}
+    summary = cache_summary(cache)
+    report = {
+        "teachers": teachers,
+        "students": groups,
+        "cache": {"path": str(cache), "bytes_per_token": summary["bytes_per_token"],
+                  "bytes_on_disk": summary["bytes_on_disk"], "full_logit_bytes": summary["full_logit_bytes_per_token"]
+                  * summary["attrs"]["n_rows"] * summary["attrs"]["seq_len"],
+                  "full_logit_bytes_per_token": summary["full_logit_bytes_per_token"], "k": summary["attrs"]["k"],
+                  "temperature": summary["attrs"]["temperature"], "prob_dtype": summary["attrs"]["prob_dtype"]},
+        "data": str(work / "data"),
+        "stages": seconds,
+    }
+    report["distillation_gain_dev_ce"] = groups["baseline"]["dev_ce"] - groups["distilled"]["dev_ce"]
+    plots = plot_curves(work, students)
+    report["plots"] = [str(p.relative_to(work)) for p in plots]
+    write_json_atomic(work / "report.json", report)
+    (work / "report.md").write_text(markdown(report))
+    return report
+
+
+def markdown(report: dict) -> str:
+    has_blimp = all("blimp" in m for m in report["teachers"])
+    head = "| model | params | dev CE | dev ppl | test CE | test ppl | dev bits/byte |" + (" BLiMP |" if has_blimp else "")
+    lines = ["# logitcache run report", "", head, "|" + "---|" * (head.count("|") - 1)]
+
+    def row(name, m):
+        cells = [name, f"{m['params'] / 1e6:.2f}M", f"{m['dev_ce']:.4f}", f"{m['dev_ppl']:.1f}", f"{m['test_ce']:.4f}",
+                 f"{m['test_ppl']:.1f}", f"{m['dev_bits_per_byte']:.4f}"]
+        if has_blimp:
+            cells.append(f"{m.get('blimp', float('nan')):.3f}")
+        return "| " + " | ".join(cells) + " |"
+
+    for t in report["teachers"]:
+        lines.append(row(f"teacher {t['name']}", t))
+    n_seeds = len(report["students"]["distilled"]["seeds"])
+    for kind in ("distilled", "baseline"):
+        label = "student, distilled from the cache" if kind == "distilled" else "student, no distillation (alpha = 1)"
+        lines.append(row(f"{label}{f' (mean of {n_seeds} seeds)' if n_seeds > 1 else ''}", report["students"][kind]))
+    if n_seeds > 1:
+        lines += ["", "| seed | distilled dev CE | baseline dev CE |", "|---|---|---|"]
+        for d, b in zip(report["students"]["distilled"]["seeds"], report["students"]["baseline"]["seeds"]):
+            lines.append(f"| {d['name'].split('seed')[-1].rstrip(')')} | {d['dev_ce']:.4f} | {b['dev_ce']:.4f} |")
+    c = report["cache"]
+    gain = report["distillation_gain_dev_ce"]
+    lines += [
+        "",
+        f"Distillation {'helps' if gain > 0 else 'does not help'}: the distilled student's dev CE is "
+        f"{abs(gain):.4f} nats/token {'lower' if gain > 0 else 'higher'} than the baseline's.",
+        "",
+        "## Cache",
+        "",
+        f"- top-{c['k']} targets at T = {c['temperature']}, probabilities as {c['prob_dtype']}",
+        f"- {c['bytes_per_token']:.2f} bytes per token on disk, against {c['full_logit_bytes_per_token']:.0f} for full fp32 logits "
+        f"({c['full_logit_bytes_per_token'] / max(c['bytes_per_token'], 1e-9):.0f}x smaller)",
+        f"- {c['bytes_on_disk'] / 1e6:.1f} MB on disk (tokens included) instead of {c['full_logit_bytes'] / 1e9:.2f} GB of full logits",
+        "",
+        "## Time per stage",
+        "",
+        "| stage | seconds |",
+        "|---|---|",
+    ]
+    lines += [f"| {name} | {sec:.0f} |" for name, sec in report["stages"].items()]
+    lines += [f"| total | {sum(report['stages'].values()):.0f} |", ""]
+    lines += [f"![{Path(p).stem}]({p})" for p in report["plots"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(work: Path, students: dict) -> list[Path]:
+    """Student training curves: CE and KL separately, and validation CE, distilled vs baseline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for kind, paths in students.items():
+        for path in paths:
+            records = read_metrics(path)
+            train = [r for r in records if "ce" in r]
+            val = [r for r in records if "val_ce" in r]
+            label = f"{kind} ({path.name.split('-')[-1]})"
+            axes[0].plot([r["step"] for r in train], [r["ce"] for r in train], label=label, alpha=0.8)
+            if any("kl" in r for r in train):
+                axes[1].plot([r["step"] for r in train], [r["kl"] for r in train], label=label, alpha=0.8)
+            axes[2].plot([r["step"] for r in val], [r["val_ce"] for r in val], marker="o", label=label)
+    axes[0].set(xlabel="step", ylabel="train CE (nats/token)", title="student CE term")
+    axes[1].set(xlabel="step", ylabel="T^2 KL(teacher || student)", title="student KL term (distilled only)")
+    axes[2].set(xlabel="step", ylabel="validation CE (nats/token)", title="student validation CE")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = work / "student_curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]

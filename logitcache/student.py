@@ -1,0 +1,147 @@
+"""`train-student`: distillation from the cache with the shared loop; no teacher in memory.
+
+Loss = alpha * CE + (1 - alpha) * T^2 * KL(teacher || student) (losses.py); CE and KL are logged
+separately. `online_teachers` computes the same targets on the fly at full vocabulary: the
+reference that offline training is measured against.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import distributed as D
+from .cache import CacheReader
+from .configs import check, to_dict
+from .data import load_data
+from .ensemble import Ensemble, load_teachers
+from .errors import LogitcacheError
+from .losses import REDUCTIONS, TAILS, dense_kl, retemper, sampled_kl, sparse_kl
+from .models import build_model, get_preset
+from .progress import NULL_PROGRESS, ProgressHook
+from .teacher import tokenizer_saver
+from .train import TrainConfig, TrainReport, autocast_for, fit, next_token_ce
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    cache: Path
+    data: Path
+    out: Path
+    preset: str = "llama-58m"
+    alpha: float = 0.5
+    temperature: float = 0.0  # 0: the cache's temperature
+    retemper: bool = False  # allow a temperature other than the cache's (approximate)
+    tail: str = "bucket"  # bucket | renormalize
+    kl_reduction: str = "token"  # token | paper
+    online_teachers: tuple[Path, ...] = ()
+    shuffle_buffer: int = 4096  # rows
+    prefetch_blocks: int = 4
+    skip_bad_blocks: bool = False
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        get_preset(self.preset)
+        check(0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}")
+        check(self.temperature >= 0, f"temperature must be positive (0: the cache's), got {self.temperature}")
+        check(self.tail in TAILS, f"tail must be one of {', '.join(TAILS)}, got {self.tail!r}")
+        check(self.kl_reduction in REDUCTIONS, f"kl_reduction must be one of {', '.join(REDUCTIONS)}, got {self.kl_reduction!r}")
+        check(self.shuffle_buffer > 0, "shuffle_buffer must be positive")
+
+
+class DistillObjective:
+    """alpha * CE + (1 - alpha) * KL against cached sparse targets (top-k + tail, or sampled)."""
+
+    def __init__(self, alpha: float, temperature: float, tail: str, reduction: str, targets: str,
+                 retemper_from: float | None = None):
+        self.alpha, self.temperature, self.tail, self.reduction = alpha, temperature, tail, reduction
+        self.targets = targets
+        self.retemper_from = retemper_from
+
+    def __call__(self, model, batch):
+        input_ids = batch["input_ids"]
+        logits = model(input_ids=input_ids).logits  # (B, T, V)
+        ce = next_token_ce(logits, input_ids)
+        if self.alpha >= 1.0:
+            return ce, {"ce": ce.detach()}
+        probs = batch["topk_probs"]
+        if self.retemper_from is not None:
+            probs = retemper(probs, self.retemper_from, self.temperature)
+        if self.targets == "sample":
+            kl = sampled_kl(logits, batch["topk_ids"], probs, batch["sample_weights"], self.temperature, self.reduction)
+        else:
+            kl = sparse_kl(logits, batch["topk_ids"], probs, self.temperature, self.tail, self.reduction)
+        loss = self.alpha * ce + (1.0 - self.alpha) * kl
+        return loss, {"ce": ce.detach(), "kl": kl.detach()}
+
+
+class OnlineObjective:
+    """The reference: the same loss with full-vocabulary targets from teachers held in memory."""
+
+    def __init__(self, ensemble: Ensemble, alpha: float, reduction: str):
+        self.ensemble, self.alpha, self.reduction = ensemble, alpha, reduction
+
+    def __call__(self, model, batch):
+        input_ids = batch["input_ids"]
+        logits = model(input_ids=input_ids).logits
+        ce = next_token_ce(logits, input_ids)
+        teacher_probs = self.ensemble.probs(input_ids)  # (B, T, V)
+        kl = dense_kl(logits, teacher_probs, self.ensemble.temperature, self.reduction)
+        return self.alpha * ce + (1.0 - self.alpha) * kl, {"ce": ce.detach(), "kl": kl.detach()}
+
+
+def check_cache_matches(reader: CacheReader, data) -> None:
+    attrs = reader.attrs
+    if attrs.get("tokenizer_sha256") != data.attrs["tokenizer_sha256"]:
+        raise LogitcacheError(f"cache {reader.store.path} was made with a different tokenizer than {data.path}")
+    if attrs.get("data_fingerprint") != data.fingerprint:
+        raise LogitcacheError(f"cache {reader.store.path} was made from other data than {data.path} (fingerprint differs)")
+    if attrs.get("vocab_size") != data.vocab_size:
+        raise LogitcacheError(f"cache vocabulary {attrs.get('vocab_size')} differs from the data's {data.vocab_size}")
+
+
+def train_student(config: StudentConfig, resume: bool = False, progress: ProgressHook = NULL_PROGRESS) -> TrainReport:
+    from .loader import CacheRows
+
+    data = load_data(config.data)
+    reader = CacheReader(config.cache, require_complete=True)
+    check_cache_matches(reader, data)
+    t_cache = float(reader.attrs["temperature"])
+    temperature = config.temperature or t_cache
+    retemper_from = None
+    if abs(temperature - t_cache) > 1e-9:
+        if not config.retemper:
+            raise LogitcacheError(
+                f"--temperature {temperature} differs from the cache's {t_cache}; pass --retemper to renormalise "
+                "p^(T_cache/T) over the kept ids (approximate), or dump a cache at this temperature")
+        if reader.attrs.get("targets") == "sample":
+            raise LogitcacheError("--retemper is not defined for sampled targets")
+        retemper_from = t_cache
+    env = D.dist_env()
+    device = D.pick_device(config.train.device, env)
+    online = bool(config.online_teachers)
+    if online:
+        models, _ = load_teachers(list(config.online_teachers), device, data.attrs["tokenizer_sha256"])
+        ensemble = Ensemble(models, reader.attrs["combine"], temperature, device, autocast_for(device, config.train.precision))
+        objective = OnlineObjective(ensemble, config.alpha, config.kl_reduction)
+    else:
+        objective = DistillObjective(config.alpha, temperature, config.tail, config.kl_reduction,
+                                     reader.attrs.get("targets", "topk"), retemper_from)
+    source = CacheRows(
+        reader, seed=config.train.seed, buffer_rows=config.shuffle_buffer,
+        targets=config.alpha < 1.0 and not online, skip_bad_blocks=config.skip_bad_blocks,
+        prefetch_blocks=config.prefetch_blocks, pin=device.type == "cuda",
+    )
+    model = build_model(get_preset(config.preset), data.vocab_size, seed=config.train.seed)
+    run_config = to_dict(config) | {"data_fingerprint": data.fingerprint, "stage": "train-student",
+                                    "cache_created": reader.attrs.get("created")}
+    report = fit(model, source, objective, config.train, config.out, data.validation_rows("dev", config.train.val_chunks),
+                 run_config, resume=resume, progress=progress, save_extra=tokenizer_saver(data))
+    if source.skipped_blocks:
+        log.warning("skipped %d bad block(s): %s", len(source.skipped_blocks), sorted(source.skipped_blocks))
+    report.skipped_blocks = sorted(source.skipped_blocks)
+    return report

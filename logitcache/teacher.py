@@ -1,0 +1,62 @@
+"""`train-teacher`: one GPT-2 or LLaMA teacher trained with the shared loop, saved in HF format."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .configs import check, to_dict
+from .data import PreparedData, load_data
+from .errors import LogitcacheError
+from .models import ARCHS, build_model, get_preset
+from .progress import NULL_PROGRESS, ProgressHook
+from .train import CEObjective, TokenRows, TrainConfig, TrainReport, fit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    data: Path
+    out: Path
+    arch: str = "llama"
+    preset: str = "llama-small"
+    vocab_size: int = 0  # 0: the data's vocabulary; otherwise it must match the data's
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        check(self.arch in ARCHS, f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        preset = get_preset(self.preset)
+        check(preset.arch == self.arch, f"preset '{self.preset}' is a {preset.arch} model, not {self.arch}")
+        check(self.vocab_size >= 0, "vocab_size must be >= 0")
+
+
+def tokenizer_saver(data: PreparedData):
+    """Writes tokenizer.json (+ a config for PreTrainedTokenizerFast) beside a saved model."""
+
+    def save(folder: Path) -> None:
+        shutil.copy2(data.tokenizer_path, Path(folder) / "tokenizer.json")
+        (Path(folder) / "tokenizer_config.json").write_text(json.dumps({
+            "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
+            "pad_token": "<pad>", "model_max_length": data.seq_len,
+        }, indent=2))
+
+    return save
+
+
+def check_vocab(data: PreparedData, vocab_size: int, what: str) -> None:
+    if vocab_size and vocab_size != data.vocab_size:
+        raise LogitcacheError(f"{what} has vocabulary {vocab_size} but the data's tokenizer has {data.vocab_size}")
+
+
+def train_teacher(config: TeacherConfig, resume: bool = False, progress: ProgressHook = NULL_PROGRESS) -> TrainReport:
+    data = load_data(config.data)
+    check_vocab(data, config.vocab_size, f"preset '{config.preset}'")
+    model = build_model(get_preset(config.preset), data.vocab_size, seed=config.train.seed)
+    run_config = to_dict(config) | {"data_fingerprint": data.fingerprint, "stage": "train-teacher"}
+    source = TokenRows(data.store.split("train"), seed=config.train.seed)
+    val_rows = data.validation_rows("dev", config.train.val_chunks)
+    return fit(model, source, CEObjective(), config.train, config.out, val_rows, run_config, resume=resume,
+               progress=progress, save_extra=tokenizer_saver(data))
