@@ -3,7 +3,7 @@
 Cache layout (DESIGN.md section 4): one Zarr v3 group, rows = chunks, T = positions, K = kept ids.
   tokens      (N, T)    uint16/uint32      the input chunks
   topk_ids    (N, T, K) uint16/uint32      ids sorted ascending per position, stored as deltas
-  topk_probs  (N, T, K) float16 | uint8    probabilities in the same (id) order; `log-u8` stores
+  topk_probs  (N, T, K) float16 | uint8    probabilities in the same (id) order; `log-uB` stores
                                            round(-log(p) / step) so p = exp(-code * step)
   done        (B,)      uint8              1 once block b's data and checksum are written
   checksum    (B,)      uint32             crc32c over block b's stored (encoded) arrays
@@ -32,9 +32,15 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 ATTRS_KEY = "logitcache"
-LOG_U8_RANGE_NATS = 16.0  # log-u8 covers p in [e^-16, 1]; smaller probabilities clip to e^-16
-LOG_U8_STEP = LOG_U8_RANGE_NATS / 255.0
-PROB_DTYPES = ("float32", "float16", "log-u8")
+LOG_RANGE_NATS = 16.0  # log codes cover p in [e^-16, 1]; smaller probabilities clip to e^-16
+# log-uB: B-bit codes of -log(p) (2^B levels over 16 nats), stored as uint8; the entropy coder drops
+# the unused bits. Rounding in log space costs about step^2 / 24 nats of KL per token.
+LOG_LEVELS = {"log-u8": 256, "log-u7": 128, "log-u6": 64}
+PROB_DTYPES = ("float32", "float16", *LOG_LEVELS)
+
+
+def log_step(prob_dtype: str) -> float:
+    return LOG_RANGE_NATS / (LOG_LEVELS[prob_dtype] - 1)
 
 
 # ----------------------------------------------------------------------------- token store
@@ -104,30 +110,31 @@ def encode_probs(probs: np.ndarray, prob_dtype: str) -> np.ndarray:
         return probs.astype(np.float32)
     if prob_dtype == "float16":
         return probs.astype(np.float16)
-    if prob_dtype == "log-u8":
+    if prob_dtype in LOG_LEVELS:
+        top = LOG_LEVELS[prob_dtype] - 1
         with np.errstate(divide="ignore"):
-            codes = np.rint(-np.log(probs.astype(np.float64)) / LOG_U8_STEP)
-        return np.clip(np.nan_to_num(codes, nan=255, posinf=255), 0, 255).astype(np.uint8)
+            codes = np.rint(-np.log(probs.astype(np.float64)) / log_step(prob_dtype))
+        return np.clip(np.nan_to_num(codes, nan=top, posinf=top), 0, top).astype(np.uint8)
     raise LogitcacheError(f"unknown prob dtype '{prob_dtype}' (choose from {', '.join(PROB_DTYPES)})")
 
 
 def decode_probs(stored: np.ndarray, prob_dtype: str) -> np.ndarray:
-    if prob_dtype == "log-u8":
-        return np.exp(-stored.astype(np.float32) * np.float32(LOG_U8_STEP))
+    if prob_dtype in LOG_LEVELS:
+        return np.exp(-stored.astype(np.float32) * np.float32(log_step(prob_dtype)))
     return stored.astype(np.float32)
 
 
 def prob_storage_dtype(prob_dtype: str):
-    return {"float32": np.float32, "float16": np.float16, "log-u8": np.uint8}[prob_dtype]
+    return {"float32": np.float32, "float16": np.float16}.get(prob_dtype, np.uint8)
 
 
 def decode_recipe(attrs: dict) -> dict:
     """How to decode the stored arrays without this package (also saved in the attributes)."""
-    probs = {
-        "float32": "p = topk_probs",
-        "float16": "p = float32(topk_probs)",
-        "log-u8": f"p = exp(-float32(topk_probs) * {LOG_U8_STEP!r})  # step = {LOG_U8_RANGE_NATS}/255 nats",
-    }[attrs["prob_dtype"]]
+    dtype = attrs["prob_dtype"]
+    if dtype in LOG_LEVELS:
+        probs = f"p = exp(-float32(topk_probs) * {log_step(dtype)!r})  # step = {LOG_RANGE_NATS}/{LOG_LEVELS[dtype] - 1} nats"
+    else:
+        probs = "p = float32(topk_probs)"
     return {
         "topk_ids": "ids = cumsum(topk_ids, axis=-1)  # ids ascending per position",
         "topk_probs": probs + "  # same order as ids",
