@@ -38,7 +38,13 @@ app.command("run")(run.command)
 
 def main() -> None:
     tune_malloc()
-    app()
+    try:
+        app()
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

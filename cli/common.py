@@ -96,6 +96,10 @@ def progress_hook() -> ProgressHook:
 
 
 def print_table(title: str, columns: list[str], rows: list[list], caption: str | None = None) -> None:
+    import os
+
+    if int(os.environ.get("RANK", 0)) != 0:  # under torchrun, rank 0 reports
+        return
     table = Table(title=title, caption=caption)
     for column in columns:
         table.add_column(column, overflow="fold")

@@ -437,3 +437,9 @@ def same_attrs(a: dict, b: dict, ignore: tuple[str, ...] = ("package_version", "
     """Keys whose values differ between two attribute dicts (for --resume checks)."""
     keys = set(a) | set(b)
     return sorted(k for k in keys if k not in ignore and json.dumps(a.get(k), sort_keys=True) != json.dumps(b.get(k), sort_keys=True))
+
+
+def block_chunk_path(path: Path, array: str, block: int) -> Path:
+    """The storage file of one block of one array (Zarr v3 default chunk keys: c/<block>/0/...)."""
+    ndim = {"tokens": 2, "done": 1, "checksum": 1}.get(array, 3)
+    return Path(path, array, "c", str(block), *(["0"] * (ndim - 1)))

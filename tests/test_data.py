@@ -1,0 +1,92 @@
+import json
+
+import numpy as np
+import pytest
+from transformers import PreTrainedTokenizerFast
+
+from logitcache.cleaners import cleaner_for
+from logitcache.data import PrepareConfig, chunk, load_data, prepare, validation_indices
+from logitcache.errors import LogitcacheError
+from logitcache.tokenizer import EOS_ID, load_tokenizer
+
+
+def test_chunking_keeps_every_token():
+    ids = np.arange(1000)
+    chunks = chunk(ids, 128)
+    assert chunks.shape == (7, 128)
+    assert np.array_equal(chunks.reshape(-1), ids[:896])  # contiguous, in order, remainder dropped
+
+
+def test_store_layout_and_attributes(tiny_data):
+    data = load_data(tiny_data)
+    attrs = data.attrs
+    assert attrs["seq_len"] == 32 and attrs["vocab_size"] == 300
+    assert set(attrs["sources"]) == {"childes", "stories"}
+    for split in ("train", "dev", "test"):
+        rows = data.store.split(split)
+        assert rows.dtype == np.uint16 and rows.shape[1] == 32 and rows.shape[0] > 0
+    assert len(attrs["fingerprint"]) == 64
+
+
+def test_decoding_the_store_reproduces_cleaned_text(tiny_raw, tiny_data):
+    data = load_data(tiny_data)
+    tokenizer = load_tokenizer(data.tokenizer_path)
+    ids = data.store.split("train").reshape(-1).tolist()
+    # sources are joined in sorted order with </s>; the final remainder (< 32 tokens) is dropped
+    documents = tokenizer.decode(ids, skip_special_tokens=False).split("</s>")
+    expected = [cleaner_for(s)((tiny_raw / f"{s}.train").read_text()) for s in ("childes", "stories")]
+    assert documents[0] == expected[0]
+    assert expected[1].startswith(documents[1]) and len(expected[1]) - len(documents[1]) < 32 * 8
+
+
+def test_tokenizer_specials_and_transformers_loading(tiny_data):
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(tiny_data / "tokenizer.json"))
+    assert tok.convert_tokens_to_ids(["<pad>", "<s>", "</s>"]) == [0, 1, 2]
+    assert tok.decode(tok.encode("The cat sees a dog.")) == "The cat sees a dog."
+
+
+def test_tokenizer_is_trained_on_train_only(tmp_path, tiny_raw):
+    import shutil
+
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_raw, raw)
+    (raw / "stories.dev").write_text("zyzzyva quixotic zyzzyva quixotic\n" * 300)
+    prepare(PrepareConfig(data=raw, out=tmp_path / "data", vocab_size=300, seq_len=32))
+    vocab = json.loads((tmp_path / "data" / "tokenizer.json").read_text())["model"]["vocab"]
+    assert not any("zyzz" in token for token in vocab)
+
+
+def test_prepare_report_counts(tmp_path, tiny_raw):
+    report = prepare(PrepareConfig(data=tiny_raw, out=tmp_path / "d", vocab_size=300, seq_len=32))
+    payload = report.to_json()
+    assert set(payload) >= {"splits", "vocab_size", "fingerprint", "sources"}
+    total = sum(s["tokens"] for s in payload["sources"].values())
+    chunks = sum(v["chunks"] for v in payload["splits"].values())
+    assert chunks * 32 <= total + 3 and payload["splits"]["train"]["tokens"] == payload["splits"]["train"]["chunks"] * 32
+
+
+def test_bad_bytes_are_replaced_and_counted(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "x.train").write_bytes(b"hello \xff\xfe world\n" * 200)
+    report = prepare(PrepareConfig(data=raw, out=tmp_path / "d", vocab_size=280, seq_len=8))
+    assert report.sources["x"]["replaced_bytes"] == 400
+
+
+def test_validation_subset_is_fixed():
+    a, b = validation_indices(20000, 8192, 0), validation_indices(20000, 8192, 0)
+    assert np.array_equal(a, b) and len(np.unique(a)) == 8192
+    assert np.array_equal(validation_indices(100, 8192), np.arange(100))
+
+
+def test_missing_or_empty_raw_dir(tmp_path):
+    with pytest.raises(LogitcacheError, match="does not exist"):
+        prepare(PrepareConfig(data=tmp_path / "nope", out=tmp_path / "d"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LogitcacheError, match="train"):
+        prepare(PrepareConfig(data=tmp_path / "empty", out=tmp_path / "d"))
+
+
+def test_documents_are_joined_with_eos(tiny_data):
+    ids = load_data(tiny_data).store.split("train").reshape(-1)
+    assert (ids == EOS_ID).sum() >= 1

@@ -1,0 +1,160 @@
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from conftest import dump_config
+from logitcache import open_cache
+from logitcache.cache import CacheStore, verify_cache
+from logitcache.data import load_data
+from logitcache.dump import dump
+from logitcache.ensemble import Ensemble
+from logitcache.errors import LogitcacheError
+from logitcache.models import build_model, get_preset, load_model
+
+ARRAYS = ("tokens", "topk_ids", "topk_probs", "done", "checksum")
+
+
+def stored_arrays(path):
+    group = zarr.open_group(str(path), mode="r")
+    names = ARRAYS + (("sample_weights",) if "sample_weights" in group else ())
+    return {name: group[name][:] for name in names}
+
+
+def assert_same_store(a, b):
+    xa, xb = stored_arrays(a), stored_arrays(b)
+    assert xa.keys() == xb.keys()
+    for name in xa:
+        assert np.array_equal(xa[name], xb[name]), name
+
+
+def full_ensemble(tiny_data, tiny_teachers, combine="mean-logits", temperature=2.0, rows=40):
+    tokens = load_data(tiny_data).store.split("train")[:rows]
+    models = [load_model(t) for t in tiny_teachers]
+    ensemble = Ensemble(models, combine, temperature, torch.device("cpu"))
+    return tokens, ensemble.probs(torch.from_numpy(tokens.astype(np.int64)))
+
+
+@pytest.mark.parametrize("combine", ["mean-logits", "mean-probs"])
+def test_k_equal_vocab_float32_is_the_full_ensemble(tmp_path, tiny_data, tiny_teachers, combine):
+    out = tmp_path / "full.zarr"
+    dump(dump_config(tiny_data, tiny_teachers, out, top_k=300, prob_dtype="float32", combine=combine, max_chunks=16))
+    tokens, full = full_ensemble(tiny_data, tiny_teachers, combine, rows=16)
+    got_tokens, ids, probs = open_cache(out).read(0, 16)
+    dense = np.zeros_like(full.numpy())
+    np.put_along_axis(dense, ids, probs, -1)
+    assert np.array_equal(got_tokens, tokens.astype(np.int64))
+    assert np.allclose(dense, full.numpy(), atol=1e-6)
+    if combine == "mean-probs":  # the average of per-teacher softmaxes, computed directly
+        models = [load_model(t) for t in tiny_teachers]
+        with torch.no_grad():
+            direct = sum(torch.softmax(m(torch.from_numpy(tokens.astype(np.int64))).logits / 2.0, -1) for m in models) / 2
+        assert np.allclose(dense, direct.numpy(), atol=1e-5)
+
+
+def test_cache_attributes_and_integrity(tiny_cache, tiny_data):
+    reader = open_cache(tiny_cache)
+    attrs = reader.attrs
+    assert attrs["k"] == 8 and attrs["temperature"] == 2.0 and attrs["combine"] == "mean-logits"
+    assert attrs["data_fingerprint"] == load_data(tiny_data).fingerprint
+    assert [t["arch"] for t in attrs["teachers"]] == ["llama", "gpt2"]
+    assert all(len(t["sha256"]) == 64 and t["params"] > 0 for t in attrs["teachers"])
+    assert attrs["config"]["top_k"] == 8
+    assert verify_cache(tiny_cache) == []
+    _, ids, probs = reader.read(0, len(reader))
+    assert (np.diff(probs, axis=-1) <= 0).all() and (probs.sum(-1) <= 1 + 1e-6).all()
+
+
+def test_topk_log_codes_are_close_to_exact(tmp_path, tiny_data, tiny_teachers):
+    exact, coded = tmp_path / "exact.zarr", tmp_path / "coded.zarr"
+    dump(dump_config(tiny_data, tiny_teachers, exact, prob_dtype="float32"))
+    dump(dump_config(tiny_data, tiny_teachers, coded, prob_dtype="log-u7"))
+    _, ids_a, p = open_cache(exact).read(0, 40)
+    _, ids_b, q = open_cache(coded).read(0, 40)
+    assert np.array_equal(np.sort(ids_a, -1), np.sort(ids_b, -1))
+    order_a, order_b = np.argsort(ids_a, -1), np.argsort(ids_b, -1)
+    p, q = np.take_along_axis(p, order_a, -1), np.take_along_axis(q, order_b, -1)
+    pt, qt = 1 - p.sum(-1), np.maximum(1 - q.sum(-1), 1e-12)
+    kl = (p * np.log(p / q)).sum(-1) + pt * np.log(np.maximum(pt, 1e-12) / qt)
+    assert kl.mean() < 0.01
+
+
+def test_resumed_dump_equals_single_shot_after_a_write_failure(tmp_path, tiny_data, tiny_teachers, tiny_cache, monkeypatch):
+    """A failing store (disk full) stops the dump with a clear error; --resume completes it identically."""
+    out = tmp_path / "c.zarr"
+    original = CacheStore.write_block
+    written = []
+
+    def failing(self, block, *args, **kwargs):
+        if len(written) == 2:
+            raise OSError(28, "No space left on device")
+        original(self, block, *args, **kwargs)
+        written.append(block)
+
+    monkeypatch.setattr(CacheStore, "write_block", failing)
+    with pytest.raises(LogitcacheError, match="No space left.*--resume"):
+        dump(dump_config(tiny_data, tiny_teachers, out))
+    monkeypatch.setattr(CacheStore, "write_block", original)
+    done_before = stored_arrays(out)["done"]
+    assert done_before.sum() == 2
+    with pytest.raises(LogitcacheError, match="incomplete"):
+        open_cache(out)
+    report = dump(dump_config(tiny_data, tiny_teachers, out), resume=True)
+    assert report.blocks_skipped == 2 and report.blocks_written == 3
+    assert_same_store(out, tiny_cache)
+
+
+def test_ranks_write_disjoint_blocks_and_match_one_process(tmp_path, tiny_data, tiny_teachers, tiny_cache, monkeypatch):
+    out = tmp_path / "c.zarr"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        report = dump(dump_config(tiny_data, tiny_teachers, out), resume=rank == 1)
+        assert report.blocks_written == (3 if rank == 0 else 2)
+    assert_same_store(out, tiny_cache)
+
+
+def test_second_writer_without_resume_is_refused(tiny_data, tiny_teachers, tiny_cache):
+    before = stored_arrays(tiny_cache)
+    with pytest.raises(LogitcacheError, match="already exists"):
+        dump(dump_config(tiny_data, tiny_teachers, tiny_cache))
+    assert_same_store(tiny_cache, tiny_cache)
+    after = stored_arrays(tiny_cache)
+    assert all(np.array_equal(before[n], after[n]) for n in before)
+
+
+def test_resume_with_another_config_is_refused(tmp_path, tiny_data, tiny_teachers, copy_of, tiny_cache):
+    cache = copy_of(tiny_cache)
+    with pytest.raises(LogitcacheError, match="different config"):
+        dump(dump_config(tiny_data, tiny_teachers, cache, temperature=1.0), resume=True)
+
+
+def test_teachers_that_disagree_on_vocabulary_are_refused(tmp_path, tiny_data, tiny_teachers):
+    other = tmp_path / "other"
+    build_model(get_preset("llama-tiny"), 400).save_pretrained(str(other))
+    with pytest.raises(LogitcacheError, match="disagree on vocabulary"):
+        dump(dump_config(tiny_data, (tiny_teachers[0], other), tmp_path / "c.zarr"))
+    assert not (tmp_path / "c.zarr").exists()
+
+
+def test_not_a_causal_lm_and_k_above_vocab_are_refused(tmp_path, tiny_data, tiny_teachers):
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "config.json").write_text('{"model_type": "not-a-model"}')
+    with pytest.raises(LogitcacheError, match="not a loadable causal LM"):
+        dump(dump_config(tiny_data, (tmp_path / "junk",), tmp_path / "c.zarr"))
+    with pytest.raises(LogitcacheError, match="larger than the vocabulary"):
+        dump(dump_config(tiny_data, tiny_teachers, tmp_path / "c.zarr", top_k=301))
+
+
+def test_sampled_dump_is_deterministic_across_resume_and_ranks(tmp_path, tiny_data, tiny_teachers, monkeypatch):
+    single, ranked = tmp_path / "single.zarr", tmp_path / "ranked.zarr"
+    dump(dump_config(tiny_data, tiny_teachers, single, targets="sample", samples=12, max_chunks=24))
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    for rank in (0, 2, 1):  # rank 0 creates the store; the others only need their rank
+        monkeypatch.setenv("RANK", str(rank))
+        dump(dump_config(tiny_data, tiny_teachers, ranked, targets="sample", samples=12, max_chunks=24))
+    assert_same_store(single, ranked)
+    reader = open_cache(single)
+    assert reader.attrs["targets"] == "sample" and reader.layout.with_weights
+    _, ids, probs, weights = reader.read_block(0)
+    assert np.allclose(weights.sum(-1), 1.0, atol=1e-3)  # q = p: weights are counts / N

@@ -1,0 +1,110 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from conftest import tiny_train
+from logitcache.errors import LogitcacheError
+from logitcache.models import PRESETS, count_params
+from logitcache.teacher import TeacherConfig, train_teacher
+from logitcache.train import read_metrics
+
+
+def test_paper_presets_match_the_paper():
+    # GPT-2 705M, LLaMA 360M, LLaMA 58M: within 2%, counted on the meta device (no allocation)
+    for name, expected in (("gpt2-705m", 705e6), ("llama-360m", 360e6), ("llama-58m", 58e6)):
+        assert abs(count_params(PRESETS[name], 16000) - expected) / expected < 0.02, name
+
+
+def test_loss_falls_and_model_loads_in_plain_transformers(tmp_path, tiny_data):
+    out = tmp_path / "t"
+    report = train_teacher(TeacherConfig(data=tiny_data, out=out, arch="llama", preset="llama-tiny", train=tiny_train(30)))
+    losses = [r["loss"] for r in read_metrics(out) if "loss" in r]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
+    vals = [r["val_ce"] for r in read_metrics(out) if "val_ce" in r]
+    assert report.best_val_ce == min(vals)
+    model = AutoModelForCausalLM.from_pretrained(str(out))
+    best = AutoModelForCausalLM.from_pretrained(str(out / "best"))
+    ids = torch.randint(3, 300, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, best(ids).logits)
+    assert json.loads((out / "config.json").read_text())["bos_token_id"] == 1
+    assert (out / "tokenizer.json").is_file() and (out / "logitcache_config.json").is_file()
+
+
+def test_resume_gives_the_same_weights_and_losses(tmp_path, tiny_data):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    train = tiny_train(12, checkpoint_every=5)
+    train_teacher(TeacherConfig(data=tiny_data, out=full, arch="gpt2", preset="gpt2-tiny", train=train))
+    # the interrupted run: same config, stopped after the step-5 checkpoint (state as a kill would leave it)
+    import logitcache.train as T
+
+    original = T.save_checkpoint
+    calls = []
+
+    def save_then_die(out, state):
+        original(out, state)
+        calls.append(state["step"])
+        if state["step"] == 5:
+            raise KeyboardInterrupt
+
+    T.save_checkpoint = save_then_die
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_teacher(TeacherConfig(data=tiny_data, out=cut, arch="gpt2", preset="gpt2-tiny", train=train))
+    finally:
+        T.save_checkpoint = original
+    assert calls == [5]
+    train_teacher(TeacherConfig(data=tiny_data, out=cut, arch="gpt2", preset="gpt2-tiny", train=train), resume=True)
+    a, b = AutoModelForCausalLM.from_pretrained(str(full)), AutoModelForCausalLM.from_pretrained(str(cut))
+    for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.allclose(pa, pb, atol=1e-6), name
+    la = [r["loss"] for r in read_metrics(full) if "loss" in r]
+    lb = [r["loss"] for r in read_metrics(cut) if "loss" in r]
+    assert len(la) == len(lb) == 12 and max(abs(x - y) for x, y in zip(la, lb)) < 1e-5
+
+
+def test_resume_with_another_config_is_refused(tmp_path, tiny_data):
+    out = tmp_path / "t"
+    train_teacher(TeacherConfig(data=tiny_data, out=out, arch="llama", preset="llama-tiny", train=tiny_train(3)))
+    with pytest.raises(LogitcacheError, match="different config"):
+        train_teacher(TeacherConfig(data=tiny_data, out=out, arch="llama", preset="llama-tiny",
+                                    train=tiny_train(3, lr=1e-2)), resume=True)
+
+
+def test_vocabulary_mismatch_is_refused(tmp_path, tiny_data):
+    with pytest.raises(LogitcacheError, match="vocabulary"):
+        train_teacher(TeacherConfig(data=tiny_data, out=tmp_path / "t", arch="llama", preset="llama-tiny",
+                                    vocab_size=16000, train=tiny_train(2)))
+
+
+def test_preset_arch_mismatch_is_refused(tiny_data, tmp_path):
+    with pytest.raises(LogitcacheError, match="is a llama model"):
+        TeacherConfig(data=tiny_data, out=tmp_path, arch="gpt2", preset="llama-tiny")
+
+
+def run_cli(args, nproc=1, env_extra=None):
+    env = dict(os.environ, OMP_NUM_THREADS="1", **(env_extra or {}))
+    prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), "-m"] \
+        if nproc > 1 else [sys.executable, "-m"]
+    return subprocess.run(prefix + ["logitcache_cli", *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_ddp_two_processes_follow_the_single_process_curve(tmp_path, tiny_data):
+    common = ["train-teacher", "--data", str(tiny_data), "--arch", "llama", "--preset", "llama-tiny", "--batch-size", "8",
+              "--max-steps", "6", "--warmup-steps", "2", "--lr", "3e-3", "--val-chunks", "16", "--device", "cpu"]
+    one = run_cli(common + ["--out", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = run_cli(common + ["--out", str(tmp_path / "two")], nproc=2)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a = [r for r in read_metrics(tmp_path / "one") if "loss" in r]
+    b = [r for r in read_metrics(tmp_path / "two") if "loss" in r]
+    assert len(a) == len(b) == 6
+    assert max(abs(x["loss"] - y["loss"]) for x, y in zip(a, b)) < 1e-4
+    va = [r["val_ce"] for r in read_metrics(tmp_path / "one") if "val_ce" in r]
+    vb = [r["val_ce"] for r in read_metrics(tmp_path / "two") if "val_ce" in r]
+    assert abs(va[-1] - vb[-1]) < 1e-4
