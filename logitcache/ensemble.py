@@ -40,7 +40,7 @@ class Ensemble:
             self._buffers[name] = buf
         return buf
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def _logits_into(self, i: int, input_ids: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """Teacher i's logits (B, T, V) written into `out` (no fresh (B, T, V) allocation)."""
         model = self.models[i]
@@ -52,7 +52,7 @@ class Ensemble:
             out.add_(bias.float())
         return out
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def _combined(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """(B, T, V) buffer holding mean-logits / T (is_prob False) or mean-probs (is_prob True)."""
         shape = (*input_ids.shape, self.vocab_size)
@@ -76,7 +76,7 @@ class Ensemble:
         acc.mul_(1.0 / len(self.models))
         return acc, True
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def topk(self, input_ids: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k ids (B, T, K) int64 and their ensemble probabilities (B, T, K) float32, decreasing."""
         acc, is_prob = self._combined(input_ids)
@@ -87,7 +87,7 @@ class Ensemble:
         denom = acc.sub_(top_max).exp_().sum(-1, keepdim=True)  # destroys acc; top-k already taken
         return top_ids, torch.exp(top_vals - top_max) / denom
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def probs(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The full ensemble distribution at T, (B, T, V) float32 (a fresh tensor the caller may keep)."""
         acc, is_prob = self._combined(input_ids)

@@ -94,10 +94,10 @@ class RunConfig:
 
 
 def default_config_path() -> Path:
-    """configs/demo.toml, shipped inside the package as `logitcache.configs`."""
+    """configs/demo.toml, shipped inside the package as `logitcache.run_configs`."""
     from importlib.resources import files
 
-    return Path(str(files("logitcache.configs") / "demo.toml"))
+    return Path(str(files("logitcache.run_configs") / "demo.toml"))
 
 
 def load_run_config(path: Path | None) -> RunConfig:

@@ -1,0 +1,138 @@
+import numpy as np
+import pytest
+import torch
+
+from conftest import dump_config, tiny_train
+from logitcache import open_cache
+from logitcache.cache import CacheReader, block_chunk_path
+from logitcache.data import PrepareConfig, load_data, prepare
+from logitcache.dump import dump
+from logitcache.ensemble import Ensemble
+from logitcache.errors import CacheCorruptError, LogitcacheError
+from logitcache.loader import CacheRows, emission_order
+from logitcache.distributed import DistEnv
+from logitcache.models import build_model, get_preset, load_model
+from logitcache.student import DistillObjective, OnlineObjective, StudentConfig, train_student
+from logitcache.train import read_metrics
+
+
+def test_emission_order_is_a_new_permutation_each_epoch():
+    a, b = emission_order(1000, 64, 200, seed=0, epoch=0), emission_order(1000, 64, 200, seed=0, epoch=1)
+    assert sorted(a.tolist()) == list(range(1000)) and sorted(b.tolist()) == list(range(1000))
+    assert not np.array_equal(a, b)
+    assert np.array_equal(a, emission_order(1000, 64, 200, seed=0, epoch=0))
+
+
+def test_loader_yields_every_row_once_and_resumes_exactly(tiny_cache):
+    source = CacheRows(CacheReader(tiny_cache), seed=3, buffer_rows=12)
+    batches = list(source.batches(0, 0, 8, DistEnv()))
+    rows = np.concatenate([b["input_ids"].numpy() for b in batches])
+    tokens, _, _ = open_cache(tiny_cache).read(0, 40)
+    assert rows.shape == (40, 32)
+    assert sorted(map(tuple, rows.tolist())) == sorted(map(tuple, tokens.tolist()))
+    tail = list(source.batches(0, 2, 8, DistEnv()))
+    assert len(tail) == 3
+    for x, y in zip(tail, batches[2:]):
+        assert all(torch.equal(x[k], y[k]) for k in x)
+
+
+def test_loader_ranks_split_each_global_batch(tiny_cache):
+    source = CacheRows(CacheReader(tiny_cache), seed=1, buffer_rows=12)
+    whole = list(source.batches(0, 0, 8, DistEnv()))
+    halves = [list(source.batches(0, 0, 8, DistEnv(rank=r, world=2))) for r in (0, 1)]
+    for full, a, b in zip(whole, *halves):
+        merged = torch.cat([a["input_ids"], b["input_ids"]])
+        assert sorted(map(tuple, merged.tolist())) == sorted(map(tuple, full["input_ids"].tolist()))
+
+
+def test_baseline_reads_no_targets(tiny_cache):
+    batch = next(CacheRows(CacheReader(tiny_cache), seed=0, targets=False).batches(0, 0, 8, DistEnv()))
+    assert set(batch) == {"input_ids"}
+
+
+def test_offline_loss_with_k_equal_vocab_equals_online_loss(tmp_path, tiny_data, tiny_teachers):
+    cache = tmp_path / "full.zarr"
+    dump(dump_config(tiny_data, tiny_teachers, cache, top_k=300, prob_dtype="float32", max_chunks=8))
+    tokens, ids, probs = open_cache(cache).read(0, 8)
+    student = build_model(get_preset("llama-tiny"), 300, seed=5)
+    batch = {"input_ids": torch.from_numpy(tokens), "topk_ids": torch.from_numpy(ids), "topk_probs": torch.from_numpy(probs)}
+    ensemble = Ensemble([load_model(t) for t in tiny_teachers], "mean-logits", 2.0, torch.device("cpu"))
+    for reduction in ("token", "paper"):
+        offline, m_off = DistillObjective(0.5, 2.0, "bucket", reduction, "topk")(student, batch)
+        online, m_on = OnlineObjective(ensemble, 0.5, reduction)(student, batch)
+        assert torch.allclose(offline, online, atol=1e-5) and torch.allclose(m_off["kl"], m_on["kl"], atol=1e-5)
+
+
+def test_student_trains_from_the_cache_and_logs_ce_and_kl(tmp_path, tiny_data, tiny_cache):
+    out = tmp_path / "s"
+    report = train_student(StudentConfig(cache=tiny_cache, data=tiny_data, out=out, preset="llama-tiny", alpha=0.5,
+                                         shuffle_buffer=16, train=tiny_train(10)))
+    records = [r for r in read_metrics(out) if "loss" in r]
+    assert len(records) == 10 and all("ce" in r and "kl" in r for r in records)
+    assert all(abs(r["loss"] - 0.5 * r["ce"] - 0.5 * r["kl"]) < 1e-4 for r in records)
+    assert report.best_val_ce < 10 and (out / "model.safetensors").is_file()
+
+
+def test_student_resume_matches_uninterrupted(tmp_path, tiny_data, tiny_cache):
+    import logitcache.train as T
+    from transformers import AutoModelForCausalLM
+
+    config = dict(cache=tiny_cache, data=tiny_data, preset="llama-tiny", alpha=0.5, shuffle_buffer=16,
+                  train=tiny_train(10, checkpoint_every=3))
+    train_student(StudentConfig(out=tmp_path / "full", **config))
+    original = T.save_checkpoint
+
+    def die_at_6(out, state):
+        original(out, state)
+        if state["step"] == 6:
+            raise KeyboardInterrupt
+
+    T.save_checkpoint = die_at_6
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_student(StudentConfig(out=tmp_path / "cut", **config))
+    finally:
+        T.save_checkpoint = original
+    train_student(StudentConfig(out=tmp_path / "cut", **config), resume=True)
+    a = AutoModelForCausalLM.from_pretrained(str(tmp_path / "full")).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(str(tmp_path / "cut")).state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_cache_from_other_data_is_refused(tmp_path, tiny_raw, tiny_cache):
+    other = tmp_path / "other"
+    prepare(PrepareConfig(data=tiny_raw, out=other, vocab_size=290, seq_len=32))
+    with pytest.raises(LogitcacheError, match="different tokenizer|other data"):
+        train_student(StudentConfig(cache=tiny_cache, data=other, out=tmp_path / "s", preset="llama-tiny",
+                                    train=tiny_train(2)))
+
+
+def test_other_temperature_needs_retemper(tmp_path, tiny_data, tiny_cache):
+    with pytest.raises(LogitcacheError, match="--retemper"):
+        train_student(StudentConfig(cache=tiny_cache, data=tiny_data, out=tmp_path / "s", preset="llama-tiny",
+                                    temperature=1.0, train=tiny_train(2)))
+    report = train_student(StudentConfig(cache=tiny_cache, data=tiny_data, out=tmp_path / "s2", preset="llama-tiny",
+                                         temperature=1.0, retemper=True, train=tiny_train(2)))
+    assert report.steps == 2
+
+
+def test_bad_block_stops_training_or_is_skipped(tmp_path, tiny_data, tiny_cache, copy_of):
+    cache = copy_of(tiny_cache)
+    chunk = block_chunk_path(cache, "topk_probs", 2)
+    blob = bytearray(chunk.read_bytes())
+    blob[-5] ^= 0xFF
+    chunk.write_bytes(bytes(blob))
+    with pytest.raises(CacheCorruptError, match="block 2"):
+        train_student(StudentConfig(cache=cache, data=tiny_data, out=tmp_path / "s", preset="llama-tiny",
+                                    shuffle_buffer=8, train=tiny_train(10)))
+    report = train_student(StudentConfig(cache=cache, data=tiny_data, out=tmp_path / "s2", preset="llama-tiny",
+                                         shuffle_buffer=8, skip_bad_blocks=True, train=tiny_train(4)))
+    assert report.skipped_blocks == [2]
+
+
+def test_sampled_cache_trains(tmp_path, tiny_data, tiny_teachers):
+    cache = tmp_path / "s.zarr"
+    dump(dump_config(tiny_data, tiny_teachers, cache, targets="sample", samples=8, max_chunks=16))
+    out = tmp_path / "st"
+    train_student(StudentConfig(cache=cache, data=tiny_data, out=out, preset="llama-tiny", train=tiny_train(3)))
+    assert all(np.isfinite(r["kl"]) for r in read_metrics(out) if "kl" in r)
