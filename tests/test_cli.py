@@ -1,0 +1,107 @@
+"""The CLI through typer's CliRunner: every command listed, bad input = one line + exit code 2."""
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from logitcache.cache import block_chunk_path
+from logitcache_cli.app import app
+
+runner = CliRunner()
+COMMANDS = ["corpus", "prepare", "train-teacher", "dump", "inspect", "verify", "train-student", "eval", "bench", "run"]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *needles):
+    assert result.exit_code == 2, result.output
+    text = result.output.strip()
+    assert "Traceback" not in text
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), text
+    for needle in needles:
+        assert needle in text, text
+
+
+def test_help_lists_every_command():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in COMMANDS:
+        assert command in result.output
+
+
+def test_prepare_writes_json(tmp_path, tiny_raw):
+    result = invoke("prepare", "--data", tiny_raw, "--out", tmp_path / "d", "--vocab-size", 300, "--seq-len", 32,
+                    "--json", tmp_path / "p.json")
+    assert result.exit_code == 0, result.output
+    payload = json.loads((tmp_path / "p.json").read_text())
+    assert payload["vocab_size"] == 300 and payload["splits"]["train"]["chunks"] > 0
+    # a second prepare into the same dir is refused without --overwrite, and leaves it intact
+    before = (tmp_path / "d" / "tokenizer.json").read_bytes()
+    assert_one_line_error(invoke("prepare", "--data", tiny_raw, "--out", tmp_path / "d"), "--overwrite")
+    assert (tmp_path / "d" / "tokenizer.json").read_bytes() == before
+
+
+BAD_INPUTS = [
+    (["prepare", "--data", "/no/such/dir", "--out", "{tmp}/d"], "does not exist"),
+    (["prepare", "--data", "{raw}", "--out", "{tmp}/d", "--vocab-size", "0"], "vocab_size"),
+    (["train-teacher", "--data", "/no/such/data", "--arch", "llama", "--preset", "llama-tiny", "--out", "{tmp}/t"], "does not exist"),
+    (["train-teacher", "--data", "{data}", "--arch", "llama", "--preset", "nope", "--out", "{tmp}/t"], "unknown preset"),
+    (["train-teacher", "--data", "{data}", "--arch", "llama", "--preset", "llama-tiny", "--out", "{tmp}/t", "--batch-size", "0"], "batch_size"),
+    (["train-teacher", "--data", "{data}", "--arch", "llama", "--preset", "llama-tiny", "--out", "{tmp}/t", "--vocab-size", "16000"], "vocabulary"),
+    (["dump", "--data", "{data}", "--teacher", "{t0}", "--out", "{tmp}/c.zarr", "--top-k", "0"], "top_k"),
+    (["dump", "--data", "{data}", "--teacher", "{t0}", "--out", "{tmp}/c.zarr", "--top-k", "100000"], "larger than the vocabulary"),
+    (["dump", "--data", "{data}", "--teacher", "{t0}", "--out", "{tmp}/c.zarr", "--temperature", "-1"], "temperature"),
+    (["dump", "--data", "{data}", "--teacher", "{tmp}", "--out", "{tmp}/c.zarr"], "not a Hugging Face model"),
+    (["dump", "--data", "{data}", "--teacher", "{t0}", "--out", "{cache}"], "already exists"),
+    (["inspect", "{tmp}/missing.zarr"], "no cache"),
+    (["verify", "{data}"], "not a Zarr"),
+    (["train-student", "--cache", "{cache}", "--data", "{data}", "--out", "{tmp}/s", "--alpha", "-0.5"], "alpha"),
+    (["train-student", "--cache", "{cache}", "--data", "{data}", "--out", "{tmp}/s", "--preset", "llama-tiny", "--temperature", "3"], "--retemper"),
+    (["train-student", "--cache", "{tmp}/missing.zarr", "--data", "{data}", "--out", "{tmp}/s"], "no cache"),
+    (["eval", "{tmp}/nomodel", "--data", "{data}"], "not a Hugging Face model"),
+    (["eval", "{t0}", "--data", "{data}", "--blimp", "{tmp}"], "BLiMP"),
+    (["run", "--config", "{tmp}/missing.toml", "--out", "{tmp}/w"], "does not exist"),
+    (["run", "--config", "{badkey}", "--out", "{tmp}/w"], "student.alfa"),
+    (["run", "--config", "{badtype}", "--out", "{tmp}/w"], "dump.top_k"),
+    (["bench", "cache-size", "--data", "{data}", "--teacher", "{t0}", "--out", "{tmp}/b", "--k", "1,x"], "--k"),
+]
+
+
+@pytest.mark.parametrize("args,needle", BAD_INPUTS, ids=[f"{a[0]}-{n}" for a, n in BAD_INPUTS])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_raw, tiny_data, tiny_teachers, tiny_cache, args, needle):
+    badkey = tmp_path / "badkey.toml"
+    badkey.write_text('[[teachers]]\nname = "a"\narch = "llama"\npreset = "llama-tiny"\n[student]\nalfa = 0.5\n')
+    badtype = tmp_path / "badtype.toml"
+    badtype.write_text('[[teachers]]\nname = "a"\narch = "llama"\npreset = "llama-tiny"\n[dump]\ntop_k = "many"\n')
+    values = dict(tmp=tmp_path, raw=tiny_raw, data=tiny_data, t0=tiny_teachers[0], cache=tiny_cache, badkey=badkey,
+                  badtype=badtype)
+    result = invoke(*[a.format(**values) for a in args])
+    assert_one_line_error(result, needle)
+
+
+def test_inspect_and_verify(tiny_cache, copy_of):
+    result = invoke("inspect", tiny_cache)
+    assert result.exit_code == 0 and "bytes/token" in result.output and "cumsum" in result.output
+    assert invoke("verify", tiny_cache).exit_code == 0
+    broken = copy_of(tiny_cache)
+    block_chunk_path(broken, "topk_ids", 3).unlink()
+    result = invoke("verify", broken)
+    assert result.exit_code == 1 and "block 3" in result.output
+
+
+def test_dump_train_student_and_eval_from_the_cli(tmp_path, tiny_data, tiny_teachers):
+    cache = tmp_path / "c.zarr"
+    result = invoke("dump", "--data", tiny_data, "--teacher", tiny_teachers[0], "--teacher", tiny_teachers[1], "--out", cache,
+                    "--top-k", 4, "--max-chunks", 16, "--block-rows", 8, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    result = invoke("train-student", "--cache", cache, "--data", tiny_data, "--out", tmp_path / "s", "--preset", "llama-tiny",
+                    "--max-steps", 3, "--batch-size", 4, "--val-chunks", 8, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    result = invoke("eval", tmp_path / "s", tiny_teachers[0], "--data", tiny_data, "--json", tmp_path / "e.json")
+    assert result.exit_code == 0, result.output
+    payload = json.loads((tmp_path / "e.json").read_text())
+    assert [m["path"] for m in payload["models"]] == [str(tmp_path / "s"), str(tiny_teachers[0])]
