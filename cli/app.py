@@ -4,7 +4,7 @@ from __future__ import annotations
 import typer
 
 from . import bench, corpus, dump, evaluate, inspect_cache, prepare, run, train_student, train_teacher, verify
-from .common import STATE, setup_logging, tune_malloc
+from .common import STATE, setup_logging
 
 app = typer.Typer(
     name="logitcache",
@@ -37,7 +37,6 @@ app.command("run")(run.command)
 
 
 def main() -> None:
-    tune_malloc()
     try:
         app()
     finally:

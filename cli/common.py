@@ -1,7 +1,6 @@
 """Shared CLI plumbing: one-line errors with exit code 2, rich progress bars, tables, logging."""
 from __future__ import annotations
 
-import ctypes
 import functools
 import json
 import logging
@@ -20,17 +19,6 @@ from logitcache.progress import ProgressHook
 console = Console(stderr=True)
 out_console = Console()
 STATE = {"debug": False}
-
-
-def tune_malloc() -> None:
-    """Keep big (B, T, V) buffers in the heap instead of returning them to the OS after every step
-    (glibc's default mmap threshold makes each step page-fault them back; ~3x slower softmax)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 32)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 1 << 36)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass
 
 
 def setup_logging(verbose: bool) -> None:

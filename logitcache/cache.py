@@ -43,6 +43,15 @@ def log_step(prob_dtype: str) -> float:
     return LOG_RANGE_NATS / (LOG_LEVELS[prob_dtype] - 1)
 
 
+def fault_pause(variable: str) -> None:
+    """Sleep $variable seconds when set: lets the fault-injection tests kill a process mid-write."""
+    seconds = os.environ.get(variable)
+    if seconds:
+        import time
+
+        time.sleep(float(seconds))
+
+
 # ----------------------------------------------------------------------------- token store
 
 
@@ -273,6 +282,7 @@ class CacheStore:
         stored_probs = encode_probs(np.take_along_axis(topk_probs, order, axis=-1), self.layout.prob_dtype)
         stored = [tokens.astype(token_dtype(self.layout.vocab_size)), id_deltas, stored_probs]
         self.arrays["tokens"][start:stop] = stored[0]
+        fault_pause("LOGITCACHE_FAULT_WRITE_PAUSE")  # fault-injection tests: widen the mid-block window
         self.arrays["topk_ids"][start:stop] = stored[1]
         self.arrays["topk_probs"][start:stop] = stored[2]
         if self.layout.with_weights:

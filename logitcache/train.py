@@ -24,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from .memory import large_tensor_heap
 from . import distributed as D
+from .cache import fault_pause
 from .configs import check, to_dict, write_json_atomic
 from .errors import LogitcacheError
 from .progress import NULL_PROGRESS, ProgressHook
@@ -180,6 +182,7 @@ def save_checkpoint(out: Path, state: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / "state.pt.tmp"
     torch.save(state, tmp)
+    fault_pause("LOGITCACHE_FAULT_CHECKPOINT_PAUSE")  # fault-injection tests: kill between write and rename
     os.replace(tmp, folder / "state.pt")
 
 
@@ -216,6 +219,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
+@large_tensor_heap()
 def fit(
     model,
     source: BatchSource,
@@ -333,6 +337,7 @@ def fit(
             record = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0]}
             record.update({n: float(v) for n, v in zip(names, values.tolist())})
             elapsed = time.perf_counter() - t_start
+            record["elapsed_s"] = elapsed
             record["tokens_per_s"] = tokens_seen / max(elapsed, 1e-9)
             log_metrics(record)
             progress.update(1, loss=record["loss"], tok_s=record["tokens_per_s"])

@@ -1,0 +1,53 @@
+"""Helpers for the benchmark scripts: synthetic data dirs, interleaved repeats, medians, the table."""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def synthetic_data(out: Path, vocab_size: int, chunks: int, seq_len: int = 128, seed: int = 0) -> Path:
+    """A prepared data dir with random tokens (throughput does not depend on the text)."""
+    from logitcache.cache import write_token_store
+    from logitcache.data import fingerprint
+    from logitcache.tokenizer import train_tokenizer
+
+    out.mkdir(parents=True, exist_ok=True)
+    words = [f"w{i}" for i in range(vocab_size)]
+    tokenizer = train_tokenizer((" ".join(words[i:i + 50]) for i in range(0, len(words), 50)), vocab_size)
+    tokenizer.save(str(out / "tokenizer.json"))
+    from logitcache.configs import sha256_file
+
+    rng = np.random.default_rng(seed)
+    v = tokenizer.get_vocab_size()
+    splits = {s: rng.integers(3, v, size=(n, seq_len)).astype(np.uint16) for s, n in
+              (("train", chunks), ("dev", 64), ("test", 64))}
+    sha = sha256_file(out / "tokenizer.json")
+    write_token_store(out / "tokens.zarr", splits, {"kind": "tokens", "seq_len": seq_len, "vocab_size": v, "sources": {},
+                                                    "tokenizer_sha256": sha, "fingerprint": fingerprint(sha, splits)})
+    return out
+
+
+def median(values):
+    return statistics.median(values)
+
+
+def print_table(title: str, columns: list[str], rows: list[list]) -> None:
+    widths = [max(len(str(c)), *(len(_fmt(r[i])) for r in rows)) for i, c in enumerate(columns)]
+    print(title)
+    print("  ".join(str(c).ljust(w) for c, w in zip(columns, widths)))
+    for row in rows:
+        print("  ".join(_fmt(v).ljust(w) for v, w in zip(row, widths)))
+
+
+def _fmt(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def emit_json(payload: dict) -> None:
+    print(json.dumps(payload))
