@@ -13,6 +13,13 @@ TAILS = ("bucket", "renormalize")
 REDUCTIONS = ("token", "paper")
 
 
+def log_normalizer(student_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """logsumexp(s / T) over the vocabulary, (B, T)."""
+    if temperature == 1.0:
+        return torch.logsumexp(student_logits.float(), dim=-1)
+    return torch.logsumexp(student_logits.float() / temperature, dim=-1)
+
+
 def _xlogy_ratio(p: torch.Tensor, log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """p * (log p - log q), with 0 where p == 0 (and no NaN gradient through the masked branch)."""
     positive = p > 0
@@ -38,11 +45,12 @@ def sparse_kl(
     tail: str = "bucket",
     reduction: str = "token",
     mask: torch.Tensor | None = None,  # (B, T) 1 for positions that count
+    lse_all: torch.Tensor | None = None,  # (B, T) logsumexp(s / T), when the caller already has it
 ) -> torch.Tensor:
     """T^2 * KL(teacher || student) over the K kept ids plus a tail bucket (or renormalised over K)."""
-    scaled = student_logits.float() / temperature  # (B, T, V)
-    lse_all = torch.logsumexp(scaled, dim=-1)  # (B, T)
-    kept = scaled.gather(-1, topk_ids)  # (B, T, K)
+    if lse_all is None:
+        lse_all = log_normalizer(student_logits, temperature)  # (B, T)
+    kept = student_logits.gather(-1, topk_ids).float() / temperature  # (B, T, K): no (B, T, V) copy
     p = topk_probs.float().clamp(min=0)
     log_p = torch.log(p.clamp(min=1e-30))
     if tail == "renormalize":

@@ -136,3 +136,17 @@ def test_sampled_cache_trains(tmp_path, tiny_data, tiny_teachers):
     out = tmp_path / "st"
     train_student(StudentConfig(cache=cache, data=tiny_data, out=out, preset="llama-tiny", train=tiny_train(3)))
     assert all(np.isfinite(r["kl"]) for r in read_metrics(out) if "kl" in r)
+
+
+def test_shared_normalizer_at_t1_gives_the_same_loss_and_gradient(tiny_cache):
+    """The T = 1 fast path (one logsumexp for CE and KL) equals the general path."""
+    tokens, ids, probs = open_cache(tiny_cache).read(0, 4)
+    batch = {"input_ids": torch.from_numpy(tokens), "topk_ids": torch.from_numpy(ids), "topk_probs": torch.from_numpy(probs)}
+    grads = []
+    for temperature in (1.0, 1.0 + 1e-12):  # the second takes the general path, numerically T = 1
+        student = build_model(get_preset("llama-tiny"), 300, seed=3)
+        loss, _ = DistillObjective(0.5, temperature, "bucket", "token", "topk")(student, batch)
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in student.parameters()]))
+    assert torch.allclose(grads[0][0], grads[1][0], atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads[0][1], grads[1][1]))
