@@ -26,7 +26,8 @@ def command(
     proposal_temperature: Annotated[float, typer.Option("--proposal-temperature", help="Sampled targets: draw from p^(1/this), renormalised.")] = 1.0,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Chunks per teacher forward pass.")] = 16,
     block_rows: Annotated[int, typer.Option("--block-rows", help="Rows per committed block (one storage chunk).")] = 256,
-    max_chunks: Annotated[int, typer.Option("--max-chunks", help="Cache only the first N chunks of the split (0: all).")] = 0,
+    max_chunks: Annotated[int, typer.Option("--max-chunks", help="Cache N chunks spread evenly over the split (0: all).")] = 0,
+    row_selection: Annotated[str, typer.Option("--row-selection", help="With --max-chunks: spread (evenly over the split) or first.")] = "spread",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the sampled targets.")] = 0,
     device: C.Device = "auto",
     precision: C.Precision = "auto",
@@ -40,7 +41,7 @@ def command(
     config = DumpConfig(data=data, teachers=tuple(teacher), out=out, split=split, top_k=top_k, temperature=temperature,
                         combine=combine, prob_dtype=prob_dtype, targets=targets, samples=samples,
                         proposal_temperature=proposal_temperature, batch_size=batch_size, block_rows=block_rows,
-                        max_chunks=max_chunks, seed=seed, device=device, precision=precision)
+                        max_chunks=max_chunks, row_selection=row_selection, seed=seed, device=device, precision=precision)
     if overwrite and not resume:
         prepare_output(out, overwrite=True)
     report = dump(config, resume=resume, progress=C.progress_hook())

@@ -18,7 +18,7 @@ def command(
     blimp_max_pairs: Annotated[int, typer.Option("--blimp-max-pairs", help="At most this many pairs per paradigm (0: all).")] = 0,
     teacher: Annotated[Optional[list[Path]], typer.Option("--teacher", help="Teacher dir(s): report top-1 agreement and KL to their ensemble.")] = None,
     temperature: Annotated[float, typer.Option("--temperature", help="Temperature of the teacher ensemble for agreement/KL.")] = 1.0,
-    max_chunks: Annotated[int, typer.Option("--max-chunks", help="Evaluate the first N chunks of the split (0: all).")] = 0,
+    max_chunks: Annotated[int, typer.Option("--max-chunks", help="Evaluate N chunks spread evenly over the split (0: all).")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Chunks per forward pass.")] = 32,
     device: C.Device = "auto",
     json_out: C.JsonOut = None,

@@ -19,7 +19,7 @@ import torch
 from .memory import large_tensor_heap
 from .cache import CacheReader, cache_summary
 from .configs import check, to_dict, write_json_atomic
-from .data import load_data
+from .data import load_data, spread_indices
 from .dump import DumpConfig, dump
 from .ensemble import Ensemble, load_teachers
 from .progress import NULL_PROGRESS, ProgressHook
@@ -103,7 +103,7 @@ def cache_size(config: CacheSizeConfig, progress: ProgressHook = NULL_PROGRESS) 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     data = load_data(config.data)
-    rows = data.store.split("train")[: config.chunks]
+    rows = data.store.split("train")[spread_indices(data.store.num_rows("train"), config.chunks)]
     teachers, _ = load_teachers(list(config.teachers), torch.device("cpu"), data.attrs["tokenizer_sha256"])
     ensemble = Ensemble(teachers, config.combine, config.temperature, torch.device("cpu"))
     variants = [("topk", k, dtype) for dtype in config.prob_dtypes for k in config.ks if k <= data.vocab_size]

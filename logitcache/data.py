@@ -90,6 +90,15 @@ def fingerprint(tokenizer_sha: str, splits: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
+def spread_indices(n_rows: int, count: int) -> np.ndarray:
+    """`count` row indices spread evenly over `n_rows` (all rows when count is 0 or too large).
+
+    Splits are stored in source order, so the first N chunks would all come from one source."""
+    if count <= 0 or count >= n_rows:
+        return np.arange(n_rows)
+    return np.linspace(0, n_rows - 1, count).round().astype(np.int64)
+
+
 def validation_indices(n_dev: int, count: int = 8192, seed: int = 0) -> np.ndarray:
     """The fixed, seeded validation subset of dev (all of dev if it is smaller)."""
     if n_dev <= count:

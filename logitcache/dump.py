@@ -24,7 +24,7 @@ from . import __version__
 from . import distributed as D
 from .cache import PROB_DTYPES, CacheLayout, CacheStore, create_cache, same_attrs
 from .configs import check, to_dict
-from .data import load_data
+from .data import load_data, spread_indices
 from .ensemble import COMBINES, Ensemble, load_teachers
 from .errors import LogitcacheError
 from .progress import NULL_PROGRESS, ProgressHook
@@ -50,7 +50,8 @@ class DumpConfig:
     proposal_temperature: float = 1.0  # sample targets: q = p^(1/this), renormalised
     batch_size: int = 16
     block_rows: int = 256
-    max_chunks: int = 0  # 0: every chunk of the split; else the first N
+    max_chunks: int = 0  # 0: every chunk of the split; else N chunks (see row_selection)
+    row_selection: str = "spread"  # spread: N chunks evenly spaced over the split; first: the first N
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
@@ -68,6 +69,7 @@ class DumpConfig:
         check(self.batch_size > 0, f"batch_size must be positive, got {self.batch_size}")
         check(self.block_rows > 0, f"block_rows must be positive, got {self.block_rows}")
         check(self.max_chunks >= 0, "max_chunks must be >= 0")
+        check(self.row_selection in ("spread", "first"), f"row_selection must be spread|first, got {self.row_selection!r}")
 
     @property
     def width(self) -> int:
@@ -98,9 +100,19 @@ def cache_attrs(config: DumpConfig, data, teacher_infos: list[dict], n_rows: int
         "proposal_temperature": config.proposal_temperature if config.targets == "sample" else None,
         "seed": config.seed if config.targets == "sample" else None,
         "data_fingerprint": data.fingerprint, "tokenizer_sha256": data.attrs["tokenizer_sha256"],
-        "split": config.split, "row_start": 0, "source_rows": n_rows,
+        "split": config.split, "rows": {"selection": config.row_selection if config.max_chunks else "all",
+                                        "count": n_rows, "of": data.store.num_rows(config.split)},
         "config": to_dict(config),
     }
+
+
+def select_rows(split_rows: np.ndarray, config: DumpConfig) -> np.ndarray:
+    """The chunks a dump caches: all, the first N, or N spread evenly over the split."""
+    if not config.max_chunks:
+        return split_rows
+    if config.row_selection == "first":
+        return split_rows[: config.max_chunks]
+    return split_rows[spread_indices(split_rows.shape[0], config.max_chunks)]
 
 
 def sample_targets(probs: torch.Tensor, n_samples: int, proposal_temperature: float,
@@ -204,9 +216,7 @@ def dump(config: DumpConfig, resume: bool = False, progress: ProgressHook = NULL
     env = D.dist_env()
     device = D.pick_device(config.device, env)
     data = load_data(config.data)
-    rows = data.store.split(config.split)
-    if config.max_chunks:
-        rows = rows[: config.max_chunks]
+    rows = select_rows(data.store.split(config.split), config)
     check(rows.shape[0] > 0, f"split '{config.split}' has no chunks")
     models, infos = load_teachers(list(config.teachers), device, data.attrs["tokenizer_sha256"])
     if infos[0]["vocab_size"] != data.vocab_size:

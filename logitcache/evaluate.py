@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from .memory import large_tensor_heap
 from . import distributed as D
 from .configs import check
-from .data import load_data
+from .data import load_data, spread_indices
 from .ensemble import COMBINES, Ensemble, load_teachers
 from .errors import LogitcacheError
 from .models import load_model
@@ -35,7 +35,7 @@ class EvalConfig:
     teachers: tuple[Path, ...] = ()
     temperature: float = 1.0  # for agreement / KL with the teacher ensemble
     combine: str = "mean-logits"
-    max_chunks: int = 0  # 0: the whole split
+    max_chunks: int = 0  # 0: the whole split; else N chunks spread evenly over it
     batch_size: int = 32
     device: str = "auto"
 
@@ -162,8 +162,7 @@ def evaluate(config: EvalConfig, progress: ProgressHook = NULL_PROGRESS) -> dict
     data = load_data(config.data)
     tokenizer = load_tokenizer(data.tokenizer_path)
     rows = data.store.split(config.split)
-    if config.max_chunks:
-        rows = rows[: config.max_chunks]
+    rows = rows[spread_indices(rows.shape[0], config.max_chunks)]
     byte_lengths = token_byte_lengths(tokenizer)
     ensemble = None
     if config.teachers:

@@ -94,3 +94,32 @@ def test_verify_finds_flipped_bytes(tmp_path):
     chunk_file.write_bytes(bytes(blob))
     problems = verify_cache(tmp_path / "c.zarr")
     assert len(problems) == 1 and problems[0].startswith("block 1")
+
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+
+@settings(max_examples=150, deadline=None)
+@given(vocab=st.integers(2, 400), k=st.integers(1, 64), seed=st.integers(0, 2**31 - 1),
+       concentration=st.floats(0.01, 10.0), prob_dtype=st.sampled_from(["float32", "float16", "log-u8", "log-u7", "log-u6"]))
+def test_encode_decode_property(vocab, k, seed, concentration, prob_dtype):
+    """Any distribution, any k, every prob dtype: ids exact, probabilities within the stated tolerance."""
+    k = min(k, vocab)
+    rng = np.random.default_rng(seed)
+    p = rng.dirichlet(np.full(vocab, concentration), size=(2, 3)).astype(np.float32)  # (2, 3, V), zeros possible
+    ids = np.argsort(-p, axis=-1, kind="stable")[..., :k]
+    probs = np.take_along_axis(p, ids, -1)
+    deltas, order = encode_ids(ids, vocab)
+    assert np.array_equal(decode_ids(deltas), np.take_along_axis(ids, order, -1))
+    decoded = decode_probs(encode_probs(np.take_along_axis(probs, order, -1), prob_dtype), prob_dtype)
+    original = np.take_along_axis(probs, order, -1)
+    if prob_dtype == "float32":
+        assert np.array_equal(decoded, original)
+    elif prob_dtype == "float16":
+        assert np.allclose(decoded, original, rtol=1e-3, atol=1e-7)
+    else:  # log codes: relative error within half a step above e^-16, clipped below
+        step = log_step(prob_dtype)
+        big = original > np.exp(-16.0 + step)
+        assert np.all(np.abs(np.log(decoded[big]) - np.log(original[big])) <= step / 2 + 1e-4)
+        assert np.all(decoded[~big] <= np.exp(-16.0 + 1.5 * step))
