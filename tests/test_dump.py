@@ -6,7 +6,7 @@ import zarr
 from conftest import dump_config
 from logitcache import open_cache
 from logitcache.cache import CacheStore, verify_cache
-from logitcache.data import load_data
+from logitcache.data import load_data, spread_indices
 from logitcache.dump import dump
 from logitcache.ensemble import Ensemble
 from logitcache.errors import LogitcacheError
@@ -29,7 +29,8 @@ def assert_same_store(a, b):
 
 
 def full_ensemble(tiny_data, tiny_teachers, combine="mean-logits", temperature=2.0, rows=40):
-    tokens = load_data(tiny_data).store.split("train")[:rows]
+    split = load_data(tiny_data).store.split("train")
+    tokens = split[spread_indices(split.shape[0], rows)]  # the chunks a dump with max_chunks=rows caches
     models = [load_model(t) for t in tiny_teachers]
     ensemble = Ensemble(models, combine, temperature, torch.device("cpu"))
     return tokens, ensemble.probs(torch.from_numpy(tokens.astype(np.int64)))
