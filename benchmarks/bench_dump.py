@@ -8,16 +8,20 @@ Prints a table, then one JSON line.
 """
 from __future__ import annotations
 
-import argparse
+from logitcache.memory import tune_heap
+
+tune_heap()  # before torch is imported (logitcache/memory.py)
+
+import argparse  # noqa: E402
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
-from common import emit_json, median, print_table, synthetic_data
+from common import emit_json, median, print_table, synthetic_data  # noqa: E402
 
 
 def bare_forward(models, rows: np.ndarray, batch_size: int) -> float:
@@ -34,7 +38,6 @@ def bare_forward(models, rows: np.ndarray, batch_size: int) -> float:
 def main() -> None:
     from logitcache.data import load_data
     from logitcache.dump import DumpConfig, dump
-    from logitcache.memory import large_tensor_heap
     from logitcache.models import build_model, get_preset, load_model
 
     parser = argparse.ArgumentParser(description=__doc__)
@@ -65,15 +68,16 @@ def main() -> None:
         rows = data.store.split("train")[: args.chunks]
         models = [load_model(d) for d in teacher_dirs]
         bare, full = [], []
-        with large_tensor_heap():  # the same allocator settings for both arms
-            bare_forward(models, rows[: args.batch_size], args.batch_size)  # warm-up
-            for r in range(args.repeats):
-                bare.append(bare_forward(models, rows, args.batch_size))
-                out = tmp / f"cache{r}.zarr"
-                report = dump(DumpConfig(data=data_dir, teachers=tuple(teacher_dirs), out=out, top_k=args.top_k,
-                                         batch_size=args.batch_size, block_rows=64, max_chunks=args.chunks, device="cpu"))
-                full.append(report.tokens_per_s)
-                shutil.rmtree(out)
+        # both arms run under the same allocator settings (tune_heap at process start)
+        bare_forward(models, rows[: args.batch_size], args.batch_size)  # warm-up
+        for r in range(args.repeats):
+            bare.append(bare_forward(models, rows, args.batch_size))
+            out = tmp / f"cache{r}.zarr"
+            report = dump(DumpConfig(data=data_dir, teachers=tuple(teacher_dirs), out=out, top_k=args.top_k,
+                                     batch_size=args.batch_size, block_rows=64, max_chunks=args.chunks,
+                                     row_selection="first", device="cpu"))
+            full.append(report.tokens_per_s)
+            shutil.rmtree(out)
         ratio = median(full) / median(bare)
         device = "cuda" if torch.cuda.is_available() else f"cpu x{args.threads} threads"
         print_table(f"dump vs bare teacher forward ({len(models)} teachers, {args.chunks} chunks, vocab {data.vocab_size}, "

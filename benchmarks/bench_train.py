@@ -9,7 +9,11 @@ one JSON line.
 """
 from __future__ import annotations
 
-import argparse
+from logitcache.memory import tune_heap
+
+tune_heap()  # before torch is imported (logitcache/memory.py)
+
+import argparse  # noqa: E402
 import json
 import resource
 import shutil
@@ -19,10 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
-from common import emit_json, median, print_table, synthetic_data
+from common import emit_json, median, print_table, synthetic_data  # noqa: E402
 
 WARMUP = 2
 
@@ -77,12 +81,10 @@ def arm_fit(kind: str, preset: str, work: Path, args) -> float:
 
 
 def run_arm(arm: str, work: Path, args) -> dict:
-    from logitcache.memory import large_tensor_heap
 
     torch.set_num_threads(args.threads)
     kind, preset = arm.split(":")
-    with large_tensor_heap():
-        tokens_per_s = arm_bare(preset, work, args) if kind == "bare" else arm_fit(kind, preset, work, args)
+    tokens_per_s = arm_bare(preset, work, args) if kind == "bare" else arm_fit(kind, preset, work, args)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"arm": arm, "tokens_per_s": tokens_per_s, "peak_rss_mb": peak_mb}
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .memory import large_tensor_heap
 from .cache import CacheReader, cache_summary
 from .configs import check, to_dict, write_json_atomic
 from .data import load_data, spread_indices
@@ -98,7 +97,6 @@ def _student_ce(config: CacheSizeConfig, cache: Path, out: Path, alpha: float, o
     return report.best_val_ce
 
 
-@large_tensor_heap()
 def cache_size(config: CacheSizeConfig, progress: ProgressHook = NULL_PROGRESS) -> dict:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .memory import large_tensor_heap
 from . import __version__
 from . import distributed as D
 from .cache import PROB_DTYPES, CacheLayout, CacheStore, create_cache, same_attrs
@@ -211,7 +210,6 @@ def open_or_create(config: DumpConfig, layout: CacheLayout, attrs: dict, resume:
     return CacheStore(out, mode="r+")
 
 
-@large_tensor_heap()
 def dump(config: DumpConfig, resume: bool = False, progress: ProgressHook = NULL_PROGRESS) -> DumpReport:
     env = D.dist_env()
     device = D.pick_device(config.device, env)

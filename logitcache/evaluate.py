@@ -12,7 +12,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .memory import large_tensor_heap
 from . import distributed as D
 from .configs import check
 from .data import load_data, spread_indices
@@ -156,7 +155,6 @@ def blimp_accuracy(model, tokenizer, paradigms: dict[str, list[dict]], device: t
     }
 
 
-@large_tensor_heap()
 def evaluate(config: EvalConfig, progress: ProgressHook = NULL_PROGRESS) -> dict:
     device = D.pick_device(config.device, D.DistEnv())
     data = load_data(config.data)

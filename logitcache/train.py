@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from .memory import large_tensor_heap
 from . import distributed as D
 from .cache import fault_pause
 from .configs import check, to_dict, write_json_atomic
@@ -219,7 +218,6 @@ def _truncate_metrics(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
-@large_tensor_heap()
 def fit(
     model,
     source: BatchSource,

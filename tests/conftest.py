@@ -11,8 +11,12 @@ import random
 import shutil
 from pathlib import Path
 
-import pytest
-import torch
+from logitcache.memory import tune_heap
+
+tune_heap()  # as the CLI does, before torch is imported
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 torch.set_num_threads(2)
