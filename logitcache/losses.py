@@ -45,11 +45,10 @@ def sparse_kl(
     tail: str = "bucket",
     reduction: str = "token",
     mask: torch.Tensor | None = None,  # (B, T) 1 for positions that count
-    lse_all: torch.Tensor | None = None,  # (B, T) logsumexp(s / T), when the caller already has it
 ) -> torch.Tensor:
-    """T^2 * KL(teacher || student) over the K kept ids plus a tail bucket (or renormalised over K)."""
-    if lse_all is None:
-        lse_all = log_normalizer(student_logits, temperature)  # (B, T)
+    """T^2 * KL(teacher || student) over the K kept ids plus a tail bucket (or renormalised over K).
+    The reference implementation (autograd); training uses `fused_topk_kl` for the bucket tail."""
+    lse_all = log_normalizer(student_logits, temperature)  # (B, T)
     kept = student_logits.gather(-1, topk_ids).float() / temperature  # (B, T, K): no (B, T, V) copy
     p = topk_probs.float().clamp(min=0)
     log_p = torch.log(p.clamp(min=1e-30))
@@ -114,3 +113,72 @@ def retemper(topk_probs: torch.Tensor, t_cache: float, t_new: float) -> torch.Te
     (the tail cannot be re-tempered, so the result has no tail)."""
     logp = torch.log(topk_probs.float().clamp(min=1e-30)) * (t_cache / t_new)
     return torch.softmax(logp, dim=-1)
+
+
+
+class _FusedTopkKL(torch.autograd.Function):
+    """T^2 * KL over K ids + tail bucket, and at T = 1 the next-token CE too, with a hand-written
+    backward: one softmax over (B, T, V) forward, one in-place pass over it backward (autograd's
+    version takes a logsumexp backward, a gather backward into zeros and a slice backward).
+
+    With q = softmax(z / T): d KL / d s_v = q_v - p_v for kept ids and q_v (1 - p_tail / q_tail)
+    for the others (s = z / T); at T = 1, d CE / d z = q - onehot(next token) from the same q.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, topk_ids, topk_probs, temperature, kl_count, next_ids):
+        q = logits.detach().float()
+        q = q / temperature if temperature != 1.0 else q.clone()
+        q.sub_(torch.logsumexp(q, dim=-1, keepdim=True)).exp_()  # (B, T, V) student softmax at T
+        q_kept = q.gather(-1, topk_ids)  # (B, T, K)
+        log_q_kept = torch.log(q_kept.clamp(min=1e-30))
+        p = topk_probs.float().clamp(min=0)
+        kl = _xlogy_ratio(p, torch.log(p.clamp(min=1e-30)), log_q_kept).sum(-1)  # (B, T)
+        p_tail = (1.0 - p.sum(-1)).clamp(min=0)
+        gap = torch.logsumexp(log_q_kept, dim=-1).clamp(max=0)  # log of the kept student mass
+        has_tail = (p_tail > 0) & (gap < -1e-6)
+        log_q_tail = torch.log(-torch.expm1(torch.where(has_tail, gap, torch.full_like(gap, -1.0))))
+        fallback = (p_tail * (torch.log(p_tail.clamp(min=1e-30)) + 13.8155)).clamp(min=0)
+        kl = kl + torch.where(has_tail, _xlogy_ratio(p_tail, torch.log(p_tail.clamp(min=1e-30)), log_q_tail), fallback)
+        kl_value = temperature**2 * kl.sum() / kl_count
+        ce_value = q.new_zeros(())
+        if next_ids is not None:
+            ce_value = -torch.log(q[:, :-1].gather(-1, next_ids.unsqueeze(-1)).clamp(min=1e-30)).mean()
+        tail_factor = torch.where(has_tail, 1.0 - p_tail / torch.exp(log_q_tail), torch.ones_like(p_tail))  # (B, T)
+        saved_next = next_ids if next_ids is not None else torch.empty(0, dtype=torch.long)
+        ctx.save_for_backward(q, topk_ids, p, tail_factor, saved_next)
+        ctx.temperature, ctx.kl_count, ctx.has_ce = temperature, kl_count, next_ids is not None
+        ctx.logits_dtype = logits.dtype
+        return kl_value, ce_value
+
+    @staticmethod
+    def backward(ctx, grad_kl, grad_ce):
+        q, topk_ids, p, tail_factor, next_ids = ctx.saved_tensors
+        a = grad_kl * ctx.temperature / ctx.kl_count  # T^2 / count, times 1 / T from s = z / T
+        b = grad_ce / next_ids.numel() if ctx.has_ce else q.new_zeros(())
+        q_kept = q.gather(-1, topk_ids)  # (B, T, K)
+        scale = a * tail_factor  # (B, T)
+        kept_grad = a * (q_kept - p)
+        if ctx.has_ce:
+            ce_rows = torch.zeros_like(scale)
+            ce_rows[:, :-1] = b
+            scale = scale + ce_rows
+            kept_grad = kept_grad + ce_rows.unsqueeze(-1) * q_kept
+        grad = q.mul_(scale.unsqueeze(-1))  # the saved softmax becomes the gradient, in place
+        grad.scatter_(-1, topk_ids, kept_grad)
+        if ctx.has_ce:
+            grad[:, :-1].scatter_add_(-1, next_ids.unsqueeze(-1), (-b).expand(*next_ids.shape, 1).contiguous())
+        return grad.to(ctx.logits_dtype), None, None, None, None, None
+
+
+def fused_topk_kl(student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_probs: torch.Tensor, temperature: float,
+                  reduction: str = "token", input_ids: torch.Tensor | None = None):
+    """(T^2 KL with a tail bucket, CE or None): equal to `sparse_kl(..., tail="bucket")` and, when
+    `input_ids` is given (T = 1 only), to `next_token_ce`; about half the (B, T, V) passes."""
+    b, t = topk_ids.shape[:2]
+    count = b if reduction == "paper" else b * t
+    next_ids = input_ids[:, 1:].contiguous() if input_ids is not None else None
+    if next_ids is not None and temperature != 1.0:
+        raise ValueError("the fused CE needs T = 1")
+    kl, ce = _FusedTopkKL.apply(student_logits, topk_ids, topk_probs, float(temperature), count, next_ids)
+    return kl, (ce if next_ids is not None else None)

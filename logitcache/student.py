@@ -18,7 +18,7 @@ from .configs import check, to_dict
 from .data import load_data
 from .ensemble import Ensemble, load_teachers
 from .errors import LogitcacheError
-from .losses import REDUCTIONS, TAILS, dense_kl, log_normalizer, retemper, sampled_kl, sparse_kl
+from .losses import REDUCTIONS, TAILS, dense_kl, fused_topk_kl, retemper, sampled_kl, sparse_kl
 from .models import build_model, get_preset
 from .progress import NULL_PROGRESS, ProgressHook
 from .teacher import tokenizer_saver
@@ -65,23 +65,22 @@ class DistillObjective:
     def __call__(self, model, batch):
         input_ids = batch["input_ids"]
         logits = model(input_ids=input_ids).logits  # (B, T, V)
-        lse = None
-        if self.temperature == 1.0 and self.alpha < 1.0:
-            # at T = 1 the CE and the KL share one log-normaliser: one pass over (B, T, V), not two
-            lse = log_normalizer(logits, 1.0)  # (B, T)
-            target_logits = logits[:, :-1].gather(-1, input_ids[:, 1:, None]).squeeze(-1).float()
-            ce = (lse[:, :-1] - target_logits).mean()
-        else:
-            ce = next_token_ce(logits, input_ids)
         if self.alpha >= 1.0:
+            ce = next_token_ce(logits, input_ids)
             return ce, {"ce": ce.detach()}
         probs = batch["topk_probs"]
         if self.retemper_from is not None:
             probs = retemper(probs, self.retemper_from, self.temperature)
+        ce = None
         if self.targets == "sample":
             kl = sampled_kl(logits, batch["topk_ids"], probs, batch["sample_weights"], self.temperature, self.reduction)
+        elif self.tail == "bucket":  # fused forward/backward; at T = 1 it gives the CE from the same softmax
+            kl, ce = fused_topk_kl(logits, batch["topk_ids"], probs, self.temperature, self.reduction,
+                                   input_ids if self.temperature == 1.0 else None)
         else:
-            kl = sparse_kl(logits, batch["topk_ids"], probs, self.temperature, self.tail, self.reduction, lse_all=lse)
+            kl = sparse_kl(logits, batch["topk_ids"], probs, self.temperature, self.tail, self.reduction)
+        if ce is None:
+            ce = next_token_ce(logits, input_ids)
         loss = self.alpha * ce + (1.0 - self.alpha) * kl
         return loss, {"ce": ce.detach(), "kl": kl.detach()}
 
