@@ -110,6 +110,15 @@ def write_json(path: Optional[Path], payload: dict) -> None:
         Path(path).write_text(json.dumps(payload, indent=2) + "\n")
 
 
+def train_config(values: dict):
+    """The TrainConfig whose fields are the command's options of the same names."""
+    import dataclasses
+
+    from logitcache.train import TrainConfig
+
+    return TrainConfig(**{f.name: values[f.name] for f in dataclasses.fields(TrainConfig)})
+
+
 # Options shared by train-teacher and train-student (the fields of TrainConfig).
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Global batch: sequences per optimizer step.")]
 GradAccum = Annotated[int, typer.Option("--grad-accum", help="Micro-batches per optimizer step.")]

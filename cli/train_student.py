@@ -6,7 +6,6 @@ import typer
 
 from logitcache.configs import prepare_output
 from logitcache.student import StudentConfig, train_student
-from logitcache.train import TrainConfig
 
 from . import common as C
 
@@ -42,10 +41,7 @@ def command(
     overwrite: C.Overwrite = False,
 ) -> None:
     """Train the student on the cache's chunks with alpha*CE + (1-alpha)*T^2*KL over the cached targets."""
-    train = TrainConfig(lr=lr, batch_size=batch_size, grad_accum=grad_accum, epochs=epochs, max_steps=max_steps,
-                        warmup_steps=warmup_steps, weight_decay=weight_decay, eval_every=eval_every,
-                        checkpoint_every=checkpoint_every, val_chunks=val_chunks, seed=seed, device=device,
-                        precision=precision)
+    train = C.train_config(locals())
     config = StudentConfig(cache=cache, data=data, out=out, preset=preset, alpha=alpha, temperature=temperature,
                            retemper=retemper, tail=tail, kl_reduction=kl_reduction,
                            online_teachers=tuple(online_teacher or ()), shuffle_buffer=shuffle_buffer,

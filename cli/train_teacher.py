@@ -6,7 +6,6 @@ import typer
 
 from logitcache.configs import prepare_output
 from logitcache.teacher import TeacherConfig, train_teacher
-from logitcache.train import TrainConfig
 
 from . import common as C
 
@@ -35,10 +34,7 @@ def command(
     overwrite: C.Overwrite = False,
 ) -> None:
     """Train a teacher with AdamW, warmup + cosine, per-epoch validation; the best epoch is kept."""
-    train = TrainConfig(lr=lr, batch_size=batch_size, grad_accum=grad_accum, epochs=epochs, max_steps=max_steps,
-                        warmup_steps=warmup_steps, weight_decay=weight_decay, eval_every=eval_every,
-                        checkpoint_every=checkpoint_every, val_chunks=val_chunks, seed=seed, device=device,
-                        precision=precision)
+    train = C.train_config(locals())
     config = TeacherConfig(data=data, out=out, arch=arch, preset=preset, vocab_size=vocab_size, train=train)
     prepare_output(out, resume=resume, overwrite=overwrite)
     report = train_teacher(config, resume=resume, progress=C.progress_hook())

@@ -4,11 +4,11 @@ import torch
 
 from conftest import dump_config, tiny_train
 from logitcache import open_cache
-from logitcache.cache import CacheReader, block_chunk_path
+from logitcache.cache import CacheReader
 from logitcache.data import PrepareConfig, load_data, prepare
 from logitcache.dump import dump
 from logitcache.ensemble import Ensemble
-from logitcache.errors import CacheCorruptError, LogitcacheError
+from logitcache.errors import LogitcacheError
 from logitcache.loader import CacheRows, emission_order
 from logitcache.distributed import DistEnv
 from logitcache.models import build_model, get_preset, load_model
@@ -114,20 +114,6 @@ def test_other_temperature_needs_retemper(tmp_path, tiny_data, tiny_cache):
     report = train_student(StudentConfig(cache=tiny_cache, data=tiny_data, out=tmp_path / "s2", preset="llama-tiny",
                                          temperature=1.0, retemper=True, train=tiny_train(2)))
     assert report.steps == 2
-
-
-def test_bad_block_stops_training_or_is_skipped(tmp_path, tiny_data, tiny_cache, copy_of):
-    cache = copy_of(tiny_cache)
-    chunk = block_chunk_path(cache, "topk_probs", 2)
-    blob = bytearray(chunk.read_bytes())
-    blob[-5] ^= 0xFF
-    chunk.write_bytes(bytes(blob))
-    with pytest.raises(CacheCorruptError, match="block 2"):
-        train_student(StudentConfig(cache=cache, data=tiny_data, out=tmp_path / "s", preset="llama-tiny",
-                                    shuffle_buffer=8, train=tiny_train(10)))
-    report = train_student(StudentConfig(cache=cache, data=tiny_data, out=tmp_path / "s2", preset="llama-tiny",
-                                         shuffle_buffer=8, skip_bad_blocks=True, train=tiny_train(4)))
-    assert report.skipped_blocks == [2]
 
 
 def test_sampled_cache_trains(tmp_path, tiny_data, tiny_teachers):
