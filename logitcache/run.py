@@ -150,12 +150,12 @@ def run_pipeline(config: RunConfig, work: Path, force: tuple[str, ...] = (), pro
     from .student import StudentConfig, train_student
     from .teacher import TeacherConfig, train_teacher
 
-    work = Path(work)
+    work = Path(work).resolve()  # stage stamps hash paths: `work/demo` and its absolute form are one WORK
     work.mkdir(parents=True, exist_ok=True)
     write_json_atomic(work / "config.json", to_dict(config))
     stages = Stages(work, force, progress)
 
-    raw = Path(config.data.raw_dir) if config.data.raw_dir else work / "raw"
+    raw = Path(config.data.raw_dir).resolve() if config.data.raw_dir else work / "raw"
     if not config.data.raw_dir:
         stages.run("corpus", raw, "demo-corpus-v1", lambda: build_demo_corpus(raw))
     elif not raw.is_dir():

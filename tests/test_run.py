@@ -69,7 +69,7 @@ blimp_max_pairs = 5
 """
 
 
-def test_run_end_to_end_and_rerun_skips(tmp_path, tiny_raw):
+def test_run_end_to_end_and_rerun_skips(tmp_path, tiny_raw, monkeypatch):
     from test_eval import blimp_dir
 
     config_path = tmp_path / "tiny.toml"
@@ -91,7 +91,8 @@ def test_run_end_to_end_and_rerun_skips(tmp_path, tiny_raw):
     weights = work / "teachers" / "llama" / "model.safetensors"
     mtime = weights.stat().st_mtime_ns
     cache_mtime = (work / "cache.zarr" / "topk_ids" / "c" / "0" / "0" / "0").stat().st_mtime_ns
-    again = run_pipeline(load_run_config(config_path), work)
+    monkeypatch.chdir(tmp_path)  # the same WORK given as a relative path is the same WORK
+    again = run_pipeline(load_run_config(config_path), Path("work"))
     assert weights.stat().st_mtime_ns == mtime
     assert (work / "cache.zarr" / "topk_ids" / "c" / "0" / "0" / "0").stat().st_mtime_ns == cache_mtime
     assert again["students"]["distilled"]["dev_ce"] == report["students"]["distilled"]["dev_ce"]
