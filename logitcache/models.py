@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,7 +114,3 @@ def describe(path: Path, model: PreTrainedModel) -> dict:
         "path": str(path), "arch": model_arch(model), "params": sum(p.numel() for p in model.parameters()),
         "sha256": weights_sha256(path), "vocab_size": int(model.config.vocab_size),
     }
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())

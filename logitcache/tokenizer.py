@@ -6,7 +6,6 @@ from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from .configs import sha256_file
 from .errors import LogitcacheError
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")
@@ -37,10 +36,6 @@ def load_tokenizer(path: Path) -> Tokenizer:
         return Tokenizer.from_file(str(path))
     except Exception as exc:  # the tokenizers library raises plain Exception on bad JSON
         raise LogitcacheError(f"{path} is not a tokenizers JSON file ({exc})") from None
-
-
-def tokenizer_sha256(path: Path) -> str:
-    return sha256_file(path)
 
 
 def encode_text(tokenizer: Tokenizer, text: str) -> list[int]:

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed as D
 from .cache import fault_pause
-from .configs import check, to_dict, write_json_atomic
+from .configs import check, write_json_atomic
 from .errors import LogitcacheError
 from .progress import NULL_PROGRESS, ProgressHook
 
@@ -380,7 +380,3 @@ def finalize(out: Path, save_extra=None) -> None:
 def read_metrics(out: Path) -> list[dict]:
     path = Path(out) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
-def summarize_config(config) -> dict:
-    return to_dict(config)
