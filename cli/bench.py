@@ -29,7 +29,7 @@ def cache_size_command(
     teacher: Annotated[list[Path], typer.Option("--teacher", help="Teacher dir (repeat for an ensemble).")],
     out: Annotated[Path, typer.Option("--out", help="Output dir: cache_size.json/.md/.png and the caches.")],
     k: Annotated[str, typer.Option("--k", help="Comma-separated k values.")] = "1,2,4,8,16,32,64,128,256",
-    prob_dtype: Annotated[str, typer.Option("--prob-dtype", help="Comma-separated probability encodings (log-u6, log-u7, log-u8, float16, float32).")] = "log-u7",
+    prob_dtype: Annotated[str, typer.Option("--prob-dtype", help="Comma-separated probability encodings (sqrt-u7, sqrt-u8, log-u6, log-u7, log-u8, float16, float32).")] = "sqrt-u7",
     samples: Annotated[str, typer.Option("--samples", help="Comma-separated draw counts for sampled-target rows (empty: none).")] = "",
     chunks: Annotated[int, typer.Option("--chunks", help="Number of train chunks to dump for each row.")] = 256,
     temperature: Annotated[float, typer.Option("--temperature", help="Distillation temperature T.")] = 2.0,

@@ -20,7 +20,7 @@ def command(
     top_k: Annotated[int, typer.Option("--top-k", help="Ids kept per position (top-k targets).")] = 32,
     temperature: Annotated[float, typer.Option("--temperature", help="Distillation temperature T of the stored probabilities.")] = 2.0,
     combine: Annotated[str, typer.Option("--combine", help="mean-logits (the paper's code) or mean-probs.")] = "mean-logits",
-    prob_dtype: Annotated[str, typer.Option("--prob-dtype", help="Probability encoding: log-u7 (default: 7-bit log codes), log-u6 (smaller), log-u8 (finer), float16 or float32.")] = "log-u7",
+    prob_dtype: Annotated[str, typer.Option("--prob-dtype", help="Probability encoding: sqrt-u7 (default: 7-bit codes of sqrt(p)), sqrt-u8 (finer), log-u6/u7/u8 (codes of log p), float16 or float32.")] = "sqrt-u7",
     targets: Annotated[str, typer.Option("--targets", help="topk, or sample (importance-sampled unique ids).")] = "topk",
     samples: Annotated[int, typer.Option("--samples", help="Sampled targets: draws per position.")] = 16,
     proposal_temperature: Annotated[float, typer.Option("--proposal-temperature", help="Sampled targets: draw from p^(1/this), renormalised.")] = 1.0,

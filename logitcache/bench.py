@@ -34,7 +34,7 @@ class CacheSizeConfig:
     teachers: tuple[Path, ...]
     out: Path
     ks: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-    prob_dtypes: tuple[str, ...] = ("log-u7",)
+    prob_dtypes: tuple[str, ...] = ("sqrt-u7",)
     samples: tuple[int, ...] = ()  # sampled-target rows (N draws per position)
     chunks: int = 256
     temperature: float = 2.0

@@ -43,7 +43,7 @@ class DumpConfig:
     top_k: int = 32
     temperature: float = 2.0
     combine: str = "mean-logits"
-    prob_dtype: str = "log-u7"
+    prob_dtype: str = "sqrt-u7"
     targets: str = "topk"  # topk | sample
     samples: int = 16  # sample targets: draws per position
     proposal_temperature: float = 1.0  # sample targets: q = p^(1/this), renormalised

@@ -50,7 +50,7 @@ class DumpSection:
     top_k: int = 32
     temperature: float = 2.0
     combine: str = "mean-logits"
-    prob_dtype: str = "log-u7"
+    prob_dtype: str = "sqrt-u7"
     targets: str = "topk"
     samples: int = 16
     batch_size: int = 16

@@ -3,7 +3,7 @@ import pytest
 import zarr
 
 from logitcache import open_cache
-from logitcache.cache import (LOG_LEVELS, block_chunk_path, CacheLayout, CacheStore, create_cache, decode_ids, decode_probs, encode_ids,
+from logitcache.cache import (LOG_LEVELS, SQRT_LEVELS, block_chunk_path, CacheLayout, CacheStore, create_cache, decode_ids, decode_probs, encode_ids,
                               encode_probs, log_step, verify_cache)
 from logitcache.errors import LogitcacheError
 
@@ -102,7 +102,7 @@ from hypothesis import strategies as st
 
 @settings(max_examples=150, deadline=None)
 @given(vocab=st.integers(2, 400), k=st.integers(1, 64), seed=st.integers(0, 2**31 - 1),
-       concentration=st.floats(0.01, 10.0), prob_dtype=st.sampled_from(["float32", "float16", "log-u8", "log-u7", "log-u6"]))
+       concentration=st.floats(0.01, 10.0), prob_dtype=st.sampled_from(["float32", "float16", "sqrt-u8", "sqrt-u7", "log-u8", "log-u7", "log-u6"]))
 def test_encode_decode_property(vocab, k, seed, concentration, prob_dtype):
     """Any distribution, any k, every prob dtype: ids exact, probabilities within the stated tolerance."""
     k = min(k, vocab)
@@ -118,6 +118,8 @@ def test_encode_decode_property(vocab, k, seed, concentration, prob_dtype):
         assert np.array_equal(decoded, original)
     elif prob_dtype == "float16":
         assert np.allclose(decoded, original, rtol=1e-3, atol=1e-7)
+    elif prob_dtype in SQRT_LEVELS:  # sqrt(p) within half a code
+        assert np.all(np.abs(np.sqrt(decoded) - np.sqrt(original)) <= 0.5 / SQRT_LEVELS[prob_dtype] + 1e-6)
     else:  # log codes: relative error within half a step above e^-16, clipped below
         step = log_step(prob_dtype)
         big = original > np.exp(-16.0 + step)
