@@ -152,6 +152,9 @@ def markdown_table(payload: dict) -> str:
         extra.append(f"online full-vocabulary distillation: student CE {payload['online_full_ce']:.4f}")
     if payload.get("baseline_ce") is not None:
         extra.append(f"CE-only baseline (alpha = 1): student CE {payload['baseline_ce']:.4f}")
+    if any(r["targets"] == "sample" for r in payload["rows"]):
+        extra.append("sampled rows: KL and top-1 compare the full ensemble with one draw's weighted target, which "
+                     "is unbiased only in expectation (its KL is large by construction); compare them by student CE.")
     extra.append(f"full fp32 logits: {payload['full_logit_bytes_per_token']:.0f} bytes/token; T = {payload['temperature']}, "
                  f"{payload['chunks']} chunks")
     return "\n".join(lines) + "\n\n" + "\n\n".join(extra) + "\n"
