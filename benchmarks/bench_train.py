@@ -100,7 +100,7 @@ def setup(work: Path, args) -> None:
         shutil.copy(work / "data" / "tokenizer.json", work / "teachers" / preset / "tokenizer.json")
         teachers.append(work / "teachers" / preset)
     dump(DumpConfig(data=work / "data", teachers=tuple(teachers), out=work / "cache.zarr", top_k=32, block_rows=64,
-                    temperature=2.0, device="cpu"))
+                    temperature=args.temperature, device="cpu"))
 
 
 def main() -> None:
@@ -114,6 +114,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--temperature", type=float, default=2.0, help="T of the cache (and of the online teachers)")
     parser.add_argument("--arm", help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -124,7 +125,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_train_"))
     try:
         setup(work, args)
-        arms = [f"{kind}:{p}" for p in args.presets.split(",") for kind in ("bare", "loop")]
+        presets = [p for p in args.presets.split(",") if p]
+        arms = [f"{kind}:{p}" for p in presets for kind in ("bare", "loop")]
         arms += [f"{kind}:{args.student}" for kind in ("bare", "student-ce", "student-kd", "student-online")]
         results: dict[str, list[dict]] = {arm: [] for arm in arms}
         passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("arm", "work")]
@@ -145,8 +147,9 @@ def main() -> None:
         student = {k: summary[f"{k}:{args.student}"] for k in ("student-ce", "student-kd", "student-online")}
         emit_json({"bench": "train", "arms": summary,
                    "loop_vs_bare": {p: summary[f"loop:{p}"]["tokens_per_s"] / summary[f"bare:{p}"]["tokens_per_s"]
-                                    for p in args.presets.split(",")},
+                                    for p in presets},
                    "kd_cache_vs_ce": student["student-kd"]["tokens_per_s"] / student["student-ce"]["tokens_per_s"],
+                   "peak_rss_mb_kd_cache_vs_ce": student["student-kd"]["peak_rss_mb"] / student["student-ce"]["peak_rss_mb"],
                    "kd_cache_vs_online": student["student-kd"]["tokens_per_s"] / student["student-online"]["tokens_per_s"],
                    "peak_rss_mb_kd_cache_vs_online": student["student-kd"]["peak_rss_mb"] / student["student-online"]["peak_rss_mb"]})
     finally:

@@ -83,7 +83,7 @@ def dump_config(data: Path, teachers, out: Path, **overrides):
     from logitcache.dump import DumpConfig
 
     settings = dict(data=data, teachers=tuple(teachers), out=out, top_k=8, temperature=2.0, block_rows=8,
-                    batch_size=4, max_chunks=40, device="cpu")
+                    batch_size=4, max_chunks=40, device="cpu", prob_dtype="sqrt-u7")
     settings.update(overrides)
     return DumpConfig(**settings)
 

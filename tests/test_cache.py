@@ -62,13 +62,17 @@ def test_cache_round_trips_exactly(tmp_path):
 def test_store_opens_in_plain_zarr(tmp_path):
     rng = np.random.default_rng(2)
     ids, probs = random_topk(rng)
-    make_cache(tmp_path / "c.zarr", ids, probs, "log-u7")
-    group = zarr.open_group(str(tmp_path / "c.zarr"), mode="r")
+    make_cache(tmp_path / "c.zarr", ids, probs, "sqrt-u7")
+    group = zarr.open_group(str(tmp_path / "c.zarr"), mode="r")  # plain zarr, no logitcache decoding
     attrs = group.attrs["logitcache"]
-    stored_ids = np.cumsum(group["topk_ids"][:].astype(np.int64), axis=-1)
-    step = attrs["encodings"]["topk_probs"]
-    assert "exp(-float32(topk_probs)" in step
-    assert np.array_equal(np.sort(stored_ids, -1), np.sort(ids, -1))
+    assert attrs["encodings"]["topk_probs"].startswith("p = (float32(topk_probs) / 127) ** 2")
+    plain_ids = np.cumsum(group["topk_ids"][:].astype(np.int64), axis=-1)  # the recipe for ids
+    plain_probs = (group["topk_probs"][:].astype(np.float32) / 127) ** 2  # the recipe for probs
+    order = np.argsort(-plain_probs, axis=-1, kind="stable")
+    _, reader_ids, reader_probs = open_cache(tmp_path / "c.zarr").read(0, 3)
+    assert np.array_equal(np.take_along_axis(plain_ids, order, -1), reader_ids)
+    assert np.allclose(np.take_along_axis(plain_probs, order, -1), reader_probs)
+    assert np.array_equal(np.sort(plain_ids, -1), np.sort(ids, -1))
 
 
 def test_incomplete_and_foreign_stores_are_refused(tmp_path):

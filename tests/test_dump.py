@@ -36,21 +36,32 @@ def full_ensemble(tiny_data, tiny_teachers, combine="mean-logits", temperature=2
     return tokens, ensemble.probs(torch.from_numpy(tokens.astype(np.int64)))
 
 
+@pytest.mark.parametrize("n_teachers", [1, 2])
 @pytest.mark.parametrize("combine", ["mean-logits", "mean-probs"])
-def test_k_equal_vocab_float32_is_the_full_ensemble(tmp_path, tiny_data, tiny_teachers, combine):
+def test_k_equal_vocab_float32_is_the_full_ensemble(tmp_path, tiny_data, tiny_teachers, combine, n_teachers):
     out = tmp_path / "full.zarr"
-    dump(dump_config(tiny_data, tiny_teachers, out, top_k=300, prob_dtype="float32", combine=combine, max_chunks=16))
-    tokens, full = full_ensemble(tiny_data, tiny_teachers, combine, rows=16)
+    teachers = tiny_teachers[:n_teachers]
+    dump(dump_config(tiny_data, teachers, out, top_k=300, prob_dtype="float32", combine=combine, max_chunks=16))
+    tokens, full = full_ensemble(tiny_data, teachers, combine, rows=16)
     got_tokens, ids, probs = open_cache(out).read(0, 16)
     dense = np.zeros_like(full.numpy())
     np.put_along_axis(dense, ids, probs, -1)
     assert np.array_equal(got_tokens, tokens.astype(np.int64))
     assert np.allclose(dense, full.numpy(), atol=1e-6)
-    if combine == "mean-probs":  # the average of per-teacher softmaxes, computed directly
-        models = [load_model(t) for t in tiny_teachers]
-        with torch.no_grad():
-            direct = sum(torch.softmax(m(torch.from_numpy(tokens.astype(np.int64))).logits / 2.0, -1) for m in models) / 2
-        assert np.allclose(dense, direct.numpy(), atol=1e-5)
+    models = [load_model(t) for t in teachers]  # the direct computation: models, softmax, torch.topk
+    with torch.no_grad():
+        logits = [m(torch.from_numpy(tokens.astype(np.int64))).logits for m in models]
+    if combine == "mean-probs":
+        direct = sum(torch.softmax(z / 2.0, -1) for z in logits) / len(logits)
+    else:
+        direct = torch.softmax(sum(logits) / len(logits) / 2.0, -1)
+    assert np.allclose(dense, direct.numpy(), atol=1e-5)
+    top_probs, top_ids = direct.topk(8, -1)
+    small = tmp_path / "top8.zarr"
+    dump(dump_config(tiny_data, teachers, small, top_k=8, prob_dtype="sqrt-u8", combine=combine, max_chunks=16))
+    _, ids8, probs8 = open_cache(small).read(0, 16)
+    assert np.array_equal(np.sort(ids8, -1), np.sort(top_ids.numpy(), -1))
+    assert np.all(np.abs(np.sqrt(probs8) - np.sqrt(top_probs.numpy())) <= 0.5 / 255 + 1e-6)
 
 
 def test_cache_attributes_and_integrity(tiny_cache, tiny_data):
@@ -160,3 +171,19 @@ def test_sampled_dump_is_deterministic_across_resume_and_ranks(tmp_path, tiny_da
     assert reader.attrs["targets"] == "sample" and reader.layout.with_weights
     _, ids, probs, weights = reader.read_block(0)
     assert np.allclose(weights.sum(-1), 1.0, atol=1e-3)  # q = p: weights are counts / N
+
+
+def test_two_process_torchrun_dump_equals_one_process(tmp_path, tiny_data, tiny_teachers, tiny_cache):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "c.zarr"
+    args = ["dump", "--data", tiny_data, "--teacher", tiny_teachers[0], "--teacher", tiny_teachers[1], "--out", out,
+            "--top-k", 8, "--temperature", 2.0, "--block-rows", 8, "--batch-size", 4, "--max-chunks", 40, "--device", "cpu",
+            "--prob-dtype", "sqrt-u7"]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+                           "logitcache_cli", *map(str, args)], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert_same_store(out, tiny_cache)
