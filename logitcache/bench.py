@@ -66,7 +66,7 @@ def target_accuracy(reader: CacheReader, ensemble: Ensemble, rows: np.ndarray, b
         blocks = reader.read(start, stop) if not weights_kind else _read_weighted(reader, start, stop)
         _, ids, probs = (torch.from_numpy(a) for a in blocks[:3])
         target_probs = probs if not weights_kind else torch.from_numpy(blocks[3])  # sampled: the weights
-        kept = (target_probs * (ids >= 0)).sum(-1, keepdim=True).clamp(max=1.0)  # (B, T, 1)
+        kept = target_probs.sum(-1, keepdim=True).clamp(max=1.0)  # (B, T, 1)
         k_eff = ids.shape[-1]
         tail = (1.0 - kept).clamp(min=1e-12) / max(vocab - k_eff, 1)
         approx = tail.expand(*full.shape).clone()

@@ -232,7 +232,7 @@ def dump(config: DumpConfig, resume: bool = False, progress: ProgressHook = NULL
     todo = [b for b in mine if not done[b]]
     report = DumpReport(path=str(config.out), n_rows=rows.shape[0], blocks_skipped=len(mine) - len(todo),
                         rank=env.rank, world=env.world)
-    progress.start("dump", len(todo) and sum(min(layout.block_range(b)[1], rows.shape[0]) - layout.block_range(b)[0] for b in todo))
+    progress.start("dump", sum(stop - start for start, stop in map(layout.block_range, todo)))
     writer = BlockWriter(store)
     t_start = time.perf_counter()
     try:

@@ -137,7 +137,8 @@ class Stages:
         action()
         self.seconds[name] = time.perf_counter() - t0
         self.ran.append(name)
-        output.mkdir(parents=True, exist_ok=True) if output.suffix != ".zarr" else None
+        if output.suffix != ".zarr":
+            output.mkdir(parents=True, exist_ok=True)
         write_json_atomic(stamp, {"config_hash": key, "seconds": self.seconds[name], "stage": name})
 
 
