@@ -15,6 +15,8 @@ probabilities, sorted by decreasing probability.
 """
 from __future__ import annotations
 
+import functools
+
 import json
 import logging
 import os
@@ -138,11 +140,18 @@ def encode_probs(probs: np.ndarray, prob_dtype: str) -> np.ndarray:
 
 
 def decode_probs(stored: np.ndarray, prob_dtype: str) -> np.ndarray:
-    if prob_dtype in SQRT_LEVELS:
-        return np.square(stored.astype(np.float32) / np.float32(SQRT_LEVELS[prob_dtype]))
-    if prob_dtype in LOG_LEVELS:
-        return np.exp(-stored.astype(np.float32) * np.float32(log_step(prob_dtype)))
+    if prob_dtype in SQRT_LEVELS or prob_dtype in LOG_LEVELS:
+        return _code_table(prob_dtype)[stored]  # a 256-entry lookup: 2x faster than the arithmetic
     return stored.astype(np.float32)
+
+
+@functools.cache
+def _code_table(prob_dtype: str) -> np.ndarray:
+    """(256,) float32: the probability of every 8-bit code, computed as the decode recipe says."""
+    codes = np.arange(256, dtype=np.float32)
+    if prob_dtype in SQRT_LEVELS:
+        return np.square(codes / np.float32(SQRT_LEVELS[prob_dtype]))
+    return np.exp(-codes * np.float32(log_step(prob_dtype)))
 
 
 def prob_storage_dtype(prob_dtype: str):
@@ -167,9 +176,13 @@ def decode_recipe(attrs: dict) -> dict:
 
 
 def normalise_topk(probs: np.ndarray) -> np.ndarray:
-    """Quantisation can push a row's sum above 1; scale such rows back to exactly 1."""
-    total = probs.sum(axis=-1, keepdims=True)
-    return np.where(total > 1.0, probs / np.maximum(total, 1e-30), probs).astype(np.float32)
+    """Quantisation can push a row's sum above 1; scale such rows back to exactly 1 (in place)."""
+    probs = probs.astype(np.float32, copy=False)
+    total = probs.sum(axis=-1)  # (..., )
+    over = total > 1.0
+    if over.any():
+        probs[over] /= total[over][:, None]
+    return probs
 
 
 # ----------------------------------------------------------------------------- cache store
@@ -322,12 +335,16 @@ class CacheStore:
         if block_checksum(stored) != expected:
             raise CacheCorruptError(f"block {block}: checksum mismatch (stored data changed after writing)", block)
 
-    def decode(self, stored: list[np.ndarray]) -> tuple[np.ndarray, ...]:
+    def decode(self, stored: list[np.ndarray], by_prob: bool = True) -> tuple[np.ndarray, ...]:
         """Stored block -> tokens (n, T) int64, ids (n, T, K) int64, probs (n, T, K) float32 [, weights],
-        each position sorted by decreasing probability."""
+        each position sorted by decreasing probability (or left in ascending id order when not
+        `by_prob`: the losses are sums over K, and the sort is a third of the decode time)."""
         tokens = stored[0].astype(np.int64)
         ids = decode_ids(stored[1])
         probs = normalise_topk(decode_probs(stored[2], self.layout.prob_dtype))
+        if not by_prob:
+            out = [tokens, ids, probs] + ([stored[3].astype(np.float32)] if self.layout.with_weights else [])
+            return tuple(out)
         order = np.argsort(-probs, axis=-1, kind="stable")
         out = [tokens, np.take_along_axis(ids, order, axis=-1), np.take_along_axis(probs, order, axis=-1)]
         if self.layout.with_weights:
@@ -362,8 +379,9 @@ class CacheReader:
     def __len__(self) -> int:
         return self.layout.n_rows
 
-    def read_block(self, block: int, targets: bool = True) -> tuple[np.ndarray, ...]:
-        """One block decoded; checksum-verified first when `verify`. Only tokens when not `targets`."""
+    def read_block(self, block: int, targets: bool = True, by_prob: bool = True) -> tuple[np.ndarray, ...]:
+        """One block decoded; checksum-verified first when `verify`. Only tokens when not `targets`;
+        each position's entries by decreasing probability when `by_prob`, else by ascending id."""
         if not targets:
             start, stop = self.layout.block_range(block)
             try:
@@ -373,7 +391,7 @@ class CacheReader:
         stored = self.store.read_stored_block(block)
         if self.verify:
             self.store.check_block(block, stored)
-        return self.store.decode(stored)
+        return self.store.decode(stored, by_prob)
 
     def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         stop = min(stop, len(self))

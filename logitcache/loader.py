@@ -62,7 +62,7 @@ class CacheRows:
 
     def _load(self, block: int):
         try:
-            return self.reader.read_block(block, targets=self.targets)
+            return self.reader.read_block(block, targets=self.targets, by_prob=False)  # order-free losses
         except CacheCorruptError as exc:
             if not self.skip_bad_blocks:
                 raise

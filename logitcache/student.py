@@ -18,11 +18,11 @@ from .configs import check, to_dict
 from .data import load_data
 from .ensemble import Ensemble, load_teachers
 from .errors import LogitcacheError
-from .losses import REDUCTIONS, TAILS, dense_kl, fused_topk_kl, retemper, sampled_kl, sparse_kl
+from .losses import REDUCTIONS, TAILS, dense_kl, fused_next_token_ce, fused_topk_kl, retemper, sampled_kl, sparse_kl
 from .models import build_model, get_preset
 from .progress import NULL_PROGRESS, ProgressHook
 from .teacher import tokenizer_saver
-from .train import TrainConfig, TrainReport, autocast_for, fit, next_token_ce
+from .train import TrainConfig, TrainReport, autocast_for, fit
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class DistillObjective:
         input_ids = batch["input_ids"]
         logits = model(input_ids=input_ids).logits  # (B, T, V)
         if self.alpha >= 1.0:
-            ce = next_token_ce(logits, input_ids)
+            ce = fused_next_token_ce(logits, input_ids)
             return ce, {"ce": ce.detach()}
         probs = batch["topk_probs"]
         if self.retemper_from is not None:
@@ -80,7 +80,7 @@ class DistillObjective:
         else:
             kl = sparse_kl(logits, batch["topk_ids"], probs, self.temperature, self.tail, self.reduction)
         if ce is None:
-            ce = next_token_ce(logits, input_ids)
+            ce = fused_next_token_ce(logits, input_ids)
         loss = self.alpha * ce + (1.0 - self.alpha) * kl
         return loss, {"ce": ce.detach(), "kl": kl.detach()}
 
@@ -94,7 +94,7 @@ class OnlineObjective:
     def __call__(self, model, batch):
         input_ids = batch["input_ids"]
         logits = model(input_ids=input_ids).logits
-        ce = next_token_ce(logits, input_ids)
+        ce = fused_next_token_ce(logits, input_ids)
         teacher_probs = self.ensemble.probs(input_ids)  # (B, T, V)
         kl = dense_kl(logits, teacher_probs, self.ensemble.temperature, self.reduction)
         return self.alpha * ce + (1.0 - self.alpha) * kl, {"ce": ce.detach(), "kl": kl.detach()}

@@ -29,6 +29,7 @@ from .cache import fault_pause
 from .configs import check, write_json_atomic
 from .errors import LogitcacheError
 from .progress import NULL_PROGRESS, ProgressHook
+from .losses import fused_next_token_ce
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ class CEObjective:
 
     def __call__(self, model, batch):
         logits = model(input_ids=batch["input_ids"]).logits  # (B, T, V)
-        ce = next_token_ce(logits, batch["input_ids"])
+        ce = fused_next_token_ce(logits, batch["input_ids"])
         return ce, {"ce": ce.detach()}
 
 

@@ -59,6 +59,20 @@ def test_cache_round_trips_exactly(tmp_path):
     assert len(reader) == 5 and reader.attrs["k"] == 6
 
 
+def test_unsorted_block_read_holds_the_same_pairs(tmp_path):
+    """The training loader skips the by-probability sort: same (id, prob) pairs, ids ascending."""
+    rng = np.random.default_rng(2)
+    ids, probs = random_topk(rng, n=4)
+    make_cache(tmp_path / "c.zarr", ids, probs, "sqrt-u7")
+    reader = open_cache(tmp_path / "c.zarr")
+    _, by_prob_ids, by_prob_probs = reader.read_block(1)
+    _, by_id_ids, by_id_probs = reader.read_block(1, by_prob=False)
+    assert (np.diff(by_id_ids, axis=-1) > 0).all()
+    order = np.argsort(by_prob_ids, axis=-1)
+    assert np.array_equal(np.take_along_axis(by_prob_ids, order, -1), by_id_ids)
+    assert np.array_equal(np.take_along_axis(by_prob_probs, order, -1), by_id_probs)
+
+
 def test_store_opens_in_plain_zarr(tmp_path):
     rng = np.random.default_rng(2)
     ids, probs = random_topk(rng)

@@ -161,3 +161,24 @@ def test_fused_loss_equals_autograd_reference(temperature, reduction):
     (0.3 * kl + 0.7 * ce).backward()
     assert torch.allclose(kl, sparse_kl(logits, ids, probs, temperature, "bucket", reduction), atol=1e-5)
     assert torch.allclose(fused.grad, ref.grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_next_token_ce_equals_cross_entropy(dtype):
+    """The training CE (hand-written backward) against F.cross_entropy through autograd."""
+    from logitcache.losses import fused_next_token_ce
+    from logitcache.train import next_token_ce
+
+    g = torch.Generator().manual_seed(12)
+    logits = (torch.randn(4, 9, 50, generator=g) * 4).to(dtype)
+    tokens = torch.randint(0, 50, (4, 9), generator=g)
+    ref = logits.clone().requires_grad_(True)
+    next_token_ce(ref, tokens).backward()
+    fused = logits.clone().requires_grad_(True)
+    ce = fused_next_token_ce(fused, tokens)
+    ce.backward()
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    assert fused.grad.dtype == dtype
+    assert torch.allclose(ce, next_token_ce(logits, tokens), atol=tol * 10)
+    assert torch.allclose(fused.grad.float(), ref.grad.float(), atol=tol)
+    assert fused.grad[:, -1].abs().max() == 0  # the last position predicts nothing
