@@ -47,7 +47,7 @@ def sparse_kl(
     mask: torch.Tensor | None = None,  # (B, T) 1 for positions that count
 ) -> torch.Tensor:
     """T^2 * KL(teacher || student) over the K kept ids plus a tail bucket (or renormalised over K).
-    The reference implementation (autograd); training uses `fused_topk_kl` for the bucket tail."""
+    The reference implementation (autograd); training uses `fused_distill_loss` for the bucket tail."""
     lse_all = log_normalizer(student_logits, temperature)  # (B, T)
     kept = student_logits.gather(-1, topk_ids).float() / temperature  # (B, T, K): no (B, T, V) copy
     p = topk_probs.float().clamp(min=0)
@@ -116,96 +116,150 @@ def retemper(topk_probs: torch.Tensor, t_cache: float, t_new: float) -> torch.Te
 
 
 
-class _FusedTopkKL(torch.autograd.Function):
-    """T^2 * KL over K ids + tail bucket, and at T = 1 the next-token CE too, with a hand-written
-    backward: one softmax over (B, T, V) forward, one in-place pass over it backward (autograd's
-    version takes a logsumexp backward, a gather backward into zeros and a slice backward).
+# The fused losses below write d loss / d logits in their forward into one (B, T, V) buffer and
+# return it from backward. At T = 1 that buffer is the softmax itself; at T != 1 both q_1 and
+# q_T are needed, so they are made a few rows at a time (~4M entries, which stay in cache across
+# the passes made over them) and only the gradient is kept whole. On GPUs larger slices (fewer
+# kernel launches per slice) still bound the transient memory.
+CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 26}
+# Above this temperature q_T is computed by its own softmax: q_1^(1/T) loses entries that
+# underflow in q_1 (z - max < -103), which carry up to exp(-103 / T) of q_T's mass per entry.
+POW_ROUTE_MAX_T = 4.0
 
-    With q = softmax(z / T): d KL / d s_v = q_v - p_v for kept ids and q_v (1 - p_tail / q_tail)
-    for the others (s = z / T); at T = 1, d CE / d z = q - onehot(next token) from the same q.
+
+def _row_slices(logits: torch.Tensor) -> list[slice]:
+    b, t, v = logits.shape
+    rows = max(1, CHUNK_ELEMENTS.get(logits.device.type, CHUNK_ELEMENTS["cpu"]) // (t * v))
+    return [slice(i, min(i + rows, b)) for i in range(0, b, rows)]
+
+
+def _scale_saved_grad(grad: torch.Tensor, grad_loss: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    # the loop calls backward on loss / grad_accum; skip a full pass when that factor is 1 (CPU only:
+    # reading it on a GPU would synchronise)
+    if grad_loss.device.type != "cpu" or float(grad_loss) != 1.0:
+        grad = grad.mul_(grad_loss)
+    return grad.to(dtype)
+
+
+def _tail_kl(q_kept: torch.Tensor, topk_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per position (KL over the kept ids + tail bucket (R, T), tail factor (R, T)) from the student's
+    q at the kept ids (R, T, K); the tail factor is 1 - p_tail / q_tail, d KL / d s_v = q_v * it off the ids."""
+    log_q_kept = torch.log(q_kept.clamp(min=1e-30))
+    p = topk_probs.float().clamp(min=0)
+    kl = _xlogy_ratio(p, torch.log(p.clamp(min=1e-30)), log_q_kept).sum(-1)  # (R, T)
+    p_tail = (1.0 - p.sum(-1)).clamp(min=0)
+    gap = torch.logsumexp(log_q_kept, dim=-1).clamp(max=0)  # log of the kept student mass
+    has_tail = (p_tail > 0) & (gap < -1e-6)
+    log_q_tail = torch.log(-torch.expm1(torch.where(has_tail, gap, torch.full_like(gap, -1.0))))
+    # if the teacher puts mass in the tail but the student puts (numerically) none there, charge
+    # it at log q_tail = log(1e-6) rather than infinity (as sparse_kl does)
+    fallback = (p_tail * (torch.log(p_tail.clamp(min=1e-30)) + 13.8155)).clamp(min=0)
+    kl = kl + torch.where(has_tail, _xlogy_ratio(p_tail, torch.log(p_tail.clamp(min=1e-30)), log_q_tail), fallback)
+    tail_factor = torch.where(has_tail, 1.0 - p_tail / torch.exp(log_q_tail), torch.ones_like(p_tail))
+    return kl, tail_factor
+
+
+class _FusedDistill(torch.autograd.Function):
+    """alpha * CE + (1 - alpha) * T^2 * KL over K ids + tail bucket, the gradient written in the
+    forward into one (B, T, V) buffer (autograd's version keeps log-softmaxes and takes a logsumexp
+    backward, a gather backward into zeros and a slice backward). Returns (loss, kl, ce); only the
+    loss carries a gradient.
+
+    With q = softmax(z / T): d KL / d s_v = q_v - p_v for kept ids and q_v (1 - p_tail / q_tail) for
+    the others (s = z / T); d CE / d z = q_1 - onehot(next token). q_T = q_1^(1/T) / sum: a sqrt or
+    pow and a sum instead of a divide and a second softmax.
     """
 
     @staticmethod
-    def forward(ctx, logits, topk_ids, topk_probs, temperature, kl_count, next_ids):
-        z = logits.detach()
-        # one fused softmax kernel (a logsumexp, a subtract and an exp were 2.5x slower on CPU)
-        q = torch.softmax(z / temperature if temperature != 1.0 else z, dim=-1, dtype=torch.float32)  # (B, T, V)
-        q_kept = q.gather(-1, topk_ids)  # (B, T, K)
-        log_q_kept = torch.log(q_kept.clamp(min=1e-30))
-        p = topk_probs.float().clamp(min=0)
-        kl = _xlogy_ratio(p, torch.log(p.clamp(min=1e-30)), log_q_kept).sum(-1)  # (B, T)
-        p_tail = (1.0 - p.sum(-1)).clamp(min=0)
-        gap = torch.logsumexp(log_q_kept, dim=-1).clamp(max=0)  # log of the kept student mass
-        has_tail = (p_tail > 0) & (gap < -1e-6)
-        log_q_tail = torch.log(-torch.expm1(torch.where(has_tail, gap, torch.full_like(gap, -1.0))))
-        fallback = (p_tail * (torch.log(p_tail.clamp(min=1e-30)) + 13.8155)).clamp(min=0)
-        kl = kl + torch.where(has_tail, _xlogy_ratio(p_tail, torch.log(p_tail.clamp(min=1e-30)), log_q_tail), fallback)
-        kl_value = temperature**2 * kl.sum() / kl_count
-        ce_value = q.new_zeros(())
-        if next_ids is not None:
-            ce_value = -torch.log(q[:, :-1].gather(-1, next_ids.unsqueeze(-1)).clamp(min=1e-30)).mean()
-        tail_factor = torch.where(has_tail, 1.0 - p_tail / torch.exp(log_q_tail), torch.ones_like(p_tail))  # (B, T)
-        saved_next = next_ids if next_ids is not None else torch.empty(0, dtype=torch.long)
-        ctx.save_for_backward(q, topk_ids, p, tail_factor, saved_next)
-        ctx.temperature, ctx.kl_count, ctx.has_ce = temperature, kl_count, next_ids is not None
+    def forward(ctx, logits, topk_ids, topk_probs, next_ids, temperature, alpha, kl_count):
+        a = (1.0 - alpha) * temperature / kl_count  # T^2 / count, times 1 / T from s = z / T
+        b = alpha / next_ids.numel()
+        if temperature == 1.0:  # the softmax becomes the gradient in place
+            grad, slices = None, [slice(0, logits.shape[0])]
+        else:
+            grad, slices = torch.empty(logits.shape, dtype=torch.float32, device=logits.device), _row_slices(logits)
+        kl_sum = ce_sum = logits.new_zeros((), dtype=torch.float32)
+        for rows in slices:
+            z, ids, nxt = logits[rows].detach(), topk_ids[rows], next_ids[rows].unsqueeze(-1)
+            q1 = torch.softmax(z, dim=-1, dtype=torch.float32)  # (R, T, V)
+            if grad is None:
+                grad = q1
+            g = grad[rows]
+            q1_next = q1[:, :-1].gather(-1, nxt)  # (R, T-1, 1)
+            ce_sum = ce_sum - torch.log(q1_next.clamp(min=1e-30)).sum()
+            if temperature == 1.0:
+                qt, norm = q1, None
+            elif temperature <= POW_ROUTE_MAX_T:
+                qt = torch.sqrt(q1, out=g) if temperature == 2.0 else torch.pow(q1, 1.0 / temperature, out=g)
+                norm = qt.sum(-1, keepdim=True)  # (R, T, 1)
+            else:
+                qt = g.copy_(torch.softmax(z / temperature, dim=-1, dtype=torch.float32))
+                norm = None
+            q_kept = qt.gather(-1, ids)  # (R, T, K)
+            if norm is not None:
+                q_kept = q_kept / norm
+            kl, tail_factor = _tail_kl(q_kept, topk_probs[rows])
+            kl_sum = kl_sum + kl.sum()
+            scale = (a * tail_factor).unsqueeze(-1)  # (R, T, 1)
+            kept_grad = a * (q_kept - topk_probs[rows].float().clamp(min=0))  # (R, T, K)
+            if norm is not None:
+                scale = scale / norm
+            if qt is q1:  # T = 1: both terms from one softmax
+                scale[:, :-1] += b
+                kept_grad[:, :-1] += b * q_kept[:, :-1]
+                g.mul_(scale)
+            else:
+                g.mul_(scale)
+                kept_grad[:, :-1] += b * q1[:, :-1].gather(-1, ids[:, :-1])
+                g[:, :-1].add_(q1[:, :-1], alpha=b)
+            g.scatter_(-1, ids, kept_grad)
+            g[:, :-1].scatter_add_(-1, nxt, torch.full(nxt.shape, -b, dtype=g.dtype, device=g.device))
+            del q1, qt
+        kl = temperature**2 * kl_sum / kl_count
+        ce = ce_sum / next_ids.numel()
+        ctx.save_for_backward(grad)
         ctx.logits_dtype = logits.dtype
-        return kl_value, ce_value
+        ctx.mark_non_differentiable(kl, ce)
+        return alpha * ce + (1.0 - alpha) * kl, kl, ce
 
     @staticmethod
-    def backward(ctx, grad_kl, grad_ce):
-        q, topk_ids, p, tail_factor, next_ids = ctx.saved_tensors
-        a = grad_kl * ctx.temperature / ctx.kl_count  # T^2 / count, times 1 / T from s = z / T
-        b = grad_ce / next_ids.numel() if ctx.has_ce else q.new_zeros(())
-        q_kept = q.gather(-1, topk_ids)  # (B, T, K)
-        scale = a * tail_factor  # (B, T)
-        kept_grad = a * (q_kept - p)
-        if ctx.has_ce:
-            ce_rows = torch.zeros_like(scale)
-            ce_rows[:, :-1] = b
-            scale = scale + ce_rows
-            kept_grad = kept_grad + ce_rows.unsqueeze(-1) * q_kept
-        grad = q.mul_(scale.unsqueeze(-1))  # the saved softmax becomes the gradient, in place
-        grad.scatter_(-1, topk_ids, kept_grad)
-        if ctx.has_ce:
-            grad[:, :-1].scatter_add_(-1, next_ids.unsqueeze(-1), (-b).expand(*next_ids.shape, 1).contiguous())
-        return grad.to(ctx.logits_dtype), None, None, None, None, None
+    def backward(ctx, grad_loss, grad_kl, grad_ce):
+        (grad,) = ctx.saved_tensors
+        return _scale_saved_grad(grad, grad_loss, ctx.logits_dtype), None, None, None, None, None, None
 
 
-def fused_topk_kl(student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_probs: torch.Tensor, temperature: float,
-                  reduction: str = "token", input_ids: torch.Tensor | None = None):
-    """(T^2 KL with a tail bucket, CE or None): equal to `sparse_kl(..., tail="bucket")` and, when
-    `input_ids` is given (T = 1 only), to `next_token_ce`; about half the (B, T, V) passes."""
+def fused_distill_loss(student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_probs: torch.Tensor,
+                       input_ids: torch.Tensor, temperature: float, alpha: float, reduction: str = "token"):
+    """(loss, kl, ce) = alpha * next_token_ce + (1 - alpha) * sparse_kl(..., tail="bucket"), with kl and ce
+    detached for logging: the training path (about a third of autograd's (B, T, V) passes)."""
     b, t = topk_ids.shape[:2]
     count = b if reduction == "paper" else b * t
-    next_ids = input_ids[:, 1:].contiguous() if input_ids is not None else None
-    if next_ids is not None and temperature != 1.0:
-        raise ValueError("the fused CE needs T = 1")
-    kl, ce = _FusedTopkKL.apply(student_logits, topk_ids, topk_probs, float(temperature), count, next_ids)
-    return kl, (ce if next_ids is not None else None)
+    next_ids = input_ids[:, 1:].contiguous()
+    return _FusedDistill.apply(student_logits, topk_ids, topk_probs, next_ids, float(temperature), float(alpha), count)
 
 
 class _FusedNextTokenCE(torch.autograd.Function):
-    """Mean next-token CE with a hand-written backward: one softmax forward, the gradient written
-    into it in place backward. F.cross_entropy on a sliced (B, T-1, V) view copies the slice,
-    keeps log-probs, and builds a one-hot gradient: about twice the passes over (B, T, V)."""
+    """Mean next-token CE, the gradient (q - onehot) / count written in place into the softmax in the
+    forward. F.cross_entropy on a sliced (B, T-1, V) view copies the slice, keeps log-probs, and
+    builds a one-hot gradient: about twice the passes over (B, T, V)."""
 
     @staticmethod
     def forward(ctx, logits, next_ids):
-        q = torch.softmax(logits.detach(), dim=-1, dtype=torch.float32)  # (B, T, V)
-        picked = q[:, :-1].gather(-1, next_ids.unsqueeze(-1)).squeeze(-1)  # (B, T-1)
-        ce = -torch.log(picked.clamp(min=1e-30)).mean()
-        ctx.save_for_backward(q, next_ids)
+        grad = torch.softmax(logits.detach(), dim=-1, dtype=torch.float32)  # (B, T, V), becomes the gradient
+        nxt = next_ids.unsqueeze(-1)  # (B, T-1, 1)
+        ce = -torch.log(grad[:, :-1].gather(-1, nxt).clamp(min=1e-30)).mean()
+        b = 1.0 / next_ids.numel()
+        grad.mul_(b)
+        grad[:, -1].zero_()  # the last position predicts nothing
+        grad[:, :-1].scatter_add_(-1, nxt, torch.full(nxt.shape, -b, dtype=grad.dtype, device=grad.device))
+        ctx.save_for_backward(grad)
         ctx.logits_dtype = logits.dtype
         return ce
 
     @staticmethod
     def backward(ctx, grad_ce):
-        q, next_ids = ctx.saved_tensors
-        b = grad_ce / next_ids.numel()
-        grad = q.mul_(b)  # d CE / d z = (q - onehot) / count for positions 0..T-2
-        grad[:, -1].zero_()  # the last position predicts nothing
-        grad[:, :-1].scatter_add_(-1, next_ids.unsqueeze(-1), (-b).expand(*next_ids.shape, 1).contiguous())
-        return grad.to(ctx.logits_dtype), None
+        (grad,) = ctx.saved_tensors
+        return _scale_saved_grad(grad, grad_ce, ctx.logits_dtype), None
 
 
 def fused_next_token_ce(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:

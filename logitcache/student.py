@@ -18,7 +18,7 @@ from .configs import check, to_dict
 from .data import load_data
 from .ensemble import Ensemble, load_teachers
 from .errors import LogitcacheError
-from .losses import REDUCTIONS, TAILS, dense_kl, fused_next_token_ce, fused_topk_kl, retemper, sampled_kl, sparse_kl
+from .losses import REDUCTIONS, TAILS, dense_kl, fused_distill_loss, fused_next_token_ce, retemper, sampled_kl, sparse_kl
 from .models import build_model, get_preset
 from .progress import NULL_PROGRESS, ProgressHook
 from .teacher import tokenizer_saver
@@ -71,16 +71,15 @@ class DistillObjective:
         probs = batch["topk_probs"]
         if self.retemper_from is not None:
             probs = retemper(probs, self.retemper_from, self.temperature)
-        ce = None
+        if self.targets == "topk" and self.tail == "bucket":  # the fused path: one (B, T, V) gradient buffer
+            loss, kl, ce = fused_distill_loss(logits, batch["topk_ids"], probs, input_ids, self.temperature,
+                                              self.alpha, self.reduction)
+            return loss, {"ce": ce, "kl": kl}
         if self.targets == "sample":
             kl = sampled_kl(logits, batch["topk_ids"], probs, batch["sample_weights"], self.temperature, self.reduction)
-        elif self.tail == "bucket":  # fused forward/backward; at T = 1 it gives the CE from the same softmax
-            kl, ce = fused_topk_kl(logits, batch["topk_ids"], probs, self.temperature, self.reduction,
-                                   input_ids if self.temperature == 1.0 else None)
         else:
             kl = sparse_kl(logits, batch["topk_ids"], probs, self.temperature, self.tail, self.reduction)
-        if ce is None:
-            ce = fused_next_token_ce(logits, input_ids)
+        ce = fused_next_token_ce(logits, input_ids)
         loss = self.alpha * ce + (1.0 - self.alpha) * kl
         return loss, {"ce": ce.detach(), "kl": kl.detach()}
 

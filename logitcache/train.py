@@ -8,6 +8,7 @@ so N processes follow the same loss curve as one process with the same global ba
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import math
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Protocol
 
+import crc32c
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -176,12 +178,23 @@ class TrainReport:
 CHECKPOINT = "checkpoint"
 
 
+CHECKPOINT_MAGIC = b"LCCK"  # trailer: magic, crc32c (uint32 LE), payload size (uint64 LE)
+
+
 def save_checkpoint(out: Path, state: dict) -> None:
-    """torch.save into a temp file, then rename: a kill never leaves half a checkpoint."""
+    """torch.save into a temp file, a checksum trailer, then rename: a kill never leaves half a
+    checkpoint, and a damaged one is refused on resume instead of loading changed weights."""
     folder = out / CHECKPOINT
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / "state.pt.tmp"
     torch.save(state, tmp)
+    crc, size = 0, 0
+    with open(tmp, "r+b") as f:
+        while chunk := f.read(1 << 24):
+            crc, size = crc32c.crc32c(chunk, crc), size + len(chunk)
+        f.write(CHECKPOINT_MAGIC + crc.to_bytes(4, "little") + size.to_bytes(8, "little"))
+        f.flush()
+        os.fsync(f.fileno())
     fault_pause("LOGITCACHE_FAULT_CHECKPOINT_PAUSE")  # fault-injection tests: kill between write and rename
     os.replace(tmp, folder / "state.pt")
 
@@ -190,8 +203,15 @@ def load_checkpoint(out: Path) -> dict | None:
     path = out / CHECKPOINT / "state.pt"
     if not path.exists():
         return None
+    blob = path.read_bytes()
+    trailer, payload = blob[-16:], blob[:-16]
+    if len(blob) < 16 or trailer[:4] != CHECKPOINT_MAGIC:
+        raise LogitcacheError(f"checkpoint {path} has no checksum trailer (truncated, or not written by logitcache); "
+                              "delete it to start over")
+    if int.from_bytes(trailer[8:], "little") != len(payload) or crc32c.crc32c(payload) != int.from_bytes(trailer[4:8], "little"):
+        raise LogitcacheError(f"checkpoint {path} fails its checksum (changed after writing); delete it to start over")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
     except Exception as exc:
         raise LogitcacheError(f"checkpoint {path} is unreadable ({exc.__class__.__name__}); delete it to start over") from None
 

@@ -105,3 +105,21 @@ def test_dump_train_student_and_eval_from_the_cli(tmp_path, tiny_data, tiny_teac
     assert result.exit_code == 0, result.output
     payload = json.loads((tmp_path / "e.json").read_text())
     assert [m["path"] for m in payload["models"]] == [str(tmp_path / "s"), str(tiny_teachers[0])]
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_damaged_checkpoint_is_refused_and_left_alone(tmp_path, tiny_data, damage):
+    """A checkpoint changed after writing (a flipped byte, a cut-off copy) must not load silently."""
+    out = tmp_path / "t"
+    args = ["train-teacher", "--data", tiny_data, "--arch", "llama", "--preset", "llama-tiny", "--out", out,
+            "--max-steps", "2", "--batch-size", "4", "--checkpoint-every", "1", "--device", "cpu"]
+    assert invoke(*args).exit_code == 0
+    state = out / "checkpoint" / "state.pt"
+    blob = bytearray(state.read_bytes())
+    if damage == "flip":
+        blob[len(blob) // 2] ^= 0x01
+    else:
+        blob = blob[: len(blob) - 100]
+    state.write_bytes(bytes(blob))
+    assert_one_line_error(invoke(*args, "--resume"), "checkpoint", "delete it")
+    assert state.read_bytes() == bytes(blob)

@@ -142,11 +142,18 @@ def test_kl_is_finite_and_non_negative(v, k, temperature, seed, zero_frac, tail,
     assert torch.isfinite(student.grad).all()
 
 
-@pytest.mark.parametrize("temperature", [1.0, 2.0])
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 0.7, 3.0, 6.0])
 @pytest.mark.parametrize("reduction", ["token", "paper"])
-def test_fused_loss_equals_autograd_reference(temperature, reduction):
-    """The hand-written backward (training path) against sparse_kl + next-token CE through autograd."""
-    from logitcache.losses import fused_topk_kl
+@pytest.mark.parametrize("alpha,accum,chunk", [(0.5, 1, None), (0.5, 4, None), (0.0, 1, None), (0.5, 1, 240), (0.3, 2, 500)])
+def test_fused_loss_equals_autograd_reference(temperature, reduction, alpha, accum, chunk, monkeypatch):
+    """The training path (gradient built in the forward) against sparse_kl + next-token CE through
+    autograd: sqrt route (T = 2), pow route (0.7, 3), own softmax (6), gradient accumulation, and
+    row slices of 1 and 2 rows (`chunk` entries) against the whole batch at once."""
+    from logitcache import losses
+    from logitcache.losses import fused_distill_loss
+
+    if chunk:
+        monkeypatch.setitem(losses.CHUNK_ELEMENTS, "cpu", chunk)
     from logitcache.train import next_token_ce
 
     g = torch.Generator().manual_seed(11)
@@ -154,18 +161,21 @@ def test_fused_loss_equals_autograd_reference(temperature, reduction):
     probs, ids = torch.softmax(torch.randn(3, 6, 40, generator=g) * 2, -1).topk(7, -1)
     tokens = torch.randint(0, 40, (3, 6), generator=g)
     ref = logits.clone().requires_grad_(True)
-    (0.3 * sparse_kl(ref, ids, probs, temperature, "bucket", reduction) + 0.7 * next_token_ce(ref, tokens)).backward()
+    ref_kl = sparse_kl(ref, ids, probs, temperature, "bucket", reduction)
+    ref_ce = next_token_ce(ref, tokens)
+    ((alpha * ref_ce + (1 - alpha) * ref_kl) / accum).backward()
     fused = logits.clone().requires_grad_(True)
-    kl, ce = fused_topk_kl(fused, ids, probs, temperature, reduction, tokens if temperature == 1.0 else None)
-    ce = next_token_ce(fused, tokens) if ce is None else ce
-    (0.3 * kl + 0.7 * ce).backward()
-    assert torch.allclose(kl, sparse_kl(logits, ids, probs, temperature, "bucket", reduction), atol=1e-5)
+    loss, kl, ce = fused_distill_loss(fused, ids, probs, tokens, temperature, alpha, reduction)
+    (loss / accum).backward()  # with gradient accumulation the saved gradient is scaled
+    assert not kl.requires_grad and not ce.requires_grad
+    assert torch.allclose(kl, ref_kl.detach(), atol=1e-5) and torch.allclose(ce, ref_ce.detach(), atol=1e-5)
+    assert torch.allclose(loss, alpha * ce + (1 - alpha) * kl, atol=1e-6)
     assert torch.allclose(fused.grad, ref.grad, atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_next_token_ce_equals_cross_entropy(dtype):
-    """The training CE (hand-written backward) against F.cross_entropy through autograd."""
+    """The training CE (gradient built in the forward) against F.cross_entropy through autograd."""
     from logitcache.losses import fused_next_token_ce
     from logitcache.train import next_token_ce
 
