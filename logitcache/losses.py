@@ -127,6 +127,29 @@ CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 26}
 POW_ROUTE_MAX_T = 4.0
 
 
+# One reused (B, T, V) gradient buffer per shape: a fresh 65 MB tensor every step costs ~16k
+# page faults on CPU (~8% of a small student's step here). Only handed out when the logits are a
+# model output (a leaf's .grad could keep the buffer) and no earlier loss still holds it.
+_WORKSPACE: dict[tuple, torch.Tensor] = {}
+_IN_USE: set[int] = set()
+
+
+def _gradient_buffer(logits: torch.Tensor) -> torch.Tensor:
+    key = (tuple(logits.shape), logits.device)
+    buf = _WORKSPACE.get(key)
+    if logits.grad_fn is None or (buf is not None and id(buf) in _IN_USE):
+        return torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
+    if buf is None:
+        _WORKSPACE.clear()  # a new shape (the last, smaller batch of an epoch, or eval): keep one buffer
+        buf = _WORKSPACE[key] = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
+    _IN_USE.add(id(buf))
+    return buf
+
+
+def _release(buf: torch.Tensor) -> None:
+    _IN_USE.discard(id(buf))
+
+
 def _row_slices(logits: torch.Tensor) -> list[slice]:
     b, t, v = logits.shape
     rows = max(1, CHUNK_ELEMENTS.get(logits.device.type, CHUNK_ELEMENTS["cpu"]) // (t * v))
@@ -138,6 +161,7 @@ def _scale_saved_grad(grad: torch.Tensor, grad_loss: torch.Tensor, dtype: torch.
     # reading it on a GPU would synchronise)
     if grad_loss.device.type != "cpu" or float(grad_loss) != 1.0:
         grad = grad.mul_(grad_loss)
+    _release(grad)  # consumed by the layers below before the next forward can start
     return grad.to(dtype)
 
 
@@ -174,17 +198,13 @@ class _FusedDistill(torch.autograd.Function):
     def forward(ctx, logits, topk_ids, topk_probs, next_ids, temperature, alpha, kl_count):
         a = (1.0 - alpha) * temperature / kl_count  # T^2 / count, times 1 / T from s = z / T
         b = alpha / next_ids.numel()
-        if temperature == 1.0:  # the softmax becomes the gradient in place
-            grad, slices = None, [slice(0, logits.shape[0])]
-        else:
-            grad, slices = torch.empty(logits.shape, dtype=torch.float32, device=logits.device), _row_slices(logits)
+        grad = _gradient_buffer(logits)  # (B, T, V) float32
         kl_sum = ce_sum = logits.new_zeros((), dtype=torch.float32)
-        for rows in slices:
-            z, ids, nxt = logits[rows].detach(), topk_ids[rows], next_ids[rows].unsqueeze(-1)
-            q1 = torch.softmax(z, dim=-1, dtype=torch.float32)  # (R, T, V)
-            if grad is None:
-                grad = q1
-            g = grad[rows]
+        for rows in _row_slices(logits):
+            z, ids, nxt, g = logits[rows].detach(), topk_ids[rows], next_ids[rows].unsqueeze(-1), grad[rows]
+            # at T = 1 the softmax is written into the gradient buffer and becomes the gradient in place
+            q1 = torch.softmax(z, dim=-1, dtype=torch.float32, out=g) if temperature == 1.0 else \
+                torch.softmax(z, dim=-1, dtype=torch.float32)  # (R, T, V)
             q1_next = q1[:, :-1].gather(-1, nxt)  # (R, T-1, 1)
             ce_sum = ce_sum - torch.log(q1_next.clamp(min=1e-30)).sum()
             if temperature == 1.0:
@@ -245,7 +265,7 @@ class _FusedNextTokenCE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, next_ids):
-        grad = torch.softmax(logits.detach(), dim=-1, dtype=torch.float32)  # (B, T, V), becomes the gradient
+        grad = torch.softmax(logits.detach(), dim=-1, dtype=torch.float32, out=_gradient_buffer(logits))  # (B, T, V)
         nxt = next_ids.unsqueeze(-1)  # (B, T-1, 1)
         ce = -torch.log(grad[:, :-1].gather(-1, nxt).clamp(min=1e-30)).mean()
         b = 1.0 / next_ids.numel()

@@ -192,3 +192,43 @@ def test_fused_next_token_ce_equals_cross_entropy(dtype):
     assert torch.allclose(ce, next_token_ce(logits, tokens), atol=tol * 10)
     assert torch.allclose(fused.grad.float(), ref.grad.float(), atol=tol)
     assert fused.grad[:, -1].abs().max() == 0  # the last position predicts nothing
+
+
+def test_reused_gradient_buffer_is_never_shared_by_two_live_losses():
+    """The fused losses reuse one (B, T, V) buffer across steps; two losses alive at once (both
+    forwards before either backward) must still get their own gradients."""
+    from logitcache.losses import fused_distill_loss, fused_next_token_ce
+    from logitcache.train import next_token_ce
+
+    g = torch.Generator().manual_seed(13)
+    head = torch.nn.Linear(8, 30)
+    hidden = [torch.randn(2, 5, 8, generator=g) for _ in range(3)]
+    tokens = torch.randint(0, 30, (2, 5), generator=g)
+    probs, ids = torch.softmax(torch.randn(2, 5, 30, generator=g), -1).topk(4, -1)
+
+    def reference(h):
+        head.zero_grad()
+        logits = head(h)
+        (0.5 * next_token_ce(logits, tokens) + 0.5 * sparse_kl(logits, ids, probs, 2.0)).backward()
+        return head.weight.grad.clone()
+
+    expected = [reference(h) for h in hidden]
+    for _ in range(2):  # one loss at a time, twice over (the second pass reuses the buffer)
+        for h, want in zip(hidden, expected):
+            head.zero_grad()
+            fused_distill_loss(head(h), ids, probs, tokens, 2.0, 0.5)[0].backward()
+            assert torch.allclose(head.weight.grad, want, atol=1e-6)
+    head.zero_grad()
+    first = fused_distill_loss(head(hidden[0]), ids, probs, tokens, 2.0, 0.5)[0]
+    second = fused_distill_loss(head(hidden[1]), ids, probs, tokens, 2.0, 0.5)[0]
+    second.backward()
+    first.backward()
+    assert torch.allclose(head.weight.grad, expected[0] + expected[1], atol=1e-6)
+    head.zero_grad()
+    first, second = fused_next_token_ce(head(hidden[0]), tokens), fused_next_token_ce(head(hidden[2]), tokens)
+    (first + second).backward()
+    head_ref = [None, None]
+    for i, h in enumerate((hidden[0], hidden[2])):
+        logits = head(h)
+        head_ref[i] = torch.autograd.grad(next_token_ce(logits, tokens), head.weight)[0]
+    assert torch.allclose(head.weight.grad, head_ref[0] + head_ref[1], atol=1e-6)
