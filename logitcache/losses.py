@@ -51,27 +51,14 @@ def sparse_kl(
     lse_all = log_normalizer(student_logits, temperature)  # (B, T)
     kept = student_logits.gather(-1, topk_ids).float() / temperature  # (B, T, K): no (B, T, V) copy
     p = topk_probs.float().clamp(min=0)
-    log_p = torch.log(p.clamp(min=1e-30))
     if tail == "renormalize":
+        log_p = torch.log(p.clamp(min=1e-30))
         lse_kept = torch.logsumexp(kept, dim=-1, keepdim=True)  # (B, T, 1)
         p_mass = p.sum(-1, keepdim=True).clamp(min=1e-30)
         p_norm = p / p_mass
         kl = _xlogy_ratio(p_norm, log_p - torch.log(p_mass), kept - lse_kept).sum(-1)
     else:
-        log_q = kept - lse_all.unsqueeze(-1)  # (B, T, K)
-        kl = _xlogy_ratio(p, log_p, log_q).sum(-1)  # (B, T)
-        p_tail = (1.0 - p.sum(-1)).clamp(min=0)  # (B, T)
-        # log q_tail = log(1 - exp(lse_kept - lse_all)); guarded where the kept ids hold everything
-        gap = (torch.logsumexp(kept, dim=-1) - lse_all).clamp(max=0)
-        has_tail = (p_tail > 0) & (gap < -1e-6)
-        safe_gap = torch.where(has_tail, gap, torch.full_like(gap, -1.0))
-        log_q_tail = torch.log(-torch.expm1(safe_gap))
-        tail_term = _xlogy_ratio(p_tail, torch.log(p_tail.clamp(min=1e-30)), log_q_tail)
-        # if the teacher puts mass in the tail but the student puts (numerically) none there, the KL
-        # is huge but finite: charge it at log q_tail = log(1e-6) rather than infinity
-        fallback = (p_tail * (torch.log(p_tail.clamp(min=1e-30)) + 13.8155)).clamp(min=0)
-        tail_term = torch.where(has_tail, tail_term, fallback)
-        kl = kl + torch.where(p_tail > 0, tail_term, torch.zeros_like(tail_term))
+        kl, _ = _bucket_kl(kept - lse_all.unsqueeze(-1), p)  # log q at the kept ids (B, T, K)
     return temperature**2 * _reduce(kl, reduction, mask)
 
 
@@ -165,18 +152,18 @@ def _scale_saved_grad(grad: torch.Tensor, grad_loss: torch.Tensor, dtype: torch.
     return grad.to(dtype)
 
 
-def _tail_kl(q_kept: torch.Tensor, topk_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per position (KL over the kept ids + tail bucket (R, T), tail factor (R, T)) from the student's
-    q at the kept ids (R, T, K); the tail factor is 1 - p_tail / q_tail, d KL / d s_v = q_v * it off the ids."""
-    log_q_kept = torch.log(q_kept.clamp(min=1e-30))
-    p = topk_probs.float().clamp(min=0)
-    kl = _xlogy_ratio(p, torch.log(p.clamp(min=1e-30)), log_q_kept).sum(-1)  # (R, T)
+def _bucket_kl(log_q_kept: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """KL over the kept ids plus the tail as one bucket, per position (B, T), and the tail factor
+    1 - p_tail / q_tail (B, T) (d KL / d s_v = q_v * it off the ids), from the student's log q at the
+    kept ids (B, T, K) and the teacher's p >= 0 there. Shared by sparse_kl (autograd) and the fused loss."""
+    kl = _xlogy_ratio(p, torch.log(p.clamp(min=1e-30)), log_q_kept).sum(-1)  # (B, T)
     p_tail = (1.0 - p.sum(-1)).clamp(min=0)
-    gap = torch.logsumexp(log_q_kept, dim=-1).clamp(max=0)  # log of the kept student mass
+    # log q_tail = log(1 - q_kept mass); guarded where the kept ids hold (numerically) everything
+    gap = torch.logsumexp(log_q_kept, dim=-1).clamp(max=0)
     has_tail = (p_tail > 0) & (gap < -1e-6)
     log_q_tail = torch.log(-torch.expm1(torch.where(has_tail, gap, torch.full_like(gap, -1.0))))
-    # if the teacher puts mass in the tail but the student puts (numerically) none there, charge
-    # it at log q_tail = log(1e-6) rather than infinity (as sparse_kl does)
+    # if the teacher puts mass in the tail but the student puts (numerically) none there, the KL is
+    # huge but finite: charge it at log q_tail = log(1e-6) rather than infinity (0 when p_tail = 0)
     fallback = (p_tail * (torch.log(p_tail.clamp(min=1e-30)) + 13.8155)).clamp(min=0)
     kl = kl + torch.where(has_tail, _xlogy_ratio(p_tail, torch.log(p_tail.clamp(min=1e-30)), log_q_tail), fallback)
     tail_factor = torch.where(has_tail, 1.0 - p_tail / torch.exp(log_q_tail), torch.ones_like(p_tail))
@@ -218,10 +205,11 @@ class _FusedDistill(torch.autograd.Function):
             q_kept = qt.gather(-1, ids)  # (R, T, K)
             if norm is not None:
                 q_kept = q_kept / norm
-            kl, tail_factor = _tail_kl(q_kept, topk_probs[rows])
+            p = topk_probs[rows].float().clamp(min=0)  # (R, T, K)
+            kl, tail_factor = _bucket_kl(torch.log(q_kept.clamp(min=1e-30)), p)
             kl_sum = kl_sum + kl.sum()
             scale = (a * tail_factor).unsqueeze(-1)  # (R, T, 1)
-            kept_grad = a * (q_kept - topk_probs[rows].float().clamp(min=0))  # (R, T, K)
+            kept_grad = a * (q_kept - p)  # (R, T, K)
             if norm is not None:
                 scale = scale / norm
             if qt is q1:  # T = 1: both terms from one softmax

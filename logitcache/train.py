@@ -8,7 +8,6 @@ so N processes follow the same loss curve as one process with the same global ba
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import math
@@ -179,6 +178,16 @@ CHECKPOINT = "checkpoint"
 
 
 CHECKPOINT_MAGIC = b"LCCK"  # trailer: magic, crc32c (uint32 LE), payload size (uint64 LE)
+TRAILER_BYTES = 16
+
+
+def _crc32c_of(f, size: int) -> int:
+    """crc32c of the first `size` bytes of an open file, read in 16 MiB pieces (never whole)."""
+    crc, left = 0, size
+    f.seek(0)
+    while left > 0 and (piece := f.read(min(left, 1 << 24))):
+        crc, left = crc32c.crc32c(piece, crc), left - len(piece)
+    return crc
 
 
 def save_checkpoint(out: Path, state: dict) -> None:
@@ -188,10 +197,10 @@ def save_checkpoint(out: Path, state: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / "state.pt.tmp"
     torch.save(state, tmp)
-    crc, size = 0, 0
+    size = tmp.stat().st_size
     with open(tmp, "r+b") as f:
-        while chunk := f.read(1 << 24):
-            crc, size = crc32c.crc32c(chunk, crc), size + len(chunk)
+        crc = _crc32c_of(f, size)
+        f.seek(size)
         f.write(CHECKPOINT_MAGIC + crc.to_bytes(4, "little") + size.to_bytes(8, "little"))
         f.flush()
         os.fsync(f.fileno())
@@ -203,15 +212,18 @@ def load_checkpoint(out: Path) -> dict | None:
     path = out / CHECKPOINT / "state.pt"
     if not path.exists():
         return None
-    blob = path.read_bytes()
-    trailer, payload = blob[-16:], blob[:-16]
-    if len(blob) < 16 or trailer[:4] != CHECKPOINT_MAGIC:
-        raise LogitcacheError(f"checkpoint {path} has no checksum trailer (truncated, or not written by logitcache); "
-                              "delete it to start over")
-    if int.from_bytes(trailer[8:], "little") != len(payload) or crc32c.crc32c(payload) != int.from_bytes(trailer[4:8], "little"):
-        raise LogitcacheError(f"checkpoint {path} fails its checksum (changed after writing); delete it to start over")
-    try:
-        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+    total = path.stat().st_size
+    with open(path, "rb") as f:
+        f.seek(max(total - TRAILER_BYTES, 0))
+        trailer = f.read(TRAILER_BYTES)
+        size = total - TRAILER_BYTES
+        if len(trailer) < TRAILER_BYTES or trailer[:4] != CHECKPOINT_MAGIC:
+            raise LogitcacheError(f"checkpoint {path} has no checksum trailer (truncated, or not written by logitcache); "
+                                  "delete it to start over")
+        if int.from_bytes(trailer[8:], "little") != size or _crc32c_of(f, size) != int.from_bytes(trailer[4:8], "little"):
+            raise LogitcacheError(f"checkpoint {path} fails its checksum (changed after writing); delete it to start over")
+    try:  # the zip reader finds its directory from the end and ignores the trailer after it
+        return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
         raise LogitcacheError(f"checkpoint {path} is unreadable ({exc.__class__.__name__}); delete it to start over") from None
 
