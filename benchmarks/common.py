@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def synthetic_data(out: Path, vocab_size: int, chunks: int, seq_len: int = 128, seed: int = 0) -> Path:
     """A prepared data dir with random tokens (throughput does not depend on the text)."""
-    from logitcache.cache import write_token_store
+    from logitcache.store import write_token_store
     from logitcache.data import fingerprint
     from logitcache.tokenizer import train_tokenizer
 

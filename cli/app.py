@@ -40,10 +40,13 @@ def main() -> None:
     try:
         app()
     finally:
-        import torch.distributed as dist
+        import sys
 
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+        if "torch.distributed" in sys.modules:  # never import torch just to close it
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from logitcache.progress import ProgressHook
 
 console = Console(stderr=True)
 out_console = Console()
-STATE = {"debug": False}
+STATE = {"debug": False, "json_stdout": False}
 
 
 def setup_logging(verbose: bool) -> None:
@@ -37,13 +37,20 @@ def handle_errors(func):
             if STATE["debug"]:
                 raise
             message = str(exc) if isinstance(exc, LogitcacheError) else f"{exc.strerror}: {exc.filename}"
-            console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+            error_line(message)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            console.print("interrupted; rerun with --resume to continue")
+            error_line("interrupted; rerun with --resume to continue", prefix="")
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def error_line(message: str, prefix: str = "error: ") -> None:
+    """One line on stderr, never wrapped (rich would wrap at 80 columns when stderr is not a terminal)."""
+    message = " ".join(str(message).split())  # a multi-line exception text becomes one line
+    sys.stderr.write(f"{prefix}{message}\n")
+    sys.stderr.flush()
 
 
 class RichProgress(ProgressHook):
@@ -89,11 +96,12 @@ def print_table(title: str, columns: list[str], rows: list[list], caption: str |
     if int(os.environ.get("RANK", 0)) != 0:  # under torchrun, rank 0 reports
         return
     table = Table(title=title, caption=caption)
+    target = console if STATE.get("json_stdout") else out_console  # stdout is the JSON's alone
     for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*[fmt(v) for v in row])
-    out_console.print(table)
+    target.print(table)
 
 
 def fmt(value) -> str:
@@ -104,35 +112,31 @@ def fmt(value) -> str:
     return str(value)
 
 
-def write_json(path: Optional[Path], payload: dict) -> None:
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+def json_to_stdout(json_out: Optional[str]) -> None:
+    """With `--json -` the JSON is the only thing on stdout: tables and messages go to stderr."""
+    STATE["json_stdout"] = json_out == "-"
 
 
-def train_config(values: dict):
-    """The TrainConfig whose fields are the command's options of the same names."""
-    import dataclasses
-
-    from logitcache.train import TrainConfig
-
-    return TrainConfig(**{f.name: values[f.name] for f in dataclasses.fields(TrainConfig)})
+def say(text: str) -> None:
+    """A plain result line: stdout, or stderr when stdout carries the JSON."""
+    (sys.stderr if STATE.get("json_stdout") else sys.stdout).write(text + "\n")
 
 
-# Options shared by train-teacher and train-student (the fields of TrainConfig).
-BatchSize = Annotated[int, typer.Option("--batch-size", help="Global batch: sequences per optimizer step.")]
-GradAccum = Annotated[int, typer.Option("--grad-accum", help="Micro-batches per optimizer step.")]
-Lr = Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW).")]
-Epochs = Annotated[int, typer.Option("--epochs", help="Epochs over the training rows.")]
-MaxSteps = Annotated[int, typer.Option("--max-steps", help="Stop after this many optimizer steps (overrides --epochs; 0: off).")]
-Warmup = Annotated[int, typer.Option("--warmup-steps", help="Linear warmup steps before the cosine decay.")]
-WeightDecay = Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay on matrices.")]
-EvalEvery = Annotated[int, typer.Option("--eval-every", help="Also validate every N steps (0: at epoch ends only).")]
-CkptEvery = Annotated[int, typer.Option("--checkpoint-every", help="Also checkpoint every N steps (0: at epoch ends only).")]
-ValChunks = Annotated[int, typer.Option("--val-chunks", help="Size of the fixed validation subset of dev.")]
-Seed = Annotated[int, typer.Option("--seed", help="Seed for initialisation and data order.")]
-Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
-Precision = Annotated[str, typer.Option("--precision", help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16 or fp16.")]
-Resume = Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint in --out.")]
+def write_json(path: Optional[str], payload: dict) -> None:
+    """`--json PATH` writes a file; `--json -` writes to stdout."""
+    if path is None:
+        return
+    text = json.dumps(payload, indent=2, default=str) + "\n"
+    if str(path) == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text)
+
+
+# Options of the commands themselves (not settings of a stage config).
+Resume = Annotated[bool, typer.Option("--resume", help="Continue from what --out holds (a checkpoint, or done blocks).")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace what --out already holds.")]
-JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Also write the numbers to this JSON file.")]
+JsonOut = Annotated[Optional[str], typer.Option("--json", help="Also write the numbers as JSON to this file ('-': to stdout, "
+                                                             "and nothing else goes there).")]

@@ -1,11 +1,8 @@
 """`logitcache inspect CACHE`: what a cache holds."""
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
-
-from logitcache.cache import cache_summary
 
 from . import common as C
 
@@ -16,6 +13,9 @@ def command(
     json_out: C.JsonOut = None,
 ) -> None:
     """Teachers, k, T, combine, rows, blocks done, bytes per token (on disk and raw), decode recipe."""
+    from logitcache.store import cache_summary
+
+    C.json_to_stdout(json_out)
     s = cache_summary(cache)
     a = s["attrs"]
     teachers = "; ".join(f"{t['arch']} {t['params'] / 1e6:.1f}M ({Path(t['path']).name})" for t in a["teachers"])
@@ -31,5 +31,4 @@ def command(
     ]
     rows += [[f"decode {k}", v] for k, v in a["encodings"].items()]
     C.print_table(f"cache {cache}", ["field", "value"], rows)
-    if json_out:
-        C.write_json(json_out, json.loads(json.dumps(s, default=str)))
+    C.write_json(json_out, s)

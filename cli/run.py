@@ -4,8 +4,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from logitcache.run import load_run_config, run_pipeline
-
 from . import common as C
 
 
@@ -13,10 +11,15 @@ from . import common as C
 def command(
     out: Annotated[Path, typer.Option("--out", help="Work directory: every stage's output and the report.")] = Path("work/demo"),
     config: Annotated[Optional[Path], typer.Option("--config", help="TOML config (default: configs/demo.toml, the embedded demo).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override one config key: KEY=VALUE with a dotted key "
+                                                       "(student.train.max_steps=20, dump.top_k=64, teachers.gpt2.preset=gpt2-tiny); "
+                                                       "repeatable. VALUE is read as TOML, else as a string.")] = None,
     force: Annotated[Optional[list[str]], typer.Option("--force", help="Redo this stage even if complete (corpus, prepare, teacher:NAME, dump, student, eval); repeatable.")] = None,
 ) -> None:
     """corpus -> prepare -> teachers -> dump -> students -> eval -> report; complete stages are skipped."""
-    run_config = load_run_config(config)
+    from logitcache.run import load_run_config, run_pipeline
+
+    run_config = load_run_config(config, tuple(set_ or ()))
     report = run_pipeline(run_config, out, tuple(force or ()), progress=C.progress_hook())
     rows = [[f"teacher {t['name']}", t["params"], t["dev_ce"], t["test_ce"]] for t in report["teachers"]]
     rows += [[f"student {k}", s["params"], s["dev_ce"], s["test_ce"]] for k, s in report["students"].items()]

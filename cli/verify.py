@@ -4,18 +4,26 @@ from typing import Annotated
 
 import typer
 
-from logitcache.cache import verify_cache
-
 from . import common as C
 
 
 @C.handle_errors
-def command(cache: Annotated[Path, typer.Argument(help="A cache.zarr written by `logitcache dump`.")]) -> None:
-    """Check every block's checksum and done marker, ids < vocab, finite sorted probabilities summing to <= 1."""
+def command(
+    cache: Annotated[Path, typer.Argument(help="A cache.zarr written by `logitcache dump`.")],
+    json_out: C.JsonOut = None,
+) -> None:
+    """Check every block's done marker and checksum, and its raw decoded values: ids inside the
+    vocabulary and ascending, probabilities finite, >= 0, and summing to no more than the code allows."""
+    from logitcache.store import CacheStore, verify_cache
+
+    C.json_to_stdout(json_out)
     problems = verify_cache(cache, progress=C.progress_hook())
+    n_blocks = CacheStore(cache).layout.n_blocks
+    C.write_json(json_out, {"path": str(cache), "ok": not problems, "n_blocks": n_blocks,
+                            "bad_blocks": len(problems), "problems": problems})
     if problems:
         for line in problems:
-            C.out_console.print(f"FAIL {line}", highlight=False)
-        C.out_console.print(f"{len(problems)} bad block(s); first: {problems[0]}", highlight=False)
+            C.say(f"FAIL {line}")
+        C.say(f"{len(problems)} bad block(s); first: {problems[0]}")
         raise typer.Exit(1)
-    C.out_console.print(f"OK {cache}: every block done and intact")
+    C.say(f"OK {cache}: every block done and intact ({n_blocks} blocks)")

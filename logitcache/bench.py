@@ -8,53 +8,25 @@ counts both truncation and quantisation, and is 0 at k = vocab), and top-1 agree
 from __future__ import annotations
 
 import logging
-import math
 import shutil
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .cache import CacheReader, cache_summary
-from .configs import check, to_dict, write_json_atomic
+from .store import CacheReader, cache_summary
+from .configs import to_dict, write_json_atomic
 from .data import load_data, spread_indices
 from .dump import DumpConfig, dump
 from .ensemble import Ensemble, load_teachers
 from .progress import NULL_PROGRESS, ProgressHook
+from .stage_configs import CacheSizeConfig  # noqa: F401  (re-exported)
 from .student import StudentConfig, train_student
 from .train import TrainConfig
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class CacheSizeConfig:
-    data: Path
-    teachers: tuple[Path, ...]
-    out: Path
-    ks: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-    prob_dtypes: tuple[str, ...] = ("sqrt-u7",)
-    samples: tuple[int, ...] = ()  # sampled-target rows (N draws per position)
-    chunks: int = 256
-    temperature: float = 2.0
-    combine: str = "mean-logits"
-    train_steps: int = 0  # > 0: also distil a student from each cache for this many steps
-    student_preset: str = "llama-student-small"
-    student_batch_size: int = 16
-    student_lr: float = 2e-3
-    alpha: float = 0.5
-    seed: int = 0
-
-    def __post_init__(self):
-        check(len(self.teachers) > 0, "give at least one --teacher")
-        check(all(k > 0 for k in self.ks), "every k must be positive")
-        check(all(0 < n <= 255 for n in self.samples), "every sample count must be in 1..255")
-        check(self.chunks > 0, "chunks must be positive")
-        check(self.train_steps >= 0, "train_steps must be >= 0")
-
-
-@torch.no_grad()
 def target_accuracy(reader: CacheReader, ensemble: Ensemble, rows: np.ndarray, batch_size: int = 8) -> dict:
     """mass kept, KL(full || cached with uniform tail) and top-1 agreement, averaged over positions."""
     vocab = ensemble.vocab_size

@@ -12,6 +12,51 @@ from typing import Any
 from .errors import LogitcacheError
 
 
+def setting(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = None, argument: bool = False,
+            in_run: bool = True, default_factory: Any = dataclasses.MISSING):
+    """A config field with what the CLI and `run` derive from it: the option's help text, its flag
+    (default: --field-name), whether it is a positional argument, and whether it is a key of the
+    stage's section in `run`'s TOML (False for the paths and wiring that `run` fills in itself)."""
+    metadata = {"help": help, "flag": flag, "argument": argument, "in_run": in_run}
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def field_default(f: dataclasses.Field):
+    """A field's default value (MISSING when it is required)."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def section_of(cls, name: str, extra: list[tuple] = (), exclude: tuple[str, ...] = ()) -> type:
+    """The TOML section of a stage in `run`: the stage config's fields that `run` does not wire itself
+    (same types, defaults and help), plus `extra` run-only fields. Derived, so never out of step."""
+    hints = typing.get_type_hints(cls)
+    specs = []
+    for f in dataclasses.fields(cls):
+        if not f.metadata.get("in_run", True) or f.name in exclude:
+            continue
+        kwargs = {"metadata": f.metadata}
+        if f.default_factory is not dataclasses.MISSING:
+            kwargs["default_factory"] = f.default_factory
+        elif f.default is not dataclasses.MISSING:
+            kwargs["default"] = f.default
+        specs.append((f.name, hints[f.name], dataclasses.field(**kwargs)))
+    required = [s for s in specs if s[2].default is dataclasses.MISSING and s[2].default_factory is dataclasses.MISSING]
+    optional = [s for s in specs if s not in required]
+    extra_required = [e for e in extra if e[2].default is dataclasses.MISSING and e[2].default_factory is dataclasses.MISSING]
+    extra_optional = [e for e in extra if e not in extra_required]
+    return dataclasses.make_dataclass(name, extra_required + required + optional + extra_optional, frozen=True)
+
+
+def settings_of(section) -> dict:
+    """The field values of a run section that belong to the stage config (no run-only extras)."""
+    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section) if "help" in f.metadata
+            and not f.metadata.get("run_only", False)}
+
+
 def to_dict(config) -> dict:
     """A JSON-ready dict of a (nested) config dataclass; paths become strings."""
 
@@ -52,6 +97,10 @@ def _coerce(key: str, annotation, value):
             raise LogitcacheError(f"config key '{key}' must be a list, got {type(value).__name__}")
         inner = args[0] if args else Any
         return tuple(_coerce(key, inner, v) for v in value)
+    if origin is typing.Literal:
+        if value not in args:
+            raise LogitcacheError(f"config key '{key}' must be one of {', '.join(map(str, args))}, got {value!r}")
+        return value
     if annotation is Path:
         if not isinstance(value, (str, Path)):
             raise LogitcacheError(f"config key '{key}' must be a path string, got {value!r}")

@@ -10,33 +10,19 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .cache import TokenStore, token_dtype, write_token_store
+from .store import TokenStore, token_dtype, write_token_store
 from .cleaners import cleaner_for
-from .configs import check, sha256_file, to_dict, write_json_atomic
+from .configs import sha256_file, to_dict, write_json_atomic
 from .errors import LogitcacheError
 from .memory import default_heap
 from .progress import NULL_PROGRESS, ProgressHook
+from .stage_configs import PrepareConfig  # noqa: F401  (re-exported)
 from .tokenizer import EOS_ID, encode_text, load_tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
 _RAW_NAME = re.compile(r"^(?P<source>[^.]+)\.(?P<split>train|dev|test)$")
-
-
-@dataclass(frozen=True)
-class PrepareConfig:
-    data: Path  # raw layout: <source>.<split> files, subdirectories searched too
-    out: Path  # WORK/data
-    vocab_size: int = 16000
-    seq_len: int = 128
-    val_chunks: int = 8192  # the fixed validation subset of dev
-    seed: int = 0
-
-    def __post_init__(self):
-        check(self.vocab_size >= 259, f"vocab_size must be at least 259 (256 bytes + 3 specials), got {self.vocab_size}")
-        check(self.seq_len >= 2, f"seq_len must be at least 2, got {self.seq_len}")
-        check(self.val_chunks >= 1, f"val_chunks must be positive, got {self.val_chunks}")
 
 
 @dataclass

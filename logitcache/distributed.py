@@ -39,6 +39,16 @@ def init(env: DistEnv, device: torch.device) -> None:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
 
 
+def launched_by_torchrun() -> bool:
+    """torchrun (and any env:// launcher) sets MASTER_ADDR; a job array that only sets RANK does not."""
+    return "MASTER_ADDR" in os.environ
+
+
+def coordinated() -> bool:
+    """Whether the ranks share a process group (collectives and barriers work)."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
@@ -55,3 +65,37 @@ def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
         values /= dist.get_world_size()
     return values
+
+
+def all_reduce_min(values: torch.Tensor) -> torch.Tensor:
+    """Every rank gets the smallest value: a decision all ranks must take together."""
+    if dist.is_initialized():
+        dist.all_reduce(values, op=dist.ReduceOp.MIN)
+    return values
+
+
+def autocast_for(device: torch.device, precision: str):
+    """A context factory: bf16 (or fp16) autocast on CUDA as `precision` asks, nothing on CPU or fp32."""
+    import contextlib
+
+    if device.type != "cuda" or precision == "fp32":
+        return contextlib.nullcontext
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return lambda: torch.autocast("cuda", dtype=dtype)
+
+
+def all_reduce_max(values: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return values
+
+
+def broadcast_from_main(value):
+    """Rank 0's (picklable) value on every rank; the value itself without a process group."""
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

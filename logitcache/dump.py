@@ -1,7 +1,9 @@
 """`dump`: run the teachers once over every chunk and write the compressed top-k (or sampled) cache.
 
 Work is split in blocks of `block_rows` rows; rank r of W handles blocks b with b % W == r, so ranks
-(and nodes on a shared filesystem) need nothing but their rank and the world size. Each block is
+(and nodes on a shared filesystem) never write the same file. Under torchrun the ranks meet twice
+through the process group: rank 0 alone prepares the output (--overwrite, create, --resume checks)
+while the others wait, and at the end, so the report describes the finished cache. Each block is
 computed in fixed batches, so its bytes never depend on what else ran: a resumed or multi-rank dump
 is identical to a single uninterrupted one. A writer thread encodes, compresses and writes blocks
 while the teachers compute the next one; a block counts only once its `done` marker is written.
@@ -21,60 +23,15 @@ import torch
 
 from . import __version__
 from . import distributed as D
-from .cache import PROB_DTYPES, CacheLayout, CacheStore, create_cache, same_attrs
-from .configs import check, to_dict
+from .store import CacheLayout, CacheStore, cache_summary, create_cache, same_attrs
+from .configs import check, prepare_output, to_dict
 from .data import load_data, spread_indices
-from .ensemble import COMBINES, Ensemble, load_teachers
+from .ensemble import Ensemble, load_teachers
 from .errors import LogitcacheError
 from .progress import NULL_PROGRESS, ProgressHook
-from .train import autocast_for
+from .stage_configs import DumpConfig  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
-
-TARGETS = ("topk", "sample")
-
-
-@dataclass(frozen=True)
-class DumpConfig:
-    data: Path
-    teachers: tuple[Path, ...]
-    out: Path
-    split: str = "train"
-    top_k: int = 32
-    temperature: float = 2.0
-    combine: str = "mean-logits"
-    prob_dtype: str = "sqrt-u7"
-    targets: str = "topk"  # topk | sample
-    samples: int = 16  # sample targets: draws per position
-    proposal_temperature: float = 1.0  # sample targets: q = p^(1/this), renormalised
-    batch_size: int = 16
-    block_rows: int = 256
-    max_chunks: int = 0  # 0: every chunk of the split; else N chunks (see row_selection)
-    row_selection: str = "spread"  # spread: N chunks evenly spaced over the split; first: the first N
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"
-
-    def __post_init__(self):
-        check(len(self.teachers) >= 1, "at least one teacher is required")
-        check(self.split in ("train", "dev", "test"), f"split must be train|dev|test, got {self.split!r}")
-        check(self.top_k > 0, f"top_k must be positive, got {self.top_k}")
-        check(self.temperature > 0, f"temperature must be positive, got {self.temperature}")
-        check(self.combine in COMBINES, f"combine must be one of {', '.join(COMBINES)}, got {self.combine!r}")
-        check(self.prob_dtype in PROB_DTYPES, f"prob_dtype must be one of {', '.join(PROB_DTYPES)}, got {self.prob_dtype!r}")
-        check(self.targets in TARGETS, f"targets must be topk|sample, got {self.targets!r}")
-        check(0 < self.samples <= 255, f"samples must be in 1..255, got {self.samples}")
-        check(self.proposal_temperature > 0, "proposal_temperature must be positive")
-        check(self.batch_size > 0, f"batch_size must be positive, got {self.batch_size}")
-        check(self.block_rows > 0, f"block_rows must be positive, got {self.block_rows}")
-        check(self.max_chunks >= 0, "max_chunks must be >= 0")
-        check(self.row_selection in ("spread", "first"), f"row_selection must be spread|first, got {self.row_selection!r}")
-
-    @property
-    def width(self) -> int:
-        """K: kept ids per position (top-k), or the padded number of unique sampled ids."""
-        return self.top_k if self.targets == "topk" else self.samples
-
 
 @dataclass
 class DumpReport:
@@ -88,6 +45,7 @@ class DumpReport:
     tokens_per_s: float = 0.0
     rank: int = 0
     world: int = 1
+    summary: dict = field(default_factory=dict)  # rank 0: cache_summary of the whole cache after every rank finished
 
 
 def cache_attrs(config: DumpConfig, data, teacher_infos: list[dict], n_rows: int) -> dict:
@@ -182,37 +140,75 @@ class BlockWriter:
         self.raise_if_failed()
 
 
-def open_or_create(config: DumpConfig, layout: CacheLayout, attrs: dict, resume: bool, env: D.DistEnv) -> CacheStore:
+def check_resumable(store: CacheStore, layout: CacheLayout, attrs: dict) -> None:
+    """Refuse a store made with another config or layout (every rank checks, not only rank 0)."""
+    out = store.path
+    differs = same_attrs(store.attrs, attrs | {
+        k: store.attrs.get(k) for k in ("n_rows", "seq_len", "k", "vocab_size", "block_rows", "n_blocks",
+                                       "prob_dtype", "with_weights", "encodings", "schema_version")})
+    if differs:
+        raise LogitcacheError(f"cannot resume {out}: it was made with a different config ({', '.join(differs)})")
+    if store.layout != layout:
+        raise LogitcacheError(f"cannot resume {out}: its layout differs from this config")
+
+
+def prepare_store(config: DumpConfig, layout: CacheLayout, attrs: dict, resume: bool, overwrite: bool) -> None:
+    """Rank 0 alone: replace (--overwrite), check (--resume) or create the store."""
     out = Path(config.out)
+    if overwrite and not resume:
+        prepare_output(out, overwrite=True)
+    if out.exists():
+        if not resume:
+            raise LogitcacheError(f"{out} already exists; pass --resume to continue it, --overwrite to replace it, "
+                                  "or choose another --out")
+        check_resumable(CacheStore(out), layout, attrs)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    create_cache(out, layout, attrs)
+
+
+def open_or_create(config: DumpConfig, layout: CacheLayout, attrs: dict, resume: bool, overwrite: bool,
+                   env: D.DistEnv) -> CacheStore:
+    """Rank 0 prepares the output while the others wait; then every rank opens it and checks it
+    against its own config. Rank 0's error reaches every rank, so none waits forever."""
+    error = None
     if env.is_main:
-        if out.exists():
-            if not resume:
-                raise LogitcacheError(f"{out} already exists; pass --resume to continue it, or choose another --out")
-            store = CacheStore(out, mode="r+")
-            differs = same_attrs(store.attrs, attrs | {
-                k: store.attrs.get(k) for k in ("n_rows", "seq_len", "k", "vocab_size", "block_rows", "n_blocks",
-                                               "prob_dtype", "with_weights", "encodings", "schema_version")})
-            if differs:
-                raise LogitcacheError(f"cannot resume {out}: it was made with a different config ({', '.join(differs)})")
-            if (store.layout.n_rows, store.layout.k, store.layout.block_rows, store.layout.prob_dtype) != (
-                    layout.n_rows, layout.k, layout.block_rows, layout.prob_dtype):
-                raise LogitcacheError(f"cannot resume {out}: its layout differs from this config")
-            return store
-        out.parent.mkdir(parents=True, exist_ok=True)
-        create_cache(out, layout, attrs)
-        return CacheStore(out, mode="r+")
-    # other ranks: wait for rank 0 to create it (atomic rename), nothing else is shared
-    deadline = time.monotonic() + 600
+        try:
+            prepare_store(config, layout, attrs, resume, overwrite)
+        except LogitcacheError as exc:
+            error = str(exc)
+    if D.coordinated():
+        error = D.broadcast_from_main(error)
+    elif not env.is_main:
+        wait_for_store(Path(config.out), env)
+    if error is not None:
+        raise LogitcacheError(error if env.is_main else f"rank {env.rank}: rank 0 failed: {error}")
+    store = CacheStore(config.out, mode="r+")
+    check_resumable(store, layout, attrs)
+    return store
+
+
+def wait_for_store(out: Path, env: D.DistEnv, timeout_s: float = 600.0) -> None:
+    """Independent ranks (no torchrun: a job array setting RANK and WORLD_SIZE): wait for rank 0's
+    atomic rename. --overwrite is refused there, so an old store is never mistaken for the new one."""
+    deadline = time.monotonic() + timeout_s
     while not (out / "zarr.json").is_file():
         if time.monotonic() > deadline:
-            raise LogitcacheError(f"rank {env.rank}: {out} was not created by rank 0 within 10 minutes")
+            raise LogitcacheError(f"rank {env.rank}: {out} was not created by rank 0 within {timeout_s:.0f} s")
         time.sleep(0.2)
-    return CacheStore(out, mode="r+")
 
 
-def dump(config: DumpConfig, resume: bool = False, progress: ProgressHook = NULL_PROGRESS) -> DumpReport:
+def dump(config: DumpConfig, resume: bool = False, overwrite: bool = False,
+         progress: ProgressHook = NULL_PROGRESS) -> DumpReport:
+    """Write (or, with `resume`, finish) the cache of `config`. Under torchrun the ranks meet twice: after
+    rank 0 has prepared the output, and at the end, so the report describes the whole cache."""
     env = D.dist_env()
     device = D.pick_device(config.device, env)
+    if env.world > 1 and not D.launched_by_torchrun():
+        check(not overwrite, "--overwrite with several ranks needs torchrun (ranks must wait for rank 0); "
+                             "delete the old cache first")
+    elif env.world > 1:
+        D.init(env, device)
     data = load_data(config.data)
     rows = select_rows(data.store.split(config.split), config)
     check(rows.shape[0] > 0, f"split '{config.split}' has no chunks")
@@ -220,12 +216,12 @@ def dump(config: DumpConfig, resume: bool = False, progress: ProgressHook = NULL
     if infos[0]["vocab_size"] != data.vocab_size:
         raise LogitcacheError(f"teachers have vocabulary {infos[0]['vocab_size']}, the data's tokenizer {data.vocab_size}")
     check(config.width <= data.vocab_size, f"top_k {config.width} is larger than the vocabulary ({data.vocab_size})")
-    ensemble = Ensemble(models, config.combine, config.temperature, device, autocast_for(device, config.precision))
+    ensemble = Ensemble(models, config.combine, config.temperature, device, D.autocast_for(device, config.precision))
     layout = CacheLayout(rows.shape[0], data.seq_len, config.width, data.vocab_size, config.block_rows,
                          config.prob_dtype, with_weights=config.targets == "sample")
     attrs = cache_attrs(config, data, infos, rows.shape[0])
     attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
-    store = open_or_create(config, layout, attrs, resume, env)
+    store = open_or_create(config, layout, attrs, resume, overwrite, env)
 
     done = store.done_mask()
     mine = [b for b in range(layout.n_blocks) if b % env.world == env.rank]
@@ -262,7 +258,15 @@ def dump(config: DumpConfig, resume: bool = False, progress: ProgressHook = NULL
         progress.finish()
     report.blocks_written = writer.written
     report.seconds = time.perf_counter() - t_start
-    report.tokens_per_s = report.tokens / max(report.seconds, 1e-9)
     log.info("rank %d: wrote %d blocks (%d already done) at %.0f tokens/s", env.rank, report.blocks_written,
-             report.blocks_skipped, report.tokens_per_s)
+             report.blocks_skipped, report.tokens / max(report.seconds, 1e-9))
+    # every rank is done before anyone describes the cache; counts and tokens are summed over ranks
+    totals = D.all_reduce_sum(torch.tensor([report.blocks_written, report.blocks_skipped, report.tokens],
+                                           dtype=torch.float64, device=device))
+    seconds = D.all_reduce_max(torch.tensor([report.seconds], dtype=torch.float64, device=device))
+    report.blocks_written, report.blocks_skipped, report.tokens = (int(x) for x in totals.tolist())
+    report.seconds = float(seconds.item())
+    report.tokens_per_s = report.tokens / max(report.seconds, 1e-9)
+    if env.is_main:
+        report.summary = cache_summary(config.out)
     return report

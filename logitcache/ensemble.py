@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 
 from .errors import LogitcacheError
+from .stage_configs import Combine, choices
 
-COMBINES = ("mean-logits", "mean-probs")
+COMBINES = choices(Combine)
 
 
 class Ensemble:

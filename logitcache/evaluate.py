@@ -1,11 +1,10 @@
-"""`eval`: validation CE / perplexity / bits per byte, BLiMP minimal pairs, agreement with teachers."""
+"""`eval`: CE / perplexity / bits per byte (metrics.py, shared with validation), BLiMP minimal pairs,
+agreement with the teachers."""
 from __future__ import annotations
 
 import json
 import logging
-import math
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,80 +12,16 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed as D
-from .configs import check
 from .data import load_data, spread_indices
-from .ensemble import COMBINES, Ensemble, load_teachers
+from .ensemble import Ensemble, load_teachers
 from .errors import LogitcacheError
+from .metrics import lm_metrics, token_byte_lengths
 from .models import load_model
 from .progress import NULL_PROGRESS, ProgressHook
+from .stage_configs import EvalConfig  # noqa: F401  (re-exported)
 from .tokenizer import BOS_ID, PAD_ID, load_tokenizer
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    models: tuple[Path, ...]
-    data: Path
-    split: str = "dev"
-    blimp: Path | None = None
-    blimp_max_pairs: int = 0  # per paradigm; 0: all
-    teachers: tuple[Path, ...] = ()
-    temperature: float = 1.0  # for agreement / KL with the teacher ensemble
-    combine: str = "mean-logits"
-    max_chunks: int = 0  # 0: the whole split; else N chunks spread evenly over it
-    batch_size: int = 32
-    device: str = "auto"
-
-    def __post_init__(self):
-        check(len(self.models) > 0, "give at least one model dir")
-        check(self.split in ("train", "dev", "test"), f"split must be train|dev|test, got {self.split!r}")
-        check(self.batch_size > 0, "batch_size must be positive")
-        check(self.max_chunks >= 0, "max_chunks must be >= 0")
-        check(self.temperature > 0, "temperature must be positive")
-        check(self.combine in COMBINES, f"combine must be one of {', '.join(COMBINES)}")
-
-
-def token_byte_lengths(tokenizer) -> np.ndarray:
-    """(V,) UTF-8 bytes each token stands for (byte-level BPE: one mapped char per byte; specials 0)."""
-    lengths = np.zeros(tokenizer.get_vocab_size(), dtype=np.int64)
-    specials = {t.content for t in tokenizer.get_added_tokens_decoder().values()}
-    for token, token_id in tokenizer.get_vocab().items():
-        lengths[token_id] = 0 if token in specials else len(token)
-    return lengths
-
-
-@torch.no_grad()
-def language_model_metrics(model, rows: np.ndarray, byte_lengths: np.ndarray, batch_size: int,
-                           device: torch.device, ensemble: Ensemble | None = None,
-                           progress: ProgressHook = NULL_PROGRESS) -> dict:
-    """CE (nats/token), perplexity, bits per byte; with an ensemble, top-1 agreement and KL to it."""
-    total_nats, total_tokens, total_bytes = 0.0, 0, 0
-    agree, kl_sum, kl_count = 0, 0.0, 0
-    progress.start("eval", rows.shape[0])
-    for start in range(0, rows.shape[0], batch_size):
-        ids = torch.from_numpy(rows[start:start + batch_size].astype(np.int64)).to(device)
-        logits = model(input_ids=ids).logits.float()  # (B, T, V)
-        targets = ids[:, 1:]
-        nats = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
-        total_nats += float(nats)
-        total_tokens += targets.numel()
-        total_bytes += int(byte_lengths[targets.cpu().numpy()].sum())
-        if ensemble is not None:
-            teacher = ensemble.probs(ids)  # (B, T, V) at the ensemble's temperature
-            log_q = F.log_softmax(logits / ensemble.temperature, dim=-1)
-            agree += int((logits.argmax(-1) == teacher.argmax(-1)).sum())
-            kl_sum += float(torch.xlogy(teacher, teacher).sum() - (teacher * log_q).sum())
-            kl_count += ids.numel()
-        progress.update(ids.shape[0])
-    progress.finish()
-    ce = total_nats / max(total_tokens, 1)
-    out = {"ce": ce, "ppl": math.exp(min(ce, 50.0)), "bits_per_byte": total_nats / math.log(2) / max(total_bytes, 1),
-           "tokens": total_tokens}
-    if ensemble is not None:
-        out["teacher_top1_agreement"] = agree / max(kl_count, 1)
-        out["teacher_kl"] = kl_sum / max(kl_count, 1)
-    return out
 
 
 def load_blimp(directory: Path, max_pairs: int = 0) -> dict[str, list[dict]]:
@@ -173,7 +108,8 @@ def evaluate(config: EvalConfig, progress: ProgressHook = NULL_PROGRESS) -> dict
         if int(model.config.vocab_size) != data.vocab_size:
             raise LogitcacheError(f"model {path} has vocabulary {model.config.vocab_size}, the data {data.vocab_size}")
         entry = {"path": str(path), "params": sum(p.numel() for p in model.parameters()), "split": config.split}
-        entry.update(language_model_metrics(model, rows, byte_lengths, config.batch_size, device, ensemble, progress))
+        entry.update(lm_metrics(model, rows, config.batch_size, device, byte_lengths=byte_lengths, ensemble=ensemble,
+                                progress=progress))
         if paradigms is not None:
             entry["blimp"] = blimp_accuracy(model, tokenizer, paradigms, device, progress)
         results.append(entry)

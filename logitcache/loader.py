@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from . import distributed as D
-from .cache import CacheReader
+from .store import CacheReader
 from .errors import CacheCorruptError
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Distillation losses over cached sparse targets (DESIGN.md section 5).
+"""Distillation losses over cached sparse targets (docs/architecture.md, "Losses").
 
 Shapes: student logits s (B, T, V); cached ids I (B, T, K) and teacher probs p (B, T, K) at
 temperature tau, p_tail = 1 - sum_k p. Nothing here materialises a dense (B, T, V) target: the
@@ -9,8 +9,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-TAILS = ("bucket", "renormalize")
-REDUCTIONS = ("token", "paper")
+from .stage_configs import KLReduction, Tail, choices
+
+TAILS = choices(Tail)
+REDUCTIONS = choices(KLReduction)
 
 
 def log_normalizer(student_logits: torch.Tensor, temperature: float) -> torch.Tensor:

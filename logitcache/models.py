@@ -1,56 +1,18 @@
-"""Model presets (DESIGN.md section 3) built from configs as plain `transformers` classes."""
+"""Models built from presets (presets.py) as plain `transformers` classes; loading local HF folders."""
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedModel
 
-from .configs import check
+from .presets import ARCHS, PRESETS, ModelPreset, get_preset  # noqa: F401  (re-exported)
 from .errors import LogitcacheError
 from .tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 transformers.utils.logging.disable_progress_bar()  # progress bars belong to the CLI
-
-ARCHS = ("gpt2", "llama")
-
-
-@dataclass(frozen=True)
-class ModelPreset:
-    arch: str
-    n_layer: int
-    hidden: int
-    n_head: int
-    ffn: int
-    positions: int = 256  # as in the paper's configs (context 128)
-
-    def __post_init__(self):
-        check(self.arch in ARCHS, f"arch must be one of {ARCHS}, got {self.arch!r}")
-        check(self.hidden % self.n_head == 0, "hidden must be a multiple of n_head")
-
-
-PRESETS: dict[str, ModelPreset] = {
-    # the paper's models
-    "gpt2-705m": ModelPreset("gpt2", 24, 1536, 16, 6144),
-    "llama-360m": ModelPreset("llama", 24, 1024, 8, 3072),
-    "llama-58m": ModelPreset("llama", 16, 512, 8, 1024),
-    # CPU sizes: tiny for tests (seconds), small for the demo (minutes on 2 cores)
-    "gpt2-tiny": ModelPreset("gpt2", 2, 64, 4, 256),
-    "llama-tiny": ModelPreset("llama", 2, 64, 4, 128),
-    "gpt2-small": ModelPreset("gpt2", 4, 192, 4, 768),
-    "llama-small": ModelPreset("llama", 4, 192, 4, 512),
-    "llama-student-small": ModelPreset("llama", 2, 96, 4, 256),
-}
-
-
-def get_preset(name: str) -> ModelPreset:
-    if name not in PRESETS:
-        raise LogitcacheError(f"unknown preset '{name}' (known: {', '.join(PRESETS)})")
-    return PRESETS[name]
-
 
 def hf_config(preset: ModelPreset, vocab_size: int):
     """The transformers config of a preset: dropout off (exact resume), special ids from our tokenizer."""

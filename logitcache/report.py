@@ -7,7 +7,7 @@ import math
 import statistics
 from pathlib import Path
 
-from .cache import cache_summary
+from .store import cache_summary
 from .configs import write_json_atomic
 from .train import read_metrics
 

@@ -13,70 +13,40 @@ import logging
 import shutil
 import time
 import tomllib
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .configs import check, config_hash, from_dict, to_dict, write_json_atomic
+from .configs import check, config_hash, from_dict, section_of, setting, settings_of, to_dict, write_json_atomic
 from .errors import LogitcacheError
 from .progress import NULL_PROGRESS, ProgressHook
-from .train import TrainConfig
+from .stage_configs import DumpConfig, EvalConfig, PrepareConfig, StudentConfig, TeacherConfig
 
 log = logging.getLogger(__name__)
 
 STAMP = ".stage.json"
 
 
-@dataclass(frozen=True)
-class DataSection:
-    raw_dir: str = ""  # empty: the embedded demo corpus
-    vocab_size: int = 16000
-    seq_len: int = 128
-    val_chunks: int = 8192
-
-    def __post_init__(self):
-        check(self.vocab_size >= 259, "data.vocab_size must be at least 259")
+def _run_only(default, help: str, **kwargs):
+    """A key of run's TOML that no stage config has (where the raw text is, the student seeds)."""
+    field_ = setting(default, help=help, **kwargs)
+    field_.metadata = types.MappingProxyType(dict(field_.metadata) | {"run_only": True})
+    return field_
 
 
-@dataclass(frozen=True)
-class TeacherSection:
-    name: str
-    arch: str
-    preset: str
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-
-@dataclass(frozen=True)
-class DumpSection:
-    top_k: int = 32
-    temperature: float = 2.0
-    combine: str = "mean-logits"
-    prob_dtype: str = "sqrt-u7"
-    targets: str = "topk"
-    samples: int = 16
-    batch_size: int = 16
-    block_rows: int = 256
-    max_chunks: int = 0
-
-
-@dataclass(frozen=True)
-class StudentSection:
-    preset: str = "llama-58m"
-    alpha: float = 0.5
-    tail: str = "bucket"
-    kl_reduction: str = "token"
-    seeds: tuple[int, ...] = (0,)
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-    def __post_init__(self):
-        check(len(self.seeds) > 0, "student.seeds must list at least one seed")
-
-
-@dataclass(frozen=True)
-class EvalSection:
-    max_chunks: int = 0
-    blimp_dir: str = ""
-    blimp_max_pairs: int = 0
-    batch_size: int = 32
+# Each section is derived from its stage config (configs.section_of): the same keys, types, defaults
+# and help as the CLI options, minus the paths and wiring that `run` fills in itself.
+DataSection = section_of(PrepareConfig, "DataSection", extra=[
+    ("raw_dir", str, _run_only("", help="Raw text in the BabyLM layout; empty: the embedded demo corpus.")),
+])
+TeacherSection = section_of(TeacherConfig, "TeacherSection", extra=[
+    ("name", str, dataclasses.field(metadata={"help": "The teacher's name: its folder WORK/teachers/NAME.", "run_only": True})),
+])
+DumpSection = section_of(DumpConfig, "DumpSection")
+StudentSection = section_of(StudentConfig, "StudentSection", extra=[
+    ("seeds", tuple[int, ...], _run_only((), help="Train each arm once per seed (empty: once, with train.seed).")),
+])
+EvalSection = section_of(EvalConfig, "EvalSection")
 
 
 @dataclass(frozen=True)
@@ -92,6 +62,10 @@ class RunConfig:
         names = [t.name for t in self.teachers]
         check(len(set(names)) == len(names), f"teacher names must be unique, got {names}")
 
+    @property
+    def student_seeds(self) -> tuple[int, ...]:
+        return self.student.seeds or (self.student.train.seed,)
+
 
 def default_config_path() -> Path:
     """configs/demo.toml, shipped inside the package as `logitcache.run_configs`."""
@@ -100,7 +74,40 @@ def default_config_path() -> Path:
     return Path(str(files("logitcache.run_configs") / "demo.toml"))
 
 
-def load_run_config(path: Path | None) -> RunConfig:
+def parse_override(text: str) -> tuple[list[str], object]:
+    """'student.train.max_steps=20' -> (['student', 'train', 'max_steps'], 20); the value is read as
+    TOML (numbers, booleans, strings in quotes, [lists]) and otherwise taken as a bare string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise LogitcacheError(f"--set takes KEY=VALUE, got {text!r}")
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()
+    return key.strip().split("."), parsed
+
+
+def apply_override(raw: dict, path: list[str], value) -> None:
+    """Set one dotted key in the raw TOML dict; `teachers.NAME.rest` addresses the teacher named NAME."""
+    node = raw
+    for i, part in enumerate(path[:-1]):
+        if part == "teachers" and node is raw:
+            name = path[i + 1] if i + 1 < len(path) - 1 else None
+            matches = [t for t in raw.get("teachers", []) if t.get("name") == name]
+            if not matches:
+                known = ", ".join(t.get("name", "?") for t in raw.get("teachers", []))
+                raise LogitcacheError(f"--set {'.'.join(path)}: no teacher named {name!r} (teachers: {known})")
+            return apply_override(matches[0], path[i + 2:], value)
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise LogitcacheError(f"--set {'.'.join(path)}: '{part}' is a value, not a table")
+        node = child
+    node[path[-1]] = value
+
+
+def load_run_config(path: Path | None, overrides: tuple[str, ...] = ()) -> RunConfig:
+    """The TOML at `path` (default: the demo) with `--set` overrides; unknown keys are refused by name, and
+    every stage config is built once with placeholder paths so a bad value fails now, not hours later."""
     path = Path(path) if path else default_config_path()
     if not path.is_file():
         raise LogitcacheError(f"config file {path} does not exist")
@@ -108,7 +115,34 @@ def load_run_config(path: Path | None) -> RunConfig:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise LogitcacheError(f"{path} is not valid TOML ({exc})") from None
-    return from_dict(RunConfig, raw)
+    for text in overrides:
+        apply_override(raw, *parse_override(text))
+    config = from_dict(RunConfig, raw)
+    stage_configs(config, Path("WORK"))
+    return config
+
+
+def stage_configs(config: RunConfig, work: Path) -> dict:
+    """Every stage's config, wired to its place under `work`: the one place sections become stage configs."""
+    data_dir, cache = work / "data", work / "cache.zarr"
+    raw = Path(config.data.raw_dir).resolve() if config.data.raw_dir else work / "raw"
+    out = {"raw": raw, "prepare": PrepareConfig(data=raw, out=data_dir, **settings_of(config.data))}
+    out["teachers"] = {t.name: TeacherConfig(data=data_dir, out=work / "teachers" / t.name, **settings_of(t))
+                       for t in config.teachers}
+    teacher_dirs = tuple(t.out for t in out["teachers"].values())
+    out["dump"] = DumpConfig(data=data_dir, teachers=teacher_dirs, out=cache, **settings_of(config.dump))
+    s = config.student
+    out["students"] = {}
+    for seed in config.student_seeds:
+        for kind, alpha in (("distilled", s.alpha), ("baseline", 1.0)):
+            settings = settings_of(s) | {"alpha": alpha, "train": dataclasses.replace(s.train, seed=seed)}
+            out["students"][(kind, seed)] = StudentConfig(cache=cache, data=data_dir, out=work / "students" / f"{kind}-seed{seed}",
+                                                          **settings)
+    models = teacher_dirs + tuple(c.out for c in out["students"].values())
+    out["eval"] = {split: EvalConfig(models=models, data=data_dir, split=split,
+                                     **(settings_of(config.eval) | ({"blimp": None} if split != "dev" else {})))
+                   for split in ("dev", "test")}
+    return out
 
 
 class Stages:
@@ -144,72 +178,54 @@ class Stages:
 
 def run_pipeline(config: RunConfig, work: Path, force: tuple[str, ...] = (), progress: ProgressHook = NULL_PROGRESS) -> dict:
     from .corpus import build_demo_corpus
-    from .data import PrepareConfig, prepare
-    from .dump import DumpConfig, dump
-    from .evaluate import EvalConfig, evaluate
+    from .data import prepare
+    from .evaluate import evaluate
     from .report import write_report
-    from .student import StudentConfig, train_student
-    from .teacher import TeacherConfig, train_teacher
+    from .student import train_student
+    from .teacher import train_teacher
 
     work = Path(work).resolve()  # stage stamps hash paths: `work/demo` and its absolute form are one WORK
     work.mkdir(parents=True, exist_ok=True)
     write_json_atomic(work / "config.json", to_dict(config))
     stages = Stages(work, force, progress)
+    configs = stage_configs(config, work)
 
-    raw = Path(config.data.raw_dir).resolve() if config.data.raw_dir else work / "raw"
+    raw = configs["raw"]
     if not config.data.raw_dir:
         stages.run("corpus", raw, "demo-corpus-v1", lambda: build_demo_corpus(raw))
     elif not raw.is_dir():
         raise LogitcacheError(f"data.raw_dir {raw} does not exist")
 
-    data_dir = work / "data"
-    prep = PrepareConfig(data=raw, out=data_dir, vocab_size=config.data.vocab_size, seq_len=config.data.seq_len,
-                         val_chunks=config.data.val_chunks)
-    stages.run("prepare", data_dir, prep, lambda: prepare(prep, progress))
+    prep = configs["prepare"]
+    stages.run("prepare", prep.out, prep, lambda: prepare(prep, progress))
 
     teacher_dirs = []
-    for section in config.teachers:
-        out = work / "teachers" / section.name
-        tcfg = TeacherConfig(data=data_dir, out=out, arch=section.arch, preset=section.preset, train=section.train)
-        stages.run(f"teacher:{section.name}", out, (tcfg, prep),
+    for name, tcfg in configs["teachers"].items():
+        stages.run(f"teacher:{name}", tcfg.out, (tcfg, prep),
                    lambda tcfg=tcfg: train_teacher(tcfg, resume=True, progress=progress))
-        teacher_dirs.append(out)
+        teacher_dirs.append(tcfg.out)
 
-    cache = work / "cache.zarr"
-    d = config.dump
-    dcfg = DumpConfig(data=data_dir, teachers=tuple(teacher_dirs), out=cache, top_k=d.top_k, temperature=d.temperature,
-                      combine=d.combine, prob_dtype=d.prob_dtype, targets=d.targets, samples=d.samples,
-                      batch_size=d.batch_size, block_rows=d.block_rows, max_chunks=d.max_chunks)
-    stages.run("dump", cache, (dcfg, config.teachers, prep), lambda: _dump_resuming(dcfg, progress))
+    dcfg = configs["dump"]
+    stages.run("dump", dcfg.out, (dcfg, config.teachers, prep), lambda: _dump_resuming(dcfg, progress))
 
     students: dict[str, list[Path]] = {"distilled": [], "baseline": []}
-    s = config.student
-    for seed in s.seeds:
-        for kind, alpha in (("distilled", s.alpha), ("baseline", 1.0)):
-            out = work / "students" / f"{kind}-seed{seed}"
-            scfg = StudentConfig(cache=cache, data=data_dir, out=out, preset=s.preset, alpha=alpha, tail=s.tail,
-                                 kl_reduction=s.kl_reduction, train=dataclasses.replace(s.train, seed=seed))
-            stages.run(f"student:{kind}:seed{seed}", out, (scfg, dcfg, config.teachers, prep),
-                       lambda scfg=scfg: train_student(scfg, resume=True, progress=progress))
-            students[kind].append(out)
+    for (kind, seed), scfg in configs["students"].items():
+        stages.run(f"student:{kind}:seed{seed}", scfg.out, (scfg, dcfg, config.teachers, prep),
+                   lambda scfg=scfg: train_student(scfg, resume=True, progress=progress))
+        students[kind].append(scfg.out)
 
     eval_dir = work / "eval"
-    models = tuple(teacher_dirs) + tuple(students["distilled"]) + tuple(students["baseline"])
-    e = config.eval
     results: dict[str, dict] = {}
 
     def do_eval():
         eval_dir.mkdir(parents=True, exist_ok=True)
-        for split in ("dev", "test"):
-            ecfg = EvalConfig(models=models, data=data_dir, split=split, max_chunks=e.max_chunks, batch_size=e.batch_size,
-                              blimp=Path(e.blimp_dir) if e.blimp_dir and split == "dev" else None,
-                              blimp_max_pairs=e.blimp_max_pairs)
+        for split, ecfg in configs["eval"].items():
             write_json_atomic(eval_dir / f"{split}.json", evaluate(ecfg, progress))
 
-    stages.run("eval", eval_dir, (e, config.teachers, config.student, dcfg, prep), do_eval)
+    stages.run("eval", eval_dir, (configs["eval"]["dev"], config.teachers, config.student, dcfg, prep), do_eval)
     for split in ("dev", "test"):
         results[split] = json.loads((eval_dir / f"{split}.json").read_text())
-    return write_report(work, config, teacher_dirs, students, cache, results, stages.seconds)
+    return write_report(work, config, teacher_dirs, students, dcfg.out, results, stages.seconds)
 
 
 def _dump_resuming(dcfg, progress) -> None:

@@ -6,51 +6,23 @@ reference that offline training is measured against.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
-from dataclasses import dataclass, field
-from pathlib import Path
-
-import torch
 
 from . import distributed as D
-from .cache import CacheReader
-from .configs import check, to_dict
+from .store import CacheReader
+from .configs import to_dict
 from .data import load_data
 from .ensemble import Ensemble, load_teachers
 from .errors import LogitcacheError
-from .losses import REDUCTIONS, TAILS, dense_kl, fused_distill_loss, fused_next_token_ce, retemper, sampled_kl, sparse_kl
+from .losses import dense_kl, fused_distill_loss, fused_next_token_ce, retemper, sampled_kl, sparse_kl
 from .models import build_model, get_preset
 from .progress import NULL_PROGRESS, ProgressHook
+from .stage_configs import StudentConfig  # noqa: F401  (re-exported)
 from .teacher import tokenizer_saver
-from .train import TrainConfig, TrainReport, autocast_for, fit
+from .train import TrainReport, fit
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class StudentConfig:
-    cache: Path
-    data: Path
-    out: Path
-    preset: str = "llama-58m"
-    alpha: float = 0.5
-    temperature: float = 0.0  # 0: the cache's temperature
-    retemper: bool = False  # allow a temperature other than the cache's (approximate)
-    tail: str = "bucket"  # bucket | renormalize
-    kl_reduction: str = "token"  # token | paper
-    online_teachers: tuple[Path, ...] = ()
-    shuffle_buffer: int = 4096  # rows
-    prefetch_blocks: int = 4
-    skip_bad_blocks: bool = False
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-    def __post_init__(self):
-        get_preset(self.preset)
-        check(0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}")
-        check(self.temperature >= 0, f"temperature must be positive (0: the cache's), got {self.temperature}")
-        check(self.tail in TAILS, f"tail must be one of {', '.join(TAILS)}, got {self.tail!r}")
-        check(self.kl_reduction in REDUCTIONS, f"kl_reduction must be one of {', '.join(REDUCTIONS)}, got {self.kl_reduction!r}")
-        check(self.shuffle_buffer > 0, "shuffle_buffer must be positive")
 
 
 class DistillObjective:
@@ -115,6 +87,10 @@ def train_student(config: StudentConfig, resume: bool = False, progress: Progres
     data = load_data(config.data)
     reader = CacheReader(config.cache, require_complete=True)
     check_cache_matches(reader, data)
+    split = reader.attrs.get("split", "train")
+    if split != "train" and not config.allow_eval_split:
+        raise LogitcacheError(f"cache {config.cache} was dumped from the '{split}' split: the student would train on "
+                              "the text it is evaluated on; pass --allow-eval-split if that is what you want")
     t_cache = float(reader.attrs["temperature"])
     temperature = config.temperature or t_cache
     retemper_from = None
@@ -131,7 +107,7 @@ def train_student(config: StudentConfig, resume: bool = False, progress: Progres
     online = bool(config.online_teachers)
     if online:
         models, _ = load_teachers(list(config.online_teachers), device, data.attrs["tokenizer_sha256"])
-        ensemble = Ensemble(models, reader.attrs["combine"], temperature, device, autocast_for(device, config.train.precision))
+        ensemble = Ensemble(models, reader.attrs["combine"], temperature, device, D.autocast_for(device, config.train.precision))
         objective = OnlineObjective(ensemble, config.alpha, config.kl_reduction)
     else:
         objective = DistillObjective(config.alpha, temperature, config.tail, config.kl_reduction,
@@ -142,7 +118,8 @@ def train_student(config: StudentConfig, resume: bool = False, progress: Progres
         prefetch_blocks=config.prefetch_blocks, pin=device.type == "cuda",
     )
     model = build_model(get_preset(config.preset), data.vocab_size, seed=config.train.seed)
-    run_config = to_dict(config) | {"data_fingerprint": data.fingerprint, "stage": "train-student",
+    resolved = dataclasses.replace(config, temperature=temperature)  # saved as used, never as "0: the cache's"
+    run_config = to_dict(resolved) | {"data_fingerprint": data.fingerprint, "stage": "train-student",
                                     "cache_created": reader.attrs.get("created")}
     report = fit(model, source, objective, config.train, config.out, data.validation_rows("dev", config.train.val_chunks),
                  run_config, resume=resume, progress=progress, save_extra=tokenizer_saver(data))

@@ -4,33 +4,17 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from .configs import check, to_dict
+from .configs import to_dict
 from .data import PreparedData, load_data
 from .errors import LogitcacheError
-from .models import ARCHS, build_model, get_preset
+from .models import build_model, get_preset
 from .progress import NULL_PROGRESS, ProgressHook
-from .train import CEObjective, TokenRows, TrainConfig, TrainReport, fit
+from .stage_configs import TeacherConfig  # noqa: F401  (re-exported)
+from .train import CEObjective, TokenRows, TrainReport, fit
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TeacherConfig:
-    data: Path
-    out: Path
-    arch: str = "llama"
-    preset: str = "llama-small"
-    vocab_size: int = 0  # 0: the data's vocabulary; otherwise it must match the data's
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-    def __post_init__(self):
-        check(self.arch in ARCHS, f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
-        preset = get_preset(self.preset)
-        check(preset.arch == self.arch, f"preset '{self.preset}' is a {preset.arch} model, not {self.arch}")
-        check(self.vocab_size >= 0, "vocab_size must be >= 0")
 
 
 def tokenizer_saver(data: PreparedData):

@@ -12,56 +12,30 @@ import json
 import logging
 import math
 import os
-import random
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Protocol
 
-import crc32c
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed as D
-from .cache import fault_pause
+from .checkpoint import CHECKPOINT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .configs import check, write_json_atomic
 from .errors import LogitcacheError
 from .progress import NULL_PROGRESS, ProgressHook
+from .stage_configs import TrainConfig  # noqa: F401  (re-exported)
 from .losses import fused_next_token_ce
+from .metrics import lm_metrics
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class TrainConfig:
-    lr: float = 3e-4
-    batch_size: int = 32  # global: sequences per optimizer step, over all ranks and micro-batches
-    grad_accum: int = 1
-    epochs: int = 1
-    max_steps: int = 0  # > 0 overrides epochs
-    warmup_steps: int = 200
-    weight_decay: float = 0.1
-    eval_every: int = 0  # also evaluate every N steps (0: only at epoch ends)
-    checkpoint_every: int = 0  # also checkpoint every N steps (0: only at epoch ends)
-    val_chunks: int = 8192
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"  # auto: bf16 autocast on CUDA when supported, fp32 on CPU
-
-    def __post_init__(self):
-        check(self.lr > 0, f"lr must be positive, got {self.lr}")
-        check(self.batch_size > 0, f"batch_size must be positive, got {self.batch_size}")
-        check(self.grad_accum > 0, f"grad_accum must be positive, got {self.grad_accum}")
-        check(self.batch_size % self.grad_accum == 0, "batch_size must be a multiple of grad_accum")
-        check(self.epochs > 0, f"epochs must be positive, got {self.epochs}")
-        check(self.max_steps >= 0, f"max_steps must be >= 0, got {self.max_steps}")
-        check(self.warmup_steps >= 0, "warmup_steps must be >= 0")
-        check(self.weight_decay >= 0, "weight_decay must be >= 0")
-        check(self.precision in ("auto", "fp32", "bf16", "fp16"), f"precision must be auto|fp32|bf16|fp16, got {self.precision}")
-        check(self.device in ("auto", "cpu", "cuda"), f"device must be auto|cpu|cuda, got {self.device}")
+TENSORBOARD = "tensorboard"
+RUNTIME_KEYS = ("world_size",)  # recorded beside the artifact; a resume may change them (same global batch)
 
 
 class BatchSource(Protocol):
@@ -113,25 +87,6 @@ class CEObjective:
         return ce, {"ce": ce.detach()}
 
 
-@torch.no_grad()
-def evaluate_ce(model, rows: np.ndarray, batch_size: int, device: torch.device, env: D.DistEnv = D.DistEnv(),
-                autocast=contextlib.nullcontext) -> float:
-    """Mean next-token CE over `rows` (each rank takes every world-th row; sums are all-reduced)."""
-    model.eval()
-    mine = rows[env.rank::env.world]
-    totals = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of CE, predicted tokens)
-    for start in range(0, mine.shape[0], batch_size):
-        ids = torch.from_numpy(mine[start:start + batch_size].astype(np.int64)).to(device)
-        with autocast():
-            logits = model(input_ids=ids).logits
-        n = ids[:, 1:].numel()
-        totals[0] += next_token_ce(logits, ids).double() * n
-        totals[1] += n
-    D.all_reduce_sum(totals)
-    model.train()
-    return float(totals[0] / totals[1].clamp(min=1))
-
-
 def lr_lambda(warmup: int, total: int):
     """Linear warmup then cosine decay to zero (the paper's schedule)."""
 
@@ -153,15 +108,6 @@ def make_optimizer(model, cfg: TrainConfig):
     )
 
 
-def autocast_for(device: torch.device, precision: str):
-    if device.type != "cuda" or precision == "fp32":
-        return contextlib.nullcontext
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return lambda: torch.autocast("cuda", dtype=dtype)
-
-
 @dataclass
 class TrainReport:
     steps: int = 0
@@ -172,73 +118,209 @@ class TrainReport:
     tokens_per_s: float = 0.0
     history: list = field(default_factory=list)
     skipped_blocks: list = field(default_factory=list)
+    skipped_steps: int = 0  # steps on which bad blocks left some rank without rows (no update anywhere)
 
 
-CHECKPOINT = "checkpoint"
+class Trainer:
+    """One training run. `run()` = restore, then for each step: `train_step`, `log_step`, and at the
+    step's boundaries `validate` and `checkpoint`; `finish` copies the best model to `out`."""
+
+    def __init__(self, model, source: BatchSource, objective: Objective, cfg: TrainConfig, out: Path,
+                 val_rows: np.ndarray, run_config: dict, progress: ProgressHook = NULL_PROGRESS, save_extra=None):
+        self.env = D.dist_env()
+        self.device = D.pick_device(cfg.device, self.env)
+        D.init(self.env, self.device)
+        check(cfg.batch_size % (self.env.world * cfg.grad_accum) == 0,
+              f"batch_size {cfg.batch_size} must be a multiple of world size x grad_accum "
+              f"({self.env.world} x {cfg.grad_accum})")
+        self.model, self.source, self.objective, self.cfg = model, source, objective, cfg
+        self.out, self.val_rows, self.run_config = Path(out), val_rows, run_config
+        self.progress, self.save_extra = progress, save_extra
+        self.out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.seed)
+        model.to(self.device)
+        model.train()
+        self.steps_per_epoch = source.n_rows // cfg.batch_size
+        check(self.steps_per_epoch > 0, f"{source.n_rows} rows are fewer than one batch of {cfg.batch_size}")
+        check(val_rows.shape[0] > 0, "the validation split has no chunks (is the dev split empty?)")
+        self.total_steps = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * self.steps_per_epoch
+        self.optimizer = make_optimizer(model, cfg)
+        warmup = min(cfg.warmup_steps, self.total_steps // 2)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(warmup, self.total_steps))
+        self.autocast = D.autocast_for(self.device, cfg.precision)
+        self.wrapped = DistributedDataParallel(model) if self.env.world > 1 else model
+        self.metrics_path = self.out / "metrics.jsonl"
+        self.tensorboard = None
+        self.report = TrainReport()
+        self.step = 0
+
+    # ------------------------------------------------------------------ state
+    def restore(self, resume: bool) -> None:
+        """Continue from the checkpoint in `out` (same config only), or start clean."""
+        state = load_checkpoint(self.out) if resume else None
+        if resume and state is None:
+            log.info("no checkpoint in %s: starting from scratch", self.out)
+        if state is not None:
+            saved = {k: v for k, v in state["config"].items() if k not in RUNTIME_KEYS}
+            wanted = {k: v for k, v in self.run_config.items() if k not in RUNTIME_KEYS}
+            if saved != wanted:
+                changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+                raise LogitcacheError(f"checkpoint in {self.out} was made with a different config (differs in: {', '.join(changed)})")
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            set_rng_state(state["rng"])
+            self.step = state["step"]
+            self.report.best_val_ce, self.report.best_step = state["best_val_ce"], state["best_step"]
+            self.report.skipped_steps = state.get("skipped_steps", 0)
+            if self.env.is_main:
+                _truncate_metrics(self.metrics_path, self.step)
+            log.info("resumed from step %d", self.step)
+        elif self.env.is_main:
+            self.metrics_path.unlink(missing_ok=True)
+            shutil.rmtree(self.out / CHECKPOINT, ignore_errors=True)
+            shutil.rmtree(self.out / TENSORBOARD, ignore_errors=True)
+        if self.env.is_main:
+            write_json_atomic(self.out / "logitcache_config.json", self.run_config)
+            if self.cfg.tensorboard:
+                self.tensorboard = open_tensorboard(self.out / TENSORBOARD, self.step)
+        D.barrier()
+
+    def checkpoint(self) -> None:
+        if self.env.is_main:
+            save_checkpoint(self.out, {
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "rng": rng_state(), "step": self.step,
+                "best_val_ce": self.report.best_val_ce, "best_step": self.report.best_step,
+                "skipped_steps": self.report.skipped_steps, "config": self.run_config,
+            })
+        D.barrier()
+
+    # ------------------------------------------------------------------ steps
+    def micro_batches(self, batch: dict) -> list[dict]:
+        """This rank's rows split into grad_accum near-equal micro-batches (bad blocks can leave fewer rows)."""
+        return [{k: v.to(self.device, non_blocking=True) for k, v in zip(batch, parts)}
+                for parts in zip(*(torch.tensor_split(v, self.cfg.grad_accum) for v in batch.values()))]
+
+    def all_ranks_have_rows(self, micros: list[dict]) -> bool:
+        """One decision for every rank: a step runs only if no rank has an empty micro-batch (an empty
+        one would divide by zero, and a rank that skipped alone would leave DDP waiting forever)."""
+        fewest = torch.tensor([min(m["input_ids"].shape[0] for m in micros)], dtype=torch.float64, device=self.device)
+        return bool(D.all_reduce_min(fewest).item() > 0)
+
+    def train_step(self, micros: list[dict]) -> dict[str, float]:
+        """Forward and backward over the micro-batches, clip, one optimizer step; mean metrics over ranks."""
+        sums: dict[str, torch.Tensor] = {}
+        n = len(micros)
+        for i, part in enumerate(micros):
+            sync = i == n - 1 or self.env.world == 1
+            with (contextlib.nullcontext() if sync else self.wrapped.no_sync()), self.autocast():
+                loss, metrics = self.objective(self.wrapped, part)
+            (loss / n).backward()
+            for name, value in metrics.items():
+                sums[name] = sums.get(name, 0.0) + value.float() / n
+            sums["loss"] = sums.get("loss", 0.0) + loss.detach().float() / n
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        names = sorted(sums)
+        values = D.all_reduce_mean(torch.stack([sums[k] for k in names]).detach())
+        return dict(zip(names, values.tolist()))
+
+    def skip_step(self) -> None:
+        """Bad blocks left some rank without rows: no update anywhere, the schedule still advances so the
+        data plan and a resume stay aligned with the step count."""
+        self.scheduler.step()
+        self.report.skipped_steps += 1
+        log.warning("step %d skipped on every rank: bad blocks left a micro-batch empty", self.step + 1)
+
+    def log_metrics(self, record: dict) -> None:
+        if self.env.is_main:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if self.tensorboard is not None:
+                for name, value in record.items():
+                    if name not in ("step", "epoch") and isinstance(value, (int, float)):
+                        self.tensorboard.add_scalar(name, value, record["step"])
+        self.report.history.append(record)
+
+    def validate(self) -> float:
+        micro = self.cfg.batch_size // (self.env.world * self.cfg.grad_accum)
+        val_ce = lm_metrics(self.model, self.val_rows, max(micro, 8), self.device, self.env, self.autocast)["ce"]
+        self.log_metrics({"step": self.step, "val_ce": val_ce})
+        if val_ce < self.report.best_val_ce:
+            self.report.best_val_ce, self.report.best_step = val_ce, self.step
+            if self.env.is_main:
+                save_model(self.model, self.out / "best", self.save_extra)
+        D.barrier()
+        return val_ce
+
+    # ------------------------------------------------------------------ loop
+    def run(self, resume: bool = False) -> TrainReport:
+        self.restore(resume)
+        cfg, report = self.cfg, self.report
+        self.progress.start("train", self.total_steps)
+        self.progress.update(self.step)
+        tokens_seen, t_start = 0, time.perf_counter()
+        while self.step < self.total_steps:
+            epoch, start_in_epoch = divmod(self.step, self.steps_per_epoch)
+            for batch in self.source.batches(epoch, start_in_epoch, cfg.batch_size, self.env):
+                micros = self.micro_batches(batch)
+                record = {"step": self.step + 1, "epoch": epoch}
+                if self.all_ranks_have_rows(micros):
+                    record.update(self.train_step(micros))
+                else:
+                    self.skip_step()
+                    record["skipped"] = 1
+                self.step += 1
+                record["lr"] = self.scheduler.get_last_lr()[0]
+                tokens_seen += batch["input_ids"].numel() * self.env.world
+                elapsed = time.perf_counter() - t_start
+                record.update(elapsed_s=elapsed, tokens_per_s=tokens_seen / max(elapsed, 1e-9))
+                self.log_metrics(record)
+                self.progress.update(1, loss=record.get("loss", float("nan")), tok_s=record["tokens_per_s"])
+                end_of_epoch = self.step % self.steps_per_epoch == 0
+                last = self.step == self.total_steps
+                if (cfg.eval_every and self.step % cfg.eval_every == 0) or end_of_epoch or last:
+                    self.validate()
+                if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or end_of_epoch or last:
+                    self.checkpoint()
+                if self.step >= self.total_steps:
+                    break
+        self.progress.finish()
+        report.steps = self.step
+        report.seconds = time.perf_counter() - t_start
+        report.tokens_per_s = tokens_seen / max(report.seconds, 1e-9)
+        vals = [r["val_ce"] for r in report.history if "val_ce" in r]
+        report.final_val_ce = vals[-1] if vals else float("nan")
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        if self.env.is_main:
+            finalize(self.out, self.save_extra)
+        D.barrier()
+        return report
 
 
-CHECKPOINT_MAGIC = b"LCCK"  # trailer: magic, crc32c (uint32 LE), payload size (uint64 LE)
-TRAILER_BYTES = 16
+def fit(model, source: BatchSource, objective: Objective, cfg: TrainConfig, out: Path, val_rows: np.ndarray,
+        run_config: dict, resume: bool = False, progress: ProgressHook = NULL_PROGRESS, save_extra=None) -> TrainReport:
+    """Train `model` in place; write the best model (by validation CE) to `out` with save_pretrained.
+
+    `run_config` is the resolved config of the whole stage: it is saved beside the checkpoint (with the
+    world size) and a resume from a checkpoint made with a different one is refused.
+    `save_extra(out)` writes extra files (the tokenizer) next to each saved model.
+    """
+    run_config = dict(run_config) | {"world_size": D.dist_env().world}
+    return Trainer(model, source, objective, cfg, out, val_rows, run_config, progress, save_extra).run(resume)
 
 
-def _crc32c_of(f, size: int) -> int:
-    """crc32c of the first `size` bytes of an open file, read in 16 MiB pieces (never whole)."""
-    crc, left = 0, size
-    f.seek(0)
-    while left > 0 and (piece := f.read(min(left, 1 << 24))):
-        crc, left = crc32c.crc32c(piece, crc), left - len(piece)
-    return crc
-
-
-def save_checkpoint(out: Path, state: dict) -> None:
-    """torch.save into a temp file, a checksum trailer, then rename: a kill never leaves half a
-    checkpoint, and a damaged one is refused on resume instead of loading changed weights."""
-    folder = out / CHECKPOINT
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / "state.pt.tmp"
-    torch.save(state, tmp)
-    size = tmp.stat().st_size
-    with open(tmp, "r+b") as f:
-        crc = _crc32c_of(f, size)
-        f.seek(size)
-        f.write(CHECKPOINT_MAGIC + crc.to_bytes(4, "little") + size.to_bytes(8, "little"))
-        f.flush()
-        os.fsync(f.fileno())
-    fault_pause("LOGITCACHE_FAULT_CHECKPOINT_PAUSE")  # fault-injection tests: kill between write and rename
-    os.replace(tmp, folder / "state.pt")
-
-
-def load_checkpoint(out: Path) -> dict | None:
-    path = out / CHECKPOINT / "state.pt"
-    if not path.exists():
-        return None
-    total = path.stat().st_size
-    with open(path, "rb") as f:
-        f.seek(max(total - TRAILER_BYTES, 0))
-        trailer = f.read(TRAILER_BYTES)
-        size = total - TRAILER_BYTES
-        if len(trailer) < TRAILER_BYTES or trailer[:4] != CHECKPOINT_MAGIC:
-            raise LogitcacheError(f"checkpoint {path} has no checksum trailer (truncated, or not written by logitcache); "
-                                  "delete it to start over")
-        if int.from_bytes(trailer[8:], "little") != size or _crc32c_of(f, size) != int.from_bytes(trailer[4:8], "little"):
-            raise LogitcacheError(f"checkpoint {path} fails its checksum (changed after writing); delete it to start over")
-    try:  # the zip reader finds its directory from the end and ignores the trailer after it
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise LogitcacheError(f"checkpoint {path} is unreadable ({exc.__class__.__name__}); delete it to start over") from None
-
-
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def open_tensorboard(folder: Path, purge_step: int):
+    """A SummaryWriter beside metrics.jsonl; events after `purge_step` (a resumed run redoes them) are dropped."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise LogitcacheError("--tensorboard needs the tensorboard package (pip install tensorboard)") from None
+    return SummaryWriter(log_dir=str(folder), purge_step=purge_step or None)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -249,146 +331,6 @@ def _truncate_metrics(path: Path, step: int) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     os.replace(tmp, path)
-
-
-def fit(
-    model,
-    source: BatchSource,
-    objective: Objective,
-    cfg: TrainConfig,
-    out: Path,
-    val_rows: np.ndarray,
-    run_config: dict,
-    resume: bool = False,
-    progress: ProgressHook = NULL_PROGRESS,
-    save_extra=None,
-) -> TrainReport:
-    """Train `model` in place; write the best model (by validation CE) to `out` with save_pretrained.
-
-    `run_config` is the resolved config of the whole stage: it is saved beside the checkpoint and a
-    resume from a checkpoint made with a different one is refused.
-    `save_extra(out)` writes extra files (the tokenizer) next to each saved model.
-    """
-    env = D.dist_env()
-    device = D.pick_device(cfg.device, env)
-    D.init(env, device)
-    check(cfg.batch_size % (env.world * cfg.grad_accum) == 0,
-          f"batch_size {cfg.batch_size} must be a multiple of world size x grad_accum ({env.world} x {cfg.grad_accum})")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    model.to(device)
-    model.train()
-    steps_per_epoch = source.n_rows // cfg.batch_size
-    check(steps_per_epoch > 0, f"{source.n_rows} rows are fewer than one batch of {cfg.batch_size}")
-    total_steps = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * steps_per_epoch
-    optimizer = make_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(min(cfg.warmup_steps, total_steps // 2), total_steps))
-    autocast = autocast_for(device, cfg.precision)
-    metrics_path = out / "metrics.jsonl"
-
-    report = TrainReport()
-    step = 0
-    state = load_checkpoint(out) if resume else None
-    if resume and state is None:
-        log.info("no checkpoint in %s: starting from scratch", out)
-    if state is not None:
-        if state["config"] != run_config:
-            changed = sorted(k for k in set(state["config"]) | set(run_config) if state["config"].get(k) != run_config.get(k))
-            raise LogitcacheError(f"checkpoint in {out} was made with a different config (differs in: {', '.join(changed)})")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
-        step = state["step"]
-        report.best_val_ce, report.best_step = state["best_val_ce"], state["best_step"]
-        if env.is_main:
-            _truncate_metrics(metrics_path, step)
-        log.info("resumed from step %d", step)
-    elif env.is_main:
-        metrics_path.unlink(missing_ok=True)
-        shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
-    if env.is_main:
-        write_json_atomic(out / "logitcache_config.json", run_config)
-    D.barrier()
-
-    wrapped = DistributedDataParallel(model) if env.world > 1 else model
-    per_rank = cfg.batch_size // env.world
-    micro = per_rank // cfg.grad_accum
-
-    def log_metrics(record: dict) -> None:
-        if env.is_main:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-        report.history.append(record)
-
-    def checkpoint() -> None:
-        if env.is_main:
-            save_checkpoint(out, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "rng": _rng_state(), "step": step,
-                "best_val_ce": report.best_val_ce, "best_step": report.best_step, "config": run_config,
-            })
-        D.barrier()
-
-    def validate() -> float:
-        val_ce = evaluate_ce(model, val_rows, max(micro, 8), device, env, autocast)
-        log_metrics({"step": step, "val_ce": val_ce})
-        if val_ce < report.best_val_ce:
-            report.best_val_ce, report.best_step = val_ce, step
-            if env.is_main:
-                save_model(model, out / "best", save_extra)
-        D.barrier()
-        return val_ce
-
-    progress.start("train", total_steps)
-    progress.update(step)
-    tokens_seen, t_start = 0, time.perf_counter()
-    while step < total_steps:
-        epoch, start_in_epoch = divmod(step, steps_per_epoch)
-        for batch in source.batches(epoch, start_in_epoch, cfg.batch_size, env):
-            sums: dict[str, torch.Tensor] = {}
-            for i in range(cfg.grad_accum):
-                part = {k: v[i * micro:(i + 1) * micro].to(device, non_blocking=True) for k, v in batch.items()}
-                sync = i == cfg.grad_accum - 1 or env.world == 1
-                with (contextlib.nullcontext() if sync else wrapped.no_sync()), autocast():
-                    loss, metrics = objective(wrapped, part)
-                (loss / cfg.grad_accum).backward()
-                for name, value in metrics.items():
-                    sums[name] = sums.get(name, 0.0) + value.float() / cfg.grad_accum
-                sums["loss"] = sums.get("loss", 0.0) + loss.detach().float() / cfg.grad_accum
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            tokens_seen += batch["input_ids"].numel() * env.world
-            names = sorted(sums)
-            values = D.all_reduce_mean(torch.stack([sums[n] for n in names]).detach())
-            record = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0]}
-            record.update({n: float(v) for n, v in zip(names, values.tolist())})
-            elapsed = time.perf_counter() - t_start
-            record["elapsed_s"] = elapsed
-            record["tokens_per_s"] = tokens_seen / max(elapsed, 1e-9)
-            log_metrics(record)
-            progress.update(1, loss=record["loss"], tok_s=record["tokens_per_s"])
-            end_of_epoch = step % steps_per_epoch == 0
-            if (cfg.eval_every and step % cfg.eval_every == 0) or end_of_epoch or step == total_steps:
-                validate()
-            if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or end_of_epoch or step == total_steps:
-                checkpoint()
-            if step >= total_steps:
-                break
-    progress.finish()
-    report.steps = step
-    report.seconds = time.perf_counter() - t_start
-    report.tokens_per_s = tokens_seen / max(report.seconds, 1e-9)
-    vals = [r["val_ce"] for r in report.history if "val_ce" in r]
-    report.final_val_ce = vals[-1] if vals else float("nan")
-    if env.is_main:
-        finalize(out, save_extra)
-    D.barrier()
-    return report
 
 
 def save_model(model, folder: Path, save_extra=None) -> None:

@@ -3,8 +3,9 @@ import pytest
 import zarr
 
 from logitcache import open_cache
-from logitcache.cache import (LOG_LEVELS, SQRT_LEVELS, block_chunk_path, CacheLayout, CacheStore, create_cache, decode_ids, decode_probs, encode_ids,
-                              encode_probs, log_step, verify_cache)
+from logitcache.store import (PROB_CODES, CacheLayout, CacheStore, block_chunk_path, create_cache, decode_ids, encode_ids,
+                              prob_code, verify_cache)
+from logitcache.store.codecs import LogCode, SqrtCode
 from logitcache.errors import LogitcacheError
 
 
@@ -37,11 +38,24 @@ def test_id_deltas_round_trip_exactly():
     assert np.array_equal(decode_ids(deltas), np.take_along_axis(ids, order, -1))
 
 
-@pytest.mark.parametrize("prob_dtype", list(LOG_LEVELS))
+@pytest.mark.parametrize("prob_dtype", [n for n, c in PROB_CODES.items() if isinstance(c, LogCode)])
 def test_log_codes_relative_error(prob_dtype):
+    code = prob_code(prob_dtype)
     probs = np.exp(-np.linspace(0, 15.9, 1000)).astype(np.float32)
-    decoded = decode_probs(encode_probs(probs, prob_dtype), prob_dtype)
-    assert np.max(np.abs(np.log(decoded) - np.log(probs))) <= log_step(prob_dtype) / 2 + 1e-5
+    decoded = code.decode(code.encode(probs))
+    assert np.max(np.abs(np.log(decoded) - np.log(probs))) <= code.step / 2 + 1e-5
+
+
+@pytest.mark.parametrize("prob_dtype", [n for n, c in PROB_CODES.items() if c.storage_dtype == np.uint8])
+def test_code_lookup_table_equals_the_recipe_arithmetic(prob_dtype):
+    """decode() uses a 256-entry table; it must equal the formula written in the attributes."""
+    code = prob_code(prob_dtype)
+    stored = np.arange(256, dtype=np.uint8)
+    if isinstance(code, SqrtCode):
+        expected = (stored.astype(np.float32) / code.levels) ** 2
+    else:
+        expected = np.exp(-stored.astype(np.float32) * code.step)
+    assert np.allclose(code.decode(stored), expected, rtol=1e-6, atol=0)
 
 
 def test_cache_round_trips_exactly(tmp_path):
@@ -114,6 +128,60 @@ def test_verify_finds_flipped_bytes(tmp_path):
     assert len(problems) == 1 and problems[0].startswith("block 1")
 
 
+def test_recipe_states_the_normalisation_and_reader_follows_it(tmp_path):
+    """A position whose codes decode above 1 is scaled back by the reader, and the recipe says so:
+    a foreign reader following the recipe gets the reader's numbers and a tail >= 0."""
+    ids = np.array([[[0, 1, 2, 3]]])  # (1, 1, 4)
+    probs = np.array([[[0.26, 0.26, 0.24, 0.24]]], dtype=np.float32)  # sums to 1; sqrt-u7 rounds up
+    make_cache(tmp_path / "c.zarr", ids, probs, "sqrt-u7", block_rows=1, vocab=10)
+    group = zarr.open_group(str(tmp_path / "c.zarr"), mode="r")
+    raw = (group["topk_probs"][:].astype(np.float32) / 127) ** 2
+    assert raw.sum() > 1.0  # the case the recipe must cover
+    recipe = group.attrs["logitcache"]["encodings"]
+    assert "p /= s" in recipe["normalise"]
+    followed = raw / raw.sum(-1, keepdims=True)  # the recipe's normalise step
+    _, reader_ids, reader_probs = open_cache(tmp_path / "c.zarr").read(0, 1)
+    order = np.argsort(reader_ids, axis=-1)
+    assert np.allclose(np.take_along_axis(reader_probs, order, -1), followed, atol=1e-7)
+    assert 1.0 - reader_probs.sum() >= -1e-6
+    assert verify_cache(tmp_path / "c.zarr") == []  # within the code's bound
+
+
+def test_verify_checks_raw_decoded_sums(tmp_path):
+    """Codes that decode far above 1 (written with a valid checksum: a buggy writer) are reported;
+    the reader's normalisation must not hide them from verify."""
+    ids = np.array([[[0, 1, 2, 3]]])
+    probs = np.array([[[0.25, 0.25, 0.25, 0.25]]], dtype=np.float32)
+    make_cache(tmp_path / "c.zarr", ids, probs, "sqrt-u7", block_rows=1, vocab=10)
+    store = CacheStore(tmp_path / "c.zarr", mode="r+")
+    store.arrays["topk_probs"][0:1] = np.full((1, 1, 4), 127, np.uint8)  # four codes of p = 1
+    stored = store.read_stored_block(0)
+    from logitcache.store import block_checksum
+    store.arrays["checksum"][0] = np.uint32(block_checksum(stored))
+    problems = verify_cache(tmp_path / "c.zarr")
+    assert len(problems) == 1 and "sum to 4.0000" in problems[0]
+
+
+def test_read_returns_sampled_weights(tmp_path):
+    rng = np.random.default_rng(5)
+    ids, probs = random_topk(rng, n=3)
+    weights = rng.uniform(0.1, 2.0, size=ids.shape).astype(np.float16)
+    n, t, k = ids.shape
+    layout = CacheLayout(n, t, k, 50, 2, "float32", with_weights=True)
+    create_cache(tmp_path / "c.zarr", layout, {"kind": "cache"})
+    store = CacheStore(tmp_path / "c.zarr", mode="r+")
+    for b in range(layout.n_blocks):
+        s, e = layout.block_range(b)
+        store.write_block(b, np.zeros((e - s, t), np.int64), ids[s:e], probs[s:e], weights[s:e])
+    out = open_cache(tmp_path / "c.zarr").read(0, 3)
+    assert len(out) == 4
+    _, got_ids, got_probs, got_weights = out
+    # each (id, weight) pair survives the id sort on write and the prob sort on read
+    for pos in np.ndindex(n, t):
+        written = dict(zip(ids[pos].tolist(), weights[pos].astype(np.float32).tolist()))
+        assert dict(zip(got_ids[pos].tolist(), got_weights[pos].tolist())) == written
+
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -130,16 +198,19 @@ def test_encode_decode_property(vocab, k, seed, concentration, prob_dtype):
     probs = np.take_along_axis(p, ids, -1)
     deltas, order = encode_ids(ids, vocab)
     assert np.array_equal(decode_ids(deltas), np.take_along_axis(ids, order, -1))
-    decoded = decode_probs(encode_probs(np.take_along_axis(probs, order, -1), prob_dtype), prob_dtype)
+    code = prob_code(prob_dtype)
+    decoded = code.decode(code.encode(np.take_along_axis(probs, order, -1)))
+    # the bound verify uses: an honest encode never decodes above it
+    assert decoded.sum(-1).max() <= code.sum_bound(k)
     original = np.take_along_axis(probs, order, -1)
     if prob_dtype == "float32":
         assert np.array_equal(decoded, original)
     elif prob_dtype == "float16":
         assert np.allclose(decoded, original, rtol=1e-3, atol=1e-7)
-    elif prob_dtype in SQRT_LEVELS:  # sqrt(p) within half a code
-        assert np.all(np.abs(np.sqrt(decoded) - np.sqrt(original)) <= 0.5 / SQRT_LEVELS[prob_dtype] + 1e-6)
+    elif isinstance(code, SqrtCode):  # sqrt(p) within half a code
+        assert np.all(np.abs(np.sqrt(decoded) - np.sqrt(original)) <= 0.5 / code.levels + 1e-6)
     else:  # log codes: relative error within half a step above e^-16, clipped below
-        step = log_step(prob_dtype)
+        step = code.step
         big = original > np.exp(-16.0 + step)
         assert np.all(np.abs(np.log(decoded[big]) - np.log(original[big])) <= step / 2 + 1e-4)
         assert np.all(decoded[~big] <= np.exp(-16.0 + 1.5 * step))

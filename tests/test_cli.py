@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from logitcache.cache import block_chunk_path
+from logitcache.store import block_chunk_path
 from logitcache_cli.app import app
 
 runner = CliRunner()

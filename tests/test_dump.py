@@ -5,7 +5,7 @@ import zarr
 
 from conftest import dump_config
 from logitcache import open_cache
-from logitcache.cache import CacheStore, verify_cache
+from logitcache.store import CacheStore, verify_cache
 from logitcache.data import load_data, spread_indices
 from logitcache.dump import dump
 from logitcache.ensemble import Ensemble

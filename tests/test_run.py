@@ -64,7 +64,7 @@ device = "cpu"
 
 [eval]
 max_chunks = 16
-blimp_dir = "{blimp}"
+blimp = "{blimp}"
 blimp_max_pairs = 5
 """
 

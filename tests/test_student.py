@@ -4,7 +4,7 @@ import torch
 
 from conftest import dump_config, tiny_train
 from logitcache import open_cache
-from logitcache.cache import CacheReader
+from logitcache.store import CacheReader
 from logitcache.data import PrepareConfig, load_data, prepare
 from logitcache.dump import dump
 from logitcache.ensemble import Ensemble

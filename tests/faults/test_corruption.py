@@ -8,7 +8,7 @@ import pytest
 
 from conftest import tiny_train
 from logitcache import open_cache
-from logitcache.cache import block_chunk_path, verify_cache
+from logitcache.store import block_chunk_path, verify_cache
 from logitcache.errors import CacheCorruptError, LogitcacheError
 from logitcache.student import StudentConfig, train_student
 from logitcache.teacher import TeacherConfig, train_teacher

@@ -53,7 +53,7 @@ def kill_after(args, delay, extra_env):
 
 
 def block_files(cache: Path, block: int) -> dict[str, bytes]:
-    from logitcache.cache import block_chunk_path
+    from logitcache.store import block_chunk_path
 
     return {name: block_chunk_path(cache, name, block).read_bytes() for name in ("tokens", "topk_ids", "topk_probs")}
 

@@ -1,0 +1,230 @@
+"""One frozen dataclass per stage: the single definition of every setting.
+
+Each field is a `setting` with its default and help text. The CLI options of every command
+(cli/options.py) and the TOML sections of `run` (run.py) are derived from these classes, so a
+setting has one name, one type and one default everywhere. Choices are Literal types: `--help` lists
+them and a TOML value outside them is refused by name. This module imports neither torch nor zarr,
+so building the CLI and validating a config cost nothing.
+"""
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+from .configs import check, setting
+from .presets import ARCHS, get_preset
+
+Split = Literal["train", "dev", "test"]
+Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Combine = Literal["mean-logits", "mean-probs"]
+ProbDtype = Literal["sqrt-u7", "sqrt-u8", "log-u8", "log-u7", "log-u6", "float16", "float32"]  # store/codecs
+Targets = Literal["topk", "sample"]
+RowSelection = Literal["spread", "first"]
+Arch = Literal["llama", "gpt2"]
+Tail = Literal["bucket", "renormalize"]
+KLReduction = Literal["token", "paper"]
+
+
+def choices(literal) -> tuple:
+    return typing.get_args(literal)
+
+
+def _in(value, literal, name: str) -> None:
+    check(value in choices(literal), f"{name} must be one of {', '.join(choices(literal))}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    data: Path = setting(help="Raw text: <source>.<split> files (BabyLM layout); subfolders searched too.", in_run=False)
+    out: Path = setting(help="Output dir (WORK/data): tokenizer.json and tokens.zarr.", in_run=False)
+    vocab_size: int = setting(16000, help="BPE vocabulary size.")
+    seq_len: int = setting(128, help="Tokens per chunk.")
+    val_chunks: int = setting(8192, help="Size of the fixed validation subset of dev.")
+    seed: int = setting(0, help="Seed of the validation subset.")
+
+    def __post_init__(self):
+        check(self.vocab_size >= 259, f"vocab_size must be at least 259 (256 bytes + 3 specials), got {self.vocab_size}")
+        check(self.seq_len >= 2, f"seq_len must be at least 2, got {self.seq_len}")
+        check(self.val_chunks >= 1, f"val_chunks must be positive, got {self.val_chunks}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training loop's settings, shared by teachers and students (defaults: the paper's student)."""
+
+    lr: float = setting(2.5e-4, help="Peak learning rate (AdamW).")
+    batch_size: int = setting(32, help="Global batch: sequences per optimizer step, over all ranks and micro-batches.")
+    grad_accum: int = setting(1, help="Micro-batches per optimizer step.")
+    epochs: int = setting(6, help="Epochs over the training rows.")
+    max_steps: int = setting(0, help="Stop after this many optimizer steps (overrides --epochs; 0: off).")
+    warmup_steps: int = setting(200, help="Linear warmup steps before the cosine decay.")
+    weight_decay: float = setting(0.1, help="AdamW weight decay on matrices.")
+    eval_every: int = setting(0, help="Also validate every N steps (0: at epoch ends only).")
+    checkpoint_every: int = setting(0, help="Also checkpoint every N steps (0: at epoch ends only).")
+    val_chunks: int = setting(8192, help="Size of the fixed validation subset of dev.")
+    seed: int = setting(0, help="Seed for initialisation and data order.")
+    device: Device = setting("auto", help="Where to train: auto (CUDA when present), cpu or cuda.")
+    precision: Precision = setting("auto", help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16 or fp16.")
+    tensorboard: bool = setting(False, help="Also write TensorBoard event files to OUT/tensorboard.")
+
+    def __post_init__(self):
+        check(self.lr > 0, f"lr must be positive, got {self.lr}")
+        check(self.batch_size > 0, f"batch_size must be positive, got {self.batch_size}")
+        check(self.grad_accum > 0, f"grad_accum must be positive, got {self.grad_accum}")
+        check(self.batch_size % self.grad_accum == 0, "batch_size must be a multiple of grad_accum")
+        check(self.epochs > 0, f"epochs must be positive, got {self.epochs}")
+        check(self.max_steps >= 0, f"max_steps must be >= 0, got {self.max_steps}")
+        check(self.warmup_steps >= 0, "warmup_steps must be >= 0")
+        check(self.weight_decay >= 0, "weight_decay must be >= 0")
+        check(self.val_chunks >= 1, f"val_chunks must be positive, got {self.val_chunks}")
+        _in(self.device, Device, "device")
+        _in(self.precision, Precision, "precision")
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    data: Path = setting(help="Prepared data dir (WORK/data).", in_run=False)
+    out: Path = setting(help="Output model dir (save_pretrained + tokenizer.json).", in_run=False)
+    arch: Arch = setting("llama", help="Architecture of the teacher.")
+    preset: str = setting("llama-small", help="Model preset, e.g. llama-small, gpt2-705m (must match --arch).")
+    vocab_size: int = setting(0, help="Expected vocabulary (0: the data's); refused if it differs.")
+    train: TrainConfig = setting(default_factory=TrainConfig, help="Training loop settings.")
+
+    def __post_init__(self):
+        check(self.arch in ARCHS, f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        preset = get_preset(self.preset)
+        check(preset.arch == self.arch, f"preset '{self.preset}' is a {preset.arch} model, not {self.arch}")
+        check(self.vocab_size >= 0, "vocab_size must be >= 0")
+
+
+@dataclass(frozen=True)
+class DumpConfig:
+    data: Path = setting(help="Prepared data dir (WORK/data).", in_run=False)
+    teachers: tuple[Path, ...] = setting(help="A teacher model dir (repeat for an ensemble).", flag="--teacher", in_run=False)
+    out: Path = setting(help="The cache to write (WORK/cache.zarr).", in_run=False)
+    split: Split = setting("train", help="Which split to cache.", in_run=False)
+    top_k: int = setting(32, help="Ids kept per position (top-k targets).")
+    temperature: float = setting(2.0, help="Distillation temperature T of the stored probabilities.")
+    combine: Combine = setting("mean-logits", help="Ensemble rule: mean-logits (the paper's code) or mean-probs.")
+    prob_dtype: ProbDtype = setting("sqrt-u7", help="Probability code: sqrt-u7 (7-bit codes of sqrt p), sqrt-u8, "
+                                               "log-u8/u7/u6 (codes of log p), float16 or float32.")
+    targets: Targets = setting("topk", help="topk, or sample (importance-sampled unique ids).")
+    samples: int = setting(16, help="Sampled targets: draws per position.")
+    proposal_temperature: float = setting(1.0, help="Sampled targets: draw from p^(1/this), renormalised.")
+    batch_size: int = setting(16, help="Chunks per teacher forward pass.")
+    block_rows: int = setting(256, help="Rows per committed block (one storage chunk).")
+    max_chunks: int = setting(0, help="Cache N chunks of the split (0: all); see --row-selection.")
+    row_selection: RowSelection = setting("spread", help="With --max-chunks: spread (evenly over the split) or first.")
+    seed: int = setting(0, help="Seed of the sampled targets.")
+    device: Device = setting("auto", help="Where the teachers run: auto, cpu or cuda.")
+    precision: Precision = setting("auto", help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16 or fp16.")
+
+    def __post_init__(self):
+        check(len(self.teachers) >= 1, "at least one teacher is required")
+        _in(self.split, Split, "split")
+        check(self.top_k > 0, f"top_k must be positive, got {self.top_k}")
+        check(self.temperature > 0, f"temperature must be positive, got {self.temperature}")
+        _in(self.combine, Combine, "combine")
+        _in(self.prob_dtype, ProbDtype, "prob_dtype")
+        _in(self.targets, Targets, "targets")
+        check(0 < self.samples <= 255, f"samples must be in 1..255, got {self.samples}")
+        check(self.proposal_temperature > 0, "proposal_temperature must be positive")
+        check(self.batch_size > 0, f"batch_size must be positive, got {self.batch_size}")
+        check(self.block_rows > 0, f"block_rows must be positive, got {self.block_rows}")
+        check(self.max_chunks >= 0, "max_chunks must be >= 0")
+        _in(self.row_selection, RowSelection, "row_selection")
+        _in(self.device, Device, "device")
+        _in(self.precision, Precision, "precision")
+
+    @property
+    def width(self) -> int:
+        """K: kept ids per position (top-k), or the padded number of unique sampled ids."""
+        return self.top_k if self.targets == "topk" else self.samples
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    cache: Path = setting(help="The cache written by `logitcache dump`.", in_run=False)
+    data: Path = setting(help="Prepared data dir the cache was made from (WORK/data).", in_run=False)
+    out: Path = setting(help="Output model dir.", in_run=False)
+    preset: str = setting("llama-58m", help="Student preset (LLaMA by default).")
+    alpha: float = setting(0.5, help="Weight of CE; 1 - alpha weighs T^2 KL. 1 = no distillation.")
+    temperature: float = setting(0.0, help="Distillation temperature (0: the cache's; the resolved value is saved).")
+    retemper: bool = setting(False, help="Allow a T other than the cache's (renormalises p^(Tc/T) over kept ids; approximate).")
+    tail: Tail = setting("bucket", help="bucket (tail mass as one bucket) or renormalize (drop it).")
+    kl_reduction: KLReduction = setting("token", help="token (mean per position) or paper (sum / sequences).")
+    online_teachers: tuple[Path, ...] = setting((), help="Reference mode: full-vocabulary targets from this teacher "
+                                                     "(repeatable).", flag="--online-teacher", in_run=False)
+    shuffle_buffer: int = setting(4096, help="Rows in the shuffle buffer (bounds memory).")
+    prefetch_blocks: int = setting(4, help="Blocks decoded ahead of use.")
+    skip_bad_blocks: bool = setting(False, help="Skip (and count) blocks that fail their checksum instead of stopping.")
+    allow_eval_split: bool = setting(False, help="Train on a cache dumped from the dev or test split (the text the "
+                                                 "student is evaluated on): refused without this.", in_run=False)
+    train: TrainConfig = setting(default_factory=TrainConfig, help="Training loop settings.")
+
+    def __post_init__(self):
+        get_preset(self.preset)
+        check(0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}")
+        check(self.temperature >= 0, f"temperature must be positive (0: the cache's), got {self.temperature}")
+        _in(self.tail, Tail, "tail")
+        _in(self.kl_reduction, KLReduction, "kl_reduction")
+        check(self.shuffle_buffer > 0, "shuffle_buffer must be positive")
+        check(self.prefetch_blocks > 0, "prefetch_blocks must be positive")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    models: tuple[Path, ...] = setting(help="Model dirs (Hugging Face format) to evaluate.", argument=True, in_run=False)
+    data: Path = setting(help="Prepared data dir (WORK/data).", in_run=False)
+    split: Split = setting("dev", help="Which split to score.", in_run=False)
+    blimp: Optional[Path] = setting(None, help="BLiMP directory (one JSONL file per paradigm).")
+    blimp_max_pairs: int = setting(0, help="At most this many pairs per paradigm (0: all).")
+    teachers: tuple[Path, ...] = setting((), help="Teacher dir(s): report top-1 agreement and KL to their ensemble.",
+                                         flag="--teacher", in_run=False)
+    temperature: float = setting(1.0, help="Temperature of the teacher ensemble for agreement and KL.")
+    combine: Combine = setting("mean-logits", help="Ensemble rule of the teachers for agreement and KL.")
+    max_chunks: int = setting(0, help="Evaluate N chunks spread evenly over the split (0: all).")
+    batch_size: int = setting(32, help="Chunks per forward pass.")
+    device: Device = setting("auto", help="auto, cpu or cuda.")
+
+    def __post_init__(self):
+        check(len(self.models) > 0, "give at least one model dir")
+        _in(self.split, Split, "split")
+        check(self.batch_size > 0, "batch_size must be positive")
+        check(self.max_chunks >= 0, "max_chunks must be >= 0")
+        check(self.temperature > 0, "temperature must be positive")
+        _in(self.combine, Combine, "combine")
+        _in(self.device, Device, "device")
+
+
+@dataclass(frozen=True)
+class CacheSizeConfig:
+    data: Path = setting(help="Prepared data dir (WORK/data).")
+    teachers: tuple[Path, ...] = setting(help="Teacher dir (repeat for an ensemble).", flag="--teacher")
+    out: Path = setting(help="Output dir: cache_size.json/.md/.png and the caches.")
+    ks: tuple[int, ...] = setting((1, 2, 4, 8, 16, 32, 64, 128, 256), help="Comma-separated k values.", flag="--k")
+    prob_dtypes: tuple[ProbDtype, ...] = setting(("sqrt-u7",), help="Comma-separated probability codes.", flag="--prob-dtype")
+    samples: tuple[int, ...] = setting((), help="Comma-separated draw counts for sampled-target rows (empty: none).")
+    chunks: int = setting(256, help="Number of train chunks to dump for each row.")
+    temperature: float = setting(2.0, help="Distillation temperature T.")
+    combine: Combine = setting("mean-logits", help="Ensemble rule: mean-logits or mean-probs.")
+    train_steps: int = setting(0, help="Also distil a student from each cache for S steps (0: off).")
+    student_preset: str = setting("llama-student-small", help="Student preset for --train-steps.")
+    student_batch_size: int = setting(16, help="Student batch size for --train-steps.")
+    student_lr: float = setting(2e-3, help="Student learning rate for --train-steps.")
+    alpha: float = setting(0.5, help="Student alpha for --train-steps.")
+    seed: int = setting(0, help="Seed of sampled targets and students.")
+
+    def __post_init__(self):
+        check(len(self.teachers) > 0, "give at least one --teacher")
+        check(len(self.ks) + len(self.samples) > 0, "give at least one --k or --samples value")
+        check(all(k > 0 for k in self.ks), "every k must be positive")
+        check(all(0 < n <= 255 for n in self.samples), "every sample count must be in 1..255")
+        for dtype in self.prob_dtypes:
+            _in(dtype, ProbDtype, "prob_dtype")
+        check(self.chunks > 0, "chunks must be positive")
+        check(self.train_steps >= 0, "train_steps must be >= 0")
+        get_preset(self.student_preset)

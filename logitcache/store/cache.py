@@ -1,0 +1,240 @@
+"""`cache.zarr`: layout, creation, block writes and raw block reads.
+
+One Zarr v3 group, rows = chunks, T = positions, K = kept ids (docs/architecture.md, "The cache"):
+  tokens      (N, T)    uint16/uint32      the input chunks
+  topk_ids    (N, T, K) uint16/uint32      ids sorted ascending per position, stored as gaps (ids.py)
+  topk_probs  (N, T, K) float | uint8      probabilities in the same id order, one code (codecs/)
+  sample_weights (N, T, K) float16         sampled targets only: importance weights
+  done        (B,)      uint8              1 once block b's data and checksum are written
+  checksum    (B,)      uint32             crc32c over block b's stored (encoded) arrays
+Each array is chunked by whole blocks of `block_rows` rows, so every block is one storage chunk per
+array and ranks writing different blocks never touch the same file. `done` and `checksum` have one
+element per storage chunk for the same reason.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import crc32c
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, ZstdCodec
+
+from ..errors import CacheCorruptError, LogitcacheError
+from ..faults import fault_pause
+from .codecs import prob_code
+from .ids import decode_ids, encode_ids, token_dtype
+
+SCHEMA_VERSION = 1
+ATTRS_KEY = "logitcache"
+TARGET_ARRAYS = ("tokens", "topk_ids", "topk_probs")
+
+
+@dataclass(frozen=True)
+class CacheLayout:
+    n_rows: int
+    seq_len: int
+    k: int
+    vocab_size: int
+    block_rows: int
+    prob_dtype: str
+    with_weights: bool = False  # sampled targets: importance weights (float16) in `sample_weights`
+
+    @property
+    def n_blocks(self) -> int:
+        return (self.n_rows + self.block_rows - 1) // self.block_rows
+
+    def block_range(self, block: int) -> tuple[int, int]:
+        start = block * self.block_rows
+        return start, min(start + self.block_rows, self.n_rows)
+
+    @property
+    def block_arrays(self) -> tuple[str, ...]:
+        """The arrays a block's checksum covers, in checksum order."""
+        return TARGET_ARRAYS + (("sample_weights",) if self.with_weights else ())
+
+    @classmethod
+    def from_attrs(cls, attrs: dict) -> "CacheLayout":
+        return cls(n_rows=attrs["n_rows"], seq_len=attrs["seq_len"], k=attrs["k"], vocab_size=attrs["vocab_size"],
+                   block_rows=attrs["block_rows"], prob_dtype=attrs["prob_dtype"],
+                   with_weights=attrs.get("with_weights", False))
+
+
+def decode_recipe(prob_dtype: str) -> dict:
+    """How to decode the stored arrays without this package (saved in the attributes)."""
+    return {
+        "topk_ids": "ids = cumsum(topk_ids, axis=-1)  # ids ascending per position",
+        "topk_probs": prob_code(prob_dtype).recipe() + "  # same order as ids",
+        "normalise": "s = sum(p, axis=-1); where s > 1 (quantisation rounding), p /= s  # what open_cache returns",
+        "tail": "p_tail = 1 - sum(p, axis=-1)  # after normalise: >= 0",
+        "order": "open_cache sorts each position by decreasing p (stable); the stored order is by id",
+    }
+
+
+def normalise_topk(probs: np.ndarray) -> np.ndarray:
+    """Quantisation can push a position's sum above 1; scale such positions back to exactly 1 (in place)."""
+    probs = probs.astype(np.float32, copy=False)
+    total = probs.sum(axis=-1)  # (...,)
+    over = total > 1.0
+    if over.any():
+        probs[over] /= total[over][:, None]
+    return probs
+
+
+def _blosc(typesize: int) -> BloscCodec:
+    # byte-shuffle then zstd: the high bytes of small id gaps are mostly zero
+    return BloscCodec(cname="zstd", clevel=7, shuffle="shuffle" if typesize > 1 else "noshuffle", typesize=typesize)
+
+
+def create_cache(path: Path, layout: CacheLayout, attrs: dict) -> None:
+    """Create an empty cache with all metadata, atomically (temp dir, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.creating-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    group = zarr.open_group(store=str(tmp), mode="w", zarr_format=3)
+    n, t, k, r = layout.n_rows, layout.seq_len, layout.k, layout.block_rows
+    id_dtype = token_dtype(layout.vocab_size)
+    group.create_array("tokens", shape=(n, t), chunks=(r, t), dtype=id_dtype,
+                       compressors=ZstdCodec(level=3), fill_value=0)
+    group.create_array("topk_ids", shape=(n, t, k), chunks=(r, t, k), dtype=id_dtype,
+                       compressors=_blosc(np.dtype(id_dtype).itemsize), fill_value=0)
+    prob_dtype = prob_code(layout.prob_dtype).storage_dtype
+    group.create_array("topk_probs", shape=(n, t, k), chunks=(r, t, k), dtype=prob_dtype,
+                       compressors=_blosc(prob_dtype.itemsize), fill_value=0)
+    if layout.with_weights:
+        group.create_array("sample_weights", shape=(n, t, k), chunks=(r, t, k), dtype=np.float16,
+                           compressors=_blosc(2), fill_value=0)
+    group.create_array("done", shape=(layout.n_blocks,), chunks=(1,), dtype=np.uint8, fill_value=0)
+    group.create_array("checksum", shape=(layout.n_blocks,), chunks=(1,), dtype=np.uint32, fill_value=0)
+    full = dict(attrs)
+    full.update(
+        schema_version=SCHEMA_VERSION, n_rows=n, seq_len=t, k=k, vocab_size=layout.vocab_size,
+        block_rows=r, n_blocks=layout.n_blocks, prob_dtype=layout.prob_dtype,
+        with_weights=layout.with_weights, encodings=decode_recipe(layout.prob_dtype),
+    )
+    group.attrs.update({ATTRS_KEY: full})
+    os.replace(tmp, path)
+
+
+def block_checksum(arrays: list[np.ndarray]) -> int:
+    value = 0
+    for array in arrays:
+        value = crc32c.crc32c(np.ascontiguousarray(array).tobytes(), value)
+    return value
+
+
+class CacheStore:
+    """Low-level access to a cache group: block writes (dump) and raw block reads (reader, verify)."""
+
+    def __init__(self, path: Path, mode: str = "r"):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise LogitcacheError(f"no cache at {self.path}")
+        if not (self.path / "zarr.json").is_file():
+            raise LogitcacheError(f"{self.path} is not a Zarr v3 store (no zarr.json)")
+        try:
+            self.group = zarr.open_group(store=str(self.path), mode=mode)
+            attrs = self.group.attrs.asdict()
+        except Exception as exc:
+            raise LogitcacheError(f"cannot open cache {self.path}: metadata unreadable ({exc})") from None
+        if ATTRS_KEY not in attrs or attrs[ATTRS_KEY].get("kind") != "cache":
+            raise LogitcacheError(f"{self.path} is a Zarr store but not a logitcache cache")
+        self.attrs: dict = dict(attrs[ATTRS_KEY])
+        if self.attrs.get("schema_version") != SCHEMA_VERSION:
+            raise LogitcacheError(
+                f"{self.path} has cache schema {self.attrs.get('schema_version')}, this logitcache reads {SCHEMA_VERSION}"
+            )
+        self.layout = CacheLayout.from_attrs(self.attrs)
+        self.code = prob_code(self.layout.prob_dtype)
+        try:
+            self.arrays = {name: self.group[name] for name in self.layout.block_arrays + ("done", "checksum")}
+        except Exception as exc:
+            raise LogitcacheError(f"cache {self.path} is missing an array ({exc})") from None
+
+    def done_mask(self) -> np.ndarray:
+        """(B,) bool; a missing or unreadable marker counts as not done."""
+        try:
+            return self.arrays["done"][:] == 1
+        except Exception:
+            mask = np.zeros(self.layout.n_blocks, dtype=bool)
+            for b in range(self.layout.n_blocks):
+                try:
+                    mask[b] = self.arrays["done"][b] == 1
+                except Exception:
+                    pass
+            return mask
+
+    def write_block(self, block: int, tokens: np.ndarray, topk_ids: np.ndarray, topk_probs: np.ndarray,
+                    weights: np.ndarray | None = None) -> None:
+        """Encode and write one block, then its checksum, then its `done` marker (in that order)."""
+        start, stop = self.layout.block_range(block)
+        assert tokens.shape[0] == stop - start
+        id_gaps, order = encode_ids(topk_ids, self.layout.vocab_size)
+        stored_probs = self.code.encode(np.take_along_axis(topk_probs, order, axis=-1))
+        stored = [tokens.astype(token_dtype(self.layout.vocab_size)), id_gaps, stored_probs]
+        if self.layout.with_weights:
+            stored.append(np.take_along_axis(weights, order, axis=-1).astype(np.float16))
+        for i, name in enumerate(self.layout.block_arrays):
+            self.arrays[name][start:stop] = stored[i]
+            if i == 0:
+                fault_pause("LOGITCACHE_FAULT_WRITE_PAUSE")  # fault-injection tests: widen the mid-block window
+        self.arrays["checksum"][block] = np.uint32(block_checksum(stored))
+        self.arrays["done"][block] = 1
+
+    def read_stored_block(self, block: int) -> list[np.ndarray]:
+        """The block's stored (encoded) arrays; raises CacheCorruptError if a chunk cannot be decoded."""
+        start, stop = self.layout.block_range(block)
+        try:
+            return [self.arrays[name][start:stop] for name in self.layout.block_arrays]
+        except Exception as exc:
+            raise CacheCorruptError(f"block {block}: stored data cannot be decoded ({exc})", block) from None
+
+    def check_block(self, block: int, stored: list[np.ndarray]) -> None:
+        try:
+            expected = int(self.arrays["checksum"][block])
+        except Exception as exc:
+            raise CacheCorruptError(f"block {block}: checksum unreadable ({exc})", block) from None
+        if block_checksum(stored) != expected:
+            raise CacheCorruptError(f"block {block}: checksum mismatch (stored data changed after writing)", block)
+
+    def decode_raw(self, stored: list[np.ndarray]) -> tuple[np.ndarray, ...]:
+        """Stored block -> tokens (n, T) int64, ids (n, T, K) int64, probs (n, T, K) float32 [, weights],
+        exactly as the recipe's decode lines say (ascending id order, no normalisation)."""
+        out = [stored[0].astype(np.int64), decode_ids(stored[1]), self.code.decode(stored[2])]
+        if self.layout.with_weights:
+            out.append(stored[3].astype(np.float32))
+        return tuple(out)
+
+    def decode(self, stored: list[np.ndarray], by_prob: bool = True) -> tuple[np.ndarray, ...]:
+        """`decode_raw`, then the recipe's normalise step; each position sorted by decreasing probability
+        (or left in ascending id order when not `by_prob`: the losses are sums over K, and the sort
+        is a third of the decode time)."""
+        out = list(self.decode_raw(stored))
+        out[2] = normalise_topk(out[2])
+        if by_prob:
+            order = np.argsort(-out[2], axis=-1, kind="stable")
+            out[1:] = [np.take_along_axis(a, order, axis=-1) for a in out[1:]]
+        return tuple(out)
+
+    def bytes_on_disk(self) -> dict[str, int]:
+        sizes = {}
+        for name in self.arrays:
+            folder = self.path / name
+            sizes[name] = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.exists() else 0
+        return sizes
+
+
+def same_attrs(a: dict, b: dict, ignore: tuple[str, ...] = ("package_version", "created", "config")) -> list[str]:
+    """Keys whose values differ between two attribute dicts (for --resume checks)."""
+    keys = set(a) | set(b)
+    return sorted(k for k in keys if k not in ignore and json.dumps(a.get(k), sort_keys=True) != json.dumps(b.get(k), sort_keys=True))
+
+
+def block_chunk_path(path: Path, array: str, block: int) -> Path:
+    """The storage file of one block of one array (Zarr v3 default chunk keys: c/<block>/0/...)."""
+    ndim = {"tokens": 2, "done": 1, "checksum": 1}.get(array, 3)
+    return Path(path, array, "c", str(block), *(["0"] * (ndim - 1)))

@@ -1,0 +1,30 @@
+"""The registry of probability codes: name -> the one object that encodes, decodes and documents it."""
+from __future__ import annotations
+
+import numpy as np
+
+from ...errors import LogitcacheError
+from .base import ProbCode
+from .floats import FloatCode
+from .log import LOG_RANGE_NATS, LogCode
+from .sqrt import SqrtCode
+
+PROB_CODES: dict[str, ProbCode] = {
+    "sqrt-u7": SqrtCode("sqrt-u7", 127),
+    "sqrt-u8": SqrtCode("sqrt-u8", 255),
+    "log-u8": LogCode("log-u8", 256),
+    "log-u7": LogCode("log-u7", 128),
+    "log-u6": LogCode("log-u6", 64),
+    "float16": FloatCode("float16", np.float16),
+    "float32": FloatCode("float32", np.float32),
+}
+PROB_DTYPES = tuple(PROB_CODES)
+
+
+def prob_code(name: str) -> ProbCode:
+    if name not in PROB_CODES:
+        raise LogitcacheError(f"unknown prob dtype '{name}' (choose from {', '.join(PROB_DTYPES)})")
+    return PROB_CODES[name]
+
+
+__all__ = ["LOG_RANGE_NATS", "PROB_CODES", "PROB_DTYPES", "FloatCode", "LogCode", "ProbCode", "SqrtCode", "prob_code"]
