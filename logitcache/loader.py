@@ -131,15 +131,19 @@ class CacheRows:
                                     rows_data[start + i] = tuple(a[i].copy() for a in arrays)
                     parts = [rows_data.pop(r) for r in rows.tolist() if r in rows_data]
                     top_up()
-                    if not parts:
-                        continue
-                    out.put(self._collate(parts))
+                    out.put(self._collate(parts))  # even empty: every rank yields once per planned step
             out.put(None)
         except BaseException as exc:  # surfaced in the consumer
             out.put(exc)
 
     def _collate(self, parts: list[tuple]) -> dict:
         names = ["input_ids", "topk_ids", "topk_probs", "sample_weights"]
+        if not parts:  # every row of this step sat in a skipped bad block: (0, T), (0, T, K) ...
+            t, k = self.reader.layout.seq_len, self.reader.layout.k
+            empty = [torch.zeros((0, t), dtype=torch.int64), torch.zeros((0, t, k), dtype=torch.int64),
+                     torch.zeros((0, t, k)), torch.zeros((0, t, k))]
+            width = 1 if not self.targets else (4 if self.with_weights else 3)
+            return dict(zip(names[:width], empty[:width]))
         batch = {}
         for i in range(len(parts[0])):
             tensor = torch.from_numpy(np.stack([p[i] for p in parts]))

@@ -1,9 +1,7 @@
 """The report of `run`: report.md, report.json (DESIGN.md section 9) and training-curve PNGs."""
 from __future__ import annotations
 
-import json
 import logging
-import math
 import statistics
 from pathlib import Path
 

@@ -1,5 +1,6 @@
 """The CLI through typer's CliRunner: every command listed, bad input = one line + exit code 2."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,10 +28,45 @@ def assert_one_line_error(result, *needles):
 
 
 def test_help_lists_every_command():
+    import typer
+
+    assert sorted(typer.main.get_command(app).commands) == sorted(COMMANDS)
     result = invoke("--help")
     assert result.exit_code == 0
+    listed = {line.strip("│ ").split()[0] for line in result.output.splitlines() if line.startswith("│ ") and line.strip("│ ")}
+    assert set(COMMANDS) <= listed, listed
     for command in COMMANDS:
-        assert command in result.output
+        assert invoke(command, "--help").exit_code == 0, command
+
+
+def test_long_error_stays_one_line_when_piped(tmp_path):
+    """CliRunner is not a terminal: rich would wrap at 80 columns; the error must stay one line."""
+    missing = tmp_path / ("a-very-long-folder-name-" * 6) / "data"
+    result = invoke("prepare", "--data", missing, "--out", tmp_path / "d")
+    assert_one_line_error(result, str(missing))
+
+
+def test_inspect_and_verify_json_to_stdout(tiny_cache, copy_of):
+    result = runner.invoke(app, ["inspect", str(tiny_cache), "--json", "-"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)  # stdout holds the JSON and nothing else
+    assert payload["n_blocks"] == 5 and payload["attrs"]["k"] == 8 and payload["bytes_per_token"] > 0
+    assert "bytes/token" in result.stderr  # the table went to stderr
+    result = runner.invoke(app, ["verify", str(tiny_cache), "--json", "-"])
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == {"path": str(tiny_cache), "ok": True, "n_blocks": 5, "bad_blocks": 0, "problems": []}
+    broken = copy_of(tiny_cache)
+    block_chunk_path(broken, "topk_probs", 2).unlink()
+    result = runner.invoke(app, ["verify", str(broken), "--json", "-"])
+    assert result.exit_code == 1
+    payload = json.loads(result.stdout)
+    assert not payload["ok"] and payload["bad_blocks"] == 1 and payload["problems"][0].startswith("block 2")
+    assert not (Path.cwd() / "-").exists()
+
+
+def test_json_to_a_file_named_by_path(tmp_path, tiny_cache):
+    result = invoke("verify", tiny_cache, "--json", tmp_path / "v.json")
+    assert result.exit_code == 0 and json.loads((tmp_path / "v.json").read_text())["ok"] is True
 
 
 def test_prepare_writes_json(tmp_path, tiny_raw):

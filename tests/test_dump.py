@@ -129,11 +129,13 @@ def test_ranks_write_disjoint_blocks_and_match_one_process(tmp_path, tiny_data, 
 
 def test_second_writer_without_resume_is_refused(tiny_data, tiny_teachers, tiny_cache):
     before = stored_arrays(tiny_cache)
+    files_before = {p: p.read_bytes() for p in sorted(tiny_cache.rglob("*")) if p.is_file()}
     with pytest.raises(LogitcacheError, match="already exists"):
         dump(dump_config(tiny_data, tiny_teachers, tiny_cache))
-    assert_same_store(tiny_cache, tiny_cache)
     after = stored_arrays(tiny_cache)
-    assert all(np.array_equal(before[n], after[n]) for n in before)
+    assert before.keys() == after.keys() and all(np.array_equal(before[n], after[n]) for n in before)
+    # not one byte of the store changed (metadata and done markers included)
+    assert {p: p.read_bytes() for p in sorted(tiny_cache.rglob("*")) if p.is_file()} == files_before
 
 
 def test_resume_with_another_config_is_refused(tmp_path, tiny_data, tiny_teachers, copy_of, tiny_cache):

@@ -9,6 +9,7 @@ import torch
 
 from logitcache.bench import CacheSizeConfig, cache_size
 from logitcache.evaluate import EvalConfig, blimp_accuracy, evaluate, load_blimp, sentence_logprobs
+from logitcache.metrics import token_byte_lengths
 from logitcache.models import load_model
 from logitcache.tokenizer import BOS_ID, load_tokenizer
 
@@ -83,3 +84,46 @@ def test_cache_size_rows(tmp_path, tiny_data, tiny_teachers):
     assert any(r["targets"] == "sample" for r in saved["rows"])
     assert (tmp_path / "b" / "cache_size.png").stat().st_size > 10_000
     assert "| topk | 300 |" in (tmp_path / "b" / "cache_size.md").read_text()
+
+
+def test_bits_per_byte_leaves_special_tokens_out_of_both_sums(tiny_data, tiny_teachers):
+    """An independent count: nats of every target that stands for text, over the UTF-8 bytes of those
+    targets' text; `</s>` targets (document ends) add neither nats nor bytes."""
+    from logitcache.data import load_data
+    from logitcache.metrics import lm_metrics
+    from logitcache.tokenizer import EOS_ID
+
+    data = load_data(tiny_data)
+    tokenizer = load_tokenizer(data.tokenizer_path)
+    dev = data.store.split("dev").astype(np.int64)
+    with_eos = np.flatnonzero((dev[:, 1:] == EOS_ID).any(axis=1))
+    assert len(with_eos) > 0  # the case under test is present: a document end inside a chunk
+    rows = dev[np.unique(np.concatenate([with_eos, [0, 1, 2]]))]
+    model = load_model(tiny_teachers[0])
+    special_ids = set(tokenizer.get_added_tokens_decoder())
+    nats, n_bytes = 0.0, 0
+    with torch.no_grad():
+        log_probs = torch.log_softmax(model(torch.from_numpy(rows)).logits.double(), -1)  # (B, T, V)
+    for b in range(rows.shape[0]):
+        for t in range(1, rows.shape[1]):
+            target = int(rows[b, t])
+            if target in special_ids:
+                continue
+            nats -= float(log_probs[b, t - 1, target])
+            n_bytes += len(tokenizer.decode([target], skip_special_tokens=False).encode("utf-8"))
+    metrics = lm_metrics(model, rows, 4, torch.device("cpu"), byte_lengths=token_byte_lengths(tokenizer))
+    assert math.isclose(metrics["bits_per_byte"], nats / math.log(2) / n_bytes, rel_tol=1e-6)
+
+
+def test_validation_and_eval_share_one_path(tmp_path, tiny_data):
+    """The val_ce a training run logs for its best model is the CE `eval` reports for it on the same rows."""
+    from logitcache.data import load_data
+    from logitcache.teacher import TeacherConfig, train_teacher
+    from conftest import tiny_train
+
+    out = tmp_path / "t"
+    report = train_teacher(TeacherConfig(data=tiny_data, out=out, arch="gpt2", preset="gpt2-tiny", train=tiny_train(6, val_chunks=1000)))
+    n_val = load_data(tiny_data).validation_rows("dev", 1000).shape[0]
+    result = evaluate(EvalConfig(models=(out,), data=tiny_data, split="dev", device="cpu"))
+    assert n_val == load_data(tiny_data).store.num_rows("dev")  # the validation subset is all of dev here
+    assert math.isclose(result["models"][0]["ce"], report.best_val_ce, rel_tol=1e-6)

@@ -108,3 +108,51 @@ def test_ddp_two_processes_follow_the_single_process_curve(tmp_path, tiny_data):
     va = [r["val_ce"] for r in read_metrics(tmp_path / "one") if "val_ce" in r]
     vb = [r["val_ce"] for r in read_metrics(tmp_path / "two") if "val_ce" in r]
     assert abs(va[-1] - vb[-1]) < 1e-4
+
+
+def test_checkpoint_with_python_objects_is_refused_without_running_them(tmp_path, tiny_data):
+    """A checkpoint from elsewhere must not execute code on --resume: only tensors and plain containers load."""
+    from logitcache.checkpoint import save_checkpoint
+
+    out = tmp_path / "t"
+    config = TeacherConfig(data=tiny_data, out=out, arch="llama", preset="llama-tiny", train=tiny_train(2))
+    train_teacher(config)
+    marker = tmp_path / "pwned"
+    save_checkpoint(out, {"step": 1, "payload": Exploit(str(marker))})  # a valid trailer: only the content is hostile
+    with pytest.raises(LogitcacheError, match="refused"):
+        train_teacher(config, resume=True)
+    assert not marker.exists()
+
+
+class Exploit:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_saved_config_records_world_size_and_loads_back(tmp_path, tiny_data):
+    from logitcache.checkpoint import load_checkpoint
+
+    out = tmp_path / "t"
+    train_teacher(TeacherConfig(data=tiny_data, out=out, arch="llama", preset="llama-tiny", train=tiny_train(2)))
+    saved = json.loads((out / "logitcache_config.json").read_text())
+    assert saved["world_size"] == 1 and saved["train"]["max_steps"] == 2
+    state = load_checkpoint(out)  # weights_only=True: everything the trainer saves is plain
+    assert state["step"] == 2 and state["config"] == saved
+
+
+def test_tensorboard_events_hold_the_logged_metrics(tmp_path, tiny_data):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "t"
+    train_teacher(TeacherConfig(data=tiny_data, out=out, arch="llama", preset="llama-tiny",
+                                train=tiny_train(4, tensorboard=True)))
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    logged = [r for r in read_metrics(out) if "loss" in r]
+    loss = events.Scalars("loss")
+    assert [e.step for e in loss] == [r["step"] for r in logged]
+    assert all(abs(e.value - r["loss"]) < 1e-5 for e, r in zip(loss, logged))
+    assert [e.step for e in events.Scalars("val_ce")] == [r["step"] for r in read_metrics(out) if "val_ce" in r]

@@ -51,6 +51,7 @@ def test_broken_metadata_is_one_clear_error(tiny_cache, copy_of, target, action)
         meta.write_text(meta.read_text()[:40])
     with pytest.raises(LogitcacheError):
         open_cache(cache)
+    with pytest.raises(LogitcacheError):  # verify refuses it too (a separate call: it must raise on its own)
         verify_cache(cache)
 
 

@@ -1,0 +1,157 @@
+"""One definition per setting: every stage config field is a CLI option and a key of run's TOML,
+with the same default in all three places; `run --set` overrides any of them."""
+import dataclasses
+import typing
+from pathlib import Path
+
+import pytest
+import typer
+
+from logitcache.configs import field_default
+from logitcache.errors import LogitcacheError
+from logitcache.run import RunConfig, load_run_config, stage_configs
+from logitcache.stage_configs import (CacheSizeConfig, DumpConfig, EvalConfig, PrepareConfig, ProbDtype, StudentConfig,
+                                      TeacherConfig, TrainConfig, choices)
+from logitcache.store import PROB_DTYPES
+from logitcache_cli.app import app
+
+CLI = typer.main.get_command(app)
+# (config class, CLI command path, run's TOML section)
+STAGES = [
+    (PrepareConfig, ["prepare"], "data"),
+    (TeacherConfig, ["train-teacher"], "teachers"),
+    (DumpConfig, ["dump"], "dump"),
+    (StudentConfig, ["train-student"], "student"),
+    (EvalConfig, ["eval"], "eval"),
+    (CacheSizeConfig, ["bench", "cache-size"], None),
+]
+MINIMAL_TOML = '[[teachers]]\nname = "a"\n'  # every other key at its default
+
+
+def leaf_fields(cls, prefix=()):
+    """(dotted path, field) for every non-config field, nested configs flattened."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from leaf_fields(hints[f.name], prefix + (f.name,))
+        else:
+            yield prefix + (f.name,), f
+
+
+def owner(cls, path):
+    """The config class that holds the last field of `path`."""
+    for part in path[:-1]:
+        cls = typing.get_type_hints(cls)[part]
+    return cls
+
+
+def cli_params(path) -> dict:
+    command = CLI
+    for name in path:
+        command = command.commands[name]
+    return {p.name: p for p in command.params}
+
+
+@pytest.mark.parametrize("cls,command,section", STAGES, ids=[s[0].__name__ for s in STAGES])
+def test_every_field_is_a_cli_option_and_a_toml_key_with_one_default(tmp_path, cls, command, section):
+    params = cli_params(command)
+    config_path = tmp_path / "c.toml"
+    config_path.write_text(MINIMAL_TOML)
+    run_config = load_run_config(config_path)
+    checked_cli = checked_toml = 0
+    for path, f in leaf_fields(cls):
+        default = field_default(f)
+        param = params.get("__".join(path))
+        assert param is not None, f"{cls.__name__}.{'.'.join(path)} has no CLI option in {' '.join(command)}"
+        assert param.param_type_name == "argument" or f.metadata.get("flag") or \
+            param.opts == ["--" + path[-1].replace("_", "-")], (path, param.opts)
+        if default is dataclasses.MISSING:
+            assert param.required, path
+        elif isinstance(default, tuple) and typing.get_args(typing.get_type_hints(owner(cls, path))[path[-1]])[0] is not Path:
+            assert param.default == ",".join(map(str, default)), path  # comma-separated list option
+        elif isinstance(default, tuple):  # a repeatable path option
+            assert param.default == (list(default) or None), path
+        else:
+            assert param.default == default, (path, param.default, default)
+        checked_cli += 1
+        if section is None or not f.metadata.get("in_run", True):
+            continue
+        node = getattr(run_config, section)
+        node = node[0] if isinstance(node, tuple) else node
+        for part in path:
+            assert hasattr(node, part), f"run's [{section}] has no key {'.'.join(path)}"
+            node = getattr(node, part)
+        assert node == default, (section, path, node, default)
+        checked_toml += 1
+    assert checked_cli >= 4 and (section is None or checked_toml >= 2)
+
+
+def test_choices_are_listed_and_match_the_codecs():
+    assert set(choices(ProbDtype)) == set(PROB_DTYPES)
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(app, ["dump", "--help"], env={"COLUMNS": "250"})
+    assert "|".join(choices(ProbDtype)) in result.output  # --help lists the choices
+    result = CliRunner().invoke(app, ["dump", "--data", "d", "--teacher", "t", "--out", "o", "--prob-dtype", "int4"])
+    assert result.exit_code == 2 and "int4" in result.output
+
+
+def test_run_sections_expose_what_run_could_not_express_before(tmp_path):
+    """dump: proposal_temperature, row_selection, seed, device, precision; student: temperature, retemper,
+    shuffle_buffer, skip_bad_blocks — each settable from TOML and reaching the stage config."""
+    config_path = tmp_path / "c.toml"
+    config_path.write_text(MINIMAL_TOML + '[dump]\nproposal_temperature = 1.5\nrow_selection = "first"\nseed = 3\n'
+                           'device = "cpu"\nprecision = "fp32"\n[student]\ntemperature = 2.0\nretemper = true\n'
+                           'shuffle_buffer = 64\nskip_bad_blocks = true\n')
+    configs = stage_configs(load_run_config(config_path), tmp_path / "w")
+    d = configs["dump"]
+    assert (d.proposal_temperature, d.row_selection, d.seed, d.device, d.precision) == (1.5, "first", 3, "cpu", "fp32")
+    s = configs["students"][("distilled", 0)]
+    assert (s.temperature, s.retemper, s.shuffle_buffer, s.skip_bad_blocks) == (2.0, True, 64, True)
+    assert configs["students"][("baseline", 0)].alpha == 1.0
+
+
+def test_run_set_overrides_any_field(tmp_path):
+    config_path = tmp_path / "c.toml"
+    config_path.write_text(MINIMAL_TOML + '[[teachers]]\nname = "gpt2"\narch = "gpt2"\npreset = "gpt2-small"\n')
+    config = load_run_config(config_path, ("student.train.max_steps=20", "dump.top_k=64", "teachers.gpt2.preset=gpt2-tiny",
+                                           "teachers.a.train.lr=0.001", "dump.prob_dtype=float16", "student.seeds=[1, 2]",
+                                           'eval.blimp="/x/blimp"'))
+    assert config.student.train.max_steps == 20 and config.dump.top_k == 64
+    assert [t.preset for t in config.teachers] == ["llama-small", "gpt2-tiny"]
+    assert config.teachers[0].train.lr == 0.001 and config.dump.prob_dtype == "float16"
+    assert config.student_seeds == (1, 2) and config.eval.blimp == Path("/x/blimp")
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("dump.top_kk=3", "dump.top_kk"), ("dump.top_k=many", "dump.top_k"), ("teachers.nope.preset=x", "no teacher named"),
+    ("dump.prob_dtype=int4", "prob_dtype"), ("nokey", "KEY=VALUE"), ("student.train.lr=-1", "lr"),
+])
+def test_run_set_refuses_bad_overrides(tmp_path, override, needle):
+    config_path = tmp_path / "c.toml"
+    config_path.write_text(MINIMAL_TOML)
+    with pytest.raises(LogitcacheError, match=needle):
+        load_run_config(config_path, (override,))
+
+
+def test_unknown_toml_key_is_refused_by_name(tmp_path):
+    config_path = tmp_path / "c.toml"
+    config_path.write_text(MINIMAL_TOML + "[dump]\ntemprature = 2.0\n")
+    with pytest.raises(LogitcacheError, match="unknown config key 'dump.temprature'"):
+        load_run_config(config_path)
+
+
+def test_shipped_configs_load(tmp_path):
+    for name in ("demo.toml", "babylm-paper.toml"):
+        config = load_run_config(Path(__file__).parents[1] / "configs" / name)
+        assert isinstance(config, RunConfig)
+
+
+def test_train_defaults_are_one_set():
+    """The library's TrainConfig is what train-teacher, train-student and run all default to."""
+    defaults = {f.name: field_default(f) for f in dataclasses.fields(TrainConfig)}
+    for command in (["train-teacher"], ["train-student"]):
+        params = cli_params(command)
+        for name, value in defaults.items():
+            assert params[f"train__{name}"].default == value, (command, name)
+    assert TeacherConfig(data=Path("d"), out=Path("o")).train == TrainConfig()
