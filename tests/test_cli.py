@@ -159,3 +159,14 @@ def test_damaged_checkpoint_is_refused_and_left_alone(tmp_path, tiny_data, damag
     state.write_bytes(bytes(blob))
     assert_one_line_error(invoke(*args, "--resume"), "checkpoint", "delete it")
     assert state.read_bytes() == bytes(blob)
+
+
+def test_verify_result_line_is_not_wrapped(tiny_cache, tmp_path):
+    """Before: rich wrapped `OK <long path>: ...` over four lines when stdout was not a terminal."""
+    import shutil
+
+    long = tmp_path / ("a-long-folder-name-" * 5) / "cache.zarr"
+    shutil.copytree(tiny_cache, long)
+    result = runner.invoke(app, ["verify", str(long)])
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert result.exit_code == 0 and len(lines) == 1 and lines[0].startswith(f"OK {long}:"), lines
