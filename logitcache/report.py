@@ -1,4 +1,4 @@
-"""The report of `run`: report.md, report.json (DESIGN.md section 9) and training-curve PNGs."""
+"""The report of `run`: report.md, report.json (docs/architecture.md, "Public interfaces") and training-curve PNGs."""
 from __future__ import annotations
 
 import logging

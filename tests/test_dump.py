@@ -189,3 +189,17 @@ def test_two_process_torchrun_dump_equals_one_process(tmp_path, tiny_data, tiny_
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert_same_store(out, tiny_cache)
+
+
+def test_layers_import_only_what_they_use():
+    """The dump never imports the training loop; the CLI's start-up imports neither torch nor zarr."""
+    import subprocess
+    import sys
+
+    code = ("import sys, {module}; bad = [m for m in {forbidden} if m in sys.modules]; print(bad); "
+            "sys.exit(1 if bad else 0)")
+    for module, forbidden in (("logitcache.dump", ["logitcache.train", "logitcache.student", "logitcache.checkpoint"]),
+                              ("logitcache_cli.app", ["torch", "zarr", "transformers", "matplotlib"])):
+        proc = subprocess.run([sys.executable, "-c", code.format(module=module, forbidden=forbidden)],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, (module, proc.stdout, proc.stderr[-500:])
