@@ -4,7 +4,7 @@ from __future__ import annotations
 import typer
 
 from . import bench, corpus, dump, evaluate, inspect_cache, prepare, run, train_student, train_teacher, verify
-from .common import STATE, setup_logging
+from .common import STATE, OneLineErrors, setup_logging
 
 app = typer.Typer(
     name="logitcache",
@@ -12,6 +12,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    cls=OneLineErrors,
 )
 
 

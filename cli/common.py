@@ -53,6 +53,31 @@ def error_line(message: str, prefix: str = "error: ") -> None:
     sys.stderr.flush()
 
 
+class OneLineErrors(typer.core.TyperGroup):
+    """The root command: a usage error (a bad choice, a missing option) is one line on stderr and exit
+    code 2, like every other bad input, instead of click's boxed usage message."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer vendors click
+        from typer.exceptions import Abort
+
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except NoArgsIsHelpError as exc:  # `logitcache` or `logitcache bench` alone: the help
+            sys.stdout.write(exc.format_message() + "\n")
+            sys.exit(exc.exit_code)
+        except ClickException as exc:
+            where = f" (see `{exc.ctx.command_path} --help`)" if getattr(exc, "ctx", None) is not None else ""
+            error_line(exc.format_message() + where)
+            sys.exit(exc.exit_code)
+        except Abort:
+            error_line("aborted")
+            sys.exit(1)
+        sys.exit(result if isinstance(result, int) else 0)  # an int is the code of a typer.Exit
+
+
 class RichProgress(ProgressHook):
     """Progress bars for the library's long loops."""
 

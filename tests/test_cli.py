@@ -103,6 +103,9 @@ BAD_INPUTS = [
     (["run", "--config", "{tmp}/missing.toml", "--out", "{tmp}/w"], "does not exist"),
     (["run", "--config", "{badkey}", "--out", "{tmp}/w"], "student.alfa"),
     (["run", "--config", "{badtype}", "--out", "{tmp}/w"], "dump.top_k"),
+    (["run", "--config", "{good}", "--out", "{tmp}/w", "--set", "dump.top_k=0"], "top_k"),
+    (["run", "--config", "{good}", "--out", "{tmp}/w", "--set", "teachers.b.preset=x"], "no teacher named 'b'"),
+    (["train-student", "--cache", "{cache}", "--data", "{data}", "--out", "{tmp}/s", "--tail", "drop"], "drop"),
     (["bench", "cache-size", "--data", "{data}", "--teacher", "{t0}", "--out", "{tmp}/b", "--k", "1,x"], "--k"),
 ]
 
@@ -113,8 +116,10 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_raw, tiny_data, tiny_te
     badkey.write_text('[[teachers]]\nname = "a"\narch = "llama"\npreset = "llama-tiny"\n[student]\nalfa = 0.5\n')
     badtype = tmp_path / "badtype.toml"
     badtype.write_text('[[teachers]]\nname = "a"\narch = "llama"\npreset = "llama-tiny"\n[dump]\ntop_k = "many"\n')
+    good = tmp_path / "good.toml"
+    good.write_text('[[teachers]]\nname = "a"\narch = "llama"\npreset = "llama-tiny"\n')
     values = dict(tmp=tmp_path, raw=tiny_raw, data=tiny_data, t0=tiny_teachers[0], cache=tiny_cache, badkey=badkey,
-                  badtype=badtype)
+                  badtype=badtype, good=good)
     result = invoke(*[a.format(**values) for a in args])
     assert_one_line_error(result, needle)
 
