@@ -74,8 +74,8 @@ def cache_size(config: CacheSizeConfig, progress: ProgressHook = NULL_PROGRESS) 
     out.mkdir(parents=True, exist_ok=True)
     data = load_data(config.data)
     rows = data.store.split("train")[spread_indices(data.store.num_rows("train"), config.chunks)]
-    teachers, _ = load_teachers(list(config.teachers), torch.device("cpu"), data.attrs["tokenizer_sha256"])
-    ensemble = Ensemble(teachers, config.combine, config.temperature, torch.device("cpu"))
+    teachers, _ = load_teachers(list(config.teachers), torch.device("cpu"), data)
+    ensemble = Ensemble(teachers, config.combine, config.temperature, torch.device("cpu"), vocab_size=data.vocab_size)
     variants = [("topk", k, dtype) for dtype in config.prob_dtypes for k in config.ks if k <= data.vocab_size]
     variants += [("sample", n, dtype) for dtype in config.prob_dtypes for n in config.samples]
     result_rows = []

@@ -21,6 +21,14 @@ def fix_spacing(text: str) -> str:
     return "\n".join(line.strip() for line in text.split("\n"))
 
 
+def clean_basic(text: str) -> str:
+    """Only what any text needs: control bytes removed, runs of spaces and tabs collapsed, line ends
+    stripped (for inputs without a source to pick a cleaner by)."""
+    text = _CONTROL.sub("", text)
+    text = _MULTI_SPACE.sub(" ", text)
+    return "\n".join(line.strip() for line in text.split("\n"))
+
+
 def fix_ocr_caps(line: str) -> str:
     """In an all-caps line, a lowercase 'l' between capitals is an OCR'd 'I' ('LlTTLE' -> 'LITTLE')."""
     letters = [c for c in line if c.isalpha()]

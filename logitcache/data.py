@@ -1,6 +1,7 @@
 """`prepare`: raw text -> cleaned text -> BPE tokenizer (train split) -> 128-token chunk store."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
@@ -11,13 +12,15 @@ import numpy as np
 
 from . import __version__
 from .store import TokenStore, token_dtype, write_token_store
-from .cleaners import cleaner_for
+from .cleaners import clean_basic, cleaner_for
 from .configs import sha256_file, to_dict, write_json_atomic
 from .errors import LogitcacheError
 from .memory import default_heap
 from .progress import NULL_PROGRESS, ProgressHook
 from .stage_configs import PrepareConfig  # noqa: F401  (re-exported)
-from .tokenizer import EOS_ID, encode_text, load_tokenizer, train_tokenizer
+from .inputs import read_documents
+from .tokenizer import (BOS_ID, EOS_ID, PAD_ID, encode_text, find_tokenizer, load_tokenizer, special_ids,
+                        tokenizer_identity, train_tokenizer)
 
 log = logging.getLogger(__name__)
 
@@ -93,71 +96,121 @@ def validation_indices(n_dev: int, count: int = 8192, seed: int = 0) -> np.ndarr
     return np.sort(np.random.default_rng(seed).choice(n_dev, size=count, replace=False))
 
 
+def collect_documents(config: PrepareConfig, report: PrepareReport, progress: ProgressHook) -> dict[str, list[tuple[str, str]]]:
+    """{split: [(source, cleaned text)]} in a fixed order. Raw layout: one document per (source, split),
+    sources sorted. --train/--dev/--test: one document per .txt file, JSONL line, Parquet or dataset row."""
+    docs: dict[str, list[tuple[str, str]]] = {split: [] for split in SPLITS}
+    if config.data is not None:
+        files = find_raw_files(config.data)
+        progress.start("clean", len(files))
+        for (source, split), paths in sorted(files.items()):
+            texts = []
+            for path in paths:
+                text, replaced = read_text(path)
+                texts.append(cleaner_for(source)(text))
+                report.sources.setdefault(source, {"words": 0, "tokens": 0, "replaced_bytes": 0})["replaced_bytes"] += replaced
+            docs[split].append((source, "".join(t if t.endswith("\n") or not t else t + "\n" for t in texts)))
+            progress.update(1)
+        progress.finish()
+    else:
+        progress.start("clean", None)
+        for split, path in (("train", config.train), ("dev", config.dev), ("test", config.test)):
+            if path is None:
+                continue
+            for source, text in read_documents(path, config.text_field, config.source_field):
+                clean = cleaner_for(source) if config.source_field else clean_basic
+                docs[split].append((source or "text", clean(text)))
+                progress.update(1)
+        progress.finish()
+    for split_docs in docs.values():
+        for source, text in split_docs:
+            report.sources.setdefault(source, {"words": 0, "tokens": 0, "replaced_bytes": 0})["words"] += len(text.split())
+    return docs
+
+
+def tokenize_split(tokenizer, docs: list[tuple[str, str]], own_bpe: bool, eos: int | None, report: PrepareReport,
+                   progress: ProgressHook) -> np.ndarray:
+    """The split's token stream: each document as the tokenizer encodes it (its template's BOS where it
+    adds one), then EOS unless the template already ended with it. (n_tokens,) int64."""
+    pieces: list[list[int]] = []
+    if own_bpe:  # logitcache's byte-level BPE: line by line (parallel, exact for it), then </s>
+        for source, text in docs:
+            with default_heap():
+                ids = encode_text(tokenizer, text)
+            pieces.append(ids + [EOS_ID])
+            report.sources[source]["tokens"] += len(ids)
+            progress.update(1)
+    else:
+        for start in range(0, len(docs), 1024):
+            batch = docs[start:start + 1024]
+            with default_heap():
+                encodings = tokenizer.encode_batch([text for _, text in batch], add_special_tokens=True)
+            for (source, _), encoding in zip(batch, encodings):
+                ids = list(encoding.ids)
+                if eos is not None and ids[-1:] != [eos]:
+                    ids.append(eos)
+                pieces.append(ids)
+                report.sources[source]["tokens"] += len(ids)
+            progress.update(len(batch))
+    return np.fromiter((i for piece in pieces for i in piece), dtype=np.int64)
+
+
 def prepare(config: PrepareConfig, progress: ProgressHook = NULL_PROGRESS) -> PrepareReport:
     import time
 
     report = PrepareReport(vocab_size=config.vocab_size)
-    files = find_raw_files(config.data)
-    sources = sorted({source for source, _ in files})
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-
     t0 = time.perf_counter()
-    cleaned: dict[tuple[str, str], str] = {}
-    progress.start("clean", len(files))
-    for (source, split), paths in sorted(files.items()):
-        texts = []
-        for path in paths:
-            text, replaced = read_text(path)
-            texts.append(cleaner_for(source)(text))
-            entry = report.sources.setdefault(source, {"words": 0, "tokens": 0, "replaced_bytes": 0})
-            entry["replaced_bytes"] += replaced
-        cleaned[(source, split)] = "".join(t if t.endswith("\n") or not t else t + "\n" for t in texts)
-        report.sources[source]["words"] += len(cleaned[(source, split)].split())
-        progress.update(1)
-    progress.finish()
+    docs = collect_documents(config, report, progress)
+    if not docs["train"]:
+        raise LogitcacheError("no training text: the train split is empty")
     report.seconds["clean"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     progress.start("tokenizer", None)
-
-    def train_lines():
-        for (source, split), text in sorted(cleaned.items()):
-            if split == "train":
-                yield from text.splitlines()
-
-    with default_heap():  # the tuned torch heap makes the Rust trainer ~90x slower
-        tokenizer = train_tokenizer(train_lines(), config.vocab_size)
+    if config.tokenizer is not None:
+        tokenizer = find_tokenizer(config.tokenizer)
+        if tokenizer is None:
+            raise LogitcacheError(f"{config.tokenizer} holds no tokenizer (tokenizer.json, or files transformers can "
+                                  "load as a fast tokenizer)")
+        folder = config.tokenizer if Path(config.tokenizer).is_dir() else Path(config.tokenizer).parent
+        specials = special_ids(tokenizer, folder)
+    else:
+        with default_heap():  # the tuned torch heap makes the Rust trainer ~90x slower
+            tokenizer = train_tokenizer((line for _, text in docs["train"] for line in text.splitlines()),
+                                        config.vocab_size)
+        specials = {"bos": BOS_ID, "eos": EOS_ID, "pad": PAD_ID}
+    vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+    report.vocab_size = vocab_size
+    out.mkdir(parents=True, exist_ok=True)
     tokenizer_path = out / "tokenizer.json"
     tokenizer.save(str(tokenizer_path))
     progress.finish()
     report.seconds["tokenizer"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    progress.start("tokenize", len(cleaned))
+    progress.start("tokenize", sum(len(d) for d in docs.values()))
     split_arrays: dict[str, np.ndarray] = {}
     for split in SPLITS:
-        pieces: list[list[int]] = []
-        for source in sources:  # fixed, sorted source order; documents joined with </s>
-            if (source, split) not in cleaned:
-                continue
-            with default_heap():
-                ids = encode_text(tokenizer, cleaned[(source, split)])
-            report.sources[source]["tokens"] += len(ids)
-            pieces.append(ids + [EOS_ID])
-            progress.update(1)
-        flat = np.fromiter((i for piece in pieces for i in piece), dtype=np.int64)
-        split_arrays[split] = chunk(flat, config.seq_len).astype(token_dtype(config.vocab_size))
+        flat = tokenize_split(tokenizer, docs[split], config.tokenizer is None, specials["eos"], report, progress)
+        split_arrays[split] = chunk(flat, config.seq_len).astype(token_dtype(vocab_size))
         report.splits[split] = {"chunks": int(split_arrays[split].shape[0]),
                                 "tokens": int(split_arrays[split].size)}
     progress.finish()
     report.seconds["tokenize"] = time.perf_counter() - t0
+    if report.splits["dev"]["chunks"] == 0:
+        raise LogitcacheError(f"the dev split has no chunk of {config.seq_len} tokens: validation needs dev text "
+                              "(<source>.dev files, or --dev)")
+    if report.splits["test"]["chunks"] == 0:
+        log.warning("the test split is empty: eval --split test will have nothing to score")
 
     tok_sha = sha256_file(tokenizer_path)
     report.fingerprint = fingerprint(tok_sha, split_arrays)
     attrs = {
         "kind": "tokens", "package_version": __version__, "seq_len": config.seq_len,
-        "vocab_size": tokenizer.get_vocab_size(), "sources": report.sources, "tokenizer_sha256": tok_sha,
+        "vocab_size": vocab_size, "sources": report.sources, "tokenizer_sha256": tok_sha,
+        "tokenizer_identity": tokenizer_identity(tokenizer), "special_ids": specials,
+        "tokenizer_source": str(config.tokenizer) if config.tokenizer is not None else "trained (byte-level BPE)",
         "fingerprint": report.fingerprint, "config": to_dict(config),
     }
     write_token_store(out / "tokens.zarr", split_arrays, attrs)
@@ -190,6 +243,16 @@ class PreparedData:
     @property
     def fingerprint(self) -> str:
         return self.store.attrs["fingerprint"]
+
+    @functools.cached_property
+    def tokenizer_identity(self) -> str:
+        """What the data's tokenizer does (tokenizer.tokenizer_identity), for comparing teachers' tokenizers."""
+        return tokenizer_identity(load_tokenizer(self.tokenizer_path))
+
+    @property
+    def special_ids(self) -> dict:
+        """{"bos", "eos", "pad"}: the ids prepare recorded (older stores: logitcache's own BPE's)."""
+        return dict(self.store.attrs.get("special_ids") or {"bos": BOS_ID, "eos": EOS_ID, "pad": PAD_ID})
 
     def validation_rows(self, split: str = "dev", count: int = 8192, seed: int = 0) -> np.ndarray:
         rows = self.store.split(split)

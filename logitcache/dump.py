@@ -57,6 +57,7 @@ def cache_attrs(config: DumpConfig, data, teacher_infos: list[dict], n_rows: int
         "proposal_temperature": config.proposal_temperature if config.targets == "sample" else None,
         "seed": config.seed if config.targets == "sample" else None,
         "data_fingerprint": data.fingerprint, "tokenizer_sha256": data.attrs["tokenizer_sha256"],
+        "tokenizer_identity": data.tokenizer_identity,
         "split": config.split, "rows": {"selection": config.row_selection if config.max_chunks else "all",
                                         "count": n_rows, "of": data.store.num_rows(config.split)},
         "config": to_dict(config),
@@ -212,11 +213,10 @@ def dump(config: DumpConfig, resume: bool = False, overwrite: bool = False,
     data = load_data(config.data)
     rows = select_rows(data.store.split(config.split), config)
     check(rows.shape[0] > 0, f"split '{config.split}' has no chunks")
-    models, infos = load_teachers(list(config.teachers), device, data.attrs["tokenizer_sha256"])
-    if infos[0]["vocab_size"] != data.vocab_size:
-        raise LogitcacheError(f"teachers have vocabulary {infos[0]['vocab_size']}, the data's tokenizer {data.vocab_size}")
+    models, infos = load_teachers(list(config.teachers), device, data)
     check(config.width <= data.vocab_size, f"top_k {config.width} is larger than the vocabulary ({data.vocab_size})")
-    ensemble = Ensemble(models, config.combine, config.temperature, device, D.autocast_for(device, config.precision))
+    ensemble = Ensemble(models, config.combine, config.temperature, device, D.autocast_for(device, config.precision),
+                        vocab_size=data.vocab_size, logit_budget=config.logit_budget_mb << 20)
     layout = CacheLayout(rows.shape[0], data.seq_len, config.width, data.vocab_size, config.block_rows,
                          config.prob_dtype, with_weights=config.targets == "sample")
     attrs = cache_attrs(config, data, infos, rows.shape[0])

@@ -7,6 +7,7 @@ at vocab 16,000 they dominate memory traffic, and re-allocating them costs page 
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
 
 import torch
@@ -15,42 +16,93 @@ from .errors import LogitcacheError
 from .stage_configs import Combine, choices
 
 COMBINES = choices(Combine)
+log = logging.getLogger(__name__)
+
+
+# Architectures whose forward ends at `lm_head(hidden)`: nothing scales, caps or biases the logits after
+# the head, so the in-place fp32 projection is their exact logits. Every other model (Gemma-2's
+# soft-capping, Granite's logits_scaling, Cohere's logit_scale, anything unknown) runs its own forward.
+# A probe at load time checks the fast path against `model(x).logits` before it is trusted.
+PLAIN_HEAD_TYPES = frozenset({"llama", "gpt2", "qwen2", "qwen3", "mistral", "phi3", "olmo2", "gpt_neox", "opt"})
+DEFAULT_LOGIT_BUDGET = 1 << 30  # bytes of (rows, T, V) float32 buffers per pass: a batch runs in row slices
+
+
+def fast_head_is_exact(model, vocab_size: int, device: torch.device) -> bool:
+    """True when `hidden @ W_out^T (+ b)` in fp32 equals the model's own logits (probed on 2 x 8 ids)."""
+    if model.config.model_type not in PLAIN_HEAD_TYPES:
+        return False
+    head = model.get_output_embeddings()
+    if head is None or not hasattr(head, "weight"):
+        return False
+    ids = torch.arange(16, device=device).reshape(2, 8) % vocab_size
+    with torch.no_grad():
+        own = model(input_ids=ids).logits.float()[..., :vocab_size]
+        hidden = model.base_model(input_ids=ids).last_hidden_state.float()
+        fast = hidden @ head.weight.float()[:vocab_size].t()
+        if getattr(head, "bias", None) is not None:
+            fast = fast + head.bias.float()[:vocab_size]
+    scale = float(own.abs().max().clamp(min=1.0))
+    exact = float((own - fast).abs().max()) <= 1e-5 * scale
+    if not exact:
+        log.warning("%s: the fast head disagrees with the model's forward; using the model's own forward",
+                    model.config.model_type)
+    return exact
 
 
 class Ensemble:
-    def __init__(self, models: list, combine: str, temperature: float, device: torch.device, autocast=None):
+    """`vocab_size`: the data tokenizer's vocabulary V. Teachers whose embedding is padded beyond it
+    (config.vocab_size > V, common in hub checkpoints) are read on ids 0..V-1 only: ids the tokenizer
+    never produces get no probability, and every distribution here is over the tokenizer's ids."""
+
+    def __init__(self, models: list, combine: str, temperature: float, device: torch.device, autocast=None,
+                 vocab_size: int | None = None, logit_budget: int = DEFAULT_LOGIT_BUDGET):
         if combine not in COMBINES:
             raise LogitcacheError(f"combine must be one of {', '.join(COMBINES)}, got {combine!r}")
         vocabs = {int(m.config.vocab_size) for m in models}
         if len(vocabs) != 1:
             raise LogitcacheError(f"teachers disagree on vocabulary size: {sorted(vocabs)}")
+        self.model_vocab_size = vocabs.pop()
+        self.vocab_size = int(vocab_size or self.model_vocab_size)
+        if self.vocab_size > self.model_vocab_size:
+            raise LogitcacheError(f"the tokenizer has {self.vocab_size} ids but the teachers only {self.model_vocab_size}")
         self.models = [m.to(device).eval() for m in models]
-        self.vocab_size = vocabs.pop()
         self.combine = combine
         self.temperature = float(temperature)
         self.device = device
         self.autocast = autocast or contextlib.nullcontext
+        self.logit_budget = int(logit_budget)
         self._buffers: dict[str, torch.Tensor] = {}
-        # fp32 output embeddings: the final projection runs in fp32 even under bf16 autocast
-        self._heads = [m.get_output_embeddings().weight.detach().float() for m in self.models]
+        self._fast = [fast_head_is_exact(m, self.vocab_size, device) for m in self.models]
+        # fp32 output embeddings (first V rows): the final projection runs in fp32 even under bf16 autocast
+        self._heads = [m.get_output_embeddings().weight.detach().float()[:self.vocab_size] if fast else None
+                       for m, fast in zip(self.models, self._fast)]
+        self._biases = [_head_bias(m, self.vocab_size) if fast else None for m, fast in zip(self.models, self._fast)]
 
     def _buffer(self, name: str, shape) -> torch.Tensor:
         buf = self._buffers.get(name)
         if buf is None or buf.shape != torch.Size(shape):
+            self._buffers.pop(name, None)  # free the old one before allocating: at V = 256k they are GBs
             buf = torch.empty(shape, dtype=torch.float32, device=self.device)
             self._buffers[name] = buf
         return buf
 
+    def rows_per_pass(self, seq_len: int) -> int:
+        """Rows whose (rows, T, V) float32 buffers (two of them) fit the logit budget; at least 1."""
+        return max(1, self.logit_budget // (2 * 4 * seq_len * self.vocab_size))
+
     @torch.no_grad()
     def _logits_into(self, i: int, input_ids: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """Teacher i's logits (B, T, V) written into `out` (no fresh (B, T, V) allocation)."""
+        """Teacher i's logits over the tokenizer's ids, (B, T, V) written into `out`."""
         model = self.models[i]
+        if not self._fast[i]:  # the model's own forward: exact for any head post-processing
+            with self.autocast():
+                logits = model(input_ids=input_ids).logits  # (B, T, V_model)
+            return out.copy_(logits[..., :self.vocab_size])
         with self.autocast():
             hidden = model.base_model(input_ids=input_ids).last_hidden_state  # (B, T, H)
         torch.matmul(hidden.float(), self._heads[i].t(), out=out)
-        bias = getattr(model.get_output_embeddings(), "bias", None)
-        if bias is not None:
-            out.add_(bias.float())
+        if self._biases[i] is not None:
+            out.add_(self._biases[i])
         return out
 
     @torch.no_grad()
@@ -79,9 +131,17 @@ class Ensemble:
 
     @torch.no_grad()
     def topk(self, input_ids: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-k ids (B, T, K) int64 and their ensemble probabilities (B, T, K) float32, decreasing."""
+        """Top-k ids (B, T, K) int64 and their ensemble probabilities (B, T, K) float32, decreasing.
+        The batch runs in row slices that fit the logit budget, so memory is bounded at any V."""
+        step = self.rows_per_pass(input_ids.shape[1])
+        parts = [self._topk_slice(input_ids[r:r + step], k) for r in range(0, input_ids.shape[0], step)]
+        if len(parts) == 1:
+            return parts[0]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def _topk_slice(self, input_ids: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         acc, is_prob = self._combined(input_ids)
-        top_vals, top_ids = acc.topk(k, dim=-1)  # (B, T, K)
+        top_vals, top_ids = acc.topk(k, dim=-1)  # (b, T, K)
         if is_prob:
             return top_ids, top_vals.clone()
         top_max = top_vals[..., :1]
@@ -97,16 +157,23 @@ class Ensemble:
         return acc.clone()
 
 
+def _head_bias(model, vocab_size: int):
+    bias = getattr(model.get_output_embeddings(), "bias", None)
+    return None if bias is None else bias.detach().float()[:vocab_size]
+
+
 def _softmax_(x: torch.Tensor) -> torch.Tensor:
     """In-place softmax over the last dim."""
     x.sub_(x.amax(-1, keepdim=True)).exp_()
     return x.div_(x.sum(-1, keepdim=True))
 
 
-def load_teachers(paths: list[Path], device: torch.device, tokenizer_sha: str | None = None) -> tuple[list, list[dict]]:
-    """Load teacher dirs; refuse a vocabulary or tokenizer that disagrees, before any work."""
-    from .configs import sha256_file
+def load_teachers(paths: list[Path], device: torch.device, data=None) -> tuple[list, list[dict]]:
+    """Load teacher dirs; refuse, before any work, teachers that disagree on their vocabulary or whose
+    tokenizer does something other than the data's (compared by behaviour, not file bytes). A teacher
+    without a tokenizer is accepted when its vocabulary covers the data's, with a warning."""
     from .models import describe, load_model
+    from .tokenizer import find_tokenizer, tokenizer_identity
 
     if not paths:
         raise LogitcacheError("at least one --teacher is required")
@@ -114,12 +181,23 @@ def load_teachers(paths: list[Path], device: torch.device, tokenizer_sha: str | 
     for path in paths:
         path = Path(path)
         model = load_model(path)
-        if tokenizer_sha is not None:
-            tok = path / "tokenizer.json"
-            if tok.is_file() and sha256_file(tok) != tokenizer_sha:
-                raise LogitcacheError(f"teacher {path} was trained with a different tokenizer than the data's")
+        info = describe(path, model)
+        if data is not None:
+            tokenizer = find_tokenizer(path)
+            if tokenizer is None:
+                log.warning("teacher %s has no tokenizer: only its vocabulary size (%d >= %d) is checked, not that it "
+                            "splits text the way the data's tokenizer did", path, info["vocab_size"], data.vocab_size)
+                info["tokenizer_identity"] = None
+            else:
+                info["tokenizer_identity"] = tokenizer_identity(tokenizer)
+                if info["tokenizer_identity"] != data.tokenizer_identity:
+                    raise LogitcacheError(f"teacher {path} has a different tokenizer than the data in {data.path} "
+                                          "(vocabulary, merges, normalizer, pre-tokenizer or special tokens differ)")
+            if info["vocab_size"] < data.vocab_size:
+                raise LogitcacheError(f"teacher {path} has vocabulary {info['vocab_size']}, smaller than the data's "
+                                      f"tokenizer ({data.vocab_size})")
         models.append(model)
-        infos.append(describe(path, model))
+        infos.append(info)
     vocabs = {info["vocab_size"] for info in infos}
     if len(vocabs) != 1:
         detail = ", ".join(f"{i['path']}: {i['vocab_size']}" for i in infos)

@@ -49,14 +49,16 @@ def load_blimp(directory: Path, max_pairs: int = 0) -> dict[str, list[dict]]:
 
 
 @torch.no_grad()
-def sentence_logprobs(model, tokenizer, sentences: list[str], device: torch.device, batch_size: int = 64) -> np.ndarray:
-    """Sum of token log-probs of each sentence given a <s> prefix. (n,) float64."""
-    encoded = [[BOS_ID] + tokenizer.encode(s, add_special_tokens=False).ids for s in sentences]
+def sentence_logprobs(model, tokenizer, sentences: list[str], device: torch.device, batch_size: int = 64,
+                      prefix_id: int = BOS_ID, pad_id: int = PAD_ID) -> np.ndarray:
+    """Sum of token log-probs of each sentence after a one-token prefix (the data's BOS, or its EOS for
+    tokenizers without one, as GPT-2's <|endoftext|>). (n,) float64."""
+    encoded = [[prefix_id] + tokenizer.encode(s, add_special_tokens=False).ids for s in sentences]
     scores = np.zeros(len(sentences), dtype=np.float64)
     for start in range(0, len(encoded), batch_size):
         chunk = encoded[start:start + batch_size]
         width = max(len(e) for e in chunk)
-        ids = torch.full((len(chunk), width), PAD_ID, dtype=torch.long)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.bool)
         for i, e in enumerate(chunk):  # right padding: causal attention never sees it
             ids[i, :len(e)] = torch.tensor(e)
@@ -69,14 +71,17 @@ def sentence_logprobs(model, tokenizer, sentences: list[str], device: torch.devi
 
 
 def blimp_accuracy(model, tokenizer, paradigms: dict[str, list[dict]], device: torch.device,
-                   progress: ProgressHook = NULL_PROGRESS) -> dict:
+                   progress: ProgressHook = NULL_PROGRESS, specials: dict | None = None) -> dict:
     """Per paradigm, per linguistic term and overall accuracy; a pair counts when good > bad strictly."""
     per_paradigm: dict[str, float] = {}
     by_term: dict[str, list[int]] = defaultdict(list)
     progress.start("blimp", len(paradigms))
     for uid, records in paradigms.items():
-        good = sentence_logprobs(model, tokenizer, [r["sentence_good"] for r in records], device)
-        bad = sentence_logprobs(model, tokenizer, [r["sentence_bad"] for r in records], device)
+        specials = specials or {"bos": BOS_ID, "eos": None, "pad": PAD_ID}
+        prefix = specials["bos"] if specials["bos"] is not None else specials["eos"]
+        pad = next((v for v in (specials["pad"], specials["eos"], 0) if v is not None))
+        good = sentence_logprobs(model, tokenizer, [r["sentence_good"] for r in records], device, prefix_id=prefix, pad_id=pad)
+        bad = sentence_logprobs(model, tokenizer, [r["sentence_bad"] for r in records], device, prefix_id=prefix, pad_id=pad)
         correct = (good > bad).astype(int)  # a tie is a miss
         per_paradigm[uid] = float(correct.mean())
         for record, c in zip(records, correct):
@@ -99,19 +104,20 @@ def evaluate(config: EvalConfig, progress: ProgressHook = NULL_PROGRESS) -> dict
     byte_lengths = token_byte_lengths(tokenizer)
     ensemble = None
     if config.teachers:
-        teachers, _ = load_teachers(list(config.teachers), device, data.attrs["tokenizer_sha256"])
-        ensemble = Ensemble(teachers, config.combine, config.temperature, device)
+        teachers, _ = load_teachers(list(config.teachers), device, data)
+        ensemble = Ensemble(teachers, config.combine, config.temperature, device, vocab_size=data.vocab_size)
     paradigms = load_blimp(config.blimp, config.blimp_max_pairs) if config.blimp else None
     results = []
     for path in config.models:
         model = load_model(path).to(device)
-        if int(model.config.vocab_size) != data.vocab_size:
-            raise LogitcacheError(f"model {path} has vocabulary {model.config.vocab_size}, the data {data.vocab_size}")
+        if int(model.config.vocab_size) < data.vocab_size:
+            raise LogitcacheError(f"model {path} has vocabulary {model.config.vocab_size}, smaller than the data's "
+                                  f"tokenizer ({data.vocab_size})")
         entry = {"path": str(path), "params": sum(p.numel() for p in model.parameters()), "split": config.split}
         entry.update(lm_metrics(model, rows, config.batch_size, device, byte_lengths=byte_lengths, ensemble=ensemble,
                                 progress=progress))
         if paradigms is not None:
-            entry["blimp"] = blimp_accuracy(model, tokenizer, paradigms, device, progress)
+            entry["blimp"] = blimp_accuracy(model, tokenizer, paradigms, device, progress, data.special_ids)
         results.append(entry)
         del model
     return {"models": results}

@@ -58,9 +58,10 @@ def lm_metrics(model, rows: np.ndarray, batch_size: int, device: torch.device, e
             sums[2] += nats.double()[target_bytes > 0].sum()
             sums[3] += target_bytes.sum()
         if ensemble is not None:
-            teacher = ensemble.probs(ids)  # (B, T, V) at the ensemble's temperature
-            log_q = F.log_softmax(logits / ensemble.temperature, dim=-1)
-            sums[4] += (logits.argmax(-1) == teacher.argmax(-1)).sum()
+            teacher = ensemble.probs(ids)  # (B, T, V) at the ensemble's temperature, over the tokenizer's ids
+            model_logits = logits[..., :teacher.shape[-1]]  # a padded model vocabulary: the same ids
+            log_q = F.log_softmax(model_logits / ensemble.temperature, dim=-1)
+            sums[4] += (model_logits.argmax(-1) == teacher.argmax(-1)).sum()
             sums[5] += (torch.xlogy(teacher, teacher).sum() - (teacher * log_q).sum()).double()
             sums[6] += ids.numel()
         progress.update(ids.shape[0])

@@ -14,25 +14,25 @@ from .tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 transformers.utils.logging.disable_progress_bar()  # progress bars belong to the CLI
 
-def hf_config(preset: ModelPreset, vocab_size: int):
-    """The transformers config of a preset: dropout off (exact resume), special ids from our tokenizer."""
+def hf_config(preset: ModelPreset, vocab_size: int, specials: dict | None = None):
+    """The transformers config of a preset: dropout off (exact resume), special ids from the data's tokenizer."""
+    specials = specials or {"bos": BOS_ID, "eos": EOS_ID, "pad": PAD_ID}
+    ids = dict(bos_token_id=specials["bos"], eos_token_id=specials["eos"], pad_token_id=specials["pad"])
     if preset.arch == "gpt2":
         return GPT2Config(
             vocab_size=vocab_size, n_positions=preset.positions, n_embd=preset.hidden, n_layer=preset.n_layer,
-            n_head=preset.n_head, n_inner=preset.ffn, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-            bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID,
+            n_head=preset.n_head, n_inner=preset.ffn, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **ids,
         )
     return LlamaConfig(
         vocab_size=vocab_size, hidden_size=preset.hidden, intermediate_size=preset.ffn,
         num_hidden_layers=preset.n_layer, num_attention_heads=preset.n_head, num_key_value_heads=preset.n_head,
-        max_position_embeddings=preset.positions, tie_word_embeddings=False,
-        bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID,
+        max_position_embeddings=preset.positions, tie_word_embeddings=False, **ids,
     )
 
 
-def build_model(preset: ModelPreset, vocab_size: int, seed: int = 0) -> PreTrainedModel:
+def build_model(preset: ModelPreset, vocab_size: int, seed: int = 0, specials: dict | None = None) -> PreTrainedModel:
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(hf_config(preset, vocab_size))
+    return AutoModelForCausalLM.from_config(hf_config(preset, vocab_size, specials))
 
 
 def count_params(preset: ModelPreset, vocab_size: int = 16000) -> int:

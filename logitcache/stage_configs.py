@@ -38,14 +38,28 @@ def _in(value, literal, name: str) -> None:
 
 @dataclass(frozen=True)
 class PrepareConfig:
-    data: Path = setting(help="Raw text: <source>.<split> files (BabyLM layout); subfolders searched too.", in_run=False)
     out: Path = setting(help="Output dir (WORK/data): tokenizer.json and tokens.zarr.", in_run=False)
-    vocab_size: int = setting(16000, help="BPE vocabulary size.")
+    data: Optional[Path] = setting(None, help="Raw text: <source>.<split> files (BabyLM layout); subfolders searched too.",
+                                   in_run=False)
+    train: Optional[Path] = setting(None, help="Instead of --data: the train split, a .txt/.jsonl/.jsonl.gz/.parquet "
+                                               "file, a folder of them, or a datasets.save_to_disk folder.", in_run=False)
+    dev: Optional[Path] = setting(None, help="The dev split (validation), as --train.", in_run=False)
+    test: Optional[Path] = setting(None, help="The test split, as --train.", in_run=False)
+    text_field: str = setting("text", help="Column (JSONL key) holding the text.")
+    source_field: Optional[str] = setting(None, help="Column naming each document's source, to pick its cleaner "
+                                                     "(without it: whitespace and control bytes only).")
+    tokenizer: Optional[Path] = setting(None, help="Tokenize with this Hugging Face tokenizer (a folder or a "
+                                                   "tokenizer.json), e.g. the teachers', instead of training a BPE.")
+    vocab_size: int = setting(16000, help="BPE vocabulary size (when training one).")
     seq_len: int = setting(128, help="Tokens per chunk.")
     val_chunks: int = setting(8192, help="Size of the fixed validation subset of dev.")
     seed: int = setting(0, help="Seed of the validation subset.")
 
     def __post_init__(self):
+        check((self.data is None) != (self.train is None), "give the raw layout (--data) or the splits (--train, --dev, "
+                                                            "--test), not both")
+        check(self.data is None or (self.dev is None and self.test is None), "--dev/--test go with --train, not --data")
+        check(self.train is None or self.dev is not None, "--train needs --dev (the validation text)")
         check(self.vocab_size >= 259, f"vocab_size must be at least 259 (256 bytes + 3 specials), got {self.vocab_size}")
         check(self.seq_len >= 2, f"seq_len must be at least 2, got {self.seq_len}")
         check(self.val_chunks >= 1, f"val_chunks must be positive, got {self.val_chunks}")
@@ -121,9 +135,12 @@ class DumpConfig:
     seed: int = setting(0, help="Seed of the sampled targets.")
     device: Device = setting("auto", help="Where the teachers run: auto, cpu or cuda.")
     precision: Precision = setting("auto", help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16 or fp16.")
+    logit_budget_mb: int = setting(1024, help="Working memory for the (rows, T, V) logit buffers: a batch runs in "
+                                              "row slices that fit (bounds memory at any vocabulary).")
 
     def __post_init__(self):
         check(len(self.teachers) >= 1, "at least one teacher is required")
+        check(self.logit_budget_mb > 0, "logit_budget_mb must be positive")
         _in(self.split, Split, "split")
         check(self.top_k > 0, f"top_k must be positive, got {self.top_k}")
         check(self.temperature > 0, f"temperature must be positive, got {self.temperature}")
@@ -150,7 +167,9 @@ class StudentConfig:
     cache: Path = setting(help="The cache written by `logitcache dump`.", in_run=False)
     data: Path = setting(help="Prepared data dir the cache was made from (WORK/data).", in_run=False)
     out: Path = setting(help="Output model dir.", in_run=False)
-    preset: str = setting("llama-58m", help="Student preset (LLaMA by default).")
+    preset: str = setting("llama-58m", help="Student preset (LLaMA by default); see --init-from.")
+    init_from: Optional[Path] = setting(None, help="Instead of --preset: a Hugging Face model folder to continue from "
+                                                   "(its weights), or a folder/file with only a config.json (random init).")
     alpha: float = setting(0.5, help="Weight of CE; 1 - alpha weighs T^2 KL. 1 = no distillation.")
     temperature: float = setting(0.0, help="Distillation temperature (0: the cache's; the resolved value is saved).")
     retemper: bool = setting(False, help="Allow a T other than the cache's (renormalises p^(Tc/T) over kept ids; approximate).")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 
 from . import distributed as D
 from .store import CacheReader
@@ -81,6 +82,42 @@ def check_cache_matches(reader: CacheReader, data) -> None:
         raise LogitcacheError(f"cache vocabulary {attrs.get('vocab_size')} differs from the data's {data.vocab_size}")
 
 
+def student_model(config: StudentConfig, data):
+    """The student: `--init-from` a model folder (its weights), a folder or file with only a config.json (a
+    random init of that config), else the preset. Its vocabulary must cover the data's tokenizer."""
+    if config.init_from is None:
+        return build_model(get_preset(config.preset), data.vocab_size, seed=config.train.seed, specials=data.special_ids)
+    import json
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .models import load_model
+
+    path = Path(config.init_from)
+    config_file = path if path.is_file() else path / "config.json"
+    if not config_file.is_file():
+        raise LogitcacheError(f"--init-from {path}: no config.json there")
+    folder = config_file.parent
+    has_weights = path.is_dir() and (any(folder.glob("*.safetensors")) or any(folder.glob("pytorch_model*.bin")))
+    if has_weights:
+        model = load_model(folder)
+        model.train()
+    else:
+        try:
+            raw = json.loads(config_file.read_text())
+            hf_config = AutoConfig.for_model(raw.pop("model_type"), **raw)
+        except (json.JSONDecodeError, KeyError, ValueError) as exc:
+            raise LogitcacheError(f"--init-from {config_file}: not a transformers config ({exc})") from None
+        torch.manual_seed(config.train.seed)
+        model = AutoModelForCausalLM.from_config(hf_config)
+    if int(model.config.vocab_size) < data.vocab_size:
+        raise LogitcacheError(f"--init-from {path}: vocabulary {model.config.vocab_size} is smaller than the data's "
+                              f"tokenizer ({data.vocab_size})")
+    log.info("student from %s (%s, %s)", path, model.config.model_type, "weights" if has_weights else "random init")
+    return model
+
+
 def train_student(config: StudentConfig, resume: bool = False, progress: ProgressHook = NULL_PROGRESS) -> TrainReport:
     from .loader import CacheRows
 
@@ -106,8 +143,9 @@ def train_student(config: StudentConfig, resume: bool = False, progress: Progres
     device = D.pick_device(config.train.device, env)
     online = bool(config.online_teachers)
     if online:
-        models, _ = load_teachers(list(config.online_teachers), device, data.attrs["tokenizer_sha256"])
-        ensemble = Ensemble(models, reader.attrs["combine"], temperature, device, D.autocast_for(device, config.train.precision))
+        models, _ = load_teachers(list(config.online_teachers), device, data)
+        ensemble = Ensemble(models, reader.attrs["combine"], temperature, device,
+                            D.autocast_for(device, config.train.precision), vocab_size=data.vocab_size)
         objective = OnlineObjective(ensemble, config.alpha, config.kl_reduction)
     else:
         objective = DistillObjective(config.alpha, temperature, config.tail, config.kl_reduction,
@@ -117,7 +155,7 @@ def train_student(config: StudentConfig, resume: bool = False, progress: Progres
         targets=config.alpha < 1.0 and not online, skip_bad_blocks=config.skip_bad_blocks,
         prefetch_blocks=config.prefetch_blocks, pin=device.type == "cuda",
     )
-    model = build_model(get_preset(config.preset), data.vocab_size, seed=config.train.seed)
+    model = student_model(config, data)
     resolved = dataclasses.replace(config, temperature=temperature)  # saved as used, never as "0: the cache's"
     run_config = to_dict(resolved) | {"data_fingerprint": data.fingerprint, "stage": "train-student",
                                     "cache_created": reader.attrs.get("created")}

@@ -18,13 +18,21 @@ log = logging.getLogger(__name__)
 
 
 def tokenizer_saver(data: PreparedData):
-    """Writes tokenizer.json (+ a config for PreTrainedTokenizerFast) beside a saved model."""
+    """Writes the data's tokenizer beside a saved model as a fast tokenizer with BOS/EOS/PAD and
+    model_input_names, so `AutoTokenizer.from_pretrained(model_dir)` and `model.generate(**tok(text,
+    return_tensors="pt"))` work in plain transformers (4.x and 5.x)."""
 
     def save(folder: Path) -> None:
+        from .tokenizer import load_tokenizer
+
         shutil.copy2(data.tokenizer_path, Path(folder) / "tokenizer.json")
+        tokenizer = load_tokenizer(data.tokenizer_path)
+        specials = data.special_ids
+        token = {k: (tokenizer.id_to_token(v) if v is not None else None) for k, v in specials.items()}
         (Path(folder) / "tokenizer_config.json").write_text(json.dumps({
-            "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
-            "pad_token": "<pad>", "model_max_length": data.seq_len,
+            "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": token["bos"], "eos_token": token["eos"],
+            "pad_token": token["pad"] or token["eos"], "model_max_length": data.seq_len,
+            "model_input_names": ["input_ids", "attention_mask"], "clean_up_tokenization_spaces": False,
         }, indent=2))
 
     return save
@@ -38,7 +46,7 @@ def check_vocab(data: PreparedData, vocab_size: int, what: str) -> None:
 def train_teacher(config: TeacherConfig, resume: bool = False, progress: ProgressHook = NULL_PROGRESS) -> TrainReport:
     data = load_data(config.data)
     check_vocab(data, config.vocab_size, f"preset '{config.preset}'")
-    model = build_model(get_preset(config.preset), data.vocab_size, seed=config.train.seed)
+    model = build_model(get_preset(config.preset), data.vocab_size, seed=config.train.seed, specials=data.special_ids)
     run_config = to_dict(config) | {"data_fingerprint": data.fingerprint, "stage": "train-teacher"}
     source = TokenRows(data.store.split("train"), seed=config.train.seed)
     val_rows = data.validation_rows("dev", config.train.val_chunks)

@@ -47,3 +47,74 @@ def encode_text(tokenizer: Tokenizer, text: str) -> list[int]:
     ) else tokenizer.encode_batch(lines, add_special_tokens=False):
         ids.extend(encoding.ids)
     return ids
+
+
+# Fields of a tokenizer model that decide the ids it produces (dropout and caches do not).
+_MODEL_KEYS = ("type", "vocab", "merges", "unk_token", "byte_fallback", "continuing_subword_prefix",
+               "end_of_word_suffix", "fuse_unk", "max_input_chars_per_word")
+
+
+def tokenizer_identity(tokenizer: Tokenizer) -> str:
+    """sha256 of what a tokenizer does, not of its file: the model (type, vocabulary, merges),
+    normalizer, pre-tokenizer and the added tokens (id, content, special). Re-saving a tokenizer
+    (transformers writes merges as pairs, reorders keys, adds padding settings) keeps its identity."""
+    import hashlib
+    import json
+
+    spec = json.loads(tokenizer.to_str())
+    model = {k: v for k, v in (spec.get("model") or {}).items() if k in _MODEL_KEYS}
+    if model.get("merges"):
+        model["merges"] = [m.split(" ", 1) if isinstance(m, str) else list(m) for m in model["merges"]]
+    canonical = {
+        "model": model, "normalizer": spec.get("normalizer"), "pre_tokenizer": spec.get("pre_tokenizer"),
+        "added_tokens": sorted((t["id"], t["content"], bool(t.get("special"))) for t in spec.get("added_tokens", [])),
+    }
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
+
+
+def find_tokenizer(path: Path) -> Tokenizer | None:
+    """The tokenizer of a model or tokenizer folder (tokenizer.json, or anything transformers can turn
+    into a fast tokenizer: vocab.json + merges.txt, sentencepiece), or a tokenizer.json file; None when
+    the folder has none."""
+    path = Path(path)
+    if path.is_file():
+        return load_tokenizer(path)
+    if (path / "tokenizer.json").is_file():
+        return load_tokenizer(path / "tokenizer.json")
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception:
+        return None
+    return tokenizer.backend_tokenizer if getattr(tokenizer, "is_fast", False) else None
+
+
+# Names pretrained tokenizers give their specials, most specific first (Llama 3, Qwen, GPT-2, Llama 2, Gemma ...)
+_BOS_NAMES = ("<|begin_of_text|>", "<s>", "<bos>", "[CLS]")
+_EOS_NAMES = ("<|end_of_text|>", "<|endoftext|>", "</s>", "<eos>", "<|im_end|>", "[SEP]")
+_PAD_NAMES = ("<pad>", "<|pad|>", "[PAD]")
+
+
+def special_ids(tokenizer: Tokenizer, folder: Path | None = None) -> dict[str, int | None]:
+    """{"bos", "eos", "pad"} ids: from tokenizer_config.json beside the tokenizer when there is one,
+    else by the usual names; None where the tokenizer has no such token."""
+    import json
+
+    configured: dict[str, str] = {}
+    config_path = Path(folder) / "tokenizer_config.json" if folder is not None else None
+    if config_path is not None and config_path.is_file():
+        try:
+            raw = json.loads(config_path.read_text())
+        except json.JSONDecodeError:
+            raise LogitcacheError(f"{config_path} is not valid JSON") from None
+        for key in ("bos", "eos", "pad"):
+            value = raw.get(f"{key}_token")
+            value = value.get("content") if isinstance(value, dict) else value
+            if isinstance(value, str):
+                configured[key] = value
+    out: dict[str, int | None] = {}
+    for key, names in (("bos", _BOS_NAMES), ("eos", _EOS_NAMES), ("pad", _PAD_NAMES)):
+        candidates = ([configured[key]] if key in configured else []) + list(names)
+        out[key] = next((tokenizer.token_to_id(n) for n in candidates if tokenizer.token_to_id(n) is not None), None)
+    return out

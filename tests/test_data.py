@@ -69,8 +69,18 @@ def test_bad_bytes_are_replaced_and_counted(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
     (raw / "x.train").write_bytes(b"hello \xff\xfe world\n" * 200)
+    (raw / "x.dev").write_bytes(b"hello world\n" * 20)
     report = prepare(PrepareConfig(data=raw, out=tmp_path / "d", vocab_size=280, seq_len=8))
     assert report.sources["x"]["replaced_bytes"] == 400
+
+
+def test_missing_dev_split_is_refused(tmp_path):
+    """Before: validation silently read 0.0 and the first checkpoint stayed best forever."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "x.train").write_text("hello world\n" * 200)
+    with pytest.raises(LogitcacheError, match="dev split has no chunk"):
+        prepare(PrepareConfig(data=raw, out=tmp_path / "d", vocab_size=280, seq_len=8))
 
 
 def test_validation_subset_is_fixed():

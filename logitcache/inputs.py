@@ -1,0 +1,124 @@
+"""Documents from the text people have: .txt, .jsonl, .jsonl.gz, .parquet files, folders of them, and
+folders written by `datasets.save_to_disk`.
+
+A document is (source, text). A .txt file is one document; a JSONL line, a Parquet row or a dataset
+row is one document, its text in `text_field`; `source_field` (optional) names the column whose value
+picks the per-source cleaner. Without it the source is "" and only whitespace and control bytes are
+normalised.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Iterator
+
+from .errors import LogitcacheError
+
+SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".parquet")
+
+
+def _suffix(path: Path) -> str | None:
+    name = path.name.lower()
+    return next((s for s in sorted(SUFFIXES, key=len, reverse=True) if name.endswith(s)), None)
+
+
+def is_saved_dataset(folder: Path) -> bool:
+    """A folder written by `datasets.Dataset.save_to_disk` (or DatasetDict's)."""
+    return (folder / "dataset_info.json").is_file() or (folder / "state.json").is_file() or \
+        (folder / "dataset_dict.json").is_file()
+
+
+def input_files(path: Path) -> list[Path]:
+    """The files a split path stands for, in a fixed (sorted) order."""
+    path = Path(path)
+    if not path.exists():
+        raise LogitcacheError(f"{path} does not exist")
+    if path.is_file():
+        if _suffix(path) is None:
+            raise LogitcacheError(f"{path}: not a {', '.join(SUFFIXES)} file")
+        return [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and _suffix(p) is not None)
+    if not files:
+        raise LogitcacheError(f"{path} holds no {', '.join(SUFFIXES)} files (nor a saved dataset)")
+    return files
+
+
+def read_documents(path: Path, text_field: str = "text", source_field: str | None = None) -> Iterator[tuple[str, str]]:
+    """(source, text) for every document under `path`."""
+    path = Path(path)
+    if path.is_dir() and is_saved_dataset(path):
+        yield from _dataset_rows(path, text_field, source_field)
+        return
+    for file in input_files(path):
+        kind = _suffix(file)
+        if kind == ".txt":
+            yield "", file.read_bytes().decode("utf-8", errors="replace")
+        elif kind == ".parquet":
+            yield from _parquet_rows(file, text_field, source_field)
+        else:
+            yield from _jsonl_rows(file, text_field, source_field)
+
+
+def _field(record: dict, name: str, where: str) -> str:
+    if not isinstance(record, dict) or name not in record:
+        keys = ", ".join(sorted(record)) if isinstance(record, dict) else type(record).__name__
+        raise LogitcacheError(f"{where}: no field '{name}' (has: {keys}); choose it with --text-field/--source-field")
+    value = record[name]
+    if not isinstance(value, str):
+        raise LogitcacheError(f"{where}: field '{name}' is {type(value).__name__}, not text")
+    return value
+
+
+def _jsonl_rows(file: Path, text_field: str, source_field: str | None) -> Iterator[tuple[str, str]]:
+    opener = gzip.open if file.name.lower().endswith(".gz") else open
+    try:
+        with opener(file, "rt", encoding="utf-8", errors="replace") as f:
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise LogitcacheError(f"{file}:{line_no}: not JSON ({exc.msg})") from None
+                where = f"{file}:{line_no}"
+                yield (_field(record, source_field, where) if source_field else ""), _field(record, text_field, where)
+    except (OSError, EOFError) as exc:  # a truncated .gz
+        raise LogitcacheError(f"cannot read {file} ({exc})") from None
+
+
+def _parquet_rows(file: Path, text_field: str, source_field: str | None) -> Iterator[tuple[str, str]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.ParquetFile(file)
+    except Exception as exc:
+        raise LogitcacheError(f"{file} is not a Parquet file ({exc})") from None
+    columns = [text_field] + ([source_field] if source_field else [])
+    missing = [c for c in columns if c not in table.schema_arrow.names]
+    if missing:
+        raise LogitcacheError(f"{file}: no column '{missing[0]}' (has: {', '.join(table.schema_arrow.names)})")
+    for batch in table.iter_batches(columns=columns, batch_size=4096):
+        texts = batch.column(text_field).to_pylist()
+        sources = batch.column(source_field).to_pylist() if source_field else [""] * len(texts)
+        for source, text in zip(sources, texts):
+            if text is not None:
+                yield str(source or ""), str(text)
+
+
+def _dataset_rows(folder: Path, text_field: str, source_field: str | None) -> Iterator[tuple[str, str]]:
+    import datasets
+
+    try:
+        dataset = datasets.load_from_disk(str(folder))
+    except Exception as exc:
+        raise LogitcacheError(f"cannot load the saved dataset {folder} ({exc})") from None
+    if isinstance(dataset, datasets.DatasetDict):
+        raise LogitcacheError(f"{folder} is a DatasetDict ({', '.join(dataset)}): pass one split's folder, "
+                              f"e.g. {folder / next(iter(dataset))}")
+    for column in [text_field] + ([source_field] if source_field else []):
+        if column not in dataset.column_names:
+            raise LogitcacheError(f"{folder}: no column '{column}' (has: {', '.join(dataset.column_names)})")
+    for row in dataset.select_columns([text_field] + ([source_field] if source_field else [])):
+        if row[text_field] is not None:
+            yield str(row[source_field] or "") if source_field else "", str(row[text_field])
