@@ -72,6 +72,9 @@ def tokenizer_identity(tokenizer: Tokenizer) -> str:
     return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
 
 
+_TOKENIZER_FILES = ("vocab.json", "tokenizer.model", "spiece.model", "vocab.txt", "sentencepiece.bpe.model")
+
+
 def find_tokenizer(path: Path) -> Tokenizer | None:
     """The tokenizer of a model or tokenizer folder (tokenizer.json, or anything transformers can turn
     into a fast tokenizer: vocab.json + merges.txt, sentencepiece), or a tokenizer.json file; None when
@@ -81,6 +84,8 @@ def find_tokenizer(path: Path) -> Tokenizer | None:
         return load_tokenizer(path)
     if (path / "tokenizer.json").is_file():
         return load_tokenizer(path / "tokenizer.json")
+    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
+        return None  # transformers would build an empty tokenizer from config.json alone
     try:
         from transformers import AutoTokenizer
 

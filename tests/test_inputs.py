@@ -1,0 +1,130 @@
+"""prepare from the text people have (JSONL, JSONL.gz, Parquet, saved datasets, folders) and with a
+pretrained tokenizer (its own BOS/EOS conventions), from the CLI."""
+import gzip
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import synthetic_lines
+from logitcache.data import PrepareConfig, load_data, prepare
+from logitcache.errors import LogitcacheError
+from logitcache.inputs import read_documents
+from logitcache.tokenizer import load_tokenizer, tokenizer_identity
+from logitcache_cli.app import app
+
+runner = CliRunner()
+
+
+def documents(n, seed):
+    lines = synthetic_lines(4 * n, seed)
+    return [{"text": " ".join(lines[4 * i:4 * i + 4]), "source": "stories" if i % 2 else "childes"} for i in range(n)]
+
+
+def write_jsonl(path, records, gz=False):
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    if gz:
+        with gzip.open(path, "wt") as f:
+            f.write(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+def write_parquet(path, records):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(records), path)
+    return path
+
+
+def write_saved_dataset(path, records):
+    import datasets
+
+    datasets.Dataset.from_list(records).save_to_disk(str(path))
+    return path
+
+
+WRITERS = {"jsonl": lambda p, r: write_jsonl(p.with_suffix(".jsonl"), r),
+           "jsonl.gz": lambda p, r: write_jsonl(p.with_suffix(".jsonl.gz"), r, gz=True),
+           "parquet": lambda p, r: write_parquet(p.with_suffix(".parquet"), r),
+           "saved dataset": write_saved_dataset}
+
+
+@pytest.mark.parametrize("kind", list(WRITERS))
+def test_every_format_reads_the_same_documents(tmp_path, kind):
+    records = documents(30, 1)
+    path = WRITERS[kind](tmp_path / "train", records)
+    got = list(read_documents(path, "text", "source"))
+    assert got == [(r["source"], r["text"]) for r in records]
+
+
+def test_folder_of_files_in_name_order_and_txt_is_one_document(tmp_path):
+    folder = tmp_path / "train"
+    folder.mkdir()
+    write_jsonl(folder / "b.jsonl", [{"text": "second"}])
+    write_jsonl(folder / "a.jsonl", [{"text": "first"}])
+    (folder / "c.txt").write_text("third\nstill third\n")
+    assert [t for _, t in read_documents(folder)] == ["first", "second", "third\nstill third\n"]
+
+
+@pytest.mark.parametrize("content,needle", [('{"body": "x"}\n', "no field 'text'"), ("not json\n", "not JSON"),
+                                            ('{"text": 3}\n', "not text")])
+def test_bad_records_are_one_clear_error(tmp_path, content, needle):
+    path = tmp_path / "t.jsonl"
+    path.write_text(content)
+    with pytest.raises(LogitcacheError, match=needle):
+        list(read_documents(path))
+
+
+def test_prepare_from_jsonl_with_a_pretrained_tokenizer_from_the_cli(tmp_path, tiny_data):
+    """A Llama-style tokenizer folder (its template prepends <s>): every document becomes <s> ids </s>,
+    the tokenizer's identity is recorded, and no BPE is trained."""
+    from tokenizers import processors
+
+    tokenizer = load_tokenizer(tiny_data / "tokenizer.json")
+    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    folder = tmp_path / "pretrained"
+    folder.mkdir()
+    tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}))
+    train = write_jsonl(tmp_path / "train.jsonl", documents(300, 2))
+    dev = write_parquet(tmp_path / "dev.parquet", documents(40, 3))
+    out = tmp_path / "data"
+    result = runner.invoke(app, ["prepare", "--train", str(train), "--dev", str(dev), "--tokenizer", str(folder),
+                                 "--out", str(out), "--seq-len", "32"])
+    assert result.exit_code == 0, result.output
+    data = load_data(out)
+    assert data.attrs["tokenizer_identity"] == tokenizer_identity(tokenizer) == data.tokenizer_identity
+    assert data.special_ids == {"bos": 1, "eos": 2, "pad": 0} and data.vocab_size == tokenizer.get_vocab_size()
+    stream = data.store.split("train").reshape(-1)
+    first = [tokenizer.encode(r["text"]).ids for r in documents(300, 2)[:3]]  # with the template's <s>
+    expected = [i for ids in first for i in ids + [2]]
+    n = min(len(expected), stream.size)
+    assert n > 40 and stream[:n].tolist() == expected[:n]
+    assert (stream == 1).sum() >= 20 and stream[0] == 1  # one <s> per document
+
+
+def test_prepare_refuses_mixed_or_incomplete_inputs(tmp_path, tiny_raw):
+    train = write_jsonl(tmp_path / "t.jsonl", documents(10, 1))
+    with pytest.raises(LogitcacheError, match="not both"):
+        PrepareConfig(out=tmp_path / "d", data=tiny_raw, train=train)
+    with pytest.raises(LogitcacheError, match="needs --dev"):
+        PrepareConfig(out=tmp_path / "d", train=train)
+    result = runner.invoke(app, ["prepare", "--train", str(train), "--dev", str(tmp_path / "missing.jsonl"),
+                                 "--out", str(tmp_path / "d")])
+    assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_source_field_picks_the_cleaner(tmp_path):
+    records = [{"text": "*CHI:\tthe cat sees a dog .", "source": "childes"}] * 200
+    train = write_jsonl(tmp_path / "t.jsonl", records)
+    dev = write_jsonl(tmp_path / "d.jsonl", records[:40])
+    with_source = prepare(PrepareConfig(out=tmp_path / "a", train=train, dev=dev, source_field="source", vocab_size=280,
+                                        seq_len=8))
+    without = prepare(PrepareConfig(out=tmp_path / "b", train=train, dev=dev, vocab_size=280, seq_len=8))
+    # the childes cleaner drops the speaker tag and the space before '.'; the basic one only normalises spaces
+    assert with_source.sources["childes"]["words"] < without.sources["text"]["words"]
+    assert np.array(load_data(tmp_path / "a").store.split("train")).size > 0

@@ -1,0 +1,138 @@
+"""Any Hugging Face causal LM as a teacher: the cached targets equal the model's own forward.
+
+Eight architectures built from configs (random init, no download), four of them post-processing or
+scaling their logits after the head (Gemma-2 soft-capping, Granite's logits_scaling, Cohere's
+logit_scale) or tying them; vocabularies padded past the tokenizer's. Each dump (float32, T = 1 and
+2) equals an independent top-k of `model(x).logits` over the tokenizer's ids, for both combine modes.
+"""
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from conftest import dump_config
+from logitcache import open_cache
+from logitcache.data import load_data, spread_indices
+from logitcache.dump import dump
+from logitcache.ensemble import Ensemble, fast_head_is_exact
+from logitcache.errors import LogitcacheError
+from logitcache.tokenizer import load_tokenizer, tokenizer_identity
+
+PADDED_VOCAB = 320  # the data's tokenizer has 300 ids; hub checkpoints pad their embeddings like this
+SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=64, vocab_size=PADDED_VOCAB)
+ARCHS = {
+    "llama": lambda: transformers.LlamaConfig(**SMALL),
+    "gpt2": lambda: transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, vocab_size=PADDED_VOCAB),
+    "qwen2": lambda: transformers.Qwen2Config(**SMALL),
+    "mistral": lambda: transformers.MistralConfig(**SMALL),
+    "gemma2": lambda: transformers.Gemma2Config(**SMALL, head_dim=8, final_logit_softcapping=0.5),
+    "granite": lambda: transformers.GraniteConfig(**SMALL, logits_scaling=0.125),
+    "cohere": lambda: transformers.CohereConfig(**SMALL, logit_scale=4.0),
+    "phi3": lambda: transformers.Phi3Config(**SMALL, pad_token_id=0),
+}
+
+
+
+@pytest.fixture(scope="module")
+def teacher_dirs(tmp_path_factory, tiny_data):
+    """Each architecture saved as a model folder with the data's tokenizer (re-saved by transformers)."""
+    root = tmp_path_factory.mktemp("hf_teachers")
+    dirs = {}
+    for i, (name, make) in enumerate(ARCHS.items()):
+        torch.manual_seed(100 + i)
+        model = transformers.AutoModelForCausalLM.from_config(make())
+        with torch.no_grad():  # make the heads matter: large logits, so capping and scaling change the targets
+            for p in model.parameters():
+                p.mul_(4.0)
+        model.save_pretrained(root / name)
+        tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tiny_data / "tokenizer.json"))
+        tokenizer.save_pretrained(root / name)
+        dirs[name] = root / name
+    return dirs
+
+
+def own_forward(path, tokens: np.ndarray, vocab: int) -> torch.Tensor:
+    """The model's own logits over the tokenizer's ids, computed row by row. (N, T, V) float32."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    with torch.no_grad():
+        return torch.cat([model(input_ids=torch.from_numpy(row[None].astype(np.int64))).logits[..., :vocab].float()
+                          for row in tokens])
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("combine", ["mean-logits", "mean-probs"])
+def test_dump_equals_the_models_own_forward(tmp_path, tiny_data, teacher_dirs, arch, combine):
+    temperature, k = 2.0, 8
+    teachers = [teacher_dirs[arch], teacher_dirs["llama" if arch != "llama" else "gpt2"]]
+    out = tmp_path / "c.zarr"
+    dump(dump_config(tiny_data, teachers, out, top_k=k, temperature=temperature, combine=combine,
+                     prob_dtype="float32", max_chunks=8, block_rows=8))
+    tokens, ids, probs = open_cache(out).read(0, 8)
+    vocab = load_data(tiny_data).vocab_size
+    logits = [own_forward(t, tokens, vocab) / temperature for t in teachers]  # each (N, T, V)
+    if combine == "mean-logits":
+        expected = torch.softmax(sum(logits) / len(logits), dim=-1)
+    else:
+        expected = sum(torch.softmax(z, dim=-1) for z in logits) / len(logits)
+    top_p, top_i = expected.topk(k, dim=-1)
+    assert np.allclose(probs, top_p.numpy(), atol=1e-5)
+    # ids equal wherever the k-th and (k+1)-th probabilities are not tied
+    assert (ids == top_i.numpy()).mean() > 0.999
+    assert ids.max() < vocab  # padded ids never appear
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_fast_head_only_where_exact(tiny_data, teacher_dirs, arch):
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(teacher_dirs[arch])).eval()
+    fast = fast_head_is_exact(model, 300, torch.device("cpu"))
+    assert fast == (arch in {"llama", "gpt2", "qwen2", "mistral", "phi3"})  # not gemma2, granite, cohere
+    ensemble = Ensemble([model], "mean-logits", 1.0, torch.device("cpu"), vocab_size=300)
+    ids = torch.randint(0, 300, (2, 16))
+    with torch.no_grad():
+        own = torch.softmax(model(input_ids=ids).logits[..., :300].float(), -1)
+    assert torch.allclose(ensemble.probs(ids), own, atol=1e-6)
+
+
+def test_logit_budget_bounds_the_buffers_and_keeps_the_targets(tiny_data, teacher_dirs):
+    models = [transformers.AutoModelForCausalLM.from_pretrained(str(teacher_dirs[a])).eval() for a in ("llama", "gemma2")]
+    ids = torch.randint(0, 300, (6, 16))
+    whole = Ensemble(models, "mean-logits", 2.0, torch.device("cpu"), vocab_size=300)
+    sliced = Ensemble(models, "mean-logits", 2.0, torch.device("cpu"), vocab_size=300, logit_budget=2 * 4 * 16 * 300 * 2)
+    assert sliced.rows_per_pass(16) == 2
+    a, b = whole.topk(ids, 8), sliced.topk(ids, 8)
+    assert torch.equal(a[0], b[0]) and torch.allclose(a[1], b[1], atol=1e-7)
+    assert max(buf.shape[0] for buf in sliced._buffers.values()) == 2  # never more than 2 rows of (T, V) buffers
+
+
+def test_resaved_tokenizer_is_the_same_and_a_different_one_is_refused(tmp_path, tiny_data, tiny_raw, teacher_dirs):
+    data_tok = load_tokenizer(tiny_data / "tokenizer.json")
+    resaved = load_tokenizer(teacher_dirs["llama"] / "tokenizer.json")  # written by transformers
+    assert (tiny_data / "tokenizer.json").read_bytes() != (teacher_dirs["llama"] / "tokenizer.json").read_bytes()
+    assert tokenizer_identity(resaved) == tokenizer_identity(data_tok)
+    # a tokenizer trained on other text: refused before any work
+    from logitcache.tokenizer import train_tokenizer
+
+    other = train_tokenizer(["completely different words here"] * 50, 300)
+    bad = tmp_path / "bad"
+    shutil.copytree(teacher_dirs["llama"], bad)
+    other.save(str(bad / "tokenizer.json"))
+    with pytest.raises(LogitcacheError, match="different tokenizer"):
+        dump(dump_config(tiny_data, [bad], tmp_path / "c.zarr", max_chunks=8))
+    assert not (tmp_path / "c.zarr").exists()
+
+
+def test_teacher_without_tokenizer_is_checked_by_vocabulary_only(tmp_path, tiny_data, teacher_dirs, caplog):
+    bare = tmp_path / "bare"
+    shutil.copytree(teacher_dirs["qwen2"], bare)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (bare / name).unlink(missing_ok=True)
+    with caplog.at_level("WARNING"):
+        dump(dump_config(tiny_data, [bare], tmp_path / "c.zarr", max_chunks=8))
+    assert "no tokenizer" in caplog.text
+    small = tmp_path / "small"
+    transformers.AutoModelForCausalLM.from_config(transformers.LlamaConfig(**(SMALL | {"vocab_size": 200}))).save_pretrained(small)
+    with pytest.raises(LogitcacheError, match="smaller than the data's"):
+        dump(dump_config(tiny_data, [small], tmp_path / "c2.zarr", max_chunks=8))
