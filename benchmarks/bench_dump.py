@@ -1,10 +1,16 @@
 """Dump throughput against the teachers' bare forward pass, on the same chunks, in one run.
 
     python benchmarks/bench_dump.py [--data WORK/data --teacher DIR --teacher DIR] [--chunks 256]
+    python benchmarks/bench_dump.py --vocab-sweep 32000,128000,256000 [--chunks 64]
 
 Without --data it builds random-init teachers from presets and random chunks (throughput does
 not depend on the weights). Arms alternate (bare, dump, bare, dump, ...) and medians are quoted.
 Prints a table, then one JSON line.
+
+--vocab-sweep: large (padded-free) vocabularies. For each V, a word-level tokenizer of V ids, random
+chunks and a tiny random-init LLaMA teacher (hidden 64) with vocabulary V; each dump runs in its own
+process (peak RSS is per process), once with the default logit budget (1 GiB: the batch runs in row
+slices) and once unbounded (the whole batch of 16 x 128 x V at once), so the table shows the bound.
 """
 from __future__ import annotations
 
@@ -35,7 +41,79 @@ def bare_forward(models, rows: np.ndarray, batch_size: int) -> float:
     return rows.size / (time.perf_counter() - t0)
 
 
+def word_level_data(out: Path, vocab_size: int, chunks: int, seq_len: int = 128) -> Path:
+    """A prepared data dir whose tokenizer has exactly `vocab_size` ids (a word-level vocabulary)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from logitcache.configs import sha256_file
+    from logitcache.data import fingerprint
+    from logitcache.store import token_dtype, write_token_store
+
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = Tokenizer(models.WordLevel({f"w{i}": i for i in range(vocab_size)}, unk_token="w0"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(out / "tokenizer.json"))
+    rng = np.random.default_rng(0)
+    splits = {s: rng.integers(0, vocab_size, size=(n, seq_len)).astype(token_dtype(vocab_size))
+              for s, n in (("train", chunks), ("dev", 8), ("test", 8))}
+    sha = sha256_file(out / "tokenizer.json")
+    write_token_store(out / "tokens.zarr", splits, {"kind": "tokens", "seq_len": seq_len, "vocab_size": vocab_size,
+                                                    "sources": {}, "tokenizer_sha256": sha,
+                                                    "fingerprint": fingerprint(sha, splits)})
+    return out
+
+
+def child_dump(data: Path, teacher: Path, out: Path, chunks: int, budget_mb: int) -> None:
+    """One dump in this process; prints {"tokens_per_s", "peak_rss_mb"} as JSON."""
+    import json
+    import resource
+
+    from logitcache.dump import DumpConfig, dump
+
+    report = dump(DumpConfig(data=data, teachers=(teacher,), out=out, top_k=32, batch_size=16, block_rows=64,
+                             max_chunks=chunks, row_selection="first", device="cpu", logit_budget_mb=budget_mb))
+    print(json.dumps({"tokens_per_s": report.tokens_per_s,
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def vocab_sweep(vocabs: list[int], chunks: int, tmp: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    import transformers
+
+    rows = []
+    for vocab in vocabs:
+        data = word_level_data(tmp / f"data{vocab}", vocab, chunks)
+        teacher = tmp / f"teacher{vocab}"
+        torch.manual_seed(0)
+        config = transformers.LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                          num_attention_heads=4, max_position_embeddings=256, tie_word_embeddings=False)
+        transformers.AutoModelForCausalLM.from_config(config).save_pretrained(teacher)
+        for label, budget in (("1 GiB budget (default)", 1024), ("unbounded", 1 << 20)):
+            out = tmp / f"cache{vocab}-{budget}.zarr"
+            proc = subprocess.run([sys.executable, __file__, "--child", str(data), str(teacher), str(out), str(chunks),
+                                   str(budget)], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(proc.stderr[-2000:])
+            result = json.loads(proc.stdout.strip().splitlines()[-1])
+            rows.append({"vocab": vocab, "budget": label, **result,
+                         "batch_logits_mb": 16 * 128 * vocab * 4 / 2**20})
+            shutil.rmtree(out, ignore_errors=True)
+    print_table(f"dump at large vocabularies (1 tiny LLaMA teacher, hidden 64; {chunks} chunks of 128; batch 16; top-32; cpu)",
+                ["vocab", "logit memory", "tokens/s", "peak RSS MB", "one (16, 128, V) fp32 buffer MB"],
+                [[r["vocab"], r["budget"], r["tokens_per_s"], r["peak_rss_mb"], r["batch_logits_mb"]] for r in rows])
+    emit_json({"bench": "dump-vocab", "rows": rows})
+
+
 def main() -> None:
+    import sys
+
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        data, teacher, out, chunks, budget = sys.argv[2:7]
+        torch.set_num_threads(2)
+        return child_dump(Path(data), Path(teacher), Path(out), int(chunks), int(budget))
     from logitcache.data import load_data
     from logitcache.dump import DumpConfig, dump
     from logitcache.models import build_model, get_preset, load_model
@@ -50,11 +128,14 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--vocab-sweep", default="", help="comma-separated vocabulary sizes (e.g. 32000,128000,256000)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_dump_"))
     try:
+        if args.vocab_sweep:
+            return vocab_sweep([int(v) for v in args.vocab_sweep.split(",")], args.chunks, tmp)
         data_dir = args.data or synthetic_data(tmp / "data", args.vocab_size, args.chunks)
         data = load_data(data_dir)
         if args.teacher:
