@@ -103,6 +103,16 @@ def test_store_opens_in_plain_zarr(tmp_path):
     assert np.array_equal(np.sort(plain_ids, -1), np.sort(ids, -1))
 
 
+def test_ids_above_65535_are_stored_as_uint32(tmp_path):
+    rng = np.random.default_rng(7)
+    ids, probs = random_topk(rng, n=4, vocab=70000)
+    assert ids.max() > 65535
+    make_cache(tmp_path / "c.zarr", ids, probs, "float32", vocab=70000)
+    assert zarr.open_group(str(tmp_path / "c.zarr"), mode="r")["topk_ids"].dtype == np.uint32
+    _, got_ids, got_probs = open_cache(tmp_path / "c.zarr").read(0, 4)
+    assert np.array_equal(got_ids, ids) and np.array_equal(got_probs, probs)
+
+
 def test_incomplete_and_foreign_stores_are_refused(tmp_path):
     layout = CacheLayout(4, 3, 2, 10, 2, "float16")
     create_cache(tmp_path / "c.zarr", layout, {"kind": "cache"})

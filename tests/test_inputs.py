@@ -92,9 +92,10 @@ def test_prepare_from_jsonl_with_a_pretrained_tokenizer_from_the_cli(tmp_path, t
     (folder / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}))
     train = write_jsonl(tmp_path / "train.jsonl", documents(300, 2))
     dev = write_parquet(tmp_path / "dev.parquet", documents(40, 3))
+    test = write_saved_dataset(tmp_path / "test_ds", documents(40, 4))
     out = tmp_path / "data"
-    result = runner.invoke(app, ["prepare", "--train", str(train), "--dev", str(dev), "--tokenizer", str(folder),
-                                 "--out", str(out), "--seq-len", "32"])
+    result = runner.invoke(app, ["prepare", "--train", str(train), "--dev", str(dev), "--test", str(test),
+                                 "--tokenizer", str(folder), "--out", str(out), "--seq-len", "32"])
     assert result.exit_code == 0, result.output
     data = load_data(out)
     assert data.attrs["tokenizer_identity"] == tokenizer_identity(tokenizer) == data.tokenizer_identity
@@ -105,6 +106,7 @@ def test_prepare_from_jsonl_with_a_pretrained_tokenizer_from_the_cli(tmp_path, t
     n = min(len(expected), stream.size)
     assert n > 40 and stream[:n].tolist() == expected[:n]
     assert (stream == 1).sum() >= 20 and stream[0] == 1  # one <s> per document
+    assert data.store.num_rows("dev") > 0 and data.store.num_rows("test") > 0
 
 
 def test_prepare_refuses_mixed_or_incomplete_inputs(tmp_path, tiny_raw):

@@ -122,6 +122,17 @@ def test_resaved_tokenizer_is_the_same_and_a_different_one_is_refused(tmp_path, 
     with pytest.raises(LogitcacheError, match="different tokenizer"):
         dump(dump_config(tiny_data, [bad], tmp_path / "c.zarr", max_chunks=8))
     assert not (tmp_path / "c.zarr").exists()
+    from typer.testing import CliRunner
+
+    from logitcache_cli.app import app
+
+    result = CliRunner().invoke(app, ["dump", "--data", str(tiny_data), "--teacher", str(bad), "--out",
+                                      str(tmp_path / "c.zarr"), "--device", "cpu"])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "different tokenizer" in lines[0], result.output
+    result = CliRunner().invoke(app, ["dump", "--data", str(tiny_data), "--teacher", str(teacher_dirs["llama"]),
+                                      "--out", str(tmp_path / "ok.zarr"), "--max-chunks", "8", "--device", "cpu"])
+    assert result.exit_code == 0, result.output  # the re-saved tokenizer is accepted
 
 
 def test_teacher_without_tokenizer_is_checked_by_vocabulary_only(tmp_path, tiny_data, teacher_dirs, caplog):
