@@ -17,16 +17,18 @@ def command(config: EvalConfig, json_out: C.JsonOut = None) -> None:
     has_teacher, has_blimp = bool(config.teachers), config.blimp is not None
     columns = ["model", "params", f"{config.split} CE", "ppl", "bits/byte"]
     columns += ["top-1 agr.", "KL to teachers"] if has_teacher else []
-    columns += ["BLiMP"] if has_blimp else []
+    columns += ["BLiMP strict", "BLiMP official"] if has_blimp else []
     rows = []
     for m in result["models"]:
         row = [m["path"], m["params"], m["ce"], m["ppl"], m["bits_per_byte"]]
         row += [m["teacher_top1_agreement"], m["teacher_kl"]] if has_teacher else []
-        row += [m["blimp"]["overall"]] if has_blimp else []
+        row += [m["blimp"]["strict"], m["blimp"]["official"]] if has_blimp else []
         rows.append(row)
     C.print_table(f"eval on {config.split}", columns, rows)
     if has_blimp:
-        terms = sorted(result["models"][0]["blimp"]["terms"])
-        C.print_table("BLiMP by linguistic term", ["term"] + [Path(m["path"]).name for m in result["models"]],
-                      [[t] + [m["blimp"]["terms"][t] for m in result["models"]] for t in terms])
+        categories = sorted(result["models"][0]["blimp"]["categories"])
+        names = [Path(m["path"]).name for m in result["models"]]
+        C.print_table("BLiMP by category (strict / official)", ["category"] + names,
+                      [[c] + [f"{m['blimp']['categories'][c]['strict']:.3f} / {m['blimp']['categories'][c]['official']:.3f}"
+                              for m in result["models"]] for c in categories])
     C.write_json(json_out, result)

@@ -11,6 +11,8 @@ from . import common as C
 def command(
     out: Annotated[Path, typer.Option("--out", help="Work directory: every stage's output and the report.")] = Path("work/demo"),
     config: Annotated[Optional[Path], typer.Option("--config", help="TOML config (default: configs/demo.toml, the embedded demo).")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="Raw text for the run (sets data.raw_dir): the BabyLM folder "
+                                                  "(babylm_10M/, babylm_dev/, babylm_test/) or any <source>.<split> layout.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override one config key: KEY=VALUE with a dotted key "
                                                        "(student.train.max_steps=20, dump.top_k=64, teachers.gpt2.preset=gpt2-tiny); "
                                                        "repeatable. VALUE is read as TOML, else as a string.")] = None,
@@ -19,7 +21,8 @@ def command(
     """corpus -> prepare -> teachers -> dump -> students -> eval -> report; complete stages are skipped."""
     from logitcache.run import load_run_config, run_pipeline
 
-    run_config = load_run_config(config, tuple(set_ or ()))
+    overrides = tuple(set_ or ()) + ((f'data.raw_dir="{Path(data).resolve()}"',) if data is not None else ())
+    run_config = load_run_config(config, overrides)
     report = run_pipeline(run_config, out, tuple(force or ()), progress=C.progress_hook())
     rows = [[f"teacher {t['name']}", t["params"], t["dev_ce"], t["test_ce"]] for t in report["teachers"]]
     rows += [[f"student {k}", s["params"], s["dev_ce"], s["test_ce"]] for k, s in report["students"].items()]

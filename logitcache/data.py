@@ -41,16 +41,46 @@ class PrepareReport:
                 "sources": self.sources, "seconds": self.seconds}
 
 
-def find_raw_files(data: Path) -> dict[tuple[str, str], list[Path]]:
-    """{(source, split): [paths]} for every `<source>.<split>` file under `data` (recursive)."""
+# The BabyLM releases: 2023 has babylm_10M/ (or babylm_100M/), babylm_dev/, babylm_test/ side by side;
+# 2024 has train_10M/ (train_100M/), dev/, test/. Files are <source>.<split> in each.
+BABYLM_TRAIN = {"10M": ("babylm_10M", "train_10M"), "100M": ("babylm_100M", "train_100M")}
+BABYLM_DEV, BABYLM_TEST = ("babylm_dev", "dev"), ("babylm_test", "test")
+
+
+def babylm_layout(data: Path, track: str = "10M") -> dict[str, Path] | None:
+    """{split: folder} when `data` is a BabyLM folder (holding the track, dev and test folders) or the
+    track folder itself with dev and test beside it; None for any other layout."""
+    data = Path(data)
+
+    def first(root: Path, names) -> Path | None:
+        return next((root / n for n in names if (root / n).is_dir()), None)
+
+    if (train := first(data, BABYLM_TRAIN[track])) is not None:
+        root = data
+    elif data.name in sum(BABYLM_TRAIN.values(), ()):
+        train, root = data, data.parent
+    else:
+        return None
+    dev, test = first(root, BABYLM_DEV), first(root, BABYLM_TEST)
+    if dev is None:
+        raise LogitcacheError(f"BabyLM layout: no babylm_dev/ (or dev/) folder beside {train}")
+    return {"train": train, "dev": dev} | ({"test": test} if test is not None else {})
+
+
+def find_raw_files(data: Path, track: str = "10M") -> dict[tuple[str, str], list[Path]]:
+    """{(source, split): [paths]} for every `<source>.<split>` file: in the BabyLM layout from the track,
+    dev and test folders, else anywhere under `data` (recursive)."""
     data = Path(data)
     if not data.is_dir():
         raise LogitcacheError(f"raw data directory {data} does not exist")
+    layout = babylm_layout(data, track)
+    roots = list(layout.items()) if layout else [(None, data)]
     found: dict[tuple[str, str], list[Path]] = {}
-    for path in sorted(data.rglob("*")):
-        match = _RAW_NAME.match(path.name)
-        if match and path.is_file():
-            found.setdefault((match["source"], match["split"]), []).append(path)
+    for wanted, root in roots:
+        for path in sorted(root.rglob("*")):
+            match = _RAW_NAME.match(path.name)
+            if match and path.is_file() and wanted in (None, match["split"]):
+                found.setdefault((match["source"], match["split"]), []).append(path)
     if not any(split == "train" for _, split in found):
         raise LogitcacheError(f"no '<source>.train' files under {data} (expected the BabyLM raw layout)")
     return found
@@ -101,7 +131,7 @@ def collect_documents(config: PrepareConfig, report: PrepareReport, progress: Pr
     sources sorted. --train/--dev/--test: one document per .txt file, JSONL line, Parquet or dataset row."""
     docs: dict[str, list[tuple[str, str]]] = {split: [] for split in SPLITS}
     if config.data is not None:
-        files = find_raw_files(config.data)
+        files = find_raw_files(config.data, config.babylm_track)
         progress.start("clean", len(files))
         for (source, split), paths in sorted(files.items()):
             texts = []

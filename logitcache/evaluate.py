@@ -72,27 +72,32 @@ def sentence_logprobs(model, tokenizer, sentences: list[str], device: torch.devi
 
 def blimp_accuracy(model, tokenizer, paradigms: dict[str, list[dict]], device: torch.device,
                    progress: ProgressHook = NULL_PROGRESS, specials: dict | None = None) -> dict:
-    """Per paradigm, per linguistic term and overall accuracy; a pair counts when good > bad strictly."""
-    per_paradigm: dict[str, float] = {}
-    by_term: dict[str, list[int]] = defaultdict(list)
+    """BLiMP accuracy under both conventions: `strict` counts a pair only when log p(good) > log p(bad)
+    (a tie is a miss); `official` is the BabyLM pipeline's (a tie goes to the good sentence). Each as a
+    macro average over paradigms, per paradigm, and per BabyLM category (the `linguistics_term` field,
+    macro over its paradigms). `overall` is the strict macro average (kept for older readers)."""
+    specials = specials or {"bos": BOS_ID, "eos": None, "pad": PAD_ID}
+    prefix = specials["bos"] if specials["bos"] is not None else specials["eos"]
+    pad = next((v for v in (specials["pad"], specials["eos"], 0) if v is not None))
+    per_paradigm: dict[str, dict[str, float]] = {}
+    category_of: dict[str, str] = {}
     progress.start("blimp", len(paradigms))
     for uid, records in paradigms.items():
-        specials = specials or {"bos": BOS_ID, "eos": None, "pad": PAD_ID}
-        prefix = specials["bos"] if specials["bos"] is not None else specials["eos"]
-        pad = next((v for v in (specials["pad"], specials["eos"], 0) if v is not None))
         good = sentence_logprobs(model, tokenizer, [r["sentence_good"] for r in records], device, prefix_id=prefix, pad_id=pad)
         bad = sentence_logprobs(model, tokenizer, [r["sentence_bad"] for r in records], device, prefix_id=prefix, pad_id=pad)
-        correct = (good > bad).astype(int)  # a tie is a miss
-        per_paradigm[uid] = float(correct.mean())
-        for record, c in zip(records, correct):
-            by_term[record.get("linguistics_term", "unknown")].append(int(c))
+        per_paradigm[uid] = {"strict": float((good > bad).mean()), "official": float((good >= bad).mean()),
+                             "pairs": len(records)}
+        category_of[uid] = records[0].get("linguistics_term", "unknown") if records else "unknown"
         progress.update(1)
     progress.finish()
-    return {
-        "overall": float(np.mean(list(per_paradigm.values()))),
-        "paradigms": per_paradigm,
-        "terms": {term: float(np.mean(v)) for term, v in sorted(by_term.items())},
-    }
+    categories: dict[str, dict[str, float]] = {}
+    for category in sorted(set(category_of.values())):
+        uids = [u for u, c in category_of.items() if c == category]
+        categories[category] = {kind: float(np.mean([per_paradigm[u][kind] for u in uids])) for kind in ("strict", "official")}
+    strict = float(np.mean([p["strict"] for p in per_paradigm.values()]))
+    official = float(np.mean([p["official"] for p in per_paradigm.values()]))
+    return {"strict": strict, "official": official, "overall": strict, "paradigms": per_paradigm,
+            "categories": categories, "terms": {c: v["strict"] for c, v in categories.items()}}
 
 
 def evaluate(config: EvalConfig, progress: ProgressHook = NULL_PROGRESS) -> dict:

@@ -21,17 +21,20 @@ def _model_entry(name: str, path: Path, results: dict) -> dict:
     entry = {"name": name, "path": str(path), "params": dev["params"], "dev_ce": dev["ce"], "test_ce": test["ce"],
              "dev_ppl": dev["ppl"], "test_ppl": test["ppl"], "dev_bits_per_byte": dev["bits_per_byte"]}
     if "blimp" in dev:
-        entry["blimp"] = dev["blimp"]["overall"]
+        entry["blimp"] = dev["blimp"]["strict"]
+        entry["blimp_official"] = dev["blimp"]["official"]
     return entry
 
 
 def _student_group(kind: str, paths: list[Path], results: dict) -> dict:
     """One entry per student kind: the mean over seeds, plus each seed's numbers."""
     seeds = [_model_entry(f"{kind} ({p.name})", p, results) for p in paths]
-    mean = {key: statistics.fmean(s[key] for s in seeds) for key in ("dev_ce", "test_ce", "dev_ppl", "test_ppl", "dev_bits_per_byte")}
+    keys = ["dev_ce", "test_ce", "dev_ppl", "test_ppl", "dev_bits_per_byte"]
     if all("blimp" in s for s in seeds):
-        mean["blimp"] = statistics.fmean(s["blimp"] for s in seeds)
-    return {"name": kind, "path": str(paths[0]), "params": seeds[0]["params"], **mean, "seeds": seeds}
+        keys += ["blimp", "blimp_official"]
+    mean = {key: statistics.fmean(s[key] for s in seeds) for key in keys}
+    spread = {key: {"mean": mean[key], "min": min(s[key] for s in seeds), "max": max(s[key] for s in seeds)} for key in keys}
+    return {"name": kind, "path": str(paths[0]), "params": seeds[0]["params"], **mean, "spread": spread, "seeds": seeds}
 
 
 def write_report(work: Path, config, teacher_dirs: list[Path], students: dict, cache: Path, results: dict,
@@ -51,6 +54,10 @@ def write_report(work: Path, config, teacher_dirs: list[Path], students: dict, c
         "stages": seconds,
     }
     report["distillation_gain_dev_ce"] = groups["baseline"]["dev_ce"] - groups["distilled"]["dev_ce"]
+    report["distillation_gain_test_ce"] = groups["baseline"]["test_ce"] - groups["distilled"]["test_ce"]
+    pairs = list(zip(groups["distilled"]["seeds"], groups["baseline"]["seeds"]))
+    report["seeds_distilled_better_dev"] = sum(d["dev_ce"] < b["dev_ce"] for d, b in pairs)
+    report["seeds_distilled_better_test"] = sum(d["test_ce"] < b["test_ce"] for d, b in pairs)
     plots = plot_curves(work, students)
     report["plots"] = [str(p.relative_to(work)) for p in plots]
     write_json_atomic(work / "report.json", report)
@@ -60,14 +67,15 @@ def write_report(work: Path, config, teacher_dirs: list[Path], students: dict, c
 
 def markdown(report: dict) -> str:
     has_blimp = all("blimp" in m for m in report["teachers"])
-    head = "| model | params | dev CE | dev ppl | test CE | test ppl | dev bits/byte |" + (" BLiMP |" if has_blimp else "")
+    head = "| model | params | dev CE | dev ppl | test CE | test ppl | dev bits/byte |" + (
+        " BLiMP strict | BLiMP official |" if has_blimp else "")
     lines = ["# logitcache run report", "", head, "|" + "---|" * (head.count("|") - 1)]
 
     def row(name, m):
         cells = [name, f"{m['params'] / 1e6:.2f}M", f"{m['dev_ce']:.4f}", f"{m['dev_ppl']:.1f}", f"{m['test_ce']:.4f}",
                  f"{m['test_ppl']:.1f}", f"{m['dev_bits_per_byte']:.4f}"]
         if has_blimp:
-            cells.append(f"{m.get('blimp', float('nan')):.3f}")
+            cells += [f"{m.get('blimp', float('nan')):.3f}", f"{m.get('blimp_official', float('nan')):.3f}"]
         return "| " + " | ".join(cells) + " |"
 
     for t in report["teachers"]:
@@ -77,9 +85,23 @@ def markdown(report: dict) -> str:
         label = "student, distilled from the cache" if kind == "distilled" else "student, no distillation (alpha = 1)"
         lines.append(row(f"{label}{f' (mean of {n_seeds} seeds)' if n_seeds > 1 else ''}", report["students"][kind]))
     if n_seeds > 1:
-        lines += ["", "| seed | distilled dev CE | baseline dev CE |", "|---|---|---|"]
-        for d, b in zip(report["students"]["distilled"]["seeds"], report["students"]["baseline"]["seeds"]):
-            lines.append(f"| {d['name'].split('seed')[-1].rstrip(')')} | {d['dev_ce']:.4f} | {b['dev_ce']:.4f} |")
+        d_group, b_group = report["students"]["distilled"], report["students"]["baseline"]
+        keys = ["dev_ce", "test_ce"] + (["blimp", "blimp_official"] if "blimp" in d_group["spread"] else [])
+        names = {"dev_ce": "dev CE", "test_ce": "test CE", "blimp": "BLiMP strict", "blimp_official": "BLiMP official"}
+        lines += ["", f"Over {n_seeds} student seeds (mean, min .. max):", "",
+                  "| metric | distilled | baseline | distilled better in |", "|---|---|---|---|"]
+        for key in keys:
+            d, b = d_group["spread"][key], b_group["spread"][key]
+            lower_is_better = key.endswith("_ce")
+            wins = sum((ds[key] < bs[key]) if lower_is_better else (ds[key] > bs[key])
+                       for ds, bs in zip(d_group["seeds"], b_group["seeds"]))
+            lines.append(f"| {names[key]} | {d['mean']:.4f} ({d['min']:.4f} .. {d['max']:.4f}) | "
+                         f"{b['mean']:.4f} ({b['min']:.4f} .. {b['max']:.4f}) | {wins} of {n_seeds} seeds |")
+        lines += ["", "| seed | distilled dev CE | baseline dev CE | distilled test CE | baseline test CE |",
+                  "|---|---|---|---|---|"]
+        for d, b in zip(d_group["seeds"], b_group["seeds"]):
+            lines.append(f"| {d['name'].split('seed')[-1].rstrip(')')} | {d['dev_ce']:.4f} | {b['dev_ce']:.4f} | "
+                         f"{d['test_ce']:.4f} | {b['test_ce']:.4f} |")
     c = report["cache"]
     gain = report["distillation_gain_dev_ce"]
     lines += [

@@ -45,6 +45,8 @@ class PrepareConfig:
                                                "file, a folder of them, or a datasets.save_to_disk folder.", in_run=False)
     dev: Optional[Path] = setting(None, help="The dev split (validation), as --train.", in_run=False)
     test: Optional[Path] = setting(None, help="The test split, as --train.", in_run=False)
+    babylm_track: Literal["10M", "100M"] = setting("10M", help="With --data in the BabyLM layout (babylm_10M/, "
+                                                               "babylm_dev/, babylm_test/): which training track.")
     text_field: str = setting("text", help="Column (JSONL key) holding the text.")
     source_field: Optional[str] = setting(None, help="Column naming each document's source, to pick its cleaner "
                                                      "(without it: whitespace and control bytes only).")

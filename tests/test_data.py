@@ -100,3 +100,24 @@ def test_missing_or_empty_raw_dir(tmp_path):
 def test_documents_are_joined_with_eos(tiny_data):
     ids = load_data(tiny_data).store.split("train").reshape(-1)
     assert (ids == EOS_ID).sum() >= 1
+
+
+@pytest.mark.parametrize("names", [("babylm_10M", "babylm_dev", "babylm_test"), ("train_10M", "dev", "test")])
+def test_babylm_layout_takes_the_track_and_its_dev_and_test(tmp_path, names):
+    """BabyLM as people have it on disk: the 10M track beside the dev and test folders (and a 100M track
+    that must not leak into the 10M run). Before: dev was not found and validation read 0.0."""
+    from logitcache.data import find_raw_files
+
+    train, dev, test = (tmp_path / n for n in names)
+    for folder, split in ((train, "train"), (dev, "dev"), (test, "test")):
+        folder.mkdir()
+        for source in ("aochildes", "wikipedia"):
+            (folder / f"{source}.{split}").write_text("text\n")
+    (tmp_path / names[0].replace("10M", "100M")).mkdir()
+    (tmp_path / names[0].replace("10M", "100M") / "aochildes.train").write_text("the big track\n")
+    found = find_raw_files(tmp_path)
+    assert sorted(found) == sorted((s, split) for s in ("aochildes", "wikipedia") for split in ("train", "dev", "test"))
+    assert all(paths[0].parent.name == {"train": names[0], "dev": names[1], "test": names[2]}[split]
+               for (_, split), paths in found.items())
+    assert find_raw_files(train) == found  # the track folder itself finds its siblings
+    assert find_raw_files(tmp_path, "100M")[("aochildes", "train")][0].read_text() == "the big track\n"

@@ -46,12 +46,14 @@ def test_blimp_score_is_the_hand_summed_log_prob(tiny_data, tiny_teachers):
         assert math.isclose(score, by_hand, rel_tol=1e-4, abs_tol=1e-4)
 
 
-def test_a_tie_is_a_miss(tiny_data, tiny_teachers):
+def test_a_tie_is_a_miss_strictly_and_a_hit_officially(tiny_data, tiny_teachers):
     model = load_model(tiny_teachers[0])
     tokenizer = load_tokenizer(tiny_data / "tokenizer.json")
     same = [{"sentence_good": "The cat sees a dog.", "sentence_bad": "The cat sees a dog.", "linguistics_term": "t"}]
     result = blimp_accuracy(model, tokenizer, {"ties": same * 3}, torch.device("cpu"))
-    assert result["overall"] == 0.0 and result["paradigms"]["ties"] == 0.0 and result["terms"]["t"] == 0.0
+    assert result["strict"] == 0.0 and result["paradigms"]["ties"]["strict"] == 0.0 and result["categories"]["t"]["strict"] == 0.0
+    # the BabyLM pipeline's convention: a tie goes to the good sentence
+    assert result["official"] == 1.0 and result["categories"]["t"]["official"] == 1.0
 
 
 def test_eval_json_has_every_field(tmp_path, tiny_data, tiny_teachers):
@@ -64,8 +66,11 @@ def test_eval_json_has_every_field(tmp_path, tiny_data, tiny_teachers):
         assert set(m) >= {"path", "params", "ce", "ppl", "split", "bits_per_byte", "blimp", "teacher_top1_agreement",
                           "teacher_kl"}
         assert math.isclose(m["ppl"], math.exp(m["ce"]), rel_tol=1e-9)
-        assert 0 <= m["blimp"]["overall"] <= 1 and len(m["blimp"]["paradigms"]) == n_paradigms
-        assert all(0 <= v <= 1 for v in m["blimp"]["terms"].values())
+        assert 0 <= m["blimp"]["strict"] <= m["blimp"]["official"] <= 1 and len(m["blimp"]["paradigms"]) == n_paradigms
+        assert all(0 <= v["strict"] <= v["official"] <= 1 for v in m["blimp"]["categories"].values())
+        paradigms = m["blimp"]["paradigms"]  # the macro averages are the means of the per-paradigm scores
+        assert math.isclose(m["blimp"]["strict"], np.mean([p["strict"] for p in paradigms.values()]))
+        assert math.isclose(m["blimp"]["official"], np.mean([p["official"] for p in paradigms.values()]))
         assert 0 <= m["teacher_top1_agreement"] <= 1 and m["teacher_kl"] >= 0
 
 
