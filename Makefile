@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# make demo BLIMP=path/to/blimp adds BLiMP (strict and official) for every model to the report
+BLIMP ?=
 demo: $(STAMP)
-	$(BIN)/logitcache run --out work/demo
+	$(BIN)/logitcache run --out work/demo $(if $(BLIMP),--set 'eval.blimp="$(abspath $(BLIMP))"')
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -x

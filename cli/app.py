@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import typer
 
-from . import bench, corpus, dump, evaluate, inspect_cache, prepare, run, train_student, train_teacher, verify
+from . import bench, corpus, dump, evaluate, export, inspect_cache, prepare, run, train_student, train_teacher, verify
 from .common import STATE, OneLineErrors, setup_logging
 
 app = typer.Typer(
@@ -33,6 +33,7 @@ app.command("inspect")(inspect_cache.command)
 app.command("verify")(verify.command)
 app.command("train-student")(train_student.command)
 app.command("eval")(evaluate.command)
+app.command("export")(export.command)
 app.add_typer(bench.app, name="bench")
 app.command("run")(run.command)
 

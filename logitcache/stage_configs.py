@@ -249,3 +249,10 @@ class CacheSizeConfig:
         check(self.chunks > 0, "chunks must be positive")
         check(self.train_steps >= 0, "train_steps must be >= 0")
         get_preset(self.student_preset)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    src: Path = setting(help="A trained model folder (train-student or train-teacher --out).", argument=True)
+    dst: Path = setting(help="The folder to write: Hugging Face format, ready for the BabyLM pipelines and the Hub.",
+                        argument=True)

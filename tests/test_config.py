@@ -10,8 +10,8 @@ import typer
 from logitcache.configs import field_default
 from logitcache.errors import LogitcacheError
 from logitcache.run import RunConfig, load_run_config, stage_configs
-from logitcache.stage_configs import (CacheSizeConfig, DumpConfig, EvalConfig, PrepareConfig, ProbDtype, StudentConfig,
-                                      TeacherConfig, TrainConfig, choices)
+from logitcache.stage_configs import (CacheSizeConfig, DumpConfig, EvalConfig, ExportConfig, PrepareConfig, ProbDtype,
+                                      StudentConfig, TeacherConfig, TrainConfig, choices)
 from logitcache.store import PROB_DTYPES
 from logitcache_cli.app import app
 
@@ -24,6 +24,7 @@ STAGES = [
     (StudentConfig, ["train-student"], "student"),
     (EvalConfig, ["eval"], "eval"),
     (CacheSizeConfig, ["bench", "cache-size"], None),
+    (ExportConfig, ["export"], None),
 ]
 MINIMAL_TOML = '[[teachers]]\nname = "a"\n'  # every other key at its default
 
@@ -83,7 +84,7 @@ def test_every_field_is_a_cli_option_and_a_toml_key_with_one_default(tmp_path, c
             node = getattr(node, part)
         assert node == default, (section, path, node, default)
         checked_toml += 1
-    assert checked_cli >= 4 and (section is None or checked_toml >= 2)
+    assert checked_cli >= 2 and (section is None or checked_toml >= 2)
 
 
 def test_choices_are_listed_and_match_the_codecs():
