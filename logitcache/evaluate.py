@@ -96,8 +96,10 @@ def blimp_accuracy(model, tokenizer, paradigms: dict[str, list[dict]], device: t
         categories[category] = {kind: float(np.mean([per_paradigm[u][kind] for u in uids])) for kind in ("strict", "official")}
     strict = float(np.mean([p["strict"] for p in per_paradigm.values()]))
     official = float(np.mean([p["official"] for p in per_paradigm.values()]))
-    return {"strict": strict, "official": official, "overall": strict, "paradigms": per_paradigm,
-            "categories": categories, "terms": {c: v["strict"] for c, v in categories.items()}}
+    # `overall`, `paradigms` and `terms` keep their documented meaning (strict, floats) for older readers
+    return {"strict": strict, "official": official, "overall": strict, "by_paradigm": per_paradigm,
+            "categories": categories, "paradigms": {u: p["strict"] for u, p in per_paradigm.items()},
+            "terms": {c: v["strict"] for c, v in categories.items()}}
 
 
 def evaluate(config: EvalConfig, progress: ProgressHook = NULL_PROGRESS) -> dict:

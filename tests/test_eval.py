@@ -51,7 +51,7 @@ def test_a_tie_is_a_miss_strictly_and_a_hit_officially(tiny_data, tiny_teachers)
     tokenizer = load_tokenizer(tiny_data / "tokenizer.json")
     same = [{"sentence_good": "The cat sees a dog.", "sentence_bad": "The cat sees a dog.", "linguistics_term": "t"}]
     result = blimp_accuracy(model, tokenizer, {"ties": same * 3}, torch.device("cpu"))
-    assert result["strict"] == 0.0 and result["paradigms"]["ties"]["strict"] == 0.0 and result["categories"]["t"]["strict"] == 0.0
+    assert result["strict"] == 0.0 and result["by_paradigm"]["ties"]["strict"] == 0.0 and result["categories"]["t"]["strict"] == 0.0
     # the BabyLM pipeline's convention: a tie goes to the good sentence
     assert result["official"] == 1.0 and result["categories"]["t"]["official"] == 1.0
 
@@ -68,7 +68,8 @@ def test_eval_json_has_every_field(tmp_path, tiny_data, tiny_teachers):
         assert math.isclose(m["ppl"], math.exp(m["ce"]), rel_tol=1e-9)
         assert 0 <= m["blimp"]["strict"] <= m["blimp"]["official"] <= 1 and len(m["blimp"]["paradigms"]) == n_paradigms
         assert all(0 <= v["strict"] <= v["official"] <= 1 for v in m["blimp"]["categories"].values())
-        paradigms = m["blimp"]["paradigms"]  # the macro averages are the means of the per-paradigm scores
+        paradigms = m["blimp"]["by_paradigm"]  # the macro averages are the means of the per-paradigm scores
+        assert m["blimp"]["paradigms"] == {u: p["strict"] for u, p in paradigms.items()}
         assert math.isclose(m["blimp"]["strict"], np.mean([p["strict"] for p in paradigms.values()]))
         assert math.isclose(m["blimp"]["official"], np.mean([p["official"] for p in paradigms.values()]))
         assert 0 <= m["teacher_top1_agreement"] <= 1 and m["teacher_kl"] >= 0
