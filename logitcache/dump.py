@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import datetime
 import logging
-import queue
-import threading
+import collections
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,31 +102,39 @@ def sample_targets(probs: torch.Tensor, n_samples: int, proposal_temperature: fl
 
 
 class BlockWriter:
-    """Background writer: encodes, compresses and commits blocks while the teachers keep computing."""
+    """Encodes, compresses, checksums and commits blocks on `threads` background threads while the
+    teachers keep computing (numpy, blosc and zstd release the GIL, so the threads use several cores).
 
-    def __init__(self, store: CacheStore, depth: int = 2):
+    Each block is committed on its own: its data, then its checksum, then its `done` marker, so blocks
+    may finish in any order and a kill leaves every block either committed or redone by --resume,
+    exactly as with one thread; each block's bytes do not depend on the others, so the store is
+    byte-identical to a serial write. Memory: at most `threads + depth` blocks wait in memory.
+    """
+
+    def __init__(self, store: CacheStore, threads: int = 2, depth: int = 2):
         self.store = store
-        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="logitcache-writer")
+        self.pending: collections.deque = collections.deque()
+        self.limit = max(1, threads) + depth
         self.error: BaseException | None = None
         self.written = 0
-        self.thread = threading.Thread(target=self._run, name="logitcache-writer", daemon=True)
-        self.thread.start()
 
-    def _run(self) -> None:
-        while True:
-            item = self.queue.get()
-            if item is None:
-                return
-            if self.error is None:
-                try:
-                    self.store.write_block(*item)
-                    self.written += 1
-                except BaseException as exc:  # disk full, permissions: reported by the main thread
-                    self.error = exc
+    def _reap(self, wait_for_one: bool) -> None:
+        while self.pending and (wait_for_one or self.pending[0].done()):
+            future = self.pending.popleft()
+            wait_for_one = False
+            exc = future.exception()
+            if exc is not None:
+                self.error = self.error or exc  # disk full, permissions: reported by the main thread
+            else:
+                self.written += 1
 
     def put(self, *item) -> None:
+        self._reap(wait_for_one=False)
         self.raise_if_failed()
-        self.queue.put(item)
+        while len(self.pending) >= self.limit:
+            self._reap(wait_for_one=True)
+        self.pending.append(self.pool.submit(self.store.write_block, *item))
 
     def raise_if_failed(self) -> None:
         if self.error is not None:
@@ -136,8 +144,9 @@ class BlockWriter:
             ) from None
 
     def close(self) -> None:
-        self.queue.put(None)
-        self.thread.join()
+        while self.pending:
+            self._reap(wait_for_one=True)
+        self.pool.shutdown(wait=True)
         self.raise_if_failed()
 
 
@@ -229,7 +238,7 @@ def dump(config: DumpConfig, resume: bool = False, overwrite: bool = False,
     report = DumpReport(path=str(config.out), n_rows=rows.shape[0], blocks_skipped=len(mine) - len(todo),
                         rank=env.rank, world=env.world)
     progress.start("dump", sum(stop - start for start, stop in map(layout.block_range, todo)))
-    writer = BlockWriter(store)
+    writer = BlockWriter(store, threads=config.writer_threads)
     t_start = time.perf_counter()
     try:
         for block in todo:

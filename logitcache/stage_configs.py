@@ -137,12 +137,14 @@ class DumpConfig:
     seed: int = setting(0, help="Seed of the sampled targets.")
     device: Device = setting("auto", help="Where the teachers run: auto, cpu or cuda.")
     precision: Precision = setting("auto", help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16 or fp16.")
+    writer_threads: int = setting(2, help="Threads that encode, compress and write blocks beside the teachers.")
     logit_budget_mb: int = setting(1024, help="Working memory for the (rows, T, V) logit buffers: a batch runs in "
                                               "row slices that fit (bounds memory at any vocabulary).")
 
     def __post_init__(self):
         check(len(self.teachers) >= 1, "at least one teacher is required")
         check(self.logit_budget_mb > 0, "logit_budget_mb must be positive")
+        check(self.writer_threads > 0, "writer_threads must be positive")
         _in(self.split, Split, "split")
         check(self.top_k > 0, f"top_k must be positive, got {self.top_k}")
         check(self.temperature > 0, f"temperature must be positive, got {self.temperature}")

@@ -203,3 +203,16 @@ def test_layers_import_only_what_they_use():
         proc = subprocess.run([sys.executable, "-c", code.format(module=module, forbidden=forbidden)],
                               capture_output=True, text=True)
         assert proc.returncode == 0, (module, proc.stdout, proc.stderr[-500:])
+
+
+def test_parallel_writer_is_byte_identical_to_one_thread(tmp_path, tiny_data, tiny_teachers):
+    """Blocks encoded, compressed and committed on 4 threads: every stored file equals a 1-thread write."""
+    stores = {}
+    for threads in (1, 4):
+        out = tmp_path / f"c{threads}.zarr"
+        dump(dump_config(tiny_data, tiny_teachers, out, writer_threads=threads, block_rows=4))
+        stores[threads] = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*"))
+                           if p.is_file() and p.name != "zarr.json"}
+    assert stores[1].keys() == stores[4].keys() and len(stores[1]) > 40
+    assert all(stores[1][name] == stores[4][name] for name in stores[1])
+    assert verify_cache(tmp_path / "c4.zarr") == []
