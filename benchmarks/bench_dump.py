@@ -2,6 +2,7 @@
 
     python benchmarks/bench_dump.py [--data WORK/data --teacher DIR --teacher DIR] [--chunks 256]
     python benchmarks/bench_dump.py --vocab-sweep 32000,128000,256000 [--chunks 64]
+    python benchmarks/bench_dump.py --writer --data work/demo/data --teacher work/demo/teachers/llama --teacher work/demo/teachers/gpt2
 
 Without --data it builds random-init teachers from presets and random chunks (throughput does
 not depend on the weights). Arms alternate (bare, dump, bare, dump, ...) and medians are quoted.
@@ -61,6 +62,72 @@ def word_level_data(out: Path, vocab_size: int, chunks: int, seq_len: int = 128)
                                                     "sources": {}, "tokenizer_sha256": sha,
                                                     "fingerprint": fingerprint(sha, splits)})
     return out
+
+
+def writer_frontier(data_dir: Path, teacher_dirs: list[Path], chunks: int, tmp: Path, repeats: int) -> None:
+    """The host side alone: blocks of real teacher targets (top-32, sqrt-u7) encoded, compressed,
+    checksummed and written, by writer threads and compression level; the baseline is one thread at
+    blosc-zstd level 7 (the store's setting before this benchmark)."""
+    from logitcache.data import load_data
+    from logitcache.dump import BlockWriter
+    from logitcache.ensemble import Ensemble, load_teachers
+    from logitcache.store import CacheLayout, CacheStore, cache_summary, create_cache
+
+    data = load_data(data_dir)
+    rows = data.store.split("train")[:chunks]
+    models, _ = load_teachers(teacher_dirs, torch.device("cpu"), data)
+    ensemble = Ensemble(models, "mean-logits", 1.0, torch.device("cpu"), vocab_size=data.vocab_size)
+    block_rows = 256
+    blocks = []
+    for start in range(0, rows.shape[0] - block_rows + 1, block_rows):
+        parts = [ensemble.topk(torch.from_numpy(rows[b:b + 16].astype(np.int64)), 32)
+                 for b in range(start, start + block_rows, 16)]
+        ids = torch.cat([p[0] for p in parts]).numpy()
+        probs = torch.cat([p[1] for p in parts]).numpy()
+        blocks.append((rows[start:start + block_rows], ids, probs))
+    n_rows = len(blocks) * block_rows
+    layout = CacheLayout(n_rows, rows.shape[1], 32, data.vocab_size, block_rows, "sqrt-u7")
+
+    def write_all(threads: int, codec: tuple[str, int]) -> tuple[float, float]:
+        out = tmp / f"w{threads}-{codec[0]}{codec[1]}.zarr"
+        shutil.rmtree(out, ignore_errors=True)
+        create_cache(out, layout, {"kind": "cache"}, codec=codec)
+        store = CacheStore(out, mode="r+")
+        t0 = time.perf_counter()
+        if threads == 0:  # the baseline: the caller's thread, one block after another
+            for b, (tokens, ids, probs) in enumerate(blocks):
+                store.write_block(b, tokens, ids, probs)
+        else:
+            writer = BlockWriter(store, threads=threads)
+            for b, (tokens, ids, probs) in enumerate(blocks):
+                writer.put(b, tokens, ids, probs)
+            writer.close()
+        seconds = time.perf_counter() - t0
+        bytes_per_token = cache_summary(out)["bytes_per_token"]
+        shutil.rmtree(out)
+        return n_rows * rows.shape[1] / seconds, bytes_per_token
+
+    baseline = (0, ("blosc", 7))  # the store's setting before: one thread, blosc(shuffle)+zstd level 7
+    codecs = [("blosc", 7), ("blosc", 5), ("blosc", 1), ("zstd", 12), ("zstd", 10), ("zstd", 8), ("zstd", 6)]
+    arms = [baseline] + [(t, c) for c in codecs for t in (1, 2, 4)]
+    results = {arm: [] for arm in arms}
+    for _ in range(repeats):
+        for arm in arms:
+            results[arm].append(write_all(*arm))
+    table = {arm: (median([r[0] for r in rs]), rs[0][1]) for arm, rs in results.items()}
+    base_speed, base_bytes = table[baseline]
+    rows_out = [["baseline (1 thread, serial)" if t == 0 else f"{t} writer thread(s)", f"{c[0]} {c[1]}", speed, b,
+                 speed / base_speed, b / base_bytes] for (t, c), (speed, b) in table.items()]
+    print_table(f"writer alone on {len(blocks)} blocks of {block_rows} rows of real targets (top-32, sqrt-u7, vocab "
+                f"{data.vocab_size}; medians of {repeats})",
+                ["writer", "codec, level", "tokens/s", "bytes/token", "speed vs baseline", "size vs baseline"], rows_out)
+    allowed = {arm: v for arm, v in table.items() if arm[0] > 0 and v[1] <= 1.05 * base_bytes}
+    best = max(allowed, key=lambda arm: allowed[arm][0])
+    emit_json({"bench": "dump-writer", "writer_tokens_per_s": table[best][0], "bytes_per_token": table[best][1],
+               "writer_threads": best[0], "codec": list(best[1]), "baseline_writer_tokens_per_s": base_speed,
+               "baseline_bytes_per_token": base_bytes,
+               "frontier": [{"threads": t, "codec": list(c), "tokens_per_s": v[0], "bytes_per_token": v[1]}
+                            for (t, c), v in table.items()]})
 
 
 def child_dump(data: Path, teacher: Path, out: Path, chunks: int, budget_mb: int) -> None:
@@ -129,6 +196,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--vocab-sweep", default="", help="comma-separated vocabulary sizes (e.g. 32000,128000,256000)")
+    parser.add_argument("--writer", action="store_true", help="the host-side writer alone (needs --data and --teacher)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -136,6 +204,10 @@ def main() -> None:
     try:
         if args.vocab_sweep:
             return vocab_sweep([int(v) for v in args.vocab_sweep.split(",")], args.chunks, tmp)
+        if args.writer:
+            if not (args.data and args.teacher):
+                raise SystemExit("--writer needs --data and --teacher (trained teachers, e.g. work/demo after make demo)")
+            return writer_frontier(args.data, args.teacher, args.chunks, tmp, args.repeats)
         data_dir = args.data or synthetic_data(tmp / "data", args.vocab_size, args.chunks)
         data = load_data(data_dir)
         if args.teacher:

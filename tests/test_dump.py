@@ -105,8 +105,8 @@ def test_resumed_dump_equals_single_shot_after_a_write_failure(tmp_path, tiny_da
         written.append(block)
 
     monkeypatch.setattr(CacheStore, "write_block", failing)
-    with pytest.raises(LogitcacheError, match="No space left.*--resume"):
-        dump(dump_config(tiny_data, tiny_teachers, out))
+    with pytest.raises(LogitcacheError, match="No space left.*--resume"):  # one writer thread: a fixed failure point
+        dump(dump_config(tiny_data, tiny_teachers, out, writer_threads=1))
     monkeypatch.setattr(CacheStore, "write_block", original)
     done_before = stored_arrays(out)["done"]
     assert done_before.sum() == 2
