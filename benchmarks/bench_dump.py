@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common import emit_json, median, print_table, synthetic_data  # noqa: E402
+from common import emit_json, median, peak_rss_mb, print_table, synthetic_data  # noqa: E402
 
 
 def bare_forward(models, rows: np.ndarray, batch_size: int) -> float:
@@ -133,14 +133,12 @@ def writer_frontier(data_dir: Path, teacher_dirs: list[Path], chunks: int, tmp: 
 def child_dump(data: Path, teacher: Path, out: Path, chunks: int, budget_mb: int) -> None:
     """One dump in this process; prints {"tokens_per_s", "peak_rss_mb"} as JSON."""
     import json
-    import resource
-
     from logitcache.dump import DumpConfig, dump
 
     report = dump(DumpConfig(data=data, teachers=(teacher,), out=out, top_k=32, batch_size=16, block_rows=64,
                              max_chunks=chunks, row_selection="first", device="cpu", logit_budget_mb=budget_mb))
     print(json.dumps({"tokens_per_s": report.tokens_per_s,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "peak_rss_mb": peak_rss_mb()}))
 
 
 def vocab_sweep(vocabs: list[int], chunks: int, tmp: Path) -> None:

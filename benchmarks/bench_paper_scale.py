@@ -21,7 +21,6 @@ tune_heap()  # before torch is imported (logitcache/memory.py)
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import resource  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -32,7 +31,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common import emit_json, median, print_table, synthetic_data  # noqa: E402
+from common import emit_json, median, peak_rss_mb, print_table, synthetic_data  # noqa: E402
 
 TEACHERS = ("gpt2-705m", "llama-360m")
 STUDENT = "llama-58m"
@@ -99,7 +98,7 @@ def run_arm(arm: str, work: Path, args) -> dict:
         result = arm_student(arm.split("-", 1)[1], work, args)
     else:
         result = arm_forward(work, args) if arm == "forward" else arm_dump(work, args)
-    peak = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    peak = {"peak_rss_mb": peak_rss_mb()}
     if torch.cuda.is_available() and args.device != "cpu":
         peak["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return {"arm": arm, **result, **peak}

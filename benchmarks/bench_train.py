@@ -15,7 +15,6 @@ tune_heap()  # before torch is imported (logitcache/memory.py)
 
 import argparse  # noqa: E402
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common import emit_json, median, print_table, synthetic_data  # noqa: E402
+from common import emit_json, median, peak_rss_mb, print_table, synthetic_data  # noqa: E402
 
 WARMUP = 2
 
@@ -85,7 +84,7 @@ def run_arm(arm: str, work: Path, args) -> dict:
     torch.set_num_threads(args.threads)
     kind, preset = arm.split(":")
     tokens_per_s = arm_bare(preset, work, args) if kind == "bare" else arm_fit(kind, preset, work, args)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mb()
     return {"arm": arm, "tokens_per_s": tokens_per_s, "peak_rss_mb": peak_mb}
 
 

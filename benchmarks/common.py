@@ -51,3 +51,15 @@ def _fmt(v) -> str:
 
 def emit_json(payload: dict) -> None:
     print(json.dumps(payload))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM). Not getrusage's ru_maxrss: Linux carries that over
+    fork and exec, so a child would report its parent's peak when the parent was bigger."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

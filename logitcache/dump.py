@@ -103,7 +103,7 @@ def sample_targets(probs: torch.Tensor, n_samples: int, proposal_temperature: fl
 
 class BlockWriter:
     """Encodes, compresses, checksums and commits blocks on `threads` background threads while the
-    teachers keep computing (numpy, blosc and zstd release the GIL, so the threads use several cores).
+    teachers keep computing (numpy and zstd release the GIL, so the threads use several cores).
 
     Each block is committed on its own: its data, then its checksum, then its `done` marker, so blocks
     may finish in any order and a kill leaves every block either committed or redone by --resume,

@@ -1,6 +1,6 @@
 """Kept ids: sorted ascending per position and stored as gaps (first id, then differences).
 
-Small gaps have mostly-zero high bytes, which byte-shuffle + zstd then remove.
+Small gaps have mostly-zero high bytes, which zstd then removes.
 """
 from __future__ import annotations
 
