@@ -20,10 +20,7 @@ from logitcache.memory import tune_heap
 tune_heap()  # before torch is imported (logitcache/memory.py)
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -31,7 +28,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common import emit_json, median, peak_rss_mb, print_table, synthetic_data  # noqa: E402
+from common import emit_json, median, peak_rss_mb, parse_or_run_arm, print_table, run_arms_interleaved, synthetic_data  # noqa: E402
 
 TEACHERS = ("gpt2-705m", "llama-360m")
 STUDENT = "llama-58m"
@@ -130,28 +127,16 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=32, help="chunks for the forward and dump arms")
     parser.add_argument("--dump-batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu, or auto/cuda for the GPU check")
-    parser.add_argument("--arm", help=argparse.SUPPRESS)
-    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.arm:
-        print(json.dumps(run_arm(args.arm, args.work, args)))
+    args = parse_or_run_arm(parser, run_arm)
+    if args is None:
         return
 
     work = Path(tempfile.mkdtemp(prefix="bench_paper_"))
     try:
         teacher_gb = setup(work, args)
         arms = ["student-ce", "student-cache", "student-online", "forward", "dump"]
-        results: dict[str, list[dict]] = {arm: [] for arm in arms}
-        passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("arm", "work")]
-        for _ in range(args.repeats):
-            for arm in arms:  # interleaved, so machine noise hits every arm alike
-                proc = subprocess.run([sys.executable, __file__, *passthrough, "--arm", arm, "--work", str(work)],
-                                      capture_output=True, text=True)
-                if proc.returncode != 0:
-                    raise SystemExit(f"arm {arm} failed:\n{proc.stderr[-3000:]}")
-                results[arm].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        results = run_arms_interleaved(__file__, arms, args, work)
         s = {arm: {k: median([r[k] for r in rs]) for k in rs[0] if k != "arm"} for arm, rs in results.items()}
         out = {
             "bench": "paper-scale",

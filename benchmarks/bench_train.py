@@ -14,10 +14,7 @@ from logitcache.memory import tune_heap
 tune_heap()  # before torch is imported (logitcache/memory.py)
 
 import argparse  # noqa: E402
-import json
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +22,7 @@ from pathlib import Path
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common import emit_json, median, peak_rss_mb, print_table, synthetic_data  # noqa: E402
+from common import emit_json, median, peak_rss_mb, parse_or_run_arm, print_table, run_arms_interleaved, synthetic_data  # noqa: E402
 
 WARMUP = 2
 
@@ -112,13 +109,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--temperature", type=float, default=2.0, help="T of the cache (and of the online teachers)")
-    parser.add_argument("--arm", help=argparse.SUPPRESS)
-    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.arm:
-        print(json.dumps(run_arm(args.arm, args.work, args)))
+    args = parse_or_run_arm(parser, run_arm)
+    if args is None:
         return
 
     work = Path(tempfile.mkdtemp(prefix="bench_train_"))
@@ -127,13 +120,7 @@ def main() -> None:
         presets = [p for p in args.presets.split(",") if p]
         arms = [f"{kind}:{p}" for p in presets for kind in ("bare", "loop")]
         arms += [f"{kind}:{args.student}" for kind in ("bare", "student-ce", "student-kd", "student-online")]
-        results: dict[str, list[dict]] = {arm: [] for arm in arms}
-        passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("arm", "work")]
-        for _ in range(args.repeats):
-            for arm in arms:  # interleaved, so machine noise hits every arm alike
-                proc = subprocess.run([sys.executable, __file__, *passthrough, "--arm", arm, "--work", str(work)],
-                                      capture_output=True, text=True, check=True)
-                results[arm].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        results = run_arms_interleaved(__file__, arms, args, work)
         summary = {arm: {"tokens_per_s": median([r["tokens_per_s"] for r in rs]),
                          "peak_rss_mb": median([r["peak_rss_mb"] for r in rs])} for arm, rs in results.items()}
         rows = []

@@ -63,3 +63,35 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_arms_interleaved(script: str, arms: list[str], args, work: Path) -> dict[str, list[dict]]:
+    """Each arm in its own process (`script --arm ARM --work WORK` with the same options), the arms
+    alternating over args.repeats rounds so machine noise hits every arm alike. {arm: [result, ...]}."""
+    import subprocess
+
+    results: dict[str, list[dict]] = {arm: [] for arm in arms}
+    passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("arm", "work")]
+    for _ in range(args.repeats):
+        for arm in arms:
+            proc = subprocess.run([sys.executable, script, *passthrough, "--arm", arm, "--work", str(work)],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(f"arm {arm} failed:\n{proc.stderr[-3000:]}")
+            results[arm].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return results
+
+
+def parse_or_run_arm(parser, run_arm):
+    """Add the hidden --arm/--work options and --threads, parse; inside an arm's process run it, print its
+    JSON result and return None; in the parent return the parsed options."""
+    import argparse
+
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--arm", help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.arm:
+        print(json.dumps(run_arm(args.arm, args.work, args)))
+        return None
+    return args
