@@ -3,6 +3,7 @@
     python benchmarks/bench_dump.py [--data WORK/data --teacher DIR --teacher DIR] [--chunks 256]
     python benchmarks/bench_dump.py --vocab-sweep 32000,128000,256000 [--chunks 64]
     python benchmarks/bench_dump.py --writer --data work/demo/data --teacher work/demo/teachers/llama --teacher work/demo/teachers/gpt2
+    python benchmarks/bench_dump.py --whole-process [--data ... --teacher ...] [--chunks 1024]
 
 Without --data it builds random-init teachers from presets and random chunks (throughput does
 not depend on the weights). Arms alternate (bare, dump, bare, dump, ...) and medians are quoted.
@@ -130,6 +131,58 @@ def writer_frontier(data_dir: Path, teacher_dirs: list[Path], chunks: int, tmp: 
                             for (t, c), v in table.items()]})
 
 
+BARE_FORWARD = """
+import sys, time, numpy as np, torch
+from logitcache.memory import tune_heap
+torch.set_num_threads(int(sys.argv[3]))
+from logitcache.data import load_data
+from logitcache.models import load_model
+rows = load_data(sys.argv[1]).store.split("train")[: int(sys.argv[2])]
+models = [load_model(p) for p in sys.argv[5:]]
+batch = int(sys.argv[4])
+with torch.no_grad():
+    for start in range(0, rows.shape[0], batch):
+        ids = torch.from_numpy(rows[start:start + batch].astype(np.int64))
+        for model in models:
+            model(input_ids=ids).logits
+"""
+
+
+def whole_process(data_dir: Path, teacher_dirs: list[Path], chunks: int, batch_size: int, threads: int, repeats: int,
+                  tmp: Path) -> None:
+    """`logitcache dump` as a whole process (start-up, loading, writing, exit) against a whole process that
+    loads the same teachers and runs their bare forward over the same chunks."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    forward_cmd = [sys.executable, "-c", BARE_FORWARD, str(data_dir), str(chunks), str(threads), str(batch_size),
+                   *map(str, teacher_dirs)]
+    cli = str(Path(sys.executable).with_name("logitcache"))
+    bare, full = [], []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        subprocess.run(forward_cmd, check=True, env=env, capture_output=True)
+        bare.append(time.perf_counter() - t0)
+        out = tmp / f"whole{r}.zarr"
+        dump_cmd = [cli, "dump", "--data", str(data_dir), *[a for t in teacher_dirs for a in ("--teacher", str(t))],
+                    "--out", str(out), "--top-k", "32", "--batch-size", str(batch_size), "--max-chunks", str(chunks),
+                    "--row-selection", "first", "--device", "cpu"]
+        t0 = time.perf_counter()
+        subprocess.run(dump_cmd, check=True, env=env, capture_output=True)
+        full.append(time.perf_counter() - t0)
+        shutil.rmtree(out)
+    ratio = median(bare) / median(full)
+    print_table(f"whole processes: dump vs bare teacher forward ({len(teacher_dirs)} teachers, {chunks} chunks, "
+                f"{threads} threads, medians of {repeats})", ["process", "median seconds", "runs"],
+                [["bare forward (load + forward)", median(bare), ", ".join(f"{x:.1f}" for x in bare)],
+                 ["logitcache dump", median(full), ", ".join(f"{x:.1f}" for x in full)],
+                 ["ratio forward time / dump time", ratio, ""]])
+    emit_json({"bench": "dump-whole-process", "forward_s": median(bare), "dump_s": median(full), "dump_vs_forward": ratio,
+               "teachers": [str(t) for t in teacher_dirs], "chunks": chunks})
+
+
 def child_dump(data: Path, teacher: Path, out: Path, chunks: int, budget_mb: int) -> None:
     """One dump in this process; prints {"tokens_per_s", "peak_rss_mb"} as JSON."""
     import json
@@ -195,6 +248,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--vocab-sweep", default="", help="comma-separated vocabulary sizes (e.g. 32000,128000,256000)")
     parser.add_argument("--writer", action="store_true", help="the host-side writer alone (needs --data and --teacher)")
+    parser.add_argument("--whole-process", action="store_true", help="dump and bare forward as whole processes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -207,6 +261,14 @@ def main() -> None:
                 raise SystemExit("--writer needs --data and --teacher (trained teachers, e.g. work/demo after make demo)")
             return writer_frontier(args.data, args.teacher, args.chunks, tmp, args.repeats)
         data_dir = args.data or synthetic_data(tmp / "data", args.vocab_size, args.chunks)
+        if args.whole_process and not args.teacher:
+            args.teacher = []
+            for preset in args.presets.split(","):
+                build_model(get_preset(preset), load_data(data_dir).vocab_size).save_pretrained(str(tmp / preset))
+                shutil.copy(data_dir / "tokenizer.json", tmp / preset / "tokenizer.json")
+                args.teacher.append(tmp / preset)
+        if args.whole_process:
+            return whole_process(data_dir, args.teacher, args.chunks, args.batch_size, args.threads, args.repeats, tmp)
         data = load_data(data_dir)
         if args.teacher:
             teacher_dirs = args.teacher
