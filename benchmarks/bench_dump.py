@@ -132,8 +132,10 @@ def writer_frontier(data_dir: Path, teacher_dirs: list[Path], chunks: int, tmp: 
 
 
 BARE_FORWARD = """
-import sys, time, numpy as np, torch
+import sys
 from logitcache.memory import tune_heap
+tune_heap()  # as the CLI does, before torch is imported: both processes run under the same allocator
+import numpy as np, torch
 torch.set_num_threads(int(sys.argv[3]))
 from logitcache.data import load_data
 from logitcache.models import load_model

@@ -44,11 +44,8 @@ def section_of(cls, name: str, extra: list[tuple] = (), exclude: tuple[str, ...]
         elif f.default is not dataclasses.MISSING:
             kwargs["default"] = f.default
         specs.append((f.name, hints[f.name], dataclasses.field(**kwargs)))
-    required = [s for s in specs if s[2].default is dataclasses.MISSING and s[2].default_factory is dataclasses.MISSING]
-    optional = [s for s in specs if s not in required]
-    extra_required = [e for e in extra if e[2].default is dataclasses.MISSING and e[2].default_factory is dataclasses.MISSING]
-    extra_optional = [e for e in extra if e not in extra_required]
-    return dataclasses.make_dataclass(name, extra_required + required + optional + extra_optional, frozen=True)
+    # keyword-only: required and defaulted fields may come in any order (TOML tables are built by name)
+    return dataclasses.make_dataclass(name, list(extra) + specs, frozen=True, kw_only=True)
 
 
 def settings_of(section) -> dict:

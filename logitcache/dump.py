@@ -5,8 +5,8 @@ Work is split in blocks of `block_rows` rows; rank r of W handles blocks b with 
 through the process group: rank 0 alone prepares the output (--overwrite, create, --resume checks)
 while the others wait, and at the end, so the report describes the finished cache. Each block is
 computed in fixed batches, so its bytes never depend on what else ran: a resumed or multi-rank dump
-is identical to a single uninterrupted one. A writer thread encodes, compresses and writes blocks
-while the teachers compute the next one; a block counts only once its `done` marker is written.
+is identical to a single uninterrupted one. Writer threads encode, compress and write blocks while
+the teachers compute the next ones; a block counts only once its `done` marker is written.
 """
 from __future__ import annotations
 
@@ -163,7 +163,8 @@ def check_resumable(store: CacheStore, layout: CacheLayout, attrs: dict) -> None
 
 
 def prepare_store(config: DumpConfig, layout: CacheLayout, attrs: dict, resume: bool, overwrite: bool) -> None:
-    """Rank 0 alone: replace (--overwrite), check (--resume) or create the store."""
+    """Rank 0 alone: replace (--overwrite), refuse (an existing store without --resume) or create the
+    store. A store to resume is checked afterwards by every rank (open_or_create)."""
     out = Path(config.out)
     if overwrite and not resume:
         prepare_output(out, overwrite=True)
@@ -171,7 +172,6 @@ def prepare_store(config: DumpConfig, layout: CacheLayout, attrs: dict, resume: 
         if not resume:
             raise LogitcacheError(f"{out} already exists; pass --resume to continue it, --overwrite to replace it, "
                                   "or choose another --out")
-        check_resumable(CacheStore(out), layout, attrs)
         return
     out.parent.mkdir(parents=True, exist_ok=True)
     create_cache(out, layout, attrs)

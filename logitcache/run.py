@@ -13,11 +13,10 @@ import logging
 import shutil
 import time
 import tomllib
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .configs import check, config_hash, from_dict, section_of, setting, settings_of, to_dict, write_json_atomic
+from .configs import check, config_hash, from_dict, section_of, settings_of, to_dict, write_json_atomic
 from .errors import LogitcacheError
 from .progress import NULL_PROGRESS, ProgressHook
 from .stage_configs import DumpConfig, EvalConfig, PrepareConfig, StudentConfig, TeacherConfig
@@ -27,24 +26,22 @@ log = logging.getLogger(__name__)
 STAMP = ".stage.json"
 
 
-def _run_only(default, help: str, **kwargs):
-    """A key of run's TOML that no stage config has (where the raw text is, the student seeds)."""
-    field_ = setting(default, help=help, **kwargs)
-    field_.metadata = types.MappingProxyType(dict(field_.metadata) | {"run_only": True})
-    return field_
+def _run_only(help: str, **default):
+    """A key of run's TOML that no stage config has (where the raw text is, the teachers' names, the seeds)."""
+    return dataclasses.field(**default, metadata={"help": help, "run_only": True})
 
 
 # Each section is derived from its stage config (configs.section_of): the same keys, types, defaults
 # and help as the CLI options, minus the paths and wiring that `run` fills in itself.
 DataSection = section_of(PrepareConfig, "DataSection", extra=[
-    ("raw_dir", str, _run_only("", help="Raw text in the BabyLM layout; empty: the embedded demo corpus.")),
+    ("raw_dir", str, _run_only("Raw text in the BabyLM layout; empty: the embedded demo corpus.", default="")),
 ])
 TeacherSection = section_of(TeacherConfig, "TeacherSection", extra=[
-    ("name", str, dataclasses.field(metadata={"help": "The teacher's name: its folder WORK/teachers/NAME.", "run_only": True})),
+    ("name", str, _run_only("The teacher's name: its folder WORK/teachers/NAME.")),
 ])
 DumpSection = section_of(DumpConfig, "DumpSection")
 StudentSection = section_of(StudentConfig, "StudentSection", extra=[
-    ("seeds", tuple[int, ...], _run_only((), help="Train each arm once per seed (empty: once, with train.seed).")),
+    ("seeds", tuple[int, ...], _run_only("Train each arm once per seed (empty: once, with train.seed).", default=())),
 ])
 EvalSection = section_of(EvalConfig, "EvalSection")
 
