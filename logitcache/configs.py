@@ -30,13 +30,13 @@ def field_default(f: dataclasses.Field):
     return f.default
 
 
-def section_of(cls, name: str, extra: list[tuple] = (), exclude: tuple[str, ...] = ()) -> type:
+def section_of(cls, name: str, extra: list[tuple] = ()) -> type:
     """The TOML section of a stage in `run`: the stage config's fields that `run` does not wire itself
     (same types, defaults and help), plus `extra` run-only fields. Derived, so never out of step."""
     hints = typing.get_type_hints(cls)
     specs = []
     for f in dataclasses.fields(cls):
-        if not f.metadata.get("in_run", True) or f.name in exclude:
+        if not f.metadata.get("in_run", True):
             continue
         kwargs = {"metadata": f.metadata}
         if f.default_factory is not dataclasses.MISSING:

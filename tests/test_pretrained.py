@@ -3,7 +3,6 @@ models: a pretrained-style tokenizer folder, JSONL text, three teachers of diffe
 architectures with padded vocabularies above 100k, a student from a config-only folder, eval."""
 import json
 
-import pytest
 import torch
 import transformers
 from typer.testing import CliRunner

@@ -14,7 +14,7 @@ import transformers
 
 from conftest import dump_config
 from logitcache import open_cache
-from logitcache.data import load_data, spread_indices
+from logitcache.data import load_data
 from logitcache.dump import dump
 from logitcache.ensemble import Ensemble, fast_head_is_exact
 from logitcache.errors import LogitcacheError
