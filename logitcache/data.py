@@ -1,10 +1,13 @@
 """`prepare`: raw text -> cleaned text -> BPE tokenizer (train split) -> 128-token chunk store."""
 from __future__ import annotations
 
+import atexit
 import functools
 import hashlib
 import logging
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +15,7 @@ import numpy as np
 
 from . import __version__
 from .store import TokenStore, token_dtype, write_token_store
+from .store.location import as_location
 from .cleaners import clean_basic, cleaner_for
 from .configs import sha256_file, to_dict, write_json_atomic
 from .errors import LogitcacheError
@@ -254,7 +258,7 @@ def prepare(config: PrepareConfig, progress: ProgressHook = NULL_PROGRESS) -> Pr
 class PreparedData:
     """A prepared data dir: the token store, its tokenizer path and the attributes."""
 
-    path: Path
+    path: "Path | str"  # a local folder, or the URL of a remote one
     store: TokenStore
     tokenizer_path: Path
 
@@ -291,14 +295,28 @@ class PreparedData:
         return rows
 
 
-def load_data(path: Path) -> PreparedData:
-    path = Path(path)
-    if not path.is_dir():
-        raise LogitcacheError(f"data directory {path} does not exist (run `logitcache prepare`)")
-    tokenizer_path = path / "tokenizer.json"
-    if not tokenizer_path.is_file():
-        raise LogitcacheError(f"{path} has no tokenizer.json (is it a prepared data dir?)")
-    store = TokenStore(path / "tokens.zarr")
+def load_data(path) -> PreparedData:
+    """A prepared data dir: a local folder or a URL (s3://bucket/prefix/data); a remote tokenizer.json
+    is fetched into a temporary folder (removed at exit)."""
+    location = as_location(path)
+    if location.is_remote:
+        location.check_reachable()
+        tokenizer_bytes = location.read_bytes("tokenizer.json")
+        if tokenizer_bytes is None:
+            raise LogitcacheError(f"{location} has no tokenizer.json (is it a prepared data dir?)")
+        folder = Path(tempfile.mkdtemp(prefix="logitcache-data-"))
+        atexit.register(shutil.rmtree, folder, True)
+        tokenizer_path = folder / "tokenizer.json"
+        tokenizer_path.write_bytes(tokenizer_bytes)
+        path = location.url
+    else:
+        path = location.local_path
+        if not path.is_dir():
+            raise LogitcacheError(f"data directory {path} does not exist (run `logitcache prepare`)")
+        tokenizer_path = path / "tokenizer.json"
+        if not tokenizer_path.is_file():
+            raise LogitcacheError(f"{path} has no tokenizer.json (is it a prepared data dir?)")
+    store = TokenStore(location.child("tokens.zarr"))
     if sha256_file(tokenizer_path) != store.attrs.get("tokenizer_sha256"):
         raise LogitcacheError(f"{tokenizer_path} does not match the tokenizer recorded in {path}/tokens.zarr")
     load_tokenizer(tokenizer_path)

@@ -16,7 +16,6 @@ import collections
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,7 +23,9 @@ import torch
 from . import __version__
 from . import distributed as D
 from .store import CacheLayout, CacheStore, cache_summary, create_cache, same_attrs
-from .configs import check, prepare_output, to_dict
+from .store.cache import CREATING, root_attrs
+from .store.location import Location
+from .configs import check, to_dict
 from .data import load_data, spread_indices
 from .ensemble import Ensemble, load_teachers
 from .errors import LogitcacheError
@@ -150,12 +151,15 @@ class BlockWriter:
         self.raise_if_failed()
 
 
+# attributes create_cache adds from the layout (compared as a CacheLayout instead)
+LAYOUT_ATTRS = ("n_rows", "seq_len", "k", "vocab_size", "block_rows", "n_blocks", "prob_dtype", "with_weights",
+                "encodings", "schema_version")
+
+
 def check_resumable(store: CacheStore, layout: CacheLayout, attrs: dict) -> None:
     """Refuse a store made with another config or layout (every rank checks, not only rank 0)."""
     out = store.path
-    differs = same_attrs(store.attrs, attrs | {
-        k: store.attrs.get(k) for k in ("n_rows", "seq_len", "k", "vocab_size", "block_rows", "n_blocks",
-                                       "prob_dtype", "with_weights", "encodings", "schema_version")})
+    differs = same_attrs(store.attrs, attrs | {k: store.attrs.get(k) for k in LAYOUT_ATTRS})
     if differs:
         raise LogitcacheError(f"cannot resume {out}: it was made with a different config ({', '.join(differs)})")
     if store.layout != layout:
@@ -164,16 +168,32 @@ def check_resumable(store: CacheStore, layout: CacheLayout, attrs: dict) -> None
 
 def prepare_store(config: DumpConfig, layout: CacheLayout, attrs: dict, resume: bool, overwrite: bool) -> None:
     """Rank 0 alone: replace (--overwrite), refuse (an existing store without --resume) or create the
-    store. A store to resume is checked afterwards by every rank (open_or_create)."""
-    out = Path(config.out)
+    store, locally or in object storage (store.create_cache: claim, metadata, commit). A store to
+    resume is checked afterwards by every rank (open_or_create); one whose creation was interrupted
+    is finished here if its claim records this config."""
+    out = Location(config.out)
+    out.check_reachable()
     if overwrite and not resume:
-        prepare_output(out, overwrite=True)
-    if out.exists():
+        out.delete_all()
+    found = root_attrs(out)
+    if found is not None and found.get("kind") == CREATING:
+        if not resume:
+            raise LogitcacheError(f"{out} is a half-created cache (its creation was interrupted); pass --resume to "
+                                  "finish it, or --overwrite to replace it")
+        differs = same_attrs(found, attrs | {k: found.get(k) for k in LAYOUT_ATTRS + ("kind",)})
+        if differs:
+            raise LogitcacheError(f"cannot resume {out}: it was made with a different config ({', '.join(differs)})")
+        create_cache(out, layout, attrs, finish=True)
+        return
+    if found is not None or out.exists():
         if not resume:
             raise LogitcacheError(f"{out} already exists; pass --resume to continue it, --overwrite to replace it, "
                                   "or choose another --out")
-        return
-    out.parent.mkdir(parents=True, exist_ok=True)
+        return  # checked by every rank in open_or_create (CacheStore refuses a folder that is not a cache)
+    if resume:
+        log.info("%s does not exist yet: --resume starts it", out)
+    if not out.is_remote:
+        out.local_path.parent.mkdir(parents=True, exist_ok=True)
     create_cache(out, layout, attrs)
 
 
@@ -190,7 +210,7 @@ def open_or_create(config: DumpConfig, layout: CacheLayout, attrs: dict, resume:
     if D.coordinated():
         error = D.broadcast_from_main(error)
     elif not env.is_main:
-        wait_for_store(Path(config.out), env)
+        wait_for_store(Location(config.out), env)
     if error is not None:
         raise LogitcacheError(error if env.is_main else f"rank {env.rank}: rank 0 failed: {error}")
     store = CacheStore(config.out, mode="r+")
@@ -198,11 +218,12 @@ def open_or_create(config: DumpConfig, layout: CacheLayout, attrs: dict, resume:
     return store
 
 
-def wait_for_store(out: Path, env: D.DistEnv, timeout_s: float = 600.0) -> None:
+def wait_for_store(out: Location, env: D.DistEnv, timeout_s: float = 600.0) -> None:
     """Independent ranks (no torchrun: a job array setting RANK and WORLD_SIZE): wait for rank 0's
-    atomic rename. --overwrite is refused there, so an old store is never mistaken for the new one."""
+    commit (the root's kind becomes "cache"). --overwrite is refused there, so an old store is never
+    mistaken for the new one."""
     deadline = time.monotonic() + timeout_s
-    while not (out / "zarr.json").is_file():
+    while (root_attrs(out) or {}).get("kind") != "cache":
         if time.monotonic() > deadline:
             raise LogitcacheError(f"rank {env.rank}: {out} was not created by rank 0 within {timeout_s:.0f} s")
         time.sleep(0.2)

@@ -26,6 +26,9 @@ RowSelection = Literal["spread", "first"]
 Arch = Literal["llama", "gpt2"]
 Tail = Literal["bucket", "renormalize"]
 KLReduction = Literal["token", "paper"]
+# A local path or an object-storage URL (s3://bucket/prefix/cache.zarr, gs://, file://): kept as typed,
+# since Path("s3://b/x") would collapse it to the local folder "s3:/b/x" (store/location.py).
+Where = str
 
 
 def choices(literal) -> tuple:
@@ -102,7 +105,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    data: Path = setting(help="Prepared data dir (WORK/data).", in_run=False)
+    data: Where = setting(help="Prepared data dir (a folder or a URL: WORK/data).", in_run=False)
     out: Path = setting(help="Output model dir (save_pretrained + tokenizer.json).", in_run=False)
     arch: Arch = setting("llama", help="Architecture of the teacher.")
     preset: str = setting("llama-small", help="Model preset, e.g. llama-small, gpt2-705m (must match --arch).")
@@ -118,9 +121,9 @@ class TeacherConfig:
 
 @dataclass(frozen=True)
 class DumpConfig:
-    data: Path = setting(help="Prepared data dir (WORK/data).", in_run=False)
+    data: Where = setting(help="Prepared data dir (a folder or a URL: WORK/data).", in_run=False)
     teachers: tuple[Path, ...] = setting(help="A teacher model dir (repeat for an ensemble).", flag="--teacher", in_run=False)
-    out: Path = setting(help="The cache to write (WORK/cache.zarr).", in_run=False)
+    out: Where = setting(help="The cache to write: a folder or a URL (WORK/cache.zarr, s3://bucket/prefix/cache.zarr).", in_run=False)
     split: Split = setting("train", help="Which split to cache.", in_run=False)
     top_k: int = setting(32, help="Ids kept per position (top-k targets).")
     temperature: float = setting(2.0, help="Distillation temperature T of the stored probabilities.")
@@ -168,8 +171,8 @@ class DumpConfig:
 
 @dataclass(frozen=True)
 class StudentConfig:
-    cache: Path = setting(help="The cache written by `logitcache dump`.", in_run=False)
-    data: Path = setting(help="Prepared data dir the cache was made from (WORK/data).", in_run=False)
+    cache: Where = setting(help="The cache written by `logitcache dump`: a folder or a URL (s3://...).", in_run=False)
+    data: Where = setting(help="Prepared data dir the cache was made from (a folder or a URL: WORK/data).", in_run=False)
     out: Path = setting(help="Output model dir.", in_run=False)
     preset: str = setting("llama-58m", help="Student preset (LLaMA by default); see --init-from.")
     init_from: Optional[Path] = setting(None, help="Instead of --preset: a Hugging Face model folder to continue from "
@@ -201,7 +204,7 @@ class StudentConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     models: tuple[Path, ...] = setting(help="Model dirs (Hugging Face format) to evaluate.", argument=True, in_run=False)
-    data: Path = setting(help="Prepared data dir (WORK/data).", in_run=False)
+    data: Where = setting(help="Prepared data dir (a folder or a URL: WORK/data).", in_run=False)
     split: Split = setting("dev", help="Which split to score.", in_run=False)
     blimp: Optional[Path] = setting(None, help="BLiMP directory (one JSONL file per paradigm).")
     blimp_max_pairs: int = setting(0, help="At most this many pairs per paradigm (0: all).")
@@ -225,7 +228,7 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class CacheSizeConfig:
-    data: Path = setting(help="Prepared data dir (WORK/data).")
+    data: Where = setting(help="Prepared data dir (a folder or a URL: WORK/data).")
     teachers: tuple[Path, ...] = setting(help="Teacher dir (repeat for an ensemble).", flag="--teacher")
     out: Path = setting(help="Output dir: cache_size.json/.md/.png and the caches.")
     ks: tuple[int, ...] = setting((1, 2, 4, 8, 16, 32, 64, 128, 256), help="Comma-separated k values.", flag="--k")

@@ -13,9 +13,8 @@ element per storage chunk for the same reason.
 """
 from __future__ import annotations
 
+import asyncio
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,10 +27,12 @@ from ..errors import CacheCorruptError, LogitcacheError
 from ..faults import fault_pause
 from .codecs import prob_code
 from .ids import decode_ids, encode_ids, token_dtype
+from .location import Location, as_location
 
 SCHEMA_VERSION = 1
 ATTRS_KEY = "logitcache"
 TARGET_ARRAYS = ("tokens", "topk_ids", "topk_probs")
+CREATING = "cache-creating"  # the root's kind while creation is under way (the claim); "cache" once committed
 
 
 @dataclass(frozen=True)
@@ -100,13 +101,14 @@ def _compressor(typesize: int, codec: tuple[str, int] = DEFAULT_CODEC):
     return BloscCodec(cname="zstd", clevel=level, shuffle="shuffle" if typesize > 1 else "noshuffle", typesize=typesize)
 
 
-def create_cache(path: Path, layout: CacheLayout, attrs: dict, codec: tuple[str, int] = DEFAULT_CODEC) -> None:
-    """Create an empty cache with all metadata, atomically (temp dir, then rename). `codec` only changes
-    how the target arrays are compressed: readers take the codec from the Zarr metadata."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.creating-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    group = zarr.open_group(store=str(tmp), mode="w", zarr_format=3)
+def _metadata_objects(layout: CacheLayout, attrs: dict, codec: tuple[str, int]) -> dict[str, bytes]:
+    """Every metadata object of an empty cache ({"zarr.json": ..., "tokens/zarr.json": ...}), built in memory."""
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+    from zarr.storage import MemoryStore
+
+    memory = MemoryStore()
+    group = zarr.open_group(store=memory, mode="w", zarr_format=3)
     n, t, k, r = layout.n_rows, layout.seq_len, layout.k, layout.block_rows
     id_dtype = token_dtype(layout.vocab_size)
     group.create_array("tokens", shape=(n, t), chunks=(r, t), dtype=id_dtype,
@@ -128,7 +130,47 @@ def create_cache(path: Path, layout: CacheLayout, attrs: dict, codec: tuple[str,
         with_weights=layout.with_weights, encodings=decode_recipe(layout.prob_dtype),
     )
     group.attrs.update({ATTRS_KEY: full})
-    os.replace(tmp, path)
+
+    async def collect() -> dict[str, bytes]:
+        keys = [key async for key in memory.list()]
+        return {key: (await memory.get(key, prototype=default_buffer_prototype())).to_bytes() for key in keys}
+
+    return sync(collect())
+
+
+def _with_kind(root_json: bytes, kind: str) -> bytes:
+    document = json.loads(root_json)
+    document["attributes"][ATTRS_KEY]["kind"] = kind
+    return json.dumps(document, indent=2).encode()
+
+
+def root_attrs(where) -> dict | None:
+    """The logitcache attributes of the store's root `zarr.json`, or None when there is none (or unreadable)."""
+    raw = as_location(where).read_bytes("zarr.json")
+    try:
+        return dict(json.loads(raw)["attributes"][ATTRS_KEY]) if raw is not None else None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def create_cache(where, layout: CacheLayout, attrs: dict, codec: tuple[str, int] = DEFAULT_CODEC,
+                 finish: bool = False) -> None:
+    """Create an empty cache with all metadata, with the same protocol on disk and in object storage
+    (docs/architecture.md, "Caches in object storage"), since object stores have no folder rename:
+      1. claim: the root `zarr.json`, kind "cache-creating", written only if absent (If-None-Match on S3,
+         a hard link locally), so a second creator is refused and a half-created store is never a cache;
+      2. the arrays' metadata;
+      3. commit: the root rewritten with kind "cache" (one atomic PUT / rename).
+    `finish` completes a store whose creation was interrupted after step 1 (its claim is already there).
+    `codec` only changes how the target arrays are compressed: readers take it from the Zarr metadata."""
+    location = as_location(where)
+    objects = _metadata_objects(layout, attrs, codec)
+    root = objects.pop("zarr.json")
+    if not finish and not location.create_exclusive("zarr.json", _with_kind(root, CREATING)):
+        raise LogitcacheError(f"{location} already exists (another dump created it first)")
+    for key, data in objects.items():
+        location.write_bytes(key, data)
+    location.write_bytes("zarr.json", root)
 
 
 def block_checksum(arrays: list[np.ndarray]) -> int:
@@ -141,17 +183,23 @@ def block_checksum(arrays: list[np.ndarray]) -> int:
 class CacheStore:
     """Low-level access to a cache group: block writes (dump) and raw block reads (reader, verify)."""
 
-    def __init__(self, path: Path, mode: str = "r"):
-        self.path = Path(path)
-        if not self.path.exists():
-            raise LogitcacheError(f"no cache at {self.path}")
-        if not (self.path / "zarr.json").is_file():
+    def __init__(self, where: "str | Path | Location", mode: str = "r"):
+        self.location = as_location(where)
+        self.path = str(self.location)  # for messages
+        self.location.check_reachable()
+        root = self.location.read_bytes("zarr.json")
+        if root is None:
+            if not self.location.exists():
+                raise LogitcacheError(f"no cache at {self.path}")
             raise LogitcacheError(f"{self.path} is not a Zarr v3 store (no zarr.json)")
         try:
-            self.group = zarr.open_group(store=str(self.path), mode=mode)
+            self.group = zarr.open_group(store=self.location.zarr_store(read_only=mode == "r"), mode=mode)
             attrs = self.group.attrs.asdict()
         except Exception as exc:
             raise LogitcacheError(f"cannot open cache {self.path}: metadata unreadable ({exc})") from None
+        if ATTRS_KEY in attrs and attrs[ATTRS_KEY].get("kind") == CREATING:
+            raise LogitcacheError(f"{self.path} is a half-created cache (its creation was interrupted); "
+                                  "rerun the dump with --resume, or --overwrite")
         if ATTRS_KEY not in attrs or attrs[ATTRS_KEY].get("kind") != "cache":
             raise LogitcacheError(f"{self.path} is a Zarr store but not a logitcache cache")
         self.attrs: dict = dict(attrs[ATTRS_KEY])
@@ -196,19 +244,42 @@ class CacheStore:
         self.arrays["checksum"][block] = np.uint32(block_checksum(stored))
         self.arrays["done"][block] = 1
 
-    def read_stored_block(self, block: int) -> list[np.ndarray]:
-        """The block's stored (encoded) arrays; raises CacheCorruptError if a chunk cannot be decoded."""
+    def _fetch(self, selections: list[tuple[str, slice | int]]) -> list[np.ndarray]:
+        """Several array reads at once (one request each, concurrently: a remote block costs one round trip)."""
+        from zarr.core.sync import sync
+
+        async def gather():
+            return await asyncio.gather(*(self.arrays[name]._async_array.getitem(selection)
+                                          for name, selection in selections))
+
+        with self.location.errors():
+            return [np.asarray(a) for a in sync(gather())]
+
+    def read_stored_block(self, block: int, with_checksum: bool = False) -> list[np.ndarray]:
+        """The block's stored (encoded) arrays (and its stored checksum last, as a 0-d array, when
+        `with_checksum`); raises CacheCorruptError if a chunk cannot be decoded."""
         start, stop = self.layout.block_range(block)
+        selections = [(name, slice(start, stop)) for name in self.layout.block_arrays]
+        selections += [("checksum", slice(block, block + 1))] if with_checksum else []
         try:
-            return [self.arrays[name][start:stop] for name in self.layout.block_arrays]
+            return self._fetch(selections)
+        except LogitcacheError:
+            raise
         except Exception as exc:
             raise CacheCorruptError(f"block {block}: stored data cannot be decoded ({exc})", block) from None
 
-    def check_block(self, block: int, stored: list[np.ndarray]) -> None:
-        try:
-            expected = int(self.arrays["checksum"][block])
-        except Exception as exc:
-            raise CacheCorruptError(f"block {block}: checksum unreadable ({exc})", block) from None
+    def read_checked_block(self, block: int) -> list[np.ndarray]:
+        """The block's stored arrays, checksum-verified (data and checksum fetched together)."""
+        *stored, checksum = self.read_stored_block(block, with_checksum=True)
+        self.check_block(block, stored, int(checksum[0]))
+        return stored
+
+    def check_block(self, block: int, stored: list[np.ndarray], expected: int | None = None) -> None:
+        if expected is None:
+            try:
+                expected = int(self.arrays["checksum"][block])
+            except Exception as exc:
+                raise CacheCorruptError(f"block {block}: checksum unreadable ({exc})", block) from None
         if block_checksum(stored) != expected:
             raise CacheCorruptError(f"block {block}: checksum mismatch (stored data changed after writing)", block)
 
@@ -232,10 +303,12 @@ class CacheStore:
         return tuple(out)
 
     def bytes_on_disk(self) -> dict[str, int]:
-        sizes = {}
-        for name in self.arrays:
-            folder = self.path / name
-            sizes[name] = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.exists() else 0
+        """{array: stored bytes} (metadata included), from one listing of the location."""
+        sizes = dict.fromkeys(self.arrays, 0)
+        for key, size in self.location.sizes().items():
+            name = key.split("/", 1)[0]
+            if name in sizes:
+                sizes[name] += size
         return sizes
 
 
@@ -245,7 +318,12 @@ def same_attrs(a: dict, b: dict, ignore: tuple[str, ...] = ("package_version", "
     return sorted(k for k in keys if k not in ignore and json.dumps(a.get(k), sort_keys=True) != json.dumps(b.get(k), sort_keys=True))
 
 
-def block_chunk_path(path: Path, array: str, block: int) -> Path:
-    """The storage file of one block of one array (Zarr v3 default chunk keys: c/<block>/0/...)."""
+def block_chunk_key(array: str, block: int) -> str:
+    """The storage key of one block of one array (Zarr v3 default chunk keys: <array>/c/<block>/0/...)."""
     ndim = {"tokens": 2, "done": 1, "checksum": 1}.get(array, 3)
-    return Path(path, array, "c", str(block), *(["0"] * (ndim - 1)))
+    return "/".join([array, "c", str(block)] + ["0"] * (ndim - 1))
+
+
+def block_chunk_path(path: Path, array: str, block: int) -> Path:
+    """The storage file of one block of one array in a local cache."""
+    return Path(path, block_chunk_key(array, block))

@@ -7,13 +7,15 @@ import numpy as np
 
 from ..errors import CacheCorruptError, LogitcacheError
 from .cache import CacheStore
+from .location import Location
 
 
 class CacheReader:
     """Decoded, checksum-verified blocks of a complete cache (docs/architecture.md, "The public reader")."""
 
-    def __init__(self, path: Path, require_complete: bool = True, verify: bool = True):
+    def __init__(self, path: "str | Path | Location", require_complete: bool = True, verify: bool = True):
         self.store = CacheStore(path)
+        path = self.store.path
         self.attrs = self.store.attrs
         self.layout = self.store.layout
         self.verify = verify
@@ -38,9 +40,7 @@ class CacheReader:
                 return (self.store.arrays["tokens"][start:stop].astype(np.int64),)
             except Exception as exc:
                 raise CacheCorruptError(f"block {block}: tokens cannot be decoded ({exc})", block) from None
-        stored = self.store.read_stored_block(block)
-        if self.verify:
-            self.store.check_block(block, stored)
+        stored = self.store.read_checked_block(block) if self.verify else self.store.read_stored_block(block)
         return self.store.decode(stored, by_prob)
 
     def read(self, start: int, stop: int) -> tuple[np.ndarray, ...]:
@@ -66,6 +66,7 @@ class CacheReader:
         return tuple(np.concatenate([p[i] for p in parts]) for i in range(width))
 
 
-def open_cache(path: str | Path, verify: bool = True) -> CacheReader:
-    """Open a complete cache for reading; refuses an incomplete or foreign store with a clear error."""
-    return CacheReader(Path(path), require_complete=True, verify=verify)
+def open_cache(path: "str | Path | Location", verify: bool = True) -> CacheReader:
+    """Open a complete cache for reading: a local path or a URL (s3://bucket/prefix/cache.zarr, gs://,
+    file://); refuses an incomplete or foreign store with a clear error."""
+    return CacheReader(path, require_complete=True, verify=verify)

@@ -11,6 +11,7 @@ from zarr.codecs import ZstdCodec
 
 from ..errors import LogitcacheError
 from .ids import token_dtype  # noqa: F401  (re-exported: the token store's id width)
+from .location import Location, as_location
 
 ATTRS_KEY = "logitcache"
 
@@ -36,12 +37,14 @@ def write_token_store(path: Path, splits: dict[str, np.ndarray], attrs: dict, ro
 class TokenStore:
     """Read side of `tokens.zarr`: `attrs`, and `split(name)` -> (N, T) numpy array."""
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        if not (self.path / "zarr.json").is_file():
+    def __init__(self, path: "str | Path | Location"):
+        location = as_location(path)
+        self.path = str(location)
+        location.check_reachable()
+        if location.read_bytes("zarr.json") is None:
             raise LogitcacheError(f"{self.path} is not a token store (run `logitcache prepare` first)")
         try:
-            self.group = zarr.open_group(store=str(self.path), mode="r")
+            self.group = zarr.open_group(store=location.zarr_store(read_only=True), mode="r")
             self.attrs = dict(self.group.attrs[ATTRS_KEY])
         except Exception as exc:
             raise LogitcacheError(f"cannot read token store {self.path}: {exc}") from None

@@ -1,12 +1,12 @@
 """`verify` (every block's marker, checksum and raw decoded values) and `inspect`'s summary."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
 from ..errors import CacheCorruptError
 from .cache import CacheStore
+from .fetch import read_ahead
 from .ids import token_dtype
 
 
@@ -25,8 +25,9 @@ def check_decoded(block: int, ids: np.ndarray, probs: np.ndarray, vocab_size: in
     return None
 
 
-def verify_cache(path: Path, progress=None) -> list[str]:
-    """Full integrity check. Returns one message per faulty block (empty list: the cache is sound)."""
+def verify_cache(path, progress=None, ahead: int = 8) -> list[str]:
+    """Full integrity check (blocks fetched `ahead` at a time). Returns one message per faulty block
+    (empty list: the cache is sound)."""
     store = CacheStore(path)
     layout = store.layout
     sum_bound = store.code.sum_bound(layout.k)
@@ -34,28 +35,26 @@ def verify_cache(path: Path, progress=None) -> list[str]:
     done = store.done_mask()
     if progress:
         progress.start("verify", layout.n_blocks)
-    for block in range(layout.n_blocks):
+    problems += [f"block {b}: not done" for b in range(layout.n_blocks) if not done[b]]
+    for block, stored in read_ahead(store.read_checked_block, np.flatnonzero(done).tolist(), ahead=ahead):
         if progress:
             progress.update(1)
-        if not done[block]:
-            problems.append(f"block {block}: not done")
+        if isinstance(stored, CacheCorruptError):
+            problems.append(str(stored))
             continue
-        try:
-            stored = store.read_stored_block(block)
-            store.check_block(block, stored)
-        except CacheCorruptError as exc:
-            problems.append(str(exc))
-            continue
+        if isinstance(stored, Exception):
+            raise stored
         _, ids, probs = store.decode_raw(stored)[:3]
         problem = check_decoded(block, ids, probs, layout.vocab_size, sum_bound)
         if problem:
             problems.append(problem)
     if progress:
+        progress.update(int((~done).sum()))
         progress.finish()
-    return problems
+    return sorted(problems, key=lambda line: int(line.split()[1].rstrip(":")))
 
 
-def cache_summary(path: Path) -> dict:
+def cache_summary(path) -> dict:
     """What `inspect` shows: attributes, blocks done, bytes per token on disk and raw."""
     store = CacheStore(path)
     layout, attrs = store.layout, store.attrs
@@ -67,7 +66,7 @@ def cache_summary(path: Path) -> dict:
         + (2 if layout.with_weights else 0)
     )
     return {
-        "path": str(path),
+        "path": store.path,
         "attrs": attrs,
         "blocks_done": int(store.done_mask().sum()),
         "n_blocks": layout.n_blocks,

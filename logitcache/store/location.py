@@ -1,0 +1,257 @@
+"""Where a store lives: a local folder or an object-store URL (s3://, gs://, file://).
+
+A `Location` hands out the Zarr v3 store for its place (LocalStore, or FsspecStore over s3fs/gcsfs)
+and the few object operations the cache protocol needs beyond Zarr (docs/architecture.md, "Caches
+in object storage"): read and write one object, create one only if absent (the creation claim),
+list sizes, delete everything. Keys are relative to the location ("zarr.json", "done/c/3").
+
+Credentials and endpoints come from the standard places (AWS_* variables and profiles,
+AWS_ENDPOINT_URL for S3-compatible servers) plus `set_storage_options` (the CLI's
+`--storage-option key=value`). Transient errors (5xx, throttling, timeouts) are retried with backoff
+by botocore and s3fs; permanent ones (no such bucket, access denied, bad credentials, unreachable
+endpoint) become one LogitcacheError line.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..errors import LogitcacheError
+
+REMOTE_PROTOCOLS = ("s3", "gs", "gcs", "memory")
+_STORAGE_OPTIONS: dict[str, Any] = {}
+# retries for S3: botocore's standard mode retries 5xx, throttling and timeouts with exponential backoff
+S3_DEFAULTS = {"use_listings_cache": False, "config_kwargs": {"retries": {"max_attempts": 8, "mode": "standard"}}}
+
+
+def set_storage_options(options: dict[str, Any]) -> None:
+    """Process-wide extra options for every remote location (s3fs/gcsfs keyword arguments)."""
+    _STORAGE_OPTIONS.clear()
+    _STORAGE_OPTIONS.update(options)
+
+
+def parse_storage_options(pairs: list[str]) -> dict[str, Any]:
+    """`key=value` pairs -> options; values read as JSON when they parse (true, 8, "x"), dotted keys nest
+    (`client_kwargs.region_name=eu-west-1`)."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise LogitcacheError(f"--storage-option takes key=value, got {pair!r}")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        node = options
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return options
+
+
+def is_url(where) -> bool:
+    return isinstance(where, str) and "://" in where
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+class Location:
+    """A local folder or a remote prefix; `str(location)` is what the user typed (normalised)."""
+
+    def __init__(self, where: "str | Path | Location"):
+        if isinstance(where, Location):
+            self.protocol, self.path, self.url = where.protocol, where.path, where.url
+            return
+        text = os.fspath(where)
+        if is_url(text):
+            protocol, rest = text.split("://", 1)
+            protocol = protocol.lower()
+            if protocol == "file":
+                text = rest
+            elif protocol in REMOTE_PROTOCOLS:
+                rest = rest.strip("/")
+                if not rest:
+                    raise LogitcacheError(f"{text}: a URL needs a bucket and a path ({protocol}://bucket/prefix)")
+                self.protocol, self.path, self.url = protocol, rest, f"{protocol}://{rest}"
+                return
+            else:
+                raise LogitcacheError(f"{text}: unsupported storage URL scheme '{protocol}://' "
+                                      f"(use a local path, file://, or one of {', '.join(p + '://' for p in REMOTE_PROTOCOLS)})")
+        self.protocol, self.path = "file", str(Path(text).absolute())
+        self.url = str(text)
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __repr__(self) -> str:
+        return f"Location({self.url!r})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Location) and (self.protocol, self.path) == (other.protocol, other.path)
+
+    def __hash__(self) -> int:
+        return hash((self.protocol, self.path))
+
+    @property
+    def is_remote(self) -> bool:
+        return self.protocol != "file"
+
+    @property
+    def local_path(self) -> Path:
+        assert not self.is_remote, self.url
+        return Path(self.path)
+
+    @property
+    def name(self) -> str:
+        return self.path.rstrip("/").rsplit("/", 1)[-1]
+
+    def child(self, name: str) -> "Location":
+        if not self.is_remote:
+            return Location(Path(self.url) / name)
+        return Location(f"{self.url}/{name}")
+
+    def parent(self) -> "Location":
+        if not self.is_remote:
+            return Location(Path(self.url).parent)
+        return Location(f"{self.protocol}://{self.path.rsplit('/', 1)[0]}")
+
+    @property
+    def storage_options(self) -> dict:
+        base = S3_DEFAULTS if self.protocol == "s3" else {}
+        return _merge(base, _STORAGE_OPTIONS)
+
+    # -- Zarr ---------------------------------------------------------------------------------------
+    def zarr_store(self, read_only: bool = True):
+        """The Zarr v3 store rooted here (created on each call: cheap, and safe across forked ranks)."""
+        from zarr.storage import FsspecStore, LocalStore
+
+        if not self.is_remote:
+            return LocalStore(self.path, read_only=read_only)
+        with self.errors():
+            return FsspecStore.from_url(self.url, storage_options=self.storage_options, read_only=read_only)
+
+    # -- objects ------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def errors(self):
+        """Permanent storage errors -> one LogitcacheError line (transient ones were retried below)."""
+        try:
+            yield
+        except LogitcacheError:
+            raise
+        except FileNotFoundError as exc:
+            if "bucket" in str(exc).lower():
+                raise LogitcacheError(f"{self.url}: bucket '{self.bucket}' does not exist") from None
+            raise
+        except PermissionError as exc:
+            raise LogitcacheError(f"{self.url}: access denied ({exc}); check the credentials (AWS_* variables, "
+                                  "profile, --storage-option)") from None
+        except (OSError, ImportError) as exc:
+            text = f"{exc.__class__.__name__}: {exc}"
+            if self.is_remote and any(s in text for s in ("Could not connect", "Connect", "Unable to locate credentials",
+                                                         "InvalidAccessKeyId", "SignatureDoesNotMatch", "No module")):
+                raise LogitcacheError(f"{self.url}: storage unusable ({' '.join(text.split())})") from None
+            raise
+
+    @property
+    def bucket(self) -> str:
+        return self.path.split("/", 1)[0]
+
+    def _run(self, coro):
+        from zarr.core.sync import sync
+
+        with self.errors():
+            return sync(coro)
+
+    def check_reachable(self) -> None:
+        """Fail now, in one line, when the bucket is missing or the credentials are refused."""
+        if self.protocol != "s3":
+            return
+        store = self.zarr_store()
+        self._run(store.fs._call_s3("head_bucket", Bucket=self.bucket))
+
+    def read_bytes(self, key: str) -> bytes | None:
+        """One object's bytes, or None when it does not exist."""
+        if not self.is_remote:
+            try:
+                return (Path(self.path) / key).read_bytes()
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                return None
+        from zarr.core.buffer import default_buffer_prototype
+
+        buffer = self._run(self.zarr_store().get(key, prototype=default_buffer_prototype()))
+        return None if buffer is None else buffer.to_bytes()
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Write one object whole (atomic: a local temp file and rename; one PUT remotely)."""
+        from zarr.core.buffer import default_buffer_prototype
+
+        store = self.zarr_store(read_only=False)
+        self._run(store.set(key, default_buffer_prototype().buffer.from_bytes(data)))
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """Write one object only if it does not exist (atomically: a hard link locally, a conditional PUT
+        with If-None-Match on S3); False when it already existed."""
+        from zarr.core.buffer import default_buffer_prototype
+
+        store = self.zarr_store(read_only=False)
+        if self.protocol == "s3":
+            coro = store.fs._pipe_file(f"{store.path}/{key}", data, mode="create")
+        else:
+            coro = store.set_if_not_exists(key, default_buffer_prototype().buffer.from_bytes(data))
+        try:
+            self._run(coro)
+        except FileExistsError:
+            return False
+        if not self.is_remote:  # LocalStore's set_if_not_exists is silent when the key exists
+            return self.read_bytes(key) == data
+        return True
+
+    def sizes(self) -> dict[str, int]:
+        """{key: bytes} of every object under this location ({} when nothing is there)."""
+        if not self.is_remote:
+            root = Path(self.path)
+            if not root.is_dir():
+                return {}
+            return {p.relative_to(root).as_posix(): p.stat().st_size for p in root.rglob("*")
+                    if p.is_file() and not p.name.endswith(".partial")}
+        store = self.zarr_store()
+        try:
+            found = self._run(store.fs._find(store.path, detail=True))
+        except FileNotFoundError:
+            return {}
+        prefix = store.path.rstrip("/") + "/"
+        return {name[len(prefix):]: int(info.get("size") or 0) for name, info in found.items() if name.startswith(prefix)}
+
+    def exists(self) -> bool:
+        """Anything at all here (a folder, a file, or objects under the prefix)."""
+        if not self.is_remote:
+            return Path(self.path).exists()
+        return bool(self.sizes())
+
+    def delete_all(self) -> None:
+        """Delete everything here; the root `zarr.json` goes first, so a half-deleted store is never a store."""
+        if not self.is_remote:
+            path = Path(self.path)
+            (path / "zarr.json").unlink(missing_ok=True)
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+            return
+        store = self.zarr_store(read_only=False)
+        self._run(store.delete("zarr.json"))
+        self._run(store.delete_dir(""))
+
+
+def as_location(where: "str | Path | Location") -> Location:
+    return where if isinstance(where, Location) else Location(where)
