@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import typer
 
-from . import bench, corpus, dump, evaluate, export, inspect_cache, prepare, run, train_student, train_teacher, verify
+from . import bench, copy, corpus, dump, evaluate, export, inspect_cache, prepare, run, train_student, train_teacher, verify
 from .common import STATE, OneLineErrors, setup_logging
 
 app = typer.Typer(
@@ -31,6 +31,7 @@ app.command("train-teacher")(train_teacher.command)
 app.command("dump")(dump.command)
 app.command("inspect")(inspect_cache.command)
 app.command("verify")(verify.command)
+app.command("copy")(copy.command)
 app.command("train-student")(train_student.command)
 app.command("eval")(evaluate.command)
 app.command("export")(export.command)

@@ -11,11 +11,12 @@ app = typer.Typer(help="Benchmarks that print a table and write JSON.", no_args_
 
 @app.command("cache-size")
 @config_command(CacheSizeConfig)
-def cache_size_command(config: CacheSizeConfig, json_out: C.JsonOut = None) -> None:
+def cache_size_command(config: CacheSizeConfig, json_out: C.JsonOut = None, storage_option: C.StorageOption = None) -> None:
     """One dump per k (and per prob dtype) on the same chunks: bytes/token against mass kept, KL, top-1 agreement."""
     from logitcache.bench import cache_size
 
     C.json_to_stdout(json_out)
+    C.use_storage_options(storage_option)
     payload = cache_size(config, progress=C.progress_hook())
     rows = [[r["targets"], r["k"], r["prob_dtype"], r["bytes_per_token"], r["raw_bytes_per_token"], r["compression_ratio"],
              r["mass_kept"], r["kl"], r["top1_agreement"], r["dump_tokens_per_s"],

@@ -163,5 +163,15 @@ def write_json(path: Optional[str], payload: dict) -> None:
 # Options of the commands themselves (not settings of a stage config).
 Resume = Annotated[bool, typer.Option("--resume", help="Continue from what --out holds (a checkpoint, or done blocks).")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace what --out already holds.")]
+StorageOption = Annotated[Optional[list[str]], typer.Option(
+    "--storage-option", help="key=value for object storage (s3fs/gcsfs keyword, JSON values, dotted keys nest: "
+                             "endpoint_url=http://host:9000, client_kwargs.region_name=eu-west-1); repeatable.")]
 JsonOut = Annotated[Optional[str], typer.Option("--json", help="Also write the numbers as JSON to this file ('-': to stdout, "
                                                              "and nothing else goes there).")]
+
+
+def use_storage_options(pairs: Optional[list[str]]) -> None:
+    """--storage-option key=value ... for every URL this command opens."""
+    from logitcache.store.location import parse_storage_options, set_storage_options
+
+    set_storage_options(parse_storage_options(pairs or []))

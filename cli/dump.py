@@ -6,13 +6,16 @@ from .options import config_command
 
 
 @config_command(DumpConfig)
-def command(config: DumpConfig, resume: C.Resume = False, overwrite: C.Overwrite = False) -> None:
+def command(config: DumpConfig, resume: C.Resume = False, overwrite: C.Overwrite = False,
+            storage_option: C.StorageOption = None) -> None:
     """Run the teachers once over every chunk; write top-k ensemble targets to a Zarr cache.
 
     Under `torchrun --nproc-per-node N` each rank writes a disjoint set of blocks; rank 0 alone
     prepares the output and prints the summary once every rank is done.
     """
     from logitcache.dump import dump
+
+    C.use_storage_options(storage_option)
 
     report = dump(config, resume=resume, overwrite=overwrite, progress=C.progress_hook())
     if report.rank == 0:

@@ -8,9 +8,11 @@ from .options import config_command
 
 
 @config_command(EvalConfig)
-def command(config: EvalConfig, json_out: C.JsonOut = None) -> None:
+def command(config: EvalConfig, json_out: C.JsonOut = None, storage_option: C.StorageOption = None) -> None:
     """Validation CE, perplexity and bits per byte; BLiMP with --blimp; agreement with --teacher."""
     from logitcache.evaluate import evaluate
+
+    C.use_storage_options(storage_option)
 
     C.json_to_stdout(json_out)
     result = evaluate(config, progress=C.progress_hook())

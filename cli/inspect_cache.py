@@ -9,11 +9,14 @@ from . import common as C
 
 @C.handle_errors
 def command(
-    cache: Annotated[Path, typer.Argument(help="A cache.zarr written by `logitcache dump`.")],
+    cache: Annotated[str, typer.Argument(help="A cache written by `logitcache dump`: a folder or a URL (s3://bucket/prefix/cache.zarr).")],
     json_out: C.JsonOut = None,
+    storage_option: C.StorageOption = None,
 ) -> None:
     """Teachers, k, T, combine, rows, blocks done, bytes per token (on disk and raw), decode recipe."""
     from logitcache.store import cache_summary
+
+    C.use_storage_options(storage_option)
 
     C.json_to_stdout(json_out)
     s = cache_summary(cache)

@@ -1,4 +1,5 @@
 """`logitcache run`: the whole pipeline from one config, ending in WORK/report.md."""
+import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -16,12 +17,17 @@ def command(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override one config key: KEY=VALUE with a dotted key "
                                                        "(student.train.max_steps=20, dump.top_k=64, teachers.gpt2.preset=gpt2-tiny); "
                                                        "repeatable. VALUE is read as TOML, else as a string.")] = None,
+    cache: Annotated[Optional[str], typer.Option("--cache", help="Where the cache goes (sets dump.cache): a folder or a URL "
+                                                   "(s3://bucket/prefix/cache.zarr); default WORK/cache.zarr.")] = None,
+    storage_option: C.StorageOption = None,
     force: Annotated[Optional[list[str]], typer.Option("--force", help="Redo this stage even if complete (corpus, prepare, teacher:NAME, dump, student, eval); repeatable.")] = None,
 ) -> None:
     """corpus -> prepare -> teachers -> dump -> students -> eval -> report; complete stages are skipped."""
     from logitcache.run import load_run_config, run_pipeline
 
+    C.use_storage_options(storage_option)
     overrides = tuple(set_ or ()) + ((f'data.raw_dir="{Path(data).resolve()}"',) if data is not None else ())
+    overrides += (f"dump.cache={json.dumps(cache)}",) if cache is not None else ()
     run_config = load_run_config(config, overrides)
     report = run_pipeline(run_config, out, tuple(force or ()), progress=C.progress_hook())
     rows = [[f"teacher {t['name']}", t["params"], t["dev_ce"], t["test_ce"]] for t in report["teachers"]]

@@ -1,5 +1,4 @@
 """`logitcache verify CACHE`: full integrity check (exit 1 and the failing blocks on any fault)."""
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -9,12 +8,15 @@ from . import common as C
 
 @C.handle_errors
 def command(
-    cache: Annotated[Path, typer.Argument(help="A cache.zarr written by `logitcache dump`.")],
+    cache: Annotated[str, typer.Argument(help="A cache written by `logitcache dump`: a folder or a URL (s3://bucket/prefix/cache.zarr).")],
     json_out: C.JsonOut = None,
+    storage_option: C.StorageOption = None,
 ) -> None:
     """Check every block's done marker and checksum, and its raw decoded values: ids inside the
     vocabulary and ascending, probabilities finite, >= 0, and summing to no more than the code allows."""
     from logitcache.store import CacheStore, verify_cache
+
+    C.use_storage_options(storage_option)
 
     C.json_to_stdout(json_out)
     problems = verify_cache(cache, progress=C.progress_hook())

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .configs import check, config_hash, from_dict, section_of, settings_of, to_dict, write_json_atomic
+from .store.location import Location, is_url
 from .errors import LogitcacheError
 from .progress import NULL_PROGRESS, ProgressHook
 from .stage_configs import DumpConfig, EvalConfig, PrepareConfig, StudentConfig, TeacherConfig
@@ -39,7 +40,10 @@ DataSection = section_of(PrepareConfig, "DataSection", extra=[
 TeacherSection = section_of(TeacherConfig, "TeacherSection", extra=[
     ("name", str, _run_only("The teacher's name: its folder WORK/teachers/NAME.")),
 ])
-DumpSection = section_of(DumpConfig, "DumpSection")
+DumpSection = section_of(DumpConfig, "DumpSection", extra=[
+    ("cache", str, _run_only("Where the cache goes: empty for WORK/cache.zarr, or a URL (s3://bucket/prefix/cache.zarr).",
+                             default="")),
+])
 StudentSection = section_of(StudentConfig, "StudentSection", extra=[
     ("seeds", tuple[int, ...], _run_only("Train each arm once per seed (empty: once, with train.seed).", default=())),
 ])
@@ -121,7 +125,7 @@ def load_run_config(path: Path | None, overrides: tuple[str, ...] = ()) -> RunCo
 
 def stage_configs(config: RunConfig, work: Path) -> dict:
     """Every stage's config, wired to its place under `work`: the one place sections become stage configs."""
-    data_dir, cache = work / "data", work / "cache.zarr"
+    data_dir, cache = work / "data", config.dump.cache or work / "cache.zarr"
     raw = Path(config.data.raw_dir).resolve() if config.data.raw_dir else work / "raw"
     out = {"raw": raw, "prepare": PrepareConfig(data=raw, out=data_dir, **settings_of(config.data))}
     out["teachers"] = {t.name: TeacherConfig(data=data_dir, out=work / "teachers" / t.name, **settings_of(t))
@@ -150,8 +154,13 @@ class Stages:
         self.seconds: dict[str, float] = {}
         self.ran: list[str] = []
 
-    def run(self, name: str, output: Path, config_key, action) -> None:
-        stamp = output / STAMP if output.suffix != ".zarr" else output.with_name(output.name + STAMP)
+    def run(self, name: str, output: "Path | str", config_key, action) -> None:
+        remote = is_url(output)  # a cache in object storage: its stamp stays in WORK
+        if remote:
+            stamp = self.work / f"{name}{STAMP}"
+        else:
+            output = Path(output)
+            stamp = output / STAMP if output.suffix != ".zarr" else output.with_name(output.name + STAMP)
         key = config_hash(config_key)
         forced = any(name == f or name.startswith(f + ":") for f in self.force)
         if stamp.exists() and not forced:
@@ -162,13 +171,16 @@ class Stages:
                 return
         if forced or stamp.exists():  # forced, or made with another config: start this stage over
             stamp.unlink(missing_ok=True)
-            shutil.rmtree(output, ignore_errors=True)
+            if remote:
+                Location(output).delete_all()
+            else:
+                shutil.rmtree(output, ignore_errors=True)
         t0 = time.perf_counter()
         log.info("stage %s: running", name)
         action()
         self.seconds[name] = time.perf_counter() - t0
         self.ran.append(name)
-        if output.suffix != ".zarr":
+        if not remote and output.suffix != ".zarr":
             output.mkdir(parents=True, exist_ok=True)
         write_json_atomic(stamp, {"config_hash": key, "seconds": self.seconds[name], "stage": name})
 
@@ -230,10 +242,10 @@ def _dump_resuming(dcfg, progress) -> None:
     from .dump import dump
 
     try:
-        dump(dcfg, resume=dcfg.out.exists(), progress=progress)
+        dump(dcfg, resume=Location(dcfg.out).exists(), progress=progress)
     except LogitcacheError as exc:
         if "different config" not in str(exc) and "layout differs" not in str(exc):
             raise
         log.info("cache in %s was made with another config: starting it over", dcfg.out)
-        shutil.rmtree(dcfg.out)
+        Location(dcfg.out).delete_all()
         dump(dcfg, resume=False, progress=progress)

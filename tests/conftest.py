@@ -105,3 +105,28 @@ def copy_of(tmp_path):
         return target
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 server (moto's, in its own process) on a free local port, for the whole session."""
+    from s3_server import serve
+
+    with serve("moto") as url:
+        yield url
+
+
+@pytest.fixture
+def s3(s3_endpoint, monkeypatch, request) -> str:
+    """A fresh bucket on the moto server, with the standard AWS variables pointing at it (inherited by
+    subprocesses: torchrun, the CLI); returns "s3://BUCKET"."""
+    import re
+
+    from s3_server import CREDENTIALS, make_bucket
+
+    for key, value in CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    bucket = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-") + f"-{os.getpid() % 10000}"
+    make_bucket(s3_endpoint, bucket)
+    return f"s3://{bucket}"

@@ -153,6 +153,22 @@ def root_attrs(where) -> dict | None:
         return None
 
 
+def metadata_keys(layout: CacheLayout) -> list[str]:
+    """The metadata objects of a cache, the root last."""
+    return [f"{name}/zarr.json" for name in layout.block_arrays + ("done", "checksum")] + ["zarr.json"]
+
+
+def write_metadata(location: Location, objects: dict[str, bytes], finish: bool = False) -> None:
+    """Steps 1-3 of create_cache for given metadata objects (the root under "zarr.json")."""
+    objects = dict(objects)
+    root = objects.pop("zarr.json")
+    if not finish and not location.create_exclusive("zarr.json", _with_kind(root, CREATING)):
+        raise LogitcacheError(f"{location} already exists (another writer created it first)")
+    for key, data in objects.items():
+        location.write_bytes(key, data)
+    location.write_bytes("zarr.json", root)
+
+
 def create_cache(where, layout: CacheLayout, attrs: dict, codec: tuple[str, int] = DEFAULT_CODEC,
                  finish: bool = False) -> None:
     """Create an empty cache with all metadata, with the same protocol on disk and in object storage
@@ -163,14 +179,7 @@ def create_cache(where, layout: CacheLayout, attrs: dict, codec: tuple[str, int]
       3. commit: the root rewritten with kind "cache" (one atomic PUT / rename).
     `finish` completes a store whose creation was interrupted after step 1 (its claim is already there).
     `codec` only changes how the target arrays are compressed: readers take it from the Zarr metadata."""
-    location = as_location(where)
-    objects = _metadata_objects(layout, attrs, codec)
-    root = objects.pop("zarr.json")
-    if not finish and not location.create_exclusive("zarr.json", _with_kind(root, CREATING)):
-        raise LogitcacheError(f"{location} already exists (another dump created it first)")
-    for key, data in objects.items():
-        location.write_bytes(key, data)
-    location.write_bytes("zarr.json", root)
+    write_metadata(as_location(where), _metadata_objects(layout, attrs, codec), finish)
 
 
 def block_checksum(arrays: list[np.ndarray]) -> int:
@@ -237,12 +246,20 @@ class CacheStore:
         stored = [tokens.astype(token_dtype(self.layout.vocab_size)), id_gaps, stored_probs]
         if self.layout.with_weights:
             stored.append(np.take_along_axis(weights, order, axis=-1).astype(np.float16))
-        for i, name in enumerate(self.layout.block_arrays):
-            self.arrays[name][start:stop] = stored[i]
-            if i == 0:
-                fault_pause("LOGITCACHE_FAULT_WRITE_PAUSE")  # fault-injection tests: widen the mid-block window
-        self.arrays["checksum"][block] = np.uint32(block_checksum(stored))
-        self.arrays["done"][block] = 1
+        self.write_stored_block(block, stored, block_checksum(stored))
+
+    def write_stored_block(self, block: int, stored: list[np.ndarray], checksum: int) -> None:
+        """Commit one block's stored (encoded) arrays: the data, then the checksum, then `done`, each a
+        whole object written after the previous one returned (a remote PUT returns once durable), so
+        `done` is never there without its data and checksum."""
+        start, stop = self.layout.block_range(block)
+        with self.location.errors():
+            for i, name in enumerate(self.layout.block_arrays):
+                self.arrays[name][start:stop] = stored[i]
+                if i == 0:
+                    fault_pause("LOGITCACHE_FAULT_WRITE_PAUSE")  # fault-injection tests: widen the mid-block window
+            self.arrays["checksum"][block] = np.uint32(checksum)
+            self.arrays["done"][block] = 1
 
     def _fetch(self, selections: list[tuple[str, slice | int]]) -> list[np.ndarray]:
         """Several array reads at once (one request each, concurrently: a remote block costs one round trip)."""

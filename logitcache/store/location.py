@@ -176,8 +176,14 @@ class Location:
         """Fail now, in one line, when the bucket is missing or the credentials are refused."""
         if self.protocol != "s3":
             return
+        from zarr.core.sync import sync
+
         store = self.zarr_store()
-        self._run(store.fs._call_s3("head_bucket", Bucket=self.bucket))
+        try:
+            with self.errors():
+                sync(store.fs._call_s3("head_bucket", Bucket=self.bucket))
+        except FileNotFoundError:  # HEAD answers 404 without a body: no message to go by
+            raise LogitcacheError(f"{self.url}: bucket '{self.bucket}' does not exist") from None
 
     def read_bytes(self, key: str) -> bytes | None:
         """One object's bytes, or None when it does not exist."""

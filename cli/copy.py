@@ -1,0 +1,33 @@
+"""`logitcache copy SRC DST`: a cache between local disk and object storage, checked and resumable."""
+from typing import Annotated
+
+import typer
+
+from . import common as C
+
+
+@C.handle_errors
+def command(
+    src: Annotated[str, typer.Argument(help="The cache to copy: a folder or a URL (s3://bucket/prefix/cache.zarr).")],
+    dst: Annotated[str, typer.Argument(help="Where to put it: a folder or a URL. An interrupted copy resumes; "
+                                            "a different cache there is refused.")],
+    workers: Annotated[int, typer.Option("--workers", help="Blocks in flight at once.")] = 8,
+    json_out: C.JsonOut = None,
+    storage_option: C.StorageOption = None,
+) -> None:
+    """Copy block by block, checking every block's checksum; exit 1 if a source block is corrupt."""
+    from logitcache.store.copy import copy_cache
+
+    C.json_to_stdout(json_out)
+    C.use_storage_options(storage_option)
+    report = copy_cache(src, dst, progress=C.progress_hook(), workers=workers)
+    C.print_table(f"copy {report.src} -> {report.dst}", ["blocks", "copied", "already there", "not done in source",
+                                                         "corrupt", "MB (stored, decompressed)"],
+                  [[report.n_blocks, report.blocks_copied, report.blocks_skipped, report.blocks_missing,
+                    len(report.problems), report.bytes_stored / 1e6]])
+    C.write_json(json_out, vars(report))
+    if report.problems:
+        for line in report.problems:
+            C.say(f"FAIL {line}")
+        C.say(f"{len(report.problems)} corrupt block(s) in the source were not copied")
+        raise typer.Exit(1)

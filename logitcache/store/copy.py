@@ -1,0 +1,83 @@
+"""`copy SRC DST`: a cache between local disk and object storage, either way, block by block.
+
+The destination gets the source's metadata objects verbatim (through create_cache's claim and commit,
+so a half-copied store is never taken for a finished one), then every block the source has done:
+its stored arrays fetched, checked against the source's checksum, and committed in the destination
+like a dump commits (data, checksum, `done`). Blocks the destination already has are skipped, so an
+interrupted copy resumes; a destination holding a different cache (other attributes, down to the
+creation time) is refused and left as it is.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import CacheCorruptError, LogitcacheError
+from .cache import CREATING, CacheStore, block_checksum, metadata_keys, root_attrs, write_metadata
+from .fetch import read_ahead
+from .location import as_location
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CopyReport:
+    src: str = ""
+    dst: str = ""
+    n_blocks: int = 0
+    blocks_copied: int = 0
+    blocks_skipped: int = 0  # already done in the destination
+    blocks_missing: int = 0  # not done in the source (an unfinished cache copies unfinished)
+    bytes_stored: int = 0  # decompressed stored bytes moved
+    problems: list[str] = field(default_factory=list)
+
+
+def copy_cache(src, dst, progress=None, workers: int = 8) -> CopyReport:
+    source = CacheStore(src)
+    target_location = as_location(dst)
+    if target_location == source.location:
+        raise LogitcacheError(f"copy: source and destination are the same place ({source.path})")
+    target_location.check_reachable()
+    found = root_attrs(target_location)
+    same = found is not None and {**found, "kind": "cache"} == source.attrs
+    if found is not None and not same:
+        raise LogitcacheError(f"{target_location} holds a different cache (or another store); not overwritten. "
+                              "Choose another destination or delete it first")
+    if found is None and target_location.exists():
+        raise LogitcacheError(f"{target_location} exists and is not a cache; not overwritten")
+    if found is None or found.get("kind") == CREATING:
+        objects = {key: source.location.read_bytes(key) for key in metadata_keys(source.layout)}
+        write_metadata(target_location, objects, finish=found is not None)
+    target = CacheStore(target_location, mode="r+")
+
+    layout = source.layout
+    report = CopyReport(src=source.path, dst=target.path, n_blocks=layout.n_blocks)
+    src_done, dst_done = source.done_mask(), target.done_mask()
+    report.blocks_missing = int((~src_done).sum())
+    report.blocks_skipped = int((src_done & dst_done).sum())
+    todo = np.flatnonzero(src_done & ~dst_done).tolist()
+
+    def copy_block(block: int) -> int:
+        stored = source.read_checked_block(block)  # raises CacheCorruptError on a checksum mismatch
+        target.write_stored_block(block, stored, block_checksum(stored))
+        return sum(a.nbytes for a in stored)
+
+    if progress:
+        progress.start("copy", len(todo))
+    for block, result in read_ahead(copy_block, todo, ahead=2 * workers, workers=workers):
+        if progress:
+            progress.update(1)
+        if isinstance(result, CacheCorruptError):
+            report.problems.append(str(result))
+        elif isinstance(result, Exception):
+            raise result
+        else:
+            report.blocks_copied += 1
+            report.bytes_stored += result
+    if progress:
+        progress.finish()
+    log.info("copied %d blocks %s -> %s (%d already there)", report.blocks_copied, report.src, report.dst,
+             report.blocks_skipped)
+    return report
