@@ -154,6 +154,8 @@ def train_student(config: StudentConfig, resume: bool = False, progress: Progres
         reader, seed=config.train.seed, buffer_rows=config.shuffle_buffer,
         targets=config.alpha < 1.0 and not online, skip_bad_blocks=config.skip_bad_blocks,
         prefetch_blocks=config.prefetch_blocks, pin=device.type == "cuda",
+        # a remote block is a round trip: one fetch in flight per block ahead hides it
+        workers=config.prefetch_blocks if reader.store.location.is_remote else 2,
     )
     model = student_model(config, data)
     resolved = dataclasses.replace(config, temperature=temperature)  # saved as used, never as "0: the cache's"

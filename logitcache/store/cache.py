@@ -249,16 +249,22 @@ class CacheStore:
         self.write_stored_block(block, stored, block_checksum(stored))
 
     def write_stored_block(self, block: int, stored: list[np.ndarray], checksum: int) -> None:
-        """Commit one block's stored (encoded) arrays: the data, then the checksum, then `done`, each a
-        whole object written after the previous one returned (a remote PUT returns once durable), so
+        """Commit one block's stored (encoded) arrays: the data and the checksum (concurrently: one round
+        trip to object storage), then, once they all returned (a PUT returns once durable), `done`. So
         `done` is never there without its data and checksum."""
+        from zarr.core.sync import sync
+
         start, stop = self.layout.block_range(block)
+        writes = [(name, slice(start, stop), stored[i]) for i, name in enumerate(self.layout.block_arrays)]
+        writes.append(("checksum", slice(block, block + 1), np.array([checksum], dtype=np.uint32)))
+
+        async def put_all():
+            await asyncio.gather(*(self.arrays[name]._async_array.setitem(selection, value)
+                                   for name, selection, value in writes))
+
         with self.location.errors():
-            for i, name in enumerate(self.layout.block_arrays):
-                self.arrays[name][start:stop] = stored[i]
-                if i == 0:
-                    fault_pause("LOGITCACHE_FAULT_WRITE_PAUSE")  # fault-injection tests: widen the mid-block window
-            self.arrays["checksum"][block] = np.uint32(checksum)
+            sync(put_all())
+            fault_pause("LOGITCACHE_FAULT_WRITE_PAUSE")  # fault-injection tests: widen the mid-block window
             self.arrays["done"][block] = 1
 
     def _fetch(self, selections: list[tuple[str, slice | int]]) -> list[np.ndarray]:
