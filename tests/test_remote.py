@@ -237,3 +237,25 @@ def test_storage_options_parse():
         "max_concurrency": 8}
     with pytest.raises(Exception, match="key=value"):
         parse_storage_options(["novalue"])
+
+
+def test_run_with_the_cache_in_a_bucket(s3, tmp_path, tiny_raw):
+    """`run --cache s3://...`: the dump goes to the bucket, the students stream it, the report names it,
+    and a rerun finds the stage complete (its stamp stays in WORK) without touching the bucket."""
+    from test_eval import blimp_dir
+    from test_run import TINY
+
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY.format(raw=tiny_raw, blimp=blimp_dir(tmp_path)))
+    url, work = f"{s3}/run/cache.zarr", tmp_path / "work"
+    args = ["run", "--config", config, "--out", work, "--cache", url, "--set", "student.seeds=[0]"]
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert not (work / "cache.zarr").exists() and verify_cache(url) == []
+    report = json.loads((work / "report.json").read_text())
+    assert report["cache"]["path"] == url and report["cache"]["bytes_on_disk"] == sum(
+        size for key, size in Location(url).sizes().items() if key != "zarr.json")
+    before = objects(url)
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert objects(url) == before and json.loads((work / "report.json").read_text())["students"] == report["students"]
