@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from common import emit_json, median, parse_or_run_arm, print_table, run_arms_interleaved, synthetic_data  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from s3_server import CREDENTIALS, make_bucket, serve  # noqa: E402
+from s3_server import CREDENTIALS, PIDS, cpu_seconds, make_bucket, serve  # noqa: E402
 
 WARMUP = 4
 BUCKET = "bench"
@@ -80,10 +80,69 @@ def arm_dump(where: str, work: Path, args) -> dict:
     return {"tokens_per_s": report.tokens_per_s}
 
 
+def transport_store(transport: str, endpoint: str):
+    """The cache's Zarr store through fsspec/s3fs (what logitcache uses) or obstore (zarr's ObjectStore)."""
+    if transport == "fsspec":
+        from zarr.storage import FsspecStore
+
+        return FsspecStore.from_url(f"s3://{BUCKET}/cache.zarr", read_only=True,
+                                    storage_options={"endpoint_url": endpoint, "use_listings_cache": False})
+    from obstore.store import S3Store
+    from zarr.storage import ObjectStore
+
+    return ObjectStore(S3Store(BUCKET, prefix="cache.zarr", endpoint=endpoint, region=CREDENTIALS["AWS_DEFAULT_REGION"],
+                               access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                               secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+                               client_options={"allow_http": True}), read_only=True)
+
+
+def arm_read(where: str, work: Path, args) -> dict:
+    """Every block of the cache (its three arrays fetched together, `args.read_ahead` blocks in flight),
+    through one transport: MB/s of stored (compressed) bytes."""
+    import asyncio
+    import time
+
+    import zarr
+    from zarr.core.sync import sync
+
+    from logitcache.store.fetch import read_ahead
+
+    transport, delay = where.split("@")
+    group = zarr.open_group(store=transport_store(transport, endpoints()[delay]), mode="r")
+    arrays = [group[name] for name in ("tokens", "topk_ids", "topk_probs")]
+    rows, block_rows = arrays[0].shape[0], arrays[0].chunks[0]
+
+    def fetch(block: int):
+        selection = slice(block * block_rows, min((block + 1) * block_rows, rows))
+
+        async def gather():
+            return await asyncio.gather(*(a._async_array.getitem(selection) for a in arrays))
+
+        return sync(gather())
+
+    blocks = range((rows + block_rows - 1) // block_rows)
+    t0 = time.perf_counter()
+    for _, result in read_ahead(fetch, blocks, ahead=args.read_ahead, workers=args.read_ahead):
+        if isinstance(result, Exception):
+            raise result
+    seconds = time.perf_counter() - t0
+    stored = sum(p.stat().st_size for p in (work / "cache.zarr").rglob("*") if p.is_file())
+    return {"mb_per_s": stored / 1e6 / seconds, "blocks_per_s": len(blocks) / seconds}
+
+
 def run_arm(arm: str, work: Path, args) -> dict:
+    """One arm; also the CPU seconds the S3 server and proxies spent meanwhile (they share this machine's
+    cores with the arm, which a real object store would not)."""
+    import time
+
     torch.set_num_threads(args.threads)
     kind, where = arm.split(":")
-    return {"arm": arm, **(arm_student(where, work, args) if kind == "student" else arm_dump(where, work, args))}
+    run = {"student": arm_student, "dump": arm_dump, "read": arm_read}[kind]
+    pids = json.loads(os.environ["BENCH_SERVER_PIDS"])
+    before, t0 = sum(map(cpu_seconds, pids)), time.perf_counter()
+    result = run(where, work, args)
+    server_cpu_s, wall_s = sum(map(cpu_seconds, pids)) - before, time.perf_counter() - t0
+    return {"arm": arm, **result, "server_cpu_share": server_cpu_s / wall_s}
 
 
 def setup(work: Path, args) -> None:
@@ -116,6 +175,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--dump-chunks", type=int, default=1024)
     parser.add_argument("--dump-delays", default="0,20", help="Latencies for the dump arms (ms).")
+    parser.add_argument("--read-delays", default="0,20", help="Latencies for the transport arms (ms): fsspec vs obstore.")
+    parser.add_argument("--read-ahead", type=int, default=8, help="Blocks in flight in the transport arms.")
     parser.add_argument("--repeats", type=int, default=3)
     args = parse_or_run_arm(parser, run_arm)
     if args is None:
@@ -123,21 +184,24 @@ def main() -> None:
     os.environ.update(CREDENTIALS)
     delays = [d.strip() for d in args.delays.split(",") if d.strip()]
     dump_delays = [d.strip() for d in args.dump_delays.split(",") if d.strip()]
+    read_delays = [d.strip() for d in args.read_delays.split(",") if d.strip()]
     work = Path(tempfile.mkdtemp(prefix="bench-remote-"))
     try:
         with serve("moto") as moto:
             make_bucket(moto, BUCKET)
             proxies = {}
             stack = []
-            for delay in sorted(set(delays + dump_delays)):
+            for delay in sorted(set(delays + dump_delays + read_delays)):
                 context = serve("proxy", upstream=moto, delay_ms=delay)
                 proxies[delay] = context.__enter__()
                 stack.append(context)
             try:
                 os.environ["BENCH_ENDPOINTS"] = json.dumps({**proxies, "direct": moto})
+                os.environ["BENCH_SERVER_PIDS"] = json.dumps([PIDS[moto]] + [PIDS[url] for url in proxies.values()])
                 setup(work, args)
                 arms = ["student:local"] + [f"student:s3@{d}" for d in delays]
                 arms += ["dump:local"] + [f"dump:s3@{d}" for d in dump_delays]
+                arms += [f"read:{t}@{d}" for d in read_delays for t in ("fsspec", "obstore")]
                 results = run_arms_interleaved(__file__, arms, args, work)
             finally:
                 for context in reversed(stack):
@@ -145,24 +209,32 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    local_step = median([r["step_s"] for r in results["student:local"]])
-    local_dump = median([r["tokens_per_s"] for r in results["dump:local"]])
-    rows, payload = [], {"student": args.student, "batch_size": args.batch_size, "block_rows": args.block_rows,
-                         "repeats": args.repeats}
-    rows.append(["train-student", "local disk", 1000 * local_step, 1.0])
+    def med(arm: str, key: str) -> float:
+        return median([r[key] for r in results[arm]])
+
+    local_step, local_dump = med("student:local", "step_s"), med("dump:local", "tokens_per_s")
+    payload = {"student": args.student, "batch_size": args.batch_size, "block_rows": args.block_rows,
+               "repeats": args.repeats, "student_local_step_ms": 1000 * local_step, "dump_local_tokens_per_s": local_dump}
+    rows = [["train-student step ms", "local disk", 1000 * local_step, 1.0, med("student:local", "server_cpu_share")]]
     for d in delays:
-        step = median([r["step_s"] for r in results[f"student:s3@{d}"]])
-        rows.append(["train-student", f"S3 + {d} ms", 1000 * step, step / local_step])
+        step = med(f"student:s3@{d}", "step_s")
+        rows.append(["train-student step ms", f"S3 + {d} ms", 1000 * step, step / local_step,
+                     med(f"student:s3@{d}", "server_cpu_share")])
         payload[f"student_remote_vs_local_step_time_{d}ms"] = step / local_step
-    rows.append(["dump", "local disk", local_dump, 1.0])
+    rows.append(["dump tokens/s", "local disk", local_dump, 1.0, med("dump:local", "server_cpu_share")])
     for d in dump_delays:
-        rate = median([r["tokens_per_s"] for r in results[f"dump:s3@{d}"]])
-        rows.append(["dump", f"S3 + {d} ms", rate, rate / local_dump])
+        rate = med(f"dump:s3@{d}", "tokens_per_s")
+        rows.append(["dump tokens/s", f"S3 + {d} ms", rate, rate / local_dump, med(f"dump:s3@{d}", "server_cpu_share")])
         payload[f"dump_remote_vs_local_tokens_per_s_{d}ms"] = rate / local_dump
-    payload["student_local_step_ms"] = 1000 * local_step
-    payload["dump_local_tokens_per_s"] = local_dump
-    print_table(f"cache in S3 (moto + delaying proxy) vs local disk, medians of {args.repeats}",
-                ["stage", "where", "step ms / tokens/s", "remote/local"], rows)
+        payload[f"dump_remote_server_cpu_share_{d}ms"] = med(f"dump:s3@{d}", "server_cpu_share")
+    for d in read_delays:
+        rates = {t: med(f"read:{t}@{d}", "mb_per_s") for t in ("fsspec", "obstore")}
+        for t in ("fsspec", "obstore"):
+            rows.append([f"read blocks MB/s ({t})", f"S3 + {d} ms", rates[t], rates[t] / rates["fsspec"],
+                         med(f"read:{t}@{d}", "server_cpu_share")])
+        payload[f"obstore_vs_fsspec_read_{d}ms"] = rates["obstore"] / rates["fsspec"]
+    print_table(f"cache in S3 (moto + delaying proxy, same machine) vs local disk, medians of {args.repeats}",
+                ["measure", "where", "value", "ratio (to local; to fsspec)", "server CPU (cores)"], rows)
     emit_json(payload)
 
 

@@ -127,6 +127,8 @@ def s3(s3_endpoint, monkeypatch, request) -> str:
     for key, value in CREDENTIALS.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
-    bucket = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-") + f"-{os.getpid() % 10000}"
+    import uuid
+
+    bucket = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + "-" + uuid.uuid4().hex[:12]
     make_bucket(s3_endpoint, bucket)
     return f"s3://{bucket}"

@@ -26,6 +26,13 @@ from logitcache_cli.app import app
 runner = CliRunner()
 
 
+@pytest.fixture(params=["fsspec", "obstore"])
+def backend(request, monkeypatch) -> str:
+    """Both s3:// transports: s3fs through zarr's FsspecStore (the default) and obstore's ObjectStore."""
+    monkeypatch.setenv("LOGITCACHE_STORAGE_BACKEND", request.param)
+    return request.param
+
+
 def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
 
@@ -68,7 +75,7 @@ def test_url_is_not_a_local_folder(tmp_path, monkeypatch):
     assert not (tmp_path / "s3:").exists()
 
 
-def test_dump_to_s3_equals_the_same_dump_on_disk(s3, tiny_data, tiny_teachers, tiny_cache, tmp_path):
+def test_dump_to_s3_equals_the_same_dump_on_disk(s3, backend, tiny_data, tiny_teachers, tiny_cache, tmp_path):
     url = f"{s3}/runs/cache.zarr"
     result = invoke(*dump_args(tiny_data, tiny_teachers, url))
     assert result.exit_code == 0, result.output
@@ -89,7 +96,7 @@ def test_dump_to_s3_equals_the_same_dump_on_disk(s3, tiny_data, tiny_teachers, t
     assert invoke("verify", url).exit_code == 0
 
 
-def test_verify_finds_a_flipped_byte_in_one_object(s3, tiny_cache):
+def test_verify_finds_a_flipped_byte_in_one_object(s3, backend, tiny_cache):
     url = f"{s3}/cache.zarr"
     assert invoke("copy", tiny_cache, url).exit_code == 0
     location = Location(url)
@@ -103,7 +110,7 @@ def test_verify_finds_a_flipped_byte_in_one_object(s3, tiny_cache):
     assert report["bad_blocks"] == 1 and report["problems"][0].startswith("block 2:")
 
 
-def test_copy_both_ways_is_exact_resumable_and_refuses_another_cache(s3, tiny_cache, tmp_path, tiny_data,
+def test_copy_both_ways_is_exact_resumable_and_refuses_another_cache(s3, backend, tiny_cache, tmp_path, tiny_data,
                                                                      tiny_teachers):
     url = f"{s3}/copy/cache.zarr"
     assert invoke("copy", tiny_cache, url).exit_code == 0
@@ -114,7 +121,7 @@ def test_copy_both_ways_is_exact_resumable_and_refuses_another_cache(s3, tiny_ca
     # interrupted copy: the destination lost two blocks' markers (as if killed before them); copy resumes
     import s3fs
 
-    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)  # an independent client, whatever the backend
     for block in (1, 3):
         fs.rm(f"{url}/{block_chunk_key('done', block)}")
     result = invoke("copy", tiny_cache, url, "--json", "-")
@@ -134,7 +141,7 @@ def test_copy_both_ways_is_exact_resumable_and_refuses_another_cache(s3, tiny_ca
 TIMINGS = ("elapsed_s", "tokens_per_s", "seconds")
 
 
-def test_train_student_and_eval_from_s3_equal_local(s3, tiny_cache, tiny_data, tmp_path):
+def test_train_student_and_eval_from_s3_equal_local(s3, backend, tiny_cache, tiny_data, tmp_path):
     """The student trained from the bucket (cache and data) is the one trained from disk."""
     cache_url, data_url = f"{s3}/cache.zarr", f"{s3}/data"
     assert invoke("copy", tiny_cache, cache_url).exit_code == 0
@@ -154,15 +161,15 @@ def test_train_student_and_eval_from_s3_equal_local(s3, tiny_cache, tiny_data, t
     assert json.loads(result.stdout)["models"][0]["ce"] > 0
 
 
-def test_half_created_store_is_no_cache_and_resume_finishes_it(s3, tiny_data, tiny_teachers, tiny_cache):
+def test_half_created_store_is_no_cache_and_resume_finishes_it(s3, backend, tiny_data, tiny_teachers, tiny_cache):
     """Killed right after the claim: readers refuse it, a dump without --resume refuses it, --resume finishes."""
     url = f"{s3}/half.zarr"
     # the claim as dump writes it: the same config's attributes with kind "cache-creating", nothing else
     root = json.loads(Location(tiny_cache).read_bytes("zarr.json"))
     root["attributes"]["logitcache"]["kind"] = CREATING
-    Location(url).create_exclusive("zarr.json", json.dumps(root).encode())
+    assert Location(url).create_exclusive("zarr.json", json.dumps(root).encode())
     result = invoke("verify", url)
-    assert result.exit_code == 2 and "half-created" in result.output
+    assert result.exit_code == 2 and "half-created" in result.output, result.output
     result = invoke(*dump_args(tiny_data, tiny_teachers, url))
     assert result.exit_code == 2 and "half-created" in result.output
     result = invoke(*dump_args(tiny_data, tiny_teachers, url), "--resume")
@@ -172,7 +179,7 @@ def test_half_created_store_is_no_cache_and_resume_finishes_it(s3, tiny_data, ti
         assert np.array_equal(a, b)
 
 
-def test_second_writer_is_refused_and_the_first_cache_kept(s3, tiny_data, tiny_teachers):
+def test_second_writer_is_refused_and_the_first_cache_kept(s3, backend, tiny_data, tiny_teachers):
     url = f"{s3}/c.zarr"
     assert invoke(*dump_args(tiny_data, tiny_teachers, url)).exit_code == 0
     before = objects(url)
@@ -186,7 +193,7 @@ def test_second_writer_is_refused_and_the_first_cache_kept(s3, tiny_data, tiny_t
     assert objects(url) == before
 
 
-def test_missing_bucket_and_bad_scheme_are_one_line_errors(s3, tiny_data, tiny_teachers):
+def test_missing_bucket_and_bad_scheme_are_one_line_errors(s3, backend, tiny_data, tiny_teachers):
     for args in (["verify", "s3://no-such-bucket-here/c.zarr"], ["inspect", "s3://no-such-bucket-here/c.zarr"],
                  dump_args(tiny_data, tiny_teachers, "s3://no-such-bucket-here/c.zarr"),
                  ["copy", f"{s3}/nothing.zarr", "s3://no-such-bucket-here/c.zarr"]):
@@ -198,7 +205,7 @@ def test_missing_bucket_and_bad_scheme_are_one_line_errors(s3, tiny_data, tiny_t
     assert "no cache at" in invoke("verify", f"{s3}/nothing.zarr").output
 
 
-def test_transient_503s_are_retried(s3, s3_endpoint, tiny_cache, monkeypatch):
+def test_transient_503s_are_retried(s3, backend, s3_endpoint, tiny_cache, monkeypatch):
     """Every 10th request answered 503 SlowDown by a proxy in front of the server: copy and verify still
     succeed, and the copy is exact."""
     from logitcache.store.location import set_storage_options
