@@ -43,10 +43,12 @@ def endpoints() -> dict[str, str]:
     return json.loads(os.environ["BENCH_ENDPOINTS"])  # {"0": proxy url, "20": ..., "direct": moto url}
 
 
-def use_endpoint(delay: str) -> None:
+def use_endpoint(where: str) -> None:
+    """`s3@D` (s3fs) or `obstore@D`: the transport and the proxy adding D ms, or `direct` (no proxy)."""
     from logitcache.store.location import set_storage_options
 
-    set_storage_options({"endpoint_url": endpoints()[delay]})
+    transport, _, delay = where.rpartition("@") if "@" in where else ("s3", "", where)
+    set_storage_options({"endpoint_url": endpoints()[delay], "backend": "obstore" if transport == "obstore" else "fsspec"})
 
 
 def arm_student(where: str, work: Path, args) -> dict:
@@ -56,7 +58,7 @@ def arm_student(where: str, work: Path, args) -> dict:
     if where == "local":
         cache = str(work / "cache.zarr")
     else:
-        use_endpoint(where.split("@")[1])
+        use_endpoint(where)
         cache = f"s3://{BUCKET}/cache.zarr"
     out = work / f"student-{where.replace('@', '-')}"
     shutil.rmtree(out, ignore_errors=True)
@@ -72,7 +74,7 @@ def arm_dump(where: str, work: Path, args) -> dict:
     if where == "local":
         out = str(work / "dump-local.zarr")
     else:
-        use_endpoint(where.split("@")[1])
+        use_endpoint(where)
         out = f"s3://{BUCKET}/dump-{where.replace('@', '-')}.zarr"
     teachers = tuple(sorted((work / "teachers").iterdir()))
     report = dump(DumpConfig(data=str(work / "data"), teachers=teachers, out=out, block_rows=args.block_rows,
@@ -199,8 +201,8 @@ def main() -> None:
                 os.environ["BENCH_ENDPOINTS"] = json.dumps({**proxies, "direct": moto})
                 os.environ["BENCH_SERVER_PIDS"] = json.dumps([PIDS[moto]] + [PIDS[url] for url in proxies.values()])
                 setup(work, args)
-                arms = ["student:local"] + [f"student:s3@{d}" for d in delays]
-                arms += ["dump:local"] + [f"dump:s3@{d}" for d in dump_delays]
+                arms = ["student:local"] + [f"student:{t}@{d}" for d in delays for t in ("s3", "obstore")]
+                arms += ["dump:local"] + [f"dump:{t}@{d}" for d in dump_delays for t in ("s3", "obstore")]
                 arms += [f"read:{t}@{d}" for d in read_delays for t in ("fsspec", "obstore")]
                 results = run_arms_interleaved(__file__, arms, args, work)
             finally:
@@ -217,16 +219,18 @@ def main() -> None:
                "repeats": args.repeats, "student_local_step_ms": 1000 * local_step, "dump_local_tokens_per_s": local_dump}
     rows = [["train-student step ms", "local disk", 1000 * local_step, 1.0, med("student:local", "server_cpu_share")]]
     for d in delays:
-        step = med(f"student:s3@{d}", "step_s")
-        rows.append(["train-student step ms", f"S3 + {d} ms", 1000 * step, step / local_step,
-                     med(f"student:s3@{d}", "server_cpu_share")])
-        payload[f"student_remote_vs_local_step_time_{d}ms"] = step / local_step
+        for t, name in (("s3", "s3fs"), ("obstore", "obstore")):
+            step = med(f"student:{t}@{d}", "step_s")
+            rows.append(["train-student step ms", f"S3 + {d} ms ({name})", 1000 * step, step / local_step,
+                         med(f"student:{t}@{d}", "server_cpu_share")])
+            payload[f"student_remote_vs_local_step_time_{d}ms" + ("_obstore" if t == "obstore" else "")] = step / local_step
     rows.append(["dump tokens/s", "local disk", local_dump, 1.0, med("dump:local", "server_cpu_share")])
     for d in dump_delays:
-        rate = med(f"dump:s3@{d}", "tokens_per_s")
-        rows.append(["dump tokens/s", f"S3 + {d} ms", rate, rate / local_dump, med(f"dump:s3@{d}", "server_cpu_share")])
-        payload[f"dump_remote_vs_local_tokens_per_s_{d}ms"] = rate / local_dump
-        payload[f"dump_remote_server_cpu_share_{d}ms"] = med(f"dump:s3@{d}", "server_cpu_share")
+        for t, name in (("s3", "s3fs"), ("obstore", "obstore")):
+            rate = med(f"dump:{t}@{d}", "tokens_per_s")
+            rows.append(["dump tokens/s", f"S3 + {d} ms ({name})", rate, rate / local_dump,
+                         med(f"dump:{t}@{d}", "server_cpu_share")])
+            payload[f"dump_remote_vs_local_tokens_per_s_{d}ms" + ("_obstore" if t == "obstore" else "")] = rate / local_dump
     for d in read_delays:
         rates = {t: med(f"read:{t}@{d}", "mb_per_s") for t in ("fsspec", "obstore")}
         for t in ("fsspec", "obstore"):
