@@ -8,18 +8,25 @@ from . import common as C
 
 @C.handle_errors
 def command(
-    src: Annotated[str, typer.Argument(help="The cache to copy: a folder or a URL (s3://bucket/prefix/cache.zarr).")],
+    src: Annotated[str, typer.Argument(help="The cache (or prepared data dir) to copy: a folder or a URL "
+                                            "(s3://bucket/prefix/cache.zarr).")],
     dst: Annotated[str, typer.Argument(help="Where to put it: a folder or a URL. An interrupted copy resumes; "
                                             "a different cache there is refused.")],
     workers: Annotated[int, typer.Option("--workers", help="Blocks in flight at once.")] = 8,
     json_out: C.JsonOut = None,
     storage_option: C.StorageOption = None,
 ) -> None:
-    """Copy block by block, checking every block's checksum; exit 1 if a source block is corrupt."""
-    from logitcache.store.copy import copy_cache
+    """Copy a cache block by block, checking every block's checksum (exit 1 if a source block is corrupt),
+    or a prepared data dir file by file."""
+    from logitcache.store.copy import copy_cache, copy_data_dir, is_data_dir
 
     C.json_to_stdout(json_out)
     C.use_storage_options(storage_option)
+    if is_data_dir(src):
+        report = copy_data_dir(src, dst, progress=C.progress_hook(), workers=workers)
+        C.print_table(f"copy {report.src} -> {report.dst}", ["files", "MB"], [[report.blocks_copied, report.bytes_stored / 1e6]])
+        C.write_json(json_out, vars(report))
+        return
     report = copy_cache(src, dst, progress=C.progress_hook(), workers=workers)
     C.print_table(f"copy {report.src} -> {report.dst}", ["blocks", "copied", "already there", "not done in source",
                                                          "corrupt", "MB (stored, decompressed)"],

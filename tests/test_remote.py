@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -50,16 +51,6 @@ def decoded(where) -> list[np.ndarray]:
 def objects(where) -> dict[str, bytes]:
     location = Location(where)
     return {key: location.read_bytes(key) for key in location.sizes()}
-
-
-def upload(local, url: str) -> None:
-    """A local folder's files as objects under `url` (the data dir, for --data s3://...)."""
-    from pathlib import Path
-
-    location = Location(url)
-    for path in Path(local).rglob("*"):
-        if path.is_file():
-            location.write_bytes(path.relative_to(local).as_posix(), path.read_bytes())
 
 
 def test_url_is_not_a_local_folder(tmp_path, monkeypatch):
@@ -145,7 +136,9 @@ def test_train_student_and_eval_from_s3_equal_local(s3, backend, tiny_cache, tin
     """The student trained from the bucket (cache and data) is the one trained from disk."""
     cache_url, data_url = f"{s3}/cache.zarr", f"{s3}/data"
     assert invoke("copy", tiny_cache, cache_url).exit_code == 0
-    upload(tiny_data, data_url)
+    result = invoke("copy", tiny_data, data_url)  # a prepared data dir: file by file
+    assert result.exit_code == 0, result.output
+    assert objects(data_url) == objects(tiny_data)
     common = ["--preset", "llama-tiny", "--batch-size", 8, "--max-steps", 6, "--val-chunks", 16, "--device", "cpu",
               "--warmup-steps", 2, "--lr", 3e-3]
     runs = {}
@@ -266,3 +259,38 @@ def test_run_with_the_cache_in_a_bucket(s3, tmp_path, tiny_raw):
     result = invoke(*args)
     assert result.exit_code == 0, result.output
     assert objects(url) == before and json.loads((work / "report.json").read_text())["students"] == report["students"]
+
+
+def test_copy_of_a_data_dir_refuses_another_data_dir(s3, tiny_data, tmp_path):
+    url = f"{s3}/data"
+    assert invoke("copy", tiny_data, url).exit_code == 0
+    again = invoke("copy", tiny_data, url)  # the same data again: fine (idempotent)
+    assert again.exit_code == 0, again.output
+    other = tmp_path / "other"
+    shutil.copytree(tiny_data, other)
+    root = json.loads((other / "tokens.zarr" / "zarr.json").read_text())
+    root["attributes"]["logitcache"]["fingerprint"] = "0" * 64
+    (other / "tokens.zarr" / "zarr.json").write_text(json.dumps(root))
+    before = objects(url)
+    result = invoke("copy", other, url)
+    assert result.exit_code == 2 and "different prepared data dir" in result.output
+    assert objects(url) == before
+
+
+def test_unreachable_endpoint_and_bad_options_are_one_line(s3, tmp_path, monkeypatch):
+    import s3fs
+
+    from s3_server import free_port
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "retries", 1)  # s3fs's own retry loop: 5 with backoff by default
+    dead = f"http://127.0.0.1:{free_port()}"
+    result = invoke("verify", f"{s3}/c.zarr", "--storage-option", "no_such_s3fs_option=1")
+    assert result.exit_code == 2 and "no_such_s3fs_option" in result.output, result.output
+    result = invoke("verify", f"{s3}/c.zarr", "--storage-option", f"endpoint_url={dead}",
+                    "--storage-option", "config_kwargs.retries.max_attempts=2")
+    from logitcache.store.location import set_storage_options
+
+    set_storage_options({})
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "unreachable" in lines[0], result.output

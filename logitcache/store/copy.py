@@ -34,6 +34,59 @@ class CopyReport:
     problems: list[str] = field(default_factory=list)
 
 
+def is_data_dir(where) -> bool:
+    """A prepared data dir (tokenizer.json and tokens.zarr), local or remote."""
+    location = as_location(where)
+    return location.read_bytes("tokenizer.json") is not None and location.child("tokens.zarr").read_bytes("zarr.json") is not None
+
+
+def copy_data_dir(src, dst, progress=None, workers: int = 8) -> CopyReport:
+    """A prepared data dir, file by file (bytes compared after writing), the token store's root
+    `zarr.json` last: until it lands the destination is no token store. A destination holding
+    another data dir (its fingerprint differs) is refused."""
+    source, target = as_location(src), as_location(dst)
+    if source == target:
+        raise LogitcacheError(f"copy: source and destination are the same place ({source})")
+    target.check_reachable()
+    root_key = "tokens.zarr/zarr.json"
+    theirs = target.read_bytes(root_key)
+    if theirs is not None and theirs != source.read_bytes(root_key):
+        raise LogitcacheError(f"{target} holds a different prepared data dir; not overwritten")
+    if theirs is None and target.exists() and not is_data_dir(target):
+        if target.read_bytes("tokenizer.json") is None and target.sizes():
+            raise LogitcacheError(f"{target} exists and is not a prepared data dir; not overwritten")
+    keys = sorted(k for k in source.sizes() if k != root_key) + [root_key]
+    report = CopyReport(src=str(source), dst=str(target), n_blocks=len(keys))
+
+    def copy_file(key: str) -> int:
+        data = source.read_bytes(key)
+        target.write_bytes(key, data)
+        if target.read_bytes(key) != data:
+            raise CacheCorruptError(f"{key}: the copy reads back different bytes")
+        return len(data)
+
+    if progress:
+        progress.start("copy", len(keys))
+    ordered = read_ahead(copy_file, keys[:-1], ahead=2 * workers, workers=workers)
+    for key, result in list(ordered) + [(root_key, _call(copy_file, root_key))]:
+        if progress:
+            progress.update(1)
+        if isinstance(result, Exception):
+            raise result
+        report.blocks_copied += 1
+        report.bytes_stored += result
+    if progress:
+        progress.finish()
+    return report
+
+
+def _call(fn, arg):
+    try:
+        return fn(arg)
+    except Exception as exc:
+        return exc
+
+
 def copy_cache(src, dst, progress=None, workers: int = 8) -> CopyReport:
     source = CacheStore(src)
     target_location = as_location(dst)

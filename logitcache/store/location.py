@@ -155,12 +155,15 @@ class Location:
             return LocalStore(self.path, read_only=read_only)
         key = (self.url, read_only, self.backend, json.dumps(_STORAGE_OPTIONS, sort_keys=True), os.getpid())
         if key not in _ZARR_STORES:
-            with self.errors():
-                if self.backend == "obstore":
-                    _ZARR_STORES[key] = self._obstore(read_only)
-                else:
-                    _ZARR_STORES[key] = FsspecStore.from_url(self.url, storage_options=self.storage_options,
-                                                             read_only=read_only)
+            try:
+                with self.errors():
+                    if self.backend == "obstore":
+                        _ZARR_STORES[key] = self._obstore(read_only)
+                    else:
+                        _ZARR_STORES[key] = FsspecStore.from_url(self.url, storage_options=self.storage_options,
+                                                                 read_only=read_only)
+            except (TypeError, ValueError) as exc:  # an unknown keyword, a bad value
+                raise LogitcacheError(f"{self.url}: storage options rejected ({exc})") from None
         return _ZARR_STORES[key]
 
     def _obstore(self, read_only: bool):
@@ -198,6 +201,8 @@ class Location:
             text = f"{exc.__class__.__name__}: {exc}"
             if not self.is_remote:
                 raise
+            if isinstance(exc, TypeError) and "keyword argument" in text:  # s3fs builds its client lazily
+                raise LogitcacheError(f"{self.url}: storage options rejected ({exc})") from None
             if "NoSuchBucket" in text:
                 raise LogitcacheError(f"{self.url}: bucket '{self.bucket}' does not exist") from None
             if any(s in text for s in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Unauthenticated",
