@@ -175,7 +175,8 @@ def main() -> None:
     parser.add_argument("--shuffle-buffer", type=int, default=256, help="Small, so the student streams blocks "
                                                                          "throughout instead of buffering the cache.")
     parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--dump-chunks", type=int, default=1024)
+    parser.add_argument("--dump-chunks", type=int, default=4096, help="Enough that one-off costs (client set-up, "
+                        "the last blocks in flight) do not dominate.")
     parser.add_argument("--dump-delays", default="0,20", help="Latencies for the dump arms (ms).")
     parser.add_argument("--read-delays", default="0,20", help="Latencies for the transport arms (ms): fsspec vs obstore.")
     parser.add_argument("--read-ahead", type=int, default=8, help="Blocks in flight in the transport arms.")
