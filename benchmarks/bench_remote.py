@@ -51,15 +51,19 @@ def use_endpoint(where: str) -> None:
     set_storage_options({"endpoint_url": endpoints()[delay], "backend": "obstore" if transport == "obstore" else "fsspec"})
 
 
+def place(where: str, work: Path, name: str) -> str:
+    """`name` on local disk (under WORK) or in the bucket, through the arm's transport and proxy."""
+    if where == "local":
+        return str(work / name)
+    use_endpoint(where)
+    return f"s3://{BUCKET}/{name}"
+
+
 def arm_student(where: str, work: Path, args) -> dict:
     from logitcache.student import StudentConfig, train_student
     from logitcache.train import TrainConfig, read_metrics
 
-    if where == "local":
-        cache = str(work / "cache.zarr")
-    else:
-        use_endpoint(where)
-        cache = f"s3://{BUCKET}/cache.zarr"
+    cache = place(where, work, "cache.zarr")
     out = work / f"student-{where.replace('@', '-')}"
     shutil.rmtree(out, ignore_errors=True)
     train = TrainConfig(batch_size=args.batch_size, max_steps=args.steps, warmup_steps=2, val_chunks=8, device="cpu")
@@ -71,11 +75,7 @@ def arm_student(where: str, work: Path, args) -> dict:
 def arm_dump(where: str, work: Path, args) -> dict:
     from logitcache.dump import DumpConfig, dump
 
-    if where == "local":
-        out = str(work / "dump-local.zarr")
-    else:
-        use_endpoint(where)
-        out = f"s3://{BUCKET}/dump-{where.replace('@', '-')}.zarr"
+    out = place(where, work, f"dump-{where.replace('@', '-')}.zarr")
     teachers = tuple(sorted((work / "teachers").iterdir()))
     report = dump(DumpConfig(data=str(work / "data"), teachers=teachers, out=out, block_rows=args.block_rows,
                              max_chunks=args.dump_chunks, device="cpu"), overwrite=True)
