@@ -1,4 +1,4 @@
-"""Where a store lives: a local folder or an object-store URL (s3://, gs://, file://).
+"""Where a store lives: a local folder or an object-store URL (s3://, gs:// with gcsfs, file://).
 
 A `Location` hands out the Zarr v3 store for its place (LocalStore, or FsspecStore over s3fs/gcsfs)
 and the few object operations the cache protocol needs beyond Zarr (docs/architecture.md, "Caches
@@ -22,7 +22,7 @@ from typing import Any
 
 from ..errors import LogitcacheError
 
-REMOTE_PROTOCOLS = ("s3", "gs", "gcs", "memory")
+REMOTE_PROTOCOLS = ("s3", "gs", "gcs")
 # s3:// transports: fsspec (s3fs, the default) or obstore (Rust; measured 1.7-2.8x faster block reads and
 # less CPU taken from the teachers: benchmarks/bench_remote.py). Chosen with --storage-option backend=obstore
 # or LOGITCACHE_STORAGE_BACKEND.
@@ -120,19 +120,10 @@ class Location:
         assert not self.is_remote, self.url
         return Path(self.path)
 
-    @property
-    def name(self) -> str:
-        return self.path.rstrip("/").rsplit("/", 1)[-1]
-
     def child(self, name: str) -> "Location":
         if not self.is_remote:
             return Location(Path(self.url) / name)
         return Location(f"{self.url}/{name}")
-
-    def parent(self) -> "Location":
-        if not self.is_remote:
-            return Location(Path(self.url).parent)
-        return Location(f"{self.protocol}://{self.path.rsplit('/', 1)[0]}")
 
     @property
     def backend(self) -> str:
