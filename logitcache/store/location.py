@@ -200,8 +200,11 @@ class Location:
                                        "PermissionDenied", "Unable to locate credentials")):
                 raise LogitcacheError(f"{self.url}: access denied or bad credentials; check the AWS_* variables, "
                                       "the profile or --storage-option") from None
+            if isinstance(exc, ImportError):
+                raise LogitcacheError(f"{self.url}: the {self.backend} transport needs a package that is not installed "
+                                      f"({exc})") from None
             if any(s in text for s in ("Could not connect", "Cannot connect", "Connect call failed", "Connection refused",
-                                       "error sending request", "No module")):
+                                       "error sending request")):
                 raise LogitcacheError(f"{self.url}: storage unreachable ({' '.join(text.split())[:300]})") from None
             raise
 
