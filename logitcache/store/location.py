@@ -283,7 +283,7 @@ class Location:
             self._run(coro)
         except FileExistsError:
             return False
-        if not self.is_remote:  # LocalStore's set_if_not_exists is silent when the key exists
+        if self.protocol != "s3":  # LocalStore's (and fsspec's generic) set_if_not_exists is silent when the key exists
             return self.read_bytes(key) == data
         return True
 
