@@ -176,13 +176,19 @@ def whole_process(data_dir: Path, teacher_dirs: list[Path], chunks: int, batch_s
         full.append(time.perf_counter() - t0)
         shutil.rmtree(out)
     ratio = median(bare) / median(full)
-    print_table(f"whole processes: dump vs bare teacher forward ({len(teacher_dirs)} teachers, {chunks} chunks, "
-                f"{threads} threads, medians of {repeats})", ["process", "median seconds", "runs"],
-                [["bare forward (load + forward)", median(bare), ", ".join(f"{x:.1f}" for x in bare)],
-                 ["logitcache dump", median(full), ", ".join(f"{x:.1f}" for x in full)],
-                 ["ratio forward time / dump time", ratio, ""]])
+    print_bare_vs_dump(f"whole processes: dump vs bare teacher forward ({len(teacher_dirs)} teachers, {chunks} chunks, "
+                       f"{threads} threads, medians of {repeats})", ["process", "median seconds", "runs"],
+                       ("bare forward (load + forward)", bare), ("logitcache dump", full),
+                       ("ratio forward time / dump time", ratio), digits=1)
     emit_json({"bench": "dump-whole-process", "forward_s": median(bare), "dump_s": median(full), "dump_vs_forward": ratio,
                "teachers": [str(t) for t in teacher_dirs], "chunks": chunks})
+
+
+def print_bare_vs_dump(title: str, columns: list[str], bare: tuple[str, list], dump: tuple[str, list],
+                       ratio: tuple[str, float], digits: int) -> None:
+    """The two arms (label, runs) with their medians and every run, then the ratio row."""
+    rows = [[label, median(runs), ", ".join(f"{x:.{digits}f}" for x in runs)] for label, runs in (bare, dump)]
+    print_table(title, columns, rows + [[ratio[0], ratio[1], ""]])
 
 
 def child_dump(data: Path, teacher: Path, out: Path, chunks: int, budget_mb: int) -> None:
@@ -295,11 +301,10 @@ def main() -> None:
             shutil.rmtree(out)
         ratio = median(full) / median(bare)
         device = "cuda" if torch.cuda.is_available() else f"cpu x{args.threads} threads"
-        print_table(f"dump vs bare teacher forward ({len(models)} teachers, {args.chunks} chunks, vocab {data.vocab_size}, "
-                    f"top-{args.top_k}, {device})", ["arm", "median tokens/s", "runs"],
-                    [["bare forward", median(bare), ", ".join(f"{x:.0f}" for x in bare)],
-                     ["dump (compute + encode + write)", median(full), ", ".join(f"{x:.0f}" for x in full)],
-                     ["ratio dump / bare", ratio, ""]])
+        print_bare_vs_dump(f"dump vs bare teacher forward ({len(models)} teachers, {args.chunks} chunks, vocab "
+                           f"{data.vocab_size}, top-{args.top_k}, {device})", ["arm", "median tokens/s", "runs"],
+                           ("bare forward", bare), ("dump (compute + encode + write)", full), ("ratio dump / bare", ratio),
+                           digits=0)
         emit_json({"bench": "dump", "bare_tokens_per_s": median(bare), "dump_tokens_per_s": median(full), "ratio": ratio,
                    "teachers": [str(d) for d in teacher_dirs], "chunks": args.chunks, "vocab_size": data.vocab_size,
                    "top_k": args.top_k, "device": device})

@@ -263,9 +263,22 @@ def test_run_with_the_cache_in_a_bucket(s3, tmp_path, tiny_raw):
 
 def test_copy_of_a_data_dir_refuses_another_data_dir(s3, tiny_data, tmp_path):
     url = f"{s3}/data"
+    # an interrupted copy: the tokenizer landed, the token store's root not yet -> no token store, completed
+    Location(url).write_bytes("tokenizer.json", (tiny_data / "tokenizer.json").read_bytes())
+    with pytest.raises(Exception, match="not a token store"):
+        from logitcache.data import load_data
+
+        load_data(url)
     assert invoke("copy", tiny_data, url).exit_code == 0
+    assert objects(url) == objects(tiny_data)
     again = invoke("copy", tiny_data, url)  # the same data again: fine (idempotent)
     assert again.exit_code == 0, again.output
+    # a folder holding something else is refused and left as it is
+    foreign = f"{s3}/foreign"
+    Location(foreign).write_bytes("notes.txt", b"mine")
+    result = invoke("copy", tiny_data, foreign)
+    assert result.exit_code == 2 and "not a prepared data dir" in result.output
+    assert objects(foreign) == {"notes.txt": b"mine"}
     other = tmp_path / "other"
     shutil.copytree(tiny_data, other)
     root = json.loads((other / "tokens.zarr" / "zarr.json").read_text())

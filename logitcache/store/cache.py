@@ -294,17 +294,9 @@ class CacheStore:
     def read_checked_block(self, block: int) -> list[np.ndarray]:
         """The block's stored arrays, checksum-verified (data and checksum fetched together)."""
         *stored, checksum = self.read_stored_block(block, with_checksum=True)
-        self.check_block(block, stored, int(checksum[0]))
-        return stored
-
-    def check_block(self, block: int, stored: list[np.ndarray], expected: int | None = None) -> None:
-        if expected is None:
-            try:
-                expected = int(self.arrays["checksum"][block])
-            except Exception as exc:
-                raise CacheCorruptError(f"block {block}: checksum unreadable ({exc})", block) from None
-        if block_checksum(stored) != expected:
+        if block_checksum(stored) != int(checksum[0]):
             raise CacheCorruptError(f"block {block}: checksum mismatch (stored data changed after writing)", block)
+        return stored
 
     def decode_raw(self, stored: list[np.ndarray]) -> tuple[np.ndarray, ...]:
         """Stored block -> tokens (n, T) int64, ids (n, T, K) int64, probs (n, T, K) float32 [, weights],

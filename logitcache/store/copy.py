@@ -43,7 +43,8 @@ def is_data_dir(where) -> bool:
 def copy_data_dir(src, dst, progress=None, workers: int = 8) -> CopyReport:
     """A prepared data dir, file by file (bytes compared after writing), the token store's root
     `zarr.json` last: until it lands the destination is no token store. A destination holding
-    another data dir (its fingerprint differs) is refused."""
+    another data dir (another token store root: its fingerprint and attributes) is refused; a
+    partial copy (a tokenizer.json, no root yet) is completed."""
     source, target = as_location(src), as_location(dst)
     if source == target:
         raise LogitcacheError(f"copy: source and destination are the same place ({source})")
@@ -52,11 +53,10 @@ def copy_data_dir(src, dst, progress=None, workers: int = 8) -> CopyReport:
     theirs = target.read_bytes(root_key)
     if theirs is not None and theirs != source.read_bytes(root_key):
         raise LogitcacheError(f"{target} holds a different prepared data dir; not overwritten")
-    if theirs is None and target.exists() and not is_data_dir(target):
-        if target.read_bytes("tokenizer.json") is None and target.sizes():
-            raise LogitcacheError(f"{target} exists and is not a prepared data dir; not overwritten")
-    keys = sorted(k for k in source.sizes() if k != root_key) + [root_key]
-    report = CopyReport(src=str(source), dst=str(target), n_blocks=len(keys))
+    if theirs is None and target.sizes() and target.read_bytes("tokenizer.json") is None:
+        raise LogitcacheError(f"{target} exists and is not a prepared data dir; not overwritten")
+    keys = sorted(k for k in source.sizes() if k != root_key)
+    report = CopyReport(src=str(source), dst=str(target), n_blocks=len(keys) + 1)
 
     def copy_file(key: str) -> int:
         data = source.read_bytes(key)
@@ -66,25 +66,19 @@ def copy_data_dir(src, dst, progress=None, workers: int = 8) -> CopyReport:
         return len(data)
 
     if progress:
-        progress.start("copy", len(keys))
-    ordered = read_ahead(copy_file, keys[:-1], ahead=2 * workers, workers=workers)
-    for key, result in list(ordered) + [(root_key, _call(copy_file, root_key))]:
-        if progress:
-            progress.update(1)
+        progress.start("copy", report.n_blocks)
+    for _, result in read_ahead(copy_file, keys, ahead=2 * workers, workers=workers):
         if isinstance(result, Exception):
             raise result
-        report.blocks_copied += 1
         report.bytes_stored += result
+        if progress:
+            progress.update(1)
+    report.bytes_stored += copy_file(root_key)  # last: the destination becomes a token store
+    report.blocks_copied = report.n_blocks
     if progress:
+        progress.update(1)
         progress.finish()
     return report
-
-
-def _call(fn, arg):
-    try:
-        return fn(arg)
-    except Exception as exc:
-        return exc
 
 
 def copy_cache(src, dst, progress=None, workers: int = 8) -> CopyReport:

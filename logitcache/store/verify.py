@@ -1,7 +1,6 @@
 """`verify` (every block's marker, checksum and raw decoded values) and `inspect`'s summary."""
 from __future__ import annotations
 
-
 import numpy as np
 
 from ..errors import CacheCorruptError
@@ -31,27 +30,26 @@ def verify_cache(path, progress=None, ahead: int = 8) -> list[str]:
     store = CacheStore(path)
     layout = store.layout
     sum_bound = store.code.sum_bound(layout.k)
-    problems: list[str] = []
     done = store.done_mask()
+    problems = {b: f"block {b}: not done" for b in range(layout.n_blocks) if not done[b]}  # block -> message
     if progress:
         progress.start("verify", layout.n_blocks)
-    problems += [f"block {b}: not done" for b in range(layout.n_blocks) if not done[b]]
+        progress.update(len(problems))
     for block, stored in read_ahead(store.read_checked_block, np.flatnonzero(done).tolist(), ahead=ahead):
         if progress:
             progress.update(1)
         if isinstance(stored, CacheCorruptError):
-            problems.append(str(stored))
-            continue
-        if isinstance(stored, Exception):
+            problems[block] = str(stored)
+        elif isinstance(stored, Exception):
             raise stored
-        _, ids, probs = store.decode_raw(stored)[:3]
-        problem = check_decoded(block, ids, probs, layout.vocab_size, sum_bound)
-        if problem:
-            problems.append(problem)
+        else:
+            _, ids, probs = store.decode_raw(stored)[:3]
+            problem = check_decoded(block, ids, probs, layout.vocab_size, sum_bound)
+            if problem:
+                problems[block] = problem
     if progress:
-        progress.update(int((~done).sum()))
         progress.finish()
-    return sorted(problems, key=lambda line: int(line.split()[1].rstrip(":")))
+    return [problems[b] for b in sorted(problems)]
 
 
 def cache_summary(path) -> dict:
