@@ -72,7 +72,7 @@ def writer_frontier(data_dir: Path, teacher_dirs: list[Path], chunks: int, tmp: 
     from logitcache.data import load_data
     from logitcache.dump import BlockWriter
     from logitcache.ensemble import Ensemble, load_teachers
-    from logitcache.store import CacheLayout, CacheStore, cache_summary, create_cache
+    from logitcache.store import BASELINE_COMPRESSION, CacheLayout, CacheStore, Compression, cache_summary, create_cache
 
     data = load_data(data_dir)
     rows = data.store.split("train")[:chunks]
@@ -89,10 +89,10 @@ def writer_frontier(data_dir: Path, teacher_dirs: list[Path], chunks: int, tmp: 
     n_rows = len(blocks) * block_rows
     layout = CacheLayout(n_rows, rows.shape[1], 32, data.vocab_size, block_rows, "sqrt-u7")
 
-    def write_all(threads: int, codec: tuple[str, int]) -> tuple[float, float]:
-        out = tmp / f"w{threads}-{codec[0]}{codec[1]}.zarr"
+    def write_all(threads: int, compression: Compression) -> tuple[float, float]:
+        out = tmp / f"w{threads}.zarr"
         shutil.rmtree(out, ignore_errors=True)
-        create_cache(out, layout, {"kind": "cache"}, codec=codec)
+        create_cache(out, layout, {"kind": "cache"}, compression=compression)
         store = CacheStore(out, mode="r+")
         t0 = time.perf_counter()
         if threads == 0:  # the baseline: the caller's thread, one block after another
@@ -108,26 +108,28 @@ def writer_frontier(data_dir: Path, teacher_dirs: list[Path], chunks: int, tmp: 
         shutil.rmtree(out)
         return n_rows * rows.shape[1] / seconds, bytes_per_token
 
-    baseline = (0, ("blosc", 7))  # the store's setting before: one thread, blosc(shuffle)+zstd level 7
-    codecs = [("blosc", 7), ("blosc", 5), ("blosc", 1), ("zstd", 12), ("zstd", 10), ("zstd", 8), ("zstd", 6)]
-    arms = [baseline] + [(t, c) for c in codecs for t in (1, 2, 4)]
+    baseline = (0, BASELINE_COMPRESSION)  # the store's first setting: one thread, blosc(shuffle)+zstd-13 in small blocks
+    compressions = [BASELINE_COMPRESSION, Compression(("zstd", 10), ("zstd", 10)), Compression(),
+                    Compression(("blosc-chunk", 3), ("zstd", 6)), Compression(("blosc-chunk", 4), ("zstd", 3)),
+                    Compression(("blosc-chunk", 3), ("zstd", 3)), Compression(("blosc-chunk", 3), ("zstd", 1))]
+    arms = [baseline] + [(t, c) for c in compressions for t in (1, 2, 4)]
     results = {arm: [] for arm in arms}
     for _ in range(repeats):
         for arm in arms:
             results[arm].append(write_all(*arm))
     table = {arm: (median([r[0] for r in rs]), rs[0][1]) for arm, rs in results.items()}
     base_speed, base_bytes = table[baseline]
-    rows_out = [["baseline (1 thread, serial)" if t == 0 else f"{t} writer thread(s)", f"{c[0]} {c[1]}", speed, b,
+    rows_out = [["baseline (1 thread, serial)" if t == 0 else f"{t} writer thread(s)", c.label(), speed, b,
                  speed / base_speed, b / base_bytes] for (t, c), (speed, b) in table.items()]
     print_table(f"writer alone on {len(blocks)} blocks of {block_rows} rows of real targets (top-32, sqrt-u7, vocab "
                 f"{data.vocab_size}; medians of {repeats})",
-                ["writer", "codec, level", "tokens/s", "bytes/token", "speed vs baseline", "size vs baseline"], rows_out)
+                ["writer", "compression", "tokens/s", "bytes/token", "speed vs baseline", "size vs baseline"], rows_out)
     allowed = {arm: v for arm, v in table.items() if arm[0] > 0 and v[1] <= 1.05 * base_bytes}
     best = max(allowed, key=lambda arm: allowed[arm][0])
     emit_json({"bench": "dump-writer", "writer_tokens_per_s": table[best][0], "bytes_per_token": table[best][1],
-               "writer_threads": best[0], "codec": list(best[1]), "baseline_writer_tokens_per_s": base_speed,
+               "writer_threads": best[0], "compression": best[1].label(), "baseline_writer_tokens_per_s": base_speed,
                "baseline_bytes_per_token": base_bytes,
-               "frontier": [{"threads": t, "codec": list(c), "tokens_per_s": v[0], "bytes_per_token": v[1]}
+               "frontier": [{"threads": t, "compression": c.label(), "tokens_per_s": v[0], "bytes_per_token": v[1]}
                             for (t, c), v in table.items()]})
 
 

@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from logitcache import open_cache
 from logitcache.store import (PROB_CODES, CacheLayout, CacheStore, block_chunk_path, create_cache, decode_ids, encode_ids,
@@ -36,6 +38,19 @@ def test_id_deltas_round_trip_exactly():
     deltas, order = encode_ids(ids, 50)
     assert deltas.dtype == np.uint16
     assert np.array_equal(decode_ids(deltas), np.take_along_axis(ids, order, -1))
+
+
+@given(vocab=st.sampled_from([2, 50, 8000, 65536, 70000, 2**27, 2**31 - 1]), k=st.integers(1, 300),
+       seed=st.integers(0, 2**31 - 1), repeats=st.booleans())
+def test_encode_ids_order_is_the_stable_argsort(vocab, k, seed, repeats):
+    """The packed sort gives the stable argsort's order and sorted ids, for any K, vocabularies past int32's
+    packing range (int64) and repeated ids (sampled draws), where the slot order must break ties."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, min(vocab, 4 if repeats else vocab), size=(2, 3, k))
+    gaps, order = encode_ids(ids, vocab)
+    expected_order = np.argsort(ids, axis=-1, kind="stable")
+    assert np.array_equal(order, expected_order)
+    assert np.array_equal(decode_ids(gaps), np.sort(ids, axis=-1))
 
 
 @pytest.mark.parametrize("prob_dtype", [n for n, c in PROB_CODES.items() if isinstance(c, LogCode)])
@@ -192,8 +207,6 @@ def test_read_returns_sampled_weights(tmp_path):
         assert dict(zip(got_ids[pos].tolist(), got_weights[pos].tolist())) == written
 
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 
 @settings(max_examples=150, deadline=None)

@@ -156,3 +156,28 @@ def test_tensorboard_events_hold_the_logged_metrics(tmp_path, tiny_data):
     assert [e.step for e in loss] == [r["step"] for r in logged]
     assert all(abs(e.value - r["loss"]) < 1e-5 for e, r in zip(loss, logged))
     assert [e.step for e in events.Scalars("val_ce")] == [r["step"] for r in read_metrics(out) if "val_ce" in r]
+
+
+def test_tune_heap_keeps_big_buffers_on_the_heap():
+    """After tune_heap, a 256 MB malloc comes from the heap, not a fresh mmap (glibc's mallinfo2 counts
+    mmapped bytes in hblkhd). The thresholds once overflowed mallopt's C int and became 0, which mmaps
+    every such buffer: this fails then, and it fails untuned."""
+    script = """
+import ctypes, sys
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+if sys.argv[1] == "tuned":
+    from logitcache.memory import tune_heap
+    tune_heap()
+before = libc.mallinfo2().hblkhd
+buffer = libc.malloc(256 << 20)
+print(libc.mallinfo2().hblkhd - before)
+"""
+    mmapped = {mode: int(subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True,
+                                        check=True).stdout) for mode in ("tuned", "default")}
+    assert mmapped["default"] >= 256 << 20  # the check itself sees an mmap when there is one
+    assert mmapped["tuned"] == 0

@@ -7,7 +7,7 @@
   reader.py   the public reader (open_cache)
   verify.py   verify and the inspect summary
 """
-from .cache import (ATTRS_KEY, SCHEMA_VERSION, CacheLayout, CacheStore, block_checksum, block_chunk_path, create_cache,
+from .cache import (ATTRS_KEY, BASELINE_COMPRESSION, SCHEMA_VERSION, CacheLayout, Compression, CacheStore, block_checksum, block_chunk_path, create_cache,
                     decode_recipe, normalise_topk, same_attrs)
 from .codecs import PROB_CODES, PROB_DTYPES, prob_code
 from .ids import decode_ids, encode_ids, token_dtype
@@ -16,7 +16,7 @@ from .tokens import TokenStore, write_token_store
 from .verify import cache_summary, check_decoded, verify_cache
 
 __all__ = [
-    "ATTRS_KEY", "PROB_CODES", "PROB_DTYPES", "SCHEMA_VERSION", "CacheLayout", "CacheReader", "CacheStore", "TokenStore",
+    "ATTRS_KEY", "BASELINE_COMPRESSION", "Compression", "PROB_CODES", "PROB_DTYPES", "SCHEMA_VERSION", "CacheLayout", "CacheReader", "CacheStore", "TokenStore",
     "block_checksum", "block_chunk_path", "cache_summary", "check_decoded", "create_cache", "decode_ids",
     "decode_recipe", "encode_ids", "normalise_topk", "open_cache", "prob_code", "same_attrs", "token_dtype",
     "verify_cache", "write_token_store",

@@ -86,22 +86,43 @@ def normalise_topk(probs: np.ndarray) -> np.ndarray:
     return probs
 
 
-# The target arrays' compressor: plain zstd at level 10. Measured on the demo teachers' top-32 sqrt-u7
-# targets (benchmarks/bench_dump.py --writer): 1.01x the bytes of blosc(byte-shuffle)+zstd-7, the earlier
-# setting, and 1.8x faster per thread (3.0x with the 2 writer threads); blosc splits a block into small
-# pieces, which costs it more ratio than its shuffle gains on these arrays.
-DEFAULT_CODEC = ("zstd", 10)
+@dataclass(frozen=True)
+class Compression:
+    """How the target arrays are compressed: (method, level) for the ids (also the sampled weights) and for
+    the probabilities. Readers take it from the Zarr metadata, so it never has to match across caches.
+
+    Methods: "zstd" (plain zstd at that level), "blosc" (blosc's default small blocks, byte-shuffled, zstd
+    inside; level = blosc's clevel) and "blosc-chunk" (the same with one blosc block per chunk, so the
+    shuffle and zstd see the whole block). Blosc runs zstd at level 2 * clevel - 1 (clevel < 9).
+
+    The default, measured on the demo teachers' top-32 sqrt-u7 targets (benchmarks/bench_dump.py --writer,
+    README): ids byte-shuffled over the whole chunk then zstd-7 (the gaps' high bytes are mostly zero and
+    zstd drops them: 5.8 bytes/token at 2.7M tokens/s per thread, against plain zstd-10's 6.2 at 1.4M),
+    probabilities (uint8 codes, nothing to shuffle) plain zstd-5 (14.8 at 3.4M, against zstd-10's 14.2 at
+    1.5M). Blosc's default blocks cut a block into pieces too small for zstd's matches."""
+    ids: tuple[str, int] = ("blosc-chunk", 4)
+    probs: tuple[str, int] = ("zstd", 5)
+
+    def label(self) -> str:
+        return f"ids {self.ids[0]}-{self.ids[1]}, probs {self.probs[0]}-{self.probs[1]}"
 
 
-def _compressor(typesize: int, codec: tuple[str, int] = DEFAULT_CODEC):
-    name, level = codec
+BASELINE_COMPRESSION = Compression(("blosc", 7), ("blosc", 7))  # the store's first setting (the benchmarks' baseline)
+
+
+def _compressor(method: tuple[str, int], dtype: np.dtype, chunk_shape: tuple[int, ...]):
+    name, level = method
     if name == "zstd":
         return ZstdCodec(level=level)
-    # blosc: byte-shuffle then zstd (the high bytes of small id gaps are mostly zero)
-    return BloscCodec(cname="zstd", clevel=level, shuffle="shuffle" if typesize > 1 else "noshuffle", typesize=typesize)
+    if name not in ("blosc", "blosc-chunk"):
+        raise ValueError(f"unknown compression method {name!r} (zstd, blosc, blosc-chunk)")
+    typesize = np.dtype(dtype).itemsize
+    blocksize = typesize * int(np.prod(chunk_shape)) if name == "blosc-chunk" else 0  # 0: blosc's own choice
+    return BloscCodec(cname="zstd", clevel=level, shuffle="shuffle" if typesize > 1 else "noshuffle",
+                      typesize=typesize, blocksize=blocksize)
 
 
-def _metadata_objects(layout: CacheLayout, attrs: dict, codec: tuple[str, int]) -> dict[str, bytes]:
+def _metadata_objects(layout: CacheLayout, attrs: dict, compression: Compression) -> dict[str, bytes]:
     """Every metadata object of an empty cache ({"zarr.json": ..., "tokens/zarr.json": ...}), built in memory."""
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.sync import sync
@@ -113,14 +134,15 @@ def _metadata_objects(layout: CacheLayout, attrs: dict, codec: tuple[str, int]) 
     id_dtype = token_dtype(layout.vocab_size)
     group.create_array("tokens", shape=(n, t), chunks=(r, t), dtype=id_dtype,
                        compressors=ZstdCodec(level=3), fill_value=0)
-    group.create_array("topk_ids", shape=(n, t, k), chunks=(r, t, k), dtype=id_dtype,
-                       compressors=_compressor(np.dtype(id_dtype).itemsize, codec), fill_value=0)
+    chunk = (r, t, k)
+    group.create_array("topk_ids", shape=(n, t, k), chunks=chunk, dtype=id_dtype,
+                       compressors=_compressor(compression.ids, id_dtype, chunk), fill_value=0)
     prob_dtype = prob_code(layout.prob_dtype).storage_dtype
-    group.create_array("topk_probs", shape=(n, t, k), chunks=(r, t, k), dtype=prob_dtype,
-                       compressors=_compressor(prob_dtype.itemsize, codec), fill_value=0)
+    group.create_array("topk_probs", shape=(n, t, k), chunks=chunk, dtype=prob_dtype,
+                       compressors=_compressor(compression.probs, prob_dtype, chunk), fill_value=0)
     if layout.with_weights:
-        group.create_array("sample_weights", shape=(n, t, k), chunks=(r, t, k), dtype=np.float16,
-                           compressors=_compressor(2, codec), fill_value=0)
+        group.create_array("sample_weights", shape=(n, t, k), chunks=chunk, dtype=np.float16,
+                           compressors=_compressor(compression.ids, np.float16, chunk), fill_value=0)
     group.create_array("done", shape=(layout.n_blocks,), chunks=(1,), dtype=np.uint8, fill_value=0)
     group.create_array("checksum", shape=(layout.n_blocks,), chunks=(1,), dtype=np.uint32, fill_value=0)
     full = dict(attrs)
@@ -169,7 +191,7 @@ def write_metadata(location: Location, objects: dict[str, bytes], finish: bool =
     location.write_bytes("zarr.json", root)
 
 
-def create_cache(where, layout: CacheLayout, attrs: dict, codec: tuple[str, int] = DEFAULT_CODEC,
+def create_cache(where, layout: CacheLayout, attrs: dict, compression: Compression = Compression(),
                  finish: bool = False) -> None:
     """Create an empty cache with all metadata, with the same protocol on disk and in object storage
     (docs/architecture.md, "Caches in object storage"), since object stores have no folder rename:
@@ -178,8 +200,8 @@ def create_cache(where, layout: CacheLayout, attrs: dict, codec: tuple[str, int]
       2. the arrays' metadata;
       3. commit: the root rewritten with kind "cache" (one atomic PUT / rename).
     `finish` completes a store whose creation was interrupted after step 1 (its claim is already there).
-    `codec` only changes how the target arrays are compressed: readers take it from the Zarr metadata."""
-    write_metadata(as_location(where), _metadata_objects(layout, attrs, codec), finish)
+    `compression` only changes how the target arrays are compressed: readers take it from the Zarr metadata."""
+    write_metadata(as_location(where), _metadata_objects(layout, attrs, compression), finish)
 
 
 def block_checksum(arrays: list[np.ndarray]) -> int:
