@@ -24,7 +24,7 @@ from .progress import NULL_PROGRESS, ProgressHook
 from .stage_configs import PrepareConfig  # noqa: F401  (re-exported)
 from .inputs import read_documents
 from .tokenizer import (BOS_ID, EOS_ID, PAD_ID, encode_text, find_tokenizer, load_tokenizer, special_ids,
-                        tokenizer_identity, train_tokenizer)
+                        tokenizer_file_identity, tokenizer_identity, train_tokenizer)
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +281,7 @@ class PreparedData:
     @functools.cached_property
     def tokenizer_identity(self) -> str:
         """What the data's tokenizer does (tokenizer.tokenizer_identity), for comparing teachers' tokenizers."""
-        return tokenizer_identity(load_tokenizer(self.tokenizer_path))
+        return tokenizer_file_identity(self.tokenizer_path)
 
     @property
     def special_ids(self) -> dict:

@@ -105,6 +105,33 @@ def test_logit_budget_bounds_the_buffers_and_keeps_the_targets(tiny_data, teache
     a, b = whole.topk(ids, 8), sliced.topk(ids, 8)
     assert torch.equal(a[0], b[0]) and torch.allclose(a[1], b[1], atol=1e-7)
     assert max(buf.shape[0] for buf in sliced._buffers.values()) == 2  # never more than 2 rows of (T, V) buffers
+    # mean-logits over fast heads accumulates inside the GEMMs: one buffer, so twice the rows in the same budget
+    fast = [transformers.AutoModelForCausalLM.from_pretrained(str(teacher_dirs[a])).eval() for a in ("llama", "gpt2")]
+    one_buffer = Ensemble(fast, "mean-logits", 2.0, torch.device("cpu"), vocab_size=300, logit_budget=2 * 4 * 16 * 300 * 2)
+    assert one_buffer.rows_per_pass(16) == 4
+    one_buffer.topk(ids, 8)
+    assert list(one_buffer._buffers) == ["acc"]
+
+
+@pytest.mark.parametrize("vocab,k", [(300, 8), (2000, 32), (4000, 64), (2000, 1999), (8000, 32), (5, 5)])
+def test_topk_decreasing_equals_torch_topk(vocab, k):
+    """Both selection paths (numpy's argpartition where k * 64 > V on CPU, torch's topk elsewhere) give
+    torch.topk's values and, where values are distinct, its ids, decreasing; rows of exact ties give the
+    same values."""
+    from logitcache.ensemble import topk_decreasing
+
+    torch.manual_seed(vocab + k)
+    x = torch.randn(3, 130, vocab) * 4  # 390 rows: several threads' parts
+    values, ids = topk_decreasing(x, k)
+    expected_values, expected_ids = x.topk(k, dim=-1)
+    assert values.shape == ids.shape == (3, 130, k) and ids.dtype == torch.int64
+    assert torch.equal(values, expected_values)
+    assert torch.equal(torch.gather(x, -1, ids), values)
+    distinct = (expected_values[..., 1:] != expected_values[..., :-1]).all(-1)  # (3, 130)
+    assert torch.equal(ids[distinct], expected_ids[distinct])
+    ties = torch.zeros(2, 4, vocab)  # every value equal: any k ids, all distinct
+    values, ids = topk_decreasing(ties, k)
+    assert torch.equal(values, torch.zeros(2, 4, k)) and all(len(set(r.tolist())) == k for r in ids.reshape(-1, k))
 
 
 def test_resaved_tokenizer_is_the_same_and_a_different_one_is_refused(tmp_path, tiny_data, tiny_raw, teacher_dirs):
