@@ -16,9 +16,9 @@ slices) and once unbounded (the whole batch of 16 x 128 x V at once), so the tab
 """
 from __future__ import annotations
 
-from logitcache.memory import tune_heap
+from logitcache.memory import tune_process
 
-tune_heap()  # before torch is imported (logitcache/memory.py)
+tune_process()  # before torch is imported (logitcache/memory.py)
 
 import argparse  # noqa: E402
 import shutil
@@ -139,8 +139,8 @@ def writer_frontier(data_dir: Path, teacher_dirs: list[Path], chunks: int, tmp: 
 
 BARE_FORWARD = """
 import sys
-from logitcache.memory import tune_heap
-tune_heap()  # as the CLI does, before torch is imported: both processes run under the same allocator
+from logitcache.memory import tune_process
+tune_process()  # as the CLI does, before torch is imported: both processes run under the same heap and OpenMP settings
 import numpy as np, torch
 torch.set_num_threads(int(sys.argv[3]))
 from logitcache.data import load_data
@@ -295,7 +295,7 @@ def main() -> None:
         rows = data.store.split("train")[: args.chunks]
         models = [load_model(d) for d in teacher_dirs]
         bare, full = [], []
-        # both arms run under the same allocator settings (tune_heap at process start)
+        # both arms run under the same allocator settings and OpenMP spin (tune_process at process start)
         bare_forward(models, rows[: args.batch_size], args.batch_size)  # warm-up
         for r in range(args.repeats):
             bare.append(bare_forward(models, rows, args.batch_size))

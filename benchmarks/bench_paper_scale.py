@@ -15,9 +15,9 @@ and dump_vs_forward.
 """
 from __future__ import annotations
 
-from logitcache.memory import tune_heap
+from logitcache.memory import tune_process
 
-tune_heap()  # before torch is imported (logitcache/memory.py)
+tune_process()  # before torch is imported (logitcache/memory.py)
 
 import argparse  # noqa: E402
 import shutil  # noqa: E402

@@ -11,9 +11,9 @@ import random
 import shutil
 from pathlib import Path
 
-from logitcache.memory import tune_heap
+from logitcache.memory import tune_process
 
-tune_heap()  # as the CLI does, before torch is imported
+tune_process()  # as the CLI does, before torch is imported
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

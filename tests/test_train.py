@@ -181,3 +181,16 @@ print(libc.mallinfo2().hblkhd - before)
                                         check=True).stdout) for mode in ("tuned", "default")}
     assert mmapped["default"] >= 256 << 20  # the check itself sees an mmap when there is one
     assert mmapped["tuned"] == 0
+
+
+@pytest.mark.parametrize("user_value", [None, "12345"])
+def test_tune_process_sets_the_openmp_spin_and_keeps_the_users(user_value):
+    """libgomp reads GOMP_SPINCOUNT when torch loads it: tune_process sets ours unless the user set one."""
+    from logitcache.memory import GOMP_SPINCOUNT
+
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+    if user_value:
+        env["GOMP_SPINCOUNT"] = user_value
+    script = "from logitcache.memory import tune_process; tune_process(); import os; print(os.environ['GOMP_SPINCOUNT'])"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.strip() == (user_value or GOMP_SPINCOUNT)
