@@ -70,7 +70,7 @@ def writer_frontier(data_dir: Path, teacher_dirs: list[Path], chunks: int, tmp: 
     checksummed and written, by writer threads and compression level; the baseline is one thread at
     blosc-zstd level 7 (the store's setting before this benchmark)."""
     from logitcache.data import load_data
-    from logitcache.dump import BlockWriter
+    from logitcache.dump import BlockWriter, HostCopy
     from logitcache.ensemble import Ensemble, load_teachers
     from logitcache.stage_configs import DumpConfig
     from logitcache.store import BASELINE_COMPRESSION, CacheLayout, CacheStore, Compression, cache_summary, create_cache
@@ -102,7 +102,7 @@ def writer_frontier(data_dir: Path, teacher_dirs: list[Path], chunks: int, tmp: 
         else:
             writer = BlockWriter(store, threads=threads)
             for b, (tokens, ids, probs) in enumerate(blocks):
-                writer.put(b, tokens, ids, probs)
+                writer.put(b, tokens, HostCopy([torch.from_numpy(ids), torch.from_numpy(probs)]))
             writer.close()
         seconds = time.perf_counter() - t0
         bytes_per_token = cache_summary(out)["bytes_per_token"]

@@ -102,6 +102,42 @@ def sample_targets(probs: torch.Tensor, n_samples: int, proposal_temperature: fl
     return ids.reshape(b, t, -1), p_i.reshape(b, t, -1), weights.reshape(b, t, -1)
 
 
+class HostCopy:
+    """A block's (rows, T, K) results on their way to the host. On CUDA: non-blocking copies into pinned
+    host tensors (torch's caching host allocator recycles them, so successive blocks double-buffer
+    without a cudaHostAlloc each) and one event; the writer thread waits on that event, so the teachers'
+    loop never synchronises with the device per batch or per block. On CPU the tensors are already there."""
+
+    def __init__(self, tensors: list[torch.Tensor]):
+        self.event = None
+        if tensors and tensors[0].device.type == "cuda":
+            hosts = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in tensors]
+            for host, tensor in zip(hosts, tensors):
+                host.copy_(tensor, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+            tensors = hosts
+        self.tensors = tensors
+
+    def wait(self) -> list[np.ndarray]:
+        if self.event is not None:
+            self.event.synchronize()
+        return [t.numpy() for t in self.tensors]
+
+
+def gather_block(parts: list[list[torch.Tensor]]) -> HostCopy:
+    """Per-batch device results [[ids, probs(, weights)], ...] -> one HostCopy of the block's arrays.
+    ids become int32 on the device first (vocabularies < 2^31): half the bytes across the bus."""
+    columns = [torch.cat(column) for column in zip(*parts)]
+    columns[0] = columns[0].to(torch.int32)
+    return HostCopy(columns)
+
+
+def write_host_block(store: CacheStore, block: int, tokens: np.ndarray, copy: HostCopy) -> None:
+    """Runs on a writer thread: wait for the block's device-to-host copy, then encode and commit it."""
+    store.write_block(block, tokens, *copy.wait())
+
+
 class BlockWriter:
     """Encodes, compresses, checksums and commits blocks on `threads` background threads while the
     teachers keep computing (numpy and zstd release the GIL, so the threads use several cores).
@@ -135,7 +171,7 @@ class BlockWriter:
         self.raise_if_failed()
         while len(self.pending) >= self.limit:
             self._reap(wait_for_one=True)
-        self.pending.append(self.pool.submit(self.store.write_block, *item))
+        self.pending.append(self.pool.submit(write_host_block, self.store, *item))
 
     def raise_if_failed(self) -> None:
         if self.error is not None:
@@ -265,23 +301,19 @@ def dump(config: DumpConfig, resume: bool = False, overwrite: bool = False,
         for block in todo:
             start, stop = layout.block_range(block)
             block_tokens = rows[start:stop]
-            ids_parts, prob_parts, weight_parts = [], [], []
+            parts = []  # per batch: [ids, probs(, weights)] (b, T, K), still on the device
             t0 = time.perf_counter()
             generator = torch.Generator(device=device).manual_seed(config.seed * 1_000_003 + block)
             for b0 in range(0, block_tokens.shape[0], config.batch_size):
                 input_ids = torch.from_numpy(block_tokens[b0:b0 + config.batch_size].astype(np.int64)).to(device)
                 if config.targets == "topk":
-                    ids, probs = ensemble.topk(input_ids, config.top_k)  # (b, T, K)
+                    parts.append(list(ensemble.topk(input_ids, config.top_k)))  # (b, T, K) each
                 else:
-                    ids, probs, weights = sample_targets(ensemble.probs(input_ids), config.samples,
-                                                         config.proposal_temperature, generator)
-                    weight_parts.append(weights.cpu().numpy())
-                ids_parts.append(ids.cpu().numpy())
-                prob_parts.append(probs.cpu().numpy())
+                    parts.append(list(sample_targets(ensemble.probs(input_ids), config.samples,
+                                                     config.proposal_temperature, generator)))
                 progress.update(input_ids.shape[0])
             report.teacher_seconds += time.perf_counter() - t0
-            writer.put(block, block_tokens, np.concatenate(ids_parts), np.concatenate(prob_parts),
-                       np.concatenate(weight_parts) if weight_parts else None)
+            writer.put(block, block_tokens, gather_block(parts))
             report.tokens += block_tokens.size
     finally:
         writer.close()

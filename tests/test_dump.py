@@ -216,3 +216,20 @@ def test_parallel_writer_is_byte_identical_to_one_thread(tmp_path, tiny_data, ti
     assert stores[1].keys() == stores[4].keys() and len(stores[1]) > 40
     assert all(stores[1][name] == stores[4][name] for name in stores[1])
     assert verify_cache(tmp_path / "c4.zarr") == []
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_gather_block_hands_the_writer_the_batches_in_order(device):
+    """A block's per-batch results reach the writer concatenated in batch order, ids as int32 (CUDA: through
+    pinned host tensors and one event, checked against a plain synchronous copy)."""
+    from logitcache.dump import gather_block
+
+    gen = torch.Generator().manual_seed(0)
+    batches = [[torch.randint(0, 50_000, (b, 4, 3), generator=gen), torch.rand(b, 4, 3, generator=gen)] for b in (2, 3, 1)]
+    copy = gather_block([[t.to(device) for t in batch] for batch in batches])
+    ids, probs = copy.wait()
+    assert ids.dtype == np.int32 and probs.dtype == np.float32 and ids.shape == (6, 4, 3)
+    assert np.array_equal(ids, np.concatenate([b[0].numpy() for b in batches]))
+    assert np.array_equal(probs, np.concatenate([b[1].numpy() for b in batches]))
+    if device == "cuda":
+        assert all(t.is_pinned() for t in copy.tensors)
