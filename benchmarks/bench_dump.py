@@ -72,6 +72,8 @@ def writer_frontier(data_dir: Path, teacher_dirs: list[Path], chunks: int, tmp: 
     from logitcache.data import load_data
     from logitcache.dump import BlockWriter, HostCopy
     from logitcache.ensemble import Ensemble, load_teachers
+    import dataclasses
+
     from logitcache.stage_configs import DumpConfig
     from logitcache.store import BASELINE_COMPRESSION, CacheLayout, CacheStore, Compression, cache_summary, create_cache
 
@@ -125,7 +127,8 @@ def writer_frontier(data_dir: Path, teacher_dirs: list[Path], chunks: int, tmp: 
     print_table(f"writer alone on {len(blocks)} blocks of {block_rows} rows of real targets (top-32, sqrt-u7, vocab "
                 f"{data.vocab_size}; medians of {repeats})",
                 ["writer", "compression", "tokens/s", "bytes/token", "speed vs baseline", "size vs baseline"], rows_out)
-    default = (DumpConfig().writer_threads, Compression())  # what `logitcache dump` runs
+    threads = next(f.default for f in dataclasses.fields(DumpConfig) if f.name == "writer_threads")
+    default = (threads, Compression())  # what `logitcache dump` runs
     allowed = {arm: v for arm, v in table.items() if arm[0] > 0 and v[1] <= 1.05 * base_bytes}
     best = max(allowed, key=lambda arm: allowed[arm][0])
     emit_json({"bench": "dump-writer", "writer_tokens_per_s": table[default][0], "bytes_per_token": table[default][1],
