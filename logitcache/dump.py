@@ -117,6 +117,8 @@ class HostCopy:
             self.event = torch.cuda.Event()
             self.event.record()
             tensors = hosts
+        elif tensors and tensors[0].device.type != "cpu":  # other accelerators (mps): a plain copy, here
+            tensors = [t.cpu() for t in tensors]
         self.tensors = tensors
 
     def wait(self) -> list[np.ndarray]:
