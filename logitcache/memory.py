@@ -8,8 +8,9 @@ thresholds before torch is imported keeps them on the heap. mallopt takes a C in
 highest threshold it can set; an earlier version passed 2^32 and 2^36, which ctypes masked to 0, so both
 thresholds were in fact 0. Measured here (demo teachers, batch 16 x 128, medians of 2 runs):
 forward + top-k 279 ms untuned, 236 ms with the masked zeros, 205 ms with 2^31 - 1; a llama training step
-335 / 288 / 261 ms; the dump's writer threads 1.2M / 0.95M / 1.3M tokens/s. The same settings make the
-tokenizers library (Rust, many threads) much slower, so `default_heap()` restores glibc's defaults around
+335 / 288 / 261 ms; the dump's writer threads 1.2M / 0.95M / 1.3M tokens/s. The masked zeros made the
+tokenizers library (Rust, many threads) ~90x slower; with 2^31 - 1 BPE training and encoding take
+1.1x their untuned time here (one run), and `default_heap()` still restores glibc's defaults around
 tokenizer work.
 
 OpenMP: after each parallel region, torch's libgomp workers spin for GOMP_SPINCOUNT iterations (300,000
