@@ -237,3 +237,17 @@ def test_encode_decode_property(vocab, k, seed, concentration, prob_dtype):
         big = original > np.exp(-16.0 + step)
         assert np.all(np.abs(np.log(decoded[big]) - np.log(original[big])) <= step / 2 + 1e-4)
         assert np.all(decoded[~big] <= np.exp(-16.0 + 1.5 * step))
+
+
+def test_compression_per_array_and_chunks_too_big_for_blosc():
+    """ids: byte-shuffled blosc over the whole chunk (one blosc block); probs: plain zstd; a chunk of 2 GiB
+    or more, which blosc cannot take, falls back to plain zstd at blosc's zstd level (2c - 1)."""
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    from logitcache.store.cache import Compression, _compressor
+
+    ids = _compressor(Compression().ids, np.uint16, (256, 128, 32))
+    assert isinstance(ids, BloscCodec) and ids.blocksize == 256 * 128 * 32 * 2 and ids.shuffle.value == "shuffle"
+    assert isinstance(_compressor(Compression().probs, np.uint8, (256, 128, 32)), ZstdCodec)
+    huge = _compressor(("blosc-chunk", 4), np.uint32, (4096, 2048, 64))  # 2 GiB
+    assert isinstance(huge, ZstdCodec) and huge.level == 7

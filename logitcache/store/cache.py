@@ -107,6 +107,7 @@ class Compression:
         return f"ids {self.ids[0]}-{self.ids[1]}, probs {self.probs[0]}-{self.probs[1]}"
 
 
+BLOSC_MAX_BYTES = 2**31 - 1 - 16  # c-blosc's BLOSC_MAX_BUFFERSIZE (INT_MAX minus its 16-byte header)
 BASELINE_COMPRESSION = Compression(("blosc", 7), ("blosc", 7))  # the store's first setting (the benchmarks' baseline)
 
 
@@ -117,7 +118,10 @@ def _compressor(method: tuple[str, int], dtype: np.dtype, chunk_shape: tuple[int
     if name not in ("blosc", "blosc-chunk"):
         raise ValueError(f"unknown compression method {name!r} (zstd, blosc, blosc-chunk)")
     typesize = np.dtype(dtype).itemsize
-    blocksize = typesize * int(np.prod(chunk_shape)) if name == "blosc-chunk" else 0  # 0: blosc's own choice
+    chunk_bytes = typesize * int(np.prod(chunk_shape))
+    if chunk_bytes > BLOSC_MAX_BYTES:  # blosc refuses buffers of 2 GiB and more: the same zstd level, plain
+        return ZstdCodec(level=2 * level - 1 if level < 9 else 22)
+    blocksize = chunk_bytes if name == "blosc-chunk" else 0  # 0: blosc's own choice
     return BloscCodec(cname="zstd", clevel=level, shuffle="shuffle" if typesize > 1 else "noshuffle",
                       typesize=typesize, blocksize=blocksize)
 
