@@ -69,11 +69,11 @@ def writer_frontier(data_dir: Path, teacher_dirs: list[Path], chunks: int, tmp: 
     """The host side alone: blocks of real teacher targets (top-32, sqrt-u7) encoded, compressed,
     checksummed and written, by writer threads and compression level; the baseline is one thread at
     blosc-zstd level 7 (the store's setting before this benchmark)."""
+    import dataclasses
+
     from logitcache.data import load_data
     from logitcache.dump import BlockWriter, HostCopy
     from logitcache.ensemble import Ensemble, load_teachers
-    import dataclasses
-
     from logitcache.stage_configs import DumpConfig
     from logitcache.store import BASELINE_COMPRESSION, CacheLayout, CacheStore, Compression, cache_summary, create_cache
 
@@ -127,6 +127,7 @@ def writer_frontier(data_dir: Path, teacher_dirs: list[Path], chunks: int, tmp: 
     print_table(f"writer alone on {len(blocks)} blocks of {block_rows} rows of real targets (top-32, sqrt-u7, vocab "
                 f"{data.vocab_size}; medians of {repeats})",
                 ["writer", "compression", "tokens/s", "bytes/token", "speed vs baseline", "size vs baseline"], rows_out)
+    writer_stages([(ids, probs) for _, ids, probs in blocks], data.vocab_size, repeats)
     threads = next(f.default for f in dataclasses.fields(DumpConfig) if f.name == "writer_threads")
     default = (threads, Compression())  # what `logitcache dump` runs
     allowed = {arm: v for arm, v in table.items() if arm[0] > 0 and v[1] <= 1.05 * base_bytes}
@@ -138,6 +139,55 @@ def writer_frontier(data_dir: Path, teacher_dirs: list[Path], chunks: int, tmp: 
                                         "tokens_per_s": table[best][0], "bytes_per_token": table[best][1]},
                "frontier": [{"threads": t, "compression": c.label(), "tokens_per_s": v[0], "bytes_per_token": v[1]}
                             for (t, c), v in table.items()]})
+
+
+def writer_stages(blocks: list[tuple[np.ndarray, np.ndarray]], vocab_size: int, repeats: int) -> None:
+    """Each stage of the writer on its own, one thread, on the same blocks: the id sort (argsort against the
+    packed in-place sort encode_ids uses) and each stored array under each compressor (bytes/token of
+    that array alone)."""
+    from numcodecs import Blosc, Zstd, blosc
+
+    from logitcache.store import encode_ids, prob_code
+
+    n_tokens = sum(ids.shape[0] * ids.shape[1] for ids, _ in blocks)
+
+    def tokens_per_s(work) -> float:
+        times = []
+        for _ in range(max(3, repeats)):
+            t0 = time.perf_counter()
+            work()
+            times.append(time.perf_counter() - t0)
+        return n_tokens / median(times)
+
+    encoded = [encode_ids(ids, vocab_size) for ids, _ in blocks]
+    gaps = [g for g, _ in encoded]
+    codes = [prob_code("sqrt-u7").encode(np.take_along_axis(probs, order, axis=-1))
+             for (_, probs), (_, order) in zip(blocks, encoded)]
+    def argsort_encode(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # encode_ids before the packed sort
+        order = np.argsort(ids, axis=-1, kind="stable")
+        sorted_ids = np.take_along_axis(ids, order, axis=-1).astype(np.int64)
+        return np.diff(sorted_ids, axis=-1, prepend=0).astype(np.uint16), order
+
+    rows = [["ids to sorted gaps", "stable argsort, gather, diff (before)",
+             tokens_per_s(lambda: [argsort_encode(i) for i, _ in blocks]), ""],
+            ["ids to sorted gaps", "packed in-place sort, diff (encode_ids)",
+             tokens_per_s(lambda: [encode_ids(i, vocab_size) for i, _ in blocks]), ""]]
+    previous_threads = blosc.set_nthreads(1)  # else blosc would use its own threads for calls from the main thread
+    for name, arrays in (("id gaps", gaps), ("probability codes", codes)):
+        typesize, nbytes = arrays[0].dtype.itemsize, arrays[0].nbytes
+        for label, codec in ((f"zstd-{lv}", Zstd(level=lv)) for lv in (3, 5, 7, 10)):
+            stored = [codec.encode(a) for a in arrays]
+            rows.append([name, label, tokens_per_s(lambda: [codec.encode(a) for a in arrays]),
+                         sum(map(len, stored)) / n_tokens])
+        if typesize > 1:
+            for level in (3, 4):
+                codec = Blosc("zstd", level, Blosc.SHUFFLE, blocksize=nbytes)  # one blosc block per chunk
+                stored = [codec.encode(a) for a in arrays]
+                rows.append([name, f"blosc-chunk-{level} (shuffle, zstd-{2 * level - 1})",
+                             tokens_per_s(lambda: [codec.encode(a) for a in arrays]), sum(map(len, stored)) / n_tokens])
+    blosc.set_nthreads(previous_threads)
+    print_table(f"writer stages alone, one thread (medians of {max(3, repeats)})",
+                ["stage", "method", "tokens/s", "bytes/token"], rows)
 
 
 BARE_FORWARD = """
