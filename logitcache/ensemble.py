@@ -96,42 +96,25 @@ class Ensemble:
         return max(1, self.logit_budget // (buffers * 4 * seq_len * self.vocab_size))
 
     @torch.no_grad()
-    def _logits_into(self, i: int, input_ids: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """Teacher i's logits over the tokenizer's ids, (B, T, V) written into `out`."""
+    def _logits_into(self, i: int, input_ids: torch.Tensor, out: torch.Tensor, scale: float,
+                     accumulate: bool = False) -> torch.Tensor:
+        """out = (out if accumulate else 0) + scale * teacher i's logits over the tokenizer's ids, (B, T, V).
+        On the fast head the scale and the sum happen inside the fp32 GEMM (BLAS alpha/beta): no zero, add
+        or scale pass over (B, T, V), so mean-logits needs no second buffer."""
         model = self.models[i]
         if not self._fast[i]:  # the model's own forward: exact for any head post-processing
             with self.autocast():
-                logits = model(input_ids=input_ids).logits  # (B, T, V_model)
-            return out.copy_(logits[..., :self.vocab_size])
-        with self.autocast():
-            hidden = model.base_model(input_ids=input_ids).last_hidden_state  # (B, T, H)
-        torch.matmul(hidden.float(), self._heads[i].t(), out=out)
-        if self._biases[i] is not None:
-            out.add_(self._biases[i])
-        return out
-
-    @torch.no_grad()
-    def _add_scaled_logits(self, i: int, input_ids: torch.Tensor, acc: torch.Tensor, scale: float, first: bool) -> None:
-        """acc = (0 if first else acc) + scale * teacher i's logits, (B, T, V). On the fast head the sum and
-        the scale happen inside the fp32 GEMM (BLAS alpha/beta): no zero, add or scale pass over (B, T, V)
-        and no second buffer."""
-        model = self.models[i]
-        if not self._fast[i]:
-            with self.autocast():
                 logits = model(input_ids=input_ids).logits[..., :self.vocab_size]  # (B, T, V)
-            if first:
-                torch.mul(logits, scale, out=acc)
-            else:
-                acc.add_(logits, alpha=scale)
-            return
+            return out.add_(logits, alpha=scale) if accumulate else torch.mul(logits, scale, out=out)
         with self.autocast():
             hidden = model.base_model(input_ids=input_ids).last_hidden_state  # (B, T, H)
-        acc_2d = acc.view(-1, self.vocab_size)  # (B*T, V)
-        # beta = 0 ignores acc's old contents, NaN included (torch.addmm's documented contract)
-        torch.addmm(acc_2d, hidden.float().reshape(acc_2d.shape[0], -1), self._heads[i].t(),
-                    beta=0.0 if first else 1.0, alpha=scale, out=acc_2d)
+        out_2d = out.view(-1, self.vocab_size)  # (B*T, V)
+        # beta = 0 ignores out's old contents, NaN included (torch.addmm's documented contract)
+        torch.addmm(out_2d, hidden.float().reshape(out_2d.shape[0], -1), self._heads[i].t(),
+                    beta=1.0 if accumulate else 0.0, alpha=scale, out=out_2d)
         if self._biases[i] is not None:
-            acc.add_(self._biases[i], alpha=scale)
+            out.add_(self._biases[i], alpha=scale)
+        return out
 
     @torch.no_grad()
     def _combined(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -141,14 +124,12 @@ class Ensemble:
         if self.combine == "mean-logits":
             scale = 1.0 / (len(self.models) * self.temperature)
             for i in range(len(self.models)):
-                self._add_scaled_logits(i, input_ids, acc, scale, first=i == 0)
+                self._logits_into(i, input_ids, acc, scale, accumulate=i > 0)
             return acc, False
         work = self._buffer("work", shape)
         acc.zero_()
         for i in range(len(self.models)):
-            self._logits_into(i, input_ids, work).mul_(1.0 / self.temperature)
-            _softmax_(work)
-            acc.add_(work)
+            acc.add_(_softmax_(self._logits_into(i, input_ids, work, 1.0 / self.temperature)))
         acc.mul_(1.0 / len(self.models))
         return acc, True
 
@@ -231,7 +212,7 @@ def load_teachers(paths: list[Path], device: torch.device, data=None) -> tuple[l
     tokenizer does something other than the data's (compared by behaviour, not file bytes). A teacher
     without a tokenizer is accepted when its vocabulary covers the data's, with a warning."""
     from .models import describe, load_model
-    from .tokenizer import find_tokenizer, tokenizer_file_identity, tokenizer_identity
+    from .tokenizer import folder_tokenizer_identity
 
     if not paths:
         raise LogitcacheError("at least one --teacher is required")
@@ -241,18 +222,13 @@ def load_teachers(paths: list[Path], device: torch.device, data=None) -> tuple[l
         model = load_model(path)
         info = describe(path, model)
         if data is not None:
-            tokenizer_json = path / "tokenizer.json" if path.is_dir() else path
-            tokenizer = None if tokenizer_json.is_file() else find_tokenizer(path)
-            if tokenizer is None and not tokenizer_json.is_file():
+            info["tokenizer_identity"] = folder_tokenizer_identity(path)
+            if info["tokenizer_identity"] is None:
                 log.warning("teacher %s has no tokenizer: only its vocabulary size (%d >= %d) is checked, not that it "
                             "splits text the way the data's tokenizer did", path, info["vocab_size"], data.vocab_size)
-                info["tokenizer_identity"] = None
-            else:
-                info["tokenizer_identity"] = (tokenizer_file_identity(tokenizer_json) if tokenizer is None
-                                              else tokenizer_identity(tokenizer))
-                if info["tokenizer_identity"] != data.tokenizer_identity:
-                    raise LogitcacheError(f"teacher {path} has a different tokenizer than the data in {data.path} "
-                                          "(vocabulary, merges, normalizer, pre-tokenizer or special tokens differ)")
+            elif info["tokenizer_identity"] != data.tokenizer_identity:
+                raise LogitcacheError(f"teacher {path} has a different tokenizer than the data in {data.path} "
+                                      "(vocabulary, merges, normalizer, pre-tokenizer or special tokens differ)")
             if info["vocab_size"] < data.vocab_size:
                 raise LogitcacheError(f"teacher {path} has vocabulary {info['vocab_size']}, smaller than the data's "
                                       f"tokenizer ({data.vocab_size})")

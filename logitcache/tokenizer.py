@@ -86,6 +86,17 @@ def tokenizer_file_identity(path: Path) -> str:
     return _IDENTITY_BY_DIGEST[digest]
 
 
+def folder_tokenizer_identity(path: Path) -> str | None:
+    """tokenizer_identity of a model or tokenizer folder's tokenizer (or of a tokenizer.json file); None when
+    it has none. A tokenizer.json goes through tokenizer_file_identity (memoised by its bytes)."""
+    path = Path(path)
+    json_file = path if path.is_file() else path / "tokenizer.json"
+    if json_file.is_file():
+        return tokenizer_file_identity(json_file)
+    tokenizer = find_tokenizer(path)
+    return None if tokenizer is None else tokenizer_identity(tokenizer)
+
+
 _TOKENIZER_FILES = ("vocab.json", "tokenizer.model", "spiece.model", "vocab.txt", "sentencepiece.bpe.model")
 
 
