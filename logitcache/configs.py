@@ -13,11 +13,14 @@ from .errors import LogitcacheError
 
 
 def setting(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = None, argument: bool = False,
-            in_run: bool = True, default_factory: Any = dataclasses.MISSING):
+            in_run: bool = True, affects_output: bool = True, default_factory: Any = dataclasses.MISSING):
     """A config field with what the CLI and `run` derive from it: the option's help text, its flag
-    (default: --field-name), whether it is a positional argument, and whether it is a key of the
-    stage's section in `run`'s TOML (False for the paths and wiring that `run` fills in itself)."""
-    metadata = {"help": help, "flag": flag, "argument": argument, "in_run": in_run}
+    (default: --field-name), whether it is a positional argument, whether it is a key of the
+    stage's section in `run`'s TOML (False for the paths and wiring that `run` fills in itself), and
+    whether its value can change the stage's output bytes (False for speed knobs such as thread
+    counts: a resume may change those, never the others)."""
+    metadata = {"help": help, "flag": flag, "argument": argument, "in_run": in_run,
+                "affects_output": affects_output}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
