@@ -28,7 +28,7 @@ from .store.location import Location
 from .configs import check, to_dict
 from .data import load_data, spread_indices
 from .ensemble import Ensemble, load_teachers
-from .errors import LogitcacheError
+from .errors import LogitcacheError, ResumeMismatchError
 from .progress import NULL_PROGRESS, ProgressHook
 from .stage_configs import DumpConfig  # noqa: F401  (re-exported)
 
@@ -199,9 +199,9 @@ def check_resumable(store: CacheStore, layout: CacheLayout, attrs: dict) -> None
     out = store.path
     differs = same_attrs(store.attrs, attrs | {k: store.attrs.get(k) for k in LAYOUT_ATTRS})
     if differs:
-        raise LogitcacheError(f"cannot resume {out}: it was made with a different config ({', '.join(differs)})")
+        raise ResumeMismatchError(f"cannot resume {out}: it was made with a different config ({', '.join(differs)})")
     if store.layout != layout:
-        raise LogitcacheError(f"cannot resume {out}: its layout differs from this config")
+        raise ResumeMismatchError(f"cannot resume {out}: its layout differs from this config")
 
 
 def prepare_store(config: DumpConfig, layout: CacheLayout, attrs: dict, resume: bool, overwrite: bool) -> None:
@@ -220,7 +220,7 @@ def prepare_store(config: DumpConfig, layout: CacheLayout, attrs: dict, resume: 
                                   "finish it, or --overwrite to replace it")
         differs = same_attrs(found, attrs | {k: found.get(k) for k in LAYOUT_ATTRS + ("kind",)})
         if differs:
-            raise LogitcacheError(f"cannot resume {out}: it was made with a different config ({', '.join(differs)})")
+            raise ResumeMismatchError(f"cannot resume {out}: it was made with a different config ({', '.join(differs)})")
         create_cache(out, layout, attrs, finish=True)
         return
     if found is not None or out.exists():

@@ -5,6 +5,10 @@ class LogitcacheError(Exception):
     """Bad input or an unusable artifact: reported as one line, never a traceback."""
 
 
+class ResumeMismatchError(LogitcacheError):
+    """An existing cache (or half-created one) was made with another config, so it cannot be resumed."""
+
+
 class CacheCorruptError(LogitcacheError):
     """A cache block failed its checksum or could not be decoded."""
 
