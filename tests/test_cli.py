@@ -94,7 +94,7 @@ BAD_INPUTS = [
     (["dump", "--data", "{data}", "--teacher", "{tmp}", "--out", "{tmp}/c.zarr"], "not a Hugging Face model"),
     (["dump", "--data", "{data}", "--teacher", "{t0}", "--out", "{cache}"], "already exists"),
     (["inspect", "{tmp}/missing.zarr"], "no cache"),
-    (["verify", "{data}"], "not a Zarr"),
+    (["verify", "{tmp}"], "not a Zarr"),
     (["train-student", "--cache", "{cache}", "--data", "{data}", "--out", "{tmp}/s", "--alpha", "-0.5"], "alpha"),
     (["train-student", "--cache", "{cache}", "--data", "{data}", "--out", "{tmp}/s", "--preset", "llama-tiny", "--temperature", "3"], "--retemper"),
     (["train-student", "--cache", "{tmp}/missing.zarr", "--data", "{data}", "--out", "{tmp}/s"], "no cache"),

@@ -121,3 +121,33 @@ def test_babylm_layout_takes_the_track_and_its_dev_and_test(tmp_path, names):
                for (_, split), paths in found.items())
     assert find_raw_files(train) == found  # the track folder itself finds its siblings
     assert find_raw_files(tmp_path, "100M")[("aochildes", "train")][0].read_text() == "the big track\n"
+
+
+def test_prepare_writes_a_checksum_per_token_store_chunk(tiny_data):
+    """One crc32c per chunk file, equal to the crc32c of the rows zarr decodes from that file."""
+    import crc32c
+    import zarr
+
+    group = zarr.open_group(str(tiny_data / "tokens.zarr"), mode="r")
+    for name in ("train", "dev", "test"):
+        array = group[name]
+        sums = array.attrs["logitcache"]["chunk_crc32c"]
+        files = [p for p in (tiny_data / "tokens.zarr" / name / "c").rglob("*") if p.is_file()]
+        r = array.chunks[0]
+        assert len(sums) == len(files) == -(-array.shape[0] // r) > 0
+        assert sums == [crc32c.crc32c(np.ascontiguousarray(array[i * r:(i + 1) * r]).tobytes()) for i in range(len(sums))]
+        assert any(c.to_dict() == {"name": "zstd", "configuration": {"level": 3, "checksum": True}}
+                   for c in array.metadata.codecs)
+
+
+def test_token_store_reads_many_chunks_and_an_empty_split(tmp_path):
+    from logitcache.store import TokenStore, write_token_store
+
+    rows = np.random.default_rng(0).integers(0, 300, (1000, 16)).astype(np.uint16)
+    write_token_store(tmp_path / "t.zarr", {"train": rows, "test": rows[:0]}, {"kind": "tokens"}, rows_per_chunk=64)
+    store = TokenStore(tmp_path / "t.zarr")
+    assert store.n_chunks("train") == 16 and store.unchecked_splits() == []
+    assert np.array_equal(store.split("train"), rows)
+    assert store.split("test").shape == (0, 16)
+    with pytest.raises(LogitcacheError, match="no split 'dev'"):
+        store.split("dev")

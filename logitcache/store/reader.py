@@ -32,8 +32,11 @@ class CacheReader:
         return self.layout.n_rows
 
     def read_block(self, block: int, targets: bool = True, by_prob: bool = True) -> tuple[np.ndarray, ...]:
-        """One block decoded; checksum-verified first when `verify`. Only tokens when not `targets`;
-        each position's entries by decreasing probability when `by_prob`, else by ascending id."""
+        """One block decoded; checksum-verified first when `verify`. Only tokens when not `targets` (the
+        whole block is still fetched when `verify`: its checksum covers every array); each position's
+        entries by decreasing probability when `by_prob`, else by ascending id."""
+        if not targets and self.verify:
+            return (self.store.read_checked_block(block)[0].astype(np.int64),)
         if not targets:
             start, stop = self.layout.block_range(block)
             try:

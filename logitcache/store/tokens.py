@@ -1,10 +1,17 @@
-"""`tokens.zarr`: one (N, T) array of token ids per split, written once by `prepare`."""
+"""`tokens.zarr`: one (N, T) array of token ids per split, written once by `prepare`.
+
+Each split array is chunked by `rows_per_chunk` rows (zstd with its frame checksum) and its attributes
+hold `logitcache.chunk_crc32c`: one crc32c per storage chunk over that chunk's rows as stored (C order,
+the store's dtype). Every read of a split checks them; a store without them is read unchecked, with a warning.
+"""
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
 
+import crc32c
 import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
@@ -13,29 +20,42 @@ from ..errors import LogitcacheError
 from .ids import token_dtype  # noqa: F401  (re-exported: the token store's id width)
 from .location import Location, as_location
 
+log = logging.getLogger(__name__)
+
 ATTRS_KEY = "logitcache"
+CHECKSUMS_KEY = "chunk_crc32c"
+
+
+def chunk_checksums(rows: np.ndarray, rows_per_chunk: int) -> list[int]:
+    """crc32c of each run of `rows_per_chunk` rows (the storage chunks of a split array)."""
+    return [crc32c.crc32c(np.ascontiguousarray(rows[start:start + rows_per_chunk]).tobytes())
+            for start in range(0, rows.shape[0], rows_per_chunk)]
 
 
 def write_token_store(path: Path, splits: dict[str, np.ndarray], attrs: dict, rows_per_chunk: int = 4096) -> None:
-    """Write `tokens.zarr` (one (N, T) array per split) into a temp dir, then rename into place."""
+    """Write `tokens.zarr` (one (N, T) array per split, each chunk's crc32c in its attributes) into a
+    temp dir, then rename into place."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     group = zarr.open_group(store=str(tmp), mode="w", zarr_format=3)
     for name, rows in splits.items():
+        chunk_rows = max(1, min(rows_per_chunk, rows.shape[0]))
         array = group.create_array(
-            name, shape=rows.shape, chunks=(max(1, min(rows_per_chunk, rows.shape[0])), rows.shape[1]),
-            dtype=rows.dtype, compressors=ZstdCodec(level=3), fill_value=0,
+            name, shape=rows.shape, chunks=(chunk_rows, rows.shape[1]),
+            dtype=rows.dtype, compressors=ZstdCodec(level=3, checksum=True), fill_value=0,
         )
         if rows.shape[0]:
             array[:] = rows
+        array.attrs.update({ATTRS_KEY: {CHECKSUMS_KEY: chunk_checksums(rows, chunk_rows)}})
     group.attrs.update({ATTRS_KEY: attrs})
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
 
 
 class TokenStore:
-    """Read side of `tokens.zarr`: `attrs`, and `split(name)` -> (N, T) numpy array."""
+    """Read side of `tokens.zarr`: `attrs`, and `split(name)` -> (N, T) numpy array, every chunk checked
+    against its crc32c."""
 
     def __init__(self, path: "str | Path | Location"):
         location = as_location(path)
@@ -46,13 +66,80 @@ class TokenStore:
         try:
             self.group = zarr.open_group(store=location.zarr_store(read_only=True), mode="r")
             self.attrs = dict(self.group.attrs[ATTRS_KEY])
+            self.names = sorted(name for name, _ in self.group.arrays())
         except Exception as exc:
             raise LogitcacheError(f"cannot read token store {self.path}: {exc}") from None
+        if self.unchecked_splits():
+            log.warning("token store %s has no chunk checksums (split %s): its tokens are read unchecked; "
+                        "re-run `logitcache prepare` to add them", self.path, ", ".join(self.unchecked_splits()))
+
+    def _array(self, name: str):
+        if name not in self.names:
+            raise LogitcacheError(f"token store {self.path} has no split '{name}'")
+        return self.group[name]
+
+    def checksums(self, name: str) -> list[int] | None:
+        """The split's per-chunk crc32c as `prepare` wrote them (None: the store has none)."""
+        stored = self._array(name).attrs.get(ATTRS_KEY, {}).get(CHECKSUMS_KEY)
+        return None if stored is None else [int(c) for c in stored]
+
+    def unchecked_splits(self) -> list[str]:
+        return [name for name in self.names if self.checksums(name) is None]
+
+    def chunk_rows(self, name: str) -> int:
+        return int(self._array(name).chunks[0])
+
+    def n_chunks(self, name: str) -> int:
+        array = self._array(name)
+        return -(-array.shape[0] // array.chunks[0])
+
+    def chunk_label(self, name: str, chunk: int) -> str:
+        """How messages name one chunk: split, chunk index, its rows and its file in the store."""
+        array = self._array(name)
+        start = chunk * array.chunks[0]
+        stop = min(start + array.chunks[0], array.shape[0])
+        return f"split '{name}' chunk {chunk} (rows {start}-{stop - 1}, file {name}/c/{chunk}/0)"
+
+    def read_chunk(self, name: str, chunk: int) -> tuple[np.ndarray | None, str | None]:
+        """One chunk's rows (n, T) and a problem (None when sound): undecodable or a checksum mismatch."""
+        array, checks = self._array(name), self.checksums(name)
+        start = chunk * array.chunks[0]
+        try:
+            rows = array[start:start + array.chunks[0]]
+        except Exception as exc:
+            return None, f"{self.chunk_label(name, chunk)}: cannot be decoded ({exc})"
+        return rows, self._mismatch(name, chunk, rows, checks)
+
+    def _mismatch(self, name: str, chunk: int, rows: np.ndarray, checks: list[int] | None) -> str | None:
+        if checks is None:
+            return None
+        if len(checks) != self.n_chunks(name):
+            return f"split '{name}': {len(checks)} chunk checksums for {self.n_chunks(name)} chunks"
+        if crc32c.crc32c(np.ascontiguousarray(rows).tobytes()) != checks[chunk]:
+            return f"{self.chunk_label(name, chunk)}: checksum mismatch (the stored tokens changed after prepare)"
+        return None
 
     def split(self, name: str) -> np.ndarray:
-        if name not in self.group:
-            raise LogitcacheError(f"token store {self.path} has no split '{name}'")
-        return self.group[name][:]
+        """The split's rows (N, T), every chunk checked; a bad chunk is refused, naming it."""
+        array, checks = self._array(name), self.checksums(name)
+        try:
+            rows = array[:]
+        except Exception as exc:  # name the chunk that cannot be decoded
+            for chunk in range(self.n_chunks(name)):
+                problem = self.read_chunk(name, chunk)[1]
+                if problem:
+                    self._refuse(problem)
+            self._refuse(f"split '{name}' cannot be read ({exc})")
+        r = array.chunks[0]
+        for chunk in range(self.n_chunks(name)):
+            problem = self._mismatch(name, chunk, rows[chunk * r:(chunk + 1) * r], checks)
+            if problem:
+                self._refuse(problem)
+        return rows
+
+    def _refuse(self, problem: str):
+        raise LogitcacheError(f"token store {self.path}: {problem}; `logitcache verify` checks every chunk, "
+                              "re-run `logitcache prepare` to rebuild it")
 
     def num_rows(self, name: str) -> int:
-        return self.group[name].shape[0] if name in self.group else 0
+        return self.group[name].shape[0] if name in self.names else 0

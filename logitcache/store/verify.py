@@ -1,5 +1,8 @@
-"""`verify` (every block's marker, checksum and raw decoded values) and `inspect`'s summary."""
+"""`verify` (a cache: every block's marker, checksum and raw decoded values; a data dir: every token
+store chunk against its checksum, and the data fingerprint) and `inspect`'s summary."""
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 
@@ -7,6 +10,8 @@ from ..errors import CacheCorruptError
 from .cache import CacheStore
 from .fetch import read_ahead
 from .ids import token_dtype
+from .location import as_location
+from .tokens import TokenStore
 
 
 def check_decoded(block: int, ids: np.ndarray, probs: np.ndarray, vocab_size: int, sum_bound: float) -> str | None:
@@ -50,6 +55,58 @@ def verify_cache(path, progress=None, ahead: int = 8) -> list[str]:
     if progress:
         progress.finish()
     return [problems[b] for b in sorted(problems)]
+
+
+def is_data_location(where) -> bool:
+    """A prepared data dir (it holds tokens.zarr) or a bare token store, local or remote."""
+    location = as_location(where)
+    if location.child("tokens.zarr").read_bytes("zarr.json") is not None:
+        return True
+    from .cache import root_attrs
+
+    return (root_attrs(location) or {}).get("kind") == "tokens"
+
+
+def verify_data(path, progress=None, ahead: int = 8) -> dict:
+    """Full check of a prepared data dir (or a bare tokens.zarr): every chunk of every split decoded and
+    checked against its crc32c (fetched `ahead` at a time), tokenizer.json against the recorded sha256,
+    and the data fingerprint (prepare's sha256 over the tokenizer's sha256 and every split) recomputed.
+    Returns {"splits": {split: n_chunks}, "problems": [one line each], "warnings": [...]}."""
+    location = as_location(path)
+    in_dir = location.child("tokens.zarr").read_bytes("zarr.json") is not None
+    store = TokenStore(location.child("tokens.zarr") if in_dir else location)
+    problems: list[str] = []
+    warnings = [f"split '{name}' has no chunk checksums: only the data fingerprint checks it; re-run "
+                "`logitcache prepare` to add them" for name in store.unchecked_splits()]
+    tokenizer_sha = store.attrs.get("tokenizer_sha256", "")
+    if in_dir:
+        tokenizer = location.read_bytes("tokenizer.json")
+        if tokenizer is None:
+            problems.append("tokenizer.json is missing")
+        elif hashlib.sha256(tokenizer).hexdigest() != tokenizer_sha:
+            problems.append("tokenizer.json does not match the tokenizer recorded in tokens.zarr (tokenizer_sha256)")
+    if progress:
+        progress.start("verify", sum(store.n_chunks(name) for name in store.names))
+    digest = hashlib.sha256(tokenizer_sha.encode())  # the fingerprint: split by split in name order
+    bad_chunks = 0
+    for name in store.names:
+        digest.update(name.encode())
+        for chunk, result in read_ahead(lambda c: store.read_chunk(name, c), range(store.n_chunks(name)), ahead=ahead):
+            if progress:
+                progress.update(1)
+            rows, problem = (None, f"{store.chunk_label(name, chunk)}: cannot be read ({result})") \
+                if isinstance(result, Exception) else result
+            if problem:
+                problems.append(problem)
+                bad_chunks += 1
+            if rows is not None:
+                digest.update(np.ascontiguousarray(rows).tobytes())
+    if not bad_chunks and digest.hexdigest() != store.attrs.get("fingerprint"):  # chunks unchecked or re-summed
+        problems.append("the data fingerprint does not match the stored tokens (they changed after prepare)")
+    if progress:
+        progress.finish()
+    return {"splits": {name: store.n_chunks(name) for name in store.names}, "problems": problems,
+            "warnings": warnings}
 
 
 def cache_summary(path) -> dict:
