@@ -212,7 +212,7 @@ def load_teachers(paths: list[Path], device: torch.device, data=None) -> tuple[l
     tokenizer does something other than the data's (compared by behaviour, not file bytes). A teacher
     without a tokenizer is accepted when its vocabulary covers the data's, with a warning."""
     from .models import describe, load_model
-    from .tokenizer import folder_tokenizer_identity
+    from .tokenizer import check_model_tokenizer
 
     if not paths:
         raise LogitcacheError("at least one --teacher is required")
@@ -222,16 +222,7 @@ def load_teachers(paths: list[Path], device: torch.device, data=None) -> tuple[l
         model = load_model(path)
         info = describe(path, model)
         if data is not None:
-            info["tokenizer_identity"] = folder_tokenizer_identity(path)
-            if info["tokenizer_identity"] is None:
-                log.warning("teacher %s has no tokenizer: only its vocabulary size (%d >= %d) is checked, not that it "
-                            "splits text the way the data's tokenizer did", path, info["vocab_size"], data.vocab_size)
-            elif info["tokenizer_identity"] != data.tokenizer_identity:
-                raise LogitcacheError(f"teacher {path} has a different tokenizer than the data in {data.path} "
-                                      "(vocabulary, merges, normalizer, pre-tokenizer or special tokens differ)")
-            if info["vocab_size"] < data.vocab_size:
-                raise LogitcacheError(f"teacher {path} has vocabulary {info['vocab_size']}, smaller than the data's "
-                                      f"tokenizer ({data.vocab_size})")
+            info["tokenizer_identity"] = check_model_tokenizer(path, info["vocab_size"], data, f"teacher {path}")
         models.append(model)
         infos.append(info)
     vocabs = {info["vocab_size"] for info in infos}

@@ -18,7 +18,7 @@ from .metrics import lm_metrics, token_byte_lengths
 from .models import load_model
 from .progress import NULL_PROGRESS, ProgressHook
 from .stage_configs import EvalConfig  # noqa: F401  (re-exported)
-from .tokenizer import BOS_ID, PAD_ID, load_tokenizer
+from .tokenizer import BOS_ID, PAD_ID, check_model_tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +116,7 @@ def evaluate(config: EvalConfig, progress: ProgressHook = NULL_PROGRESS) -> dict
     results = []
     for path in config.models:
         model = load_model(path).to(device)
-        if int(model.config.vocab_size) < data.vocab_size:
-            raise LogitcacheError(f"model {path} has vocabulary {model.config.vocab_size}, smaller than the data's "
-                                  f"tokenizer ({data.vocab_size})")
+        check_model_tokenizer(path, int(model.config.vocab_size), data, f"model {path}")
         entry = {"path": str(path), "params": sum(p.numel() for p in model.parameters()), "split": config.split}
         entry.update(lm_metrics(model, rows, config.batch_size, device, byte_lengths=byte_lengths, ensemble=ensemble,
                                 progress=progress))

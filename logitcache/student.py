@@ -111,7 +111,11 @@ def student_model(config: StudentConfig, data):
             raise LogitcacheError(f"--init-from {config_file}: not a transformers config ({exc})") from None
         torch.manual_seed(config.train.seed)
         model = AutoModelForCausalLM.from_config(hf_config)
-    if int(model.config.vocab_size) < data.vocab_size:
+    if has_weights:  # trained weights: their ids must mean what the data's ids mean
+        from .tokenizer import check_model_tokenizer
+
+        check_model_tokenizer(folder, int(model.config.vocab_size), data, f"--init-from {path}")
+    elif int(model.config.vocab_size) < data.vocab_size:
         raise LogitcacheError(f"--init-from {path}: vocabulary {model.config.vocab_size} is smaller than the data's "
                               f"tokenizer ({data.vocab_size})")
     log.info("student from %s (%s, %s)", path, model.config.model_type, "weights" if has_weights else "random init")

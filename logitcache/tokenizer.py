@@ -1,12 +1,18 @@
 """Byte-level BPE tokenizer trained on the train split only (special tokens <pad>=0, <s>=1, </s>=2)."""
 from __future__ import annotations
 
+import hashlib
+import importlib
+import json
+import logging
 from pathlib import Path
 from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from .errors import LogitcacheError
+
+log = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
@@ -29,13 +35,28 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
 
 
 def load_tokenizer(path: Path) -> Tokenizer:
+    """A tokenizers JSON file, with any truncation or padding it ships turned off: documents are encoded
+    whole and unpadded here, and a file's `max_length` would cut every document short."""
     path = Path(path)
     if not path.is_file():
         raise LogitcacheError(f"no tokenizer at {path}")
+    return tokenizer_from_bytes(path.read_bytes(), path)
+
+
+def tokenizer_from_bytes(raw: bytes, where: Path | str) -> Tokenizer:
     try:
-        return Tokenizer.from_file(str(path))
+        tokenizer = Tokenizer.from_str(raw.decode("utf-8"))
     except Exception as exc:  # the tokenizers library raises plain Exception on bad JSON
-        raise LogitcacheError(f"{path} is not a tokenizers JSON file ({exc})") from None
+        raise LogitcacheError(f"{where} is not a tokenizers JSON file ({exc})") from None
+    return _whole_documents(tokenizer)
+
+
+def _whole_documents(tokenizer: Tokenizer) -> Tokenizer:
+    if tokenizer.truncation is not None or tokenizer.padding is not None:
+        log.info("tokenizer: its truncation %s and padding %s are turned off", tokenizer.truncation, tokenizer.padding)
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+    return tokenizer
 
 
 def encode_text(tokenizer: Tokenizer, text: str) -> list[int]:
@@ -49,75 +70,158 @@ def encode_text(tokenizer: Tokenizer, text: str) -> list[int]:
     return ids
 
 
-# Fields of a tokenizer model that decide the ids it produces (dropout and caches do not).
-_MODEL_KEYS = ("type", "vocab", "merges", "unk_token", "byte_fallback", "continuing_subword_prefix",
-               "end_of_word_suffix", "fuse_unk", "max_input_chars_per_word")
+# Fields of a tokenizer's JSON that cannot change the ids `encode` gives: the format's version and the
+# decoder. Every other field is part of the identity, a field unknown here too.
+_NOT_ENCODING = ("version", "decoder")
+_PROBE_A, _PROBE_B = 2**32 - 1, 2**32 - 2  # ids no vocabulary hands out: stand-ins for a sequence's own ids
+
+
+def _template(tokenizer: Tokenizer):
+    """What the post-processor puts around one sequence and around a pair, as ids with "A" and "B" for the
+    sequences' own ids: no post-processor, a template that adds nothing (transformers writes one on save) and
+    GPT-2's offsets-only ByteLevel are the same. Any other result is kept as the processor's JSON."""
+    if tokenizer.post_processor is None:
+        return {"single": ["A", "A"], "pair": ["A", "A", "B", "B"]}
+    probe = Tokenizer(models.WordLevel({"a": _PROBE_A, "b": _PROBE_B}, unk_token=None))
+    probe.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    probe.post_processor = tokenizer.post_processor
+    a, b = probe.encode("a a", add_special_tokens=False), probe.encode("b b", add_special_tokens=False)
+    named = {_PROBE_A: "A", _PROBE_B: "B"}
+    try:
+        single, pair = probe.post_process(a), probe.post_process(a, b)
+    except Exception:  # a processor that cannot run on the probe: compared as written
+        return json.loads(tokenizer.to_str()).get("post_processor")
+    return {"single": [named.get(i, i) for i in single.ids], "pair": [named.get(i, i) for i in pair.ids]}
+
+
+def identity_parts(tokenizer: Tokenizer) -> dict[str, str]:
+    """sha256 of each part of a tokenizer that decides the ids `encode` gives: the model (type, vocabulary,
+    merges and options such as BPE's ignore_merges, byte_fallback, dropout), normalizer, pre-tokenizer,
+    what the post-processor adds, the added tokens with all their flags (lstrip, rstrip, single_word,
+    normalized, special), truncation, padding and encode_special_tokens (a setting the JSON does not hold)."""
+    spec = json.loads(tokenizer.to_str())
+    model = dict(spec.get("model") or {})
+    if model.get("merges"):
+        model["merges"] = [m.split(" ", 1) if isinstance(m, str) else list(m) for m in model["merges"]]
+    parts = {key: value for key, value in spec.items() if key not in _NOT_ENCODING}
+    parts |= {"model": model, "post_processor": _template(tokenizer),
+              "added_tokens": sorted(spec.get("added_tokens") or [], key=lambda t: t["id"]),
+              "encode_special_tokens": bool(getattr(tokenizer, "encode_special_tokens", False))}
+    return {key: hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest() for key, value in parts.items()}
+
+
+def _combined(parts: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
 def tokenizer_identity(tokenizer: Tokenizer) -> str:
-    """sha256 of what a tokenizer does, not of its file: the model (type, vocabulary, merges),
-    normalizer, pre-tokenizer and the added tokens (id, content, special). Re-saving a tokenizer
-    (transformers writes merges as pairs, reorders keys, adds padding settings) keeps its identity."""
-    import hashlib
-    import json
-
-    spec = json.loads(tokenizer.to_str())
-    model = {k: v for k, v in (spec.get("model") or {}).items() if k in _MODEL_KEYS}
-    if model.get("merges"):
-        model["merges"] = [m.split(" ", 1) if isinstance(m, str) else list(m) for m in model["merges"]]
-    canonical = {
-        "model": model, "normalizer": spec.get("normalizer"), "pre_tokenizer": spec.get("pre_tokenizer"),
-        "added_tokens": sorted((t["id"], t["content"], bool(t.get("special"))) for t in spec.get("added_tokens", [])),
-    }
-    return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
+    """sha256 of what a tokenizer does, not of its file (identity_parts): two tokenizers with equal
+    identities give the same ids for every text. Re-saving a tokenizer (transformers writes merges as
+    pairs, reorders keys, adds an empty template) keeps its identity."""
+    return _combined(identity_parts(tokenizer))
 
 
-_IDENTITY_BY_DIGEST: dict[str, str] = {}
+_PARTS_BY_DIGEST: dict[str, dict[str, str]] = {}
+
+
+def file_identity_parts(path: Path) -> dict[str, str]:
+    """identity_parts of a tokenizer.json file, memoised by the sha256 of the very bytes parsed: teachers
+    usually ship the data's file, and equal bytes are an equal tokenizer, so it is parsed once (~0.1 s at
+    8k merges). load_tokenizer's changes (truncation and padding off) are a function of the bytes too."""
+    raw = Path(path).read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest not in _PARTS_BY_DIGEST:
+        _PARTS_BY_DIGEST[digest] = identity_parts(tokenizer_from_bytes(raw, path))
+    return _PARTS_BY_DIGEST[digest]
 
 
 def tokenizer_file_identity(path: Path) -> str:
-    """tokenizer_identity of a tokenizer.json file, memoised by the file's sha256: teachers usually ship the
-    data's very file, and equal bytes are an equal tokenizer, so it is parsed once (~0.1 s at 8k merges)."""
-    import hashlib
+    """tokenizer_identity of a tokenizer.json file as load_tokenizer reads it (memoised by its bytes)."""
+    return _combined(file_identity_parts(path))
 
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    if digest not in _IDENTITY_BY_DIGEST:
-        _IDENTITY_BY_DIGEST[digest] = tokenizer_identity(load_tokenizer(path))
-    return _IDENTITY_BY_DIGEST[digest]
+
+def folder_identity_parts(path: Path) -> dict[str, str] | None:
+    """identity_parts of a model or tokenizer folder's tokenizer (or of a tokenizer.json file); None when it
+    has none. A tokenizer.json goes through file_identity_parts (memoised by its bytes)."""
+    path = Path(path)
+    json_file = path if path.is_file() else path / "tokenizer.json"
+    if json_file.is_file():
+        return file_identity_parts(json_file)
+    tokenizer = find_tokenizer(path)
+    return None if tokenizer is None else identity_parts(tokenizer)
 
 
 def folder_tokenizer_identity(path: Path) -> str | None:
     """tokenizer_identity of a model or tokenizer folder's tokenizer (or of a tokenizer.json file); None when
-    it has none. A tokenizer.json goes through tokenizer_file_identity (memoised by its bytes)."""
-    path = Path(path)
-    json_file = path if path.is_file() else path / "tokenizer.json"
-    if json_file.is_file():
-        return tokenizer_file_identity(json_file)
-    tokenizer = find_tokenizer(path)
-    return None if tokenizer is None else tokenizer_identity(tokenizer)
+    it has none."""
+    parts = folder_identity_parts(path)
+    return None if parts is None else _combined(parts)
 
 
-_TOKENIZER_FILES = ("vocab.json", "tokenizer.model", "spiece.model", "vocab.txt", "sentencepiece.bpe.model")
+def check_model_tokenizer(folder: Path, vocab_size: int, data, what: str) -> str | None:
+    """Refuse a model whose tokenizer does something other than the data's (compared by behaviour, not by
+    file bytes; the message names the parts that differ) or whose vocabulary is smaller than the data's;
+    a folder without a tokenizer is accepted on its vocabulary size alone, with a warning. Returns the
+    folder tokenizer's identity (None without one). `data` is a PreparedData."""
+    parts = folder_identity_parts(folder)
+    if parts is None:
+        log.warning("%s has no tokenizer: only its vocabulary size (%d, the data's %d) is checked, not that it "
+                    "splits text the way the data's tokenizer did", what, vocab_size, data.vocab_size)
+    else:
+        ours = file_identity_parts(data.tokenizer_path)
+        differ = sorted(key for key in ours.keys() | parts.keys() if ours.get(key) != parts.get(key))
+        if differ:
+            raise LogitcacheError(f"{what} has a different tokenizer than the data in {data.path} "
+                                  f"(they differ in: {', '.join(differ)})")
+    if vocab_size < data.vocab_size:
+        raise LogitcacheError(f"{what} has vocabulary {vocab_size}, smaller than the data's tokenizer "
+                              f"({data.vocab_size})")
+    return None if parts is None else _combined(parts)
+
+
+_SENTENCEPIECE_FILES = ("tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
+_TOKENIZER_FILES = ("vocab.json", *_SENTENCEPIECE_FILES, "vocab.txt")
+_SENTENCEPIECE_PACKAGES = (("sentencepiece", "sentencepiece"), ("protobuf", "google.protobuf"))
+
+
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
 
 
 def find_tokenizer(path: Path) -> Tokenizer | None:
     """The tokenizer of a model or tokenizer folder (tokenizer.json, or anything transformers can turn
-    into a fast tokenizer: vocab.json + merges.txt, sentencepiece), or a tokenizer.json file; None when
-    the folder has none."""
+    into a fast tokenizer: vocab.json + merges.txt, a sentencepiece model, vocab.txt), or a tokenizer.json
+    file; None when the folder has no tokenizer file. Tokenizer files that do not load are an error naming
+    them (and the package a sentencepiece model needs)."""
     path = Path(path)
     if path.is_file():
         return load_tokenizer(path)
     if (path / "tokenizer.json").is_file():
         return load_tokenizer(path / "tokenizer.json")
-    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
+    present = [path / name for name in _TOKENIZER_FILES if (path / name).is_file()]
+    if not present:
         return None  # transformers would build an empty tokenizer from config.json alone
+    where = ", ".join(map(str, present))
+    if any(p.name in _SENTENCEPIECE_FILES for p in present):
+        missing = [package for package, module in _SENTENCEPIECE_PACKAGES if not _importable(module)]
+        if missing:
+            raise LogitcacheError(f"{where}: a sentencepiece model needs the {' and '.join(missing)} package "
+                                  f"(pip install {' '.join(missing)})")
     try:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except Exception:
-        return None
-    return tokenizer.backend_tokenizer if getattr(tokenizer, "is_fast", False) else None
+    except Exception as exc:  # transformers raises anything from OSError to TypeError on a broken file
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise LogitcacheError(f"{where}: not a tokenizer transformers can load ({reason})") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise LogitcacheError(f"{where}: transformers loads it only as a slow {type(tokenizer).__name__}, which "
+                              "cannot be compared or used here (save it as a fast tokenizer.json)")
+    return _whole_documents(tokenizer.backend_tokenizer)
 
 
 # Names pretrained tokenizers give their specials, most specific first (Llama 3, Qwen, GPT-2, Llama 2, Gemma ...)
@@ -127,11 +231,10 @@ _PAD_NAMES = ("<pad>", "<|pad|>", "[PAD]")
 
 
 def special_ids(tokenizer: Tokenizer, folder: Path | None = None) -> dict[str, int | None]:
-    """{"bos", "eos", "pad"} ids: from tokenizer_config.json beside the tokenizer when there is one,
-    else by the usual names; None where the tokenizer has no such token."""
-    import json
-
-    configured: dict[str, str] = {}
+    """{"bos", "eos", "pad"} ids: from tokenizer_config.json beside the tokenizer when there is one (an
+    explicit null means the tokenizer has no such token, as Qwen's `bos_token: null`), else by the usual
+    names; None where the tokenizer has no such token."""
+    configured: dict[str, str | None] = {}
     config_path = Path(folder) / "tokenizer_config.json" if folder is not None else None
     if config_path is not None and config_path.is_file():
         try:
@@ -141,10 +244,13 @@ def special_ids(tokenizer: Tokenizer, folder: Path | None = None) -> dict[str, i
         for key in ("bos", "eos", "pad"):
             value = raw.get(f"{key}_token")
             value = value.get("content") if isinstance(value, dict) else value
-            if isinstance(value, str):
+            if isinstance(value, str) or (value is None and f"{key}_token" in raw):
                 configured[key] = value
     out: dict[str, int | None] = {}
     for key, names in (("bos", _BOS_NAMES), ("eos", _EOS_NAMES), ("pad", _PAD_NAMES)):
+        if key in configured and configured[key] is None:
+            out[key] = None
+            continue
         candidates = ([configured[key]] if key in configured else []) + list(names)
         out[key] = next((tokenizer.token_to_id(n) for n in candidates if tokenizer.token_to_id(n) is not None), None)
     return out
