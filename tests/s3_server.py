@@ -1,5 +1,8 @@
 """A real S3 server for tests and benchmarks: moto's server in its own process on a free local port,
-and an HTTP proxy in front of it that delays every request (latency) or answers some with 503 (faults).
+and an HTTP proxy in front of it that delays every request (latency), answers some with 503 (faults),
+answers every conditional PUT (If-None-Match) with 412 as a server whose object already exists does
+(`--refuse-create aws|plain`: AWS's error body, which names the condition, or the bare one other
+S3-compatible servers send), or answers every request with 403 and an access error code (`--deny CODE`).
 
     python tests/s3_server.py moto --port P
     python tests/s3_server.py proxy --port P --upstream http://127.0.0.1:Q --delay-ms 20 --fail-every 0
@@ -44,7 +47,8 @@ def _wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 30.0) ->
 
 @contextlib.contextmanager
 def serve(kind: str, **options):
-    """Start `moto` or `proxy` (options: upstream, delay_ms, fail_every) in a subprocess; yields its URL."""
+    """Start `moto` or `proxy` (options: upstream, delay_ms, fail_every, refuse_create, deny) in a subprocess;
+    yields its URL."""
     port = free_port()
     args = [sys.executable, __file__, kind, "--port", str(port)]
     for key, value in options.items():
@@ -80,13 +84,41 @@ def make_bucket(endpoint: str, bucket: str) -> None:
                  region_name=CREDENTIALS["AWS_DEFAULT_REGION"]).create_bucket(Bucket=bucket)
 
 
+# S3 error bodies as the servers send them (application/xml)
+PRECONDITION_FAILED = {
+    # AWS names the failed condition (https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-writes.html)
+    "aws": b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>PreconditionFailed</Code><Message>At least one of '
+           b'the pre-conditions you specified did not hold</Message><Condition>If-None-Match</Condition>'
+           b'<RequestId>4NC8WAJ0EY1XKB8Z</RequestId><HostId>Xb9lT0yXk3QkWc1Y2Z3a4b5c6d7e8f9g0h=</HostId></Error>',
+    # MinIO, Ceph and others: the code and message alone
+    "plain": b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>PreconditionFailed</Code><Message>At least one '
+             b'of the pre-conditions you specified did not hold</Message><RequestId>17A2B3C4D5E6F708</RequestId>'
+             b'</Error>',
+}
+ACCESS_ERRORS = {
+    "AccessDenied": "Access Denied",
+    "InvalidAccessKeyId": "The AWS Access Key Id you provided does not exist in our records.",
+    "SignatureDoesNotMatch": "The request signature we calculated does not match the signature you provided. "
+                             "Check your key and signing method.",
+}
+
+
+def access_error(code: str) -> bytes:
+    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{ACCESS_ERRORS[code]}'
+            '</Message><RequestId>4NC8WAJ0EY1XKB8Z</RequestId><HostId>Xb9lT0yXk3QkWc1Y2Z3a4b5c6d7e8f9g0h=</HostId>'
+            '</Error>').encode()
+
+
 class Proxy(BaseHTTPRequestHandler):
-    """Forwards each request to the upstream after `delay_ms`; every `fail_every`-th answers 503 SlowDown."""
+    """Forwards each request to the upstream after `delay_ms`; every `fail_every`-th answers 503 SlowDown;
+    with `refuse_create` every PUT with If-None-Match answers 412, with `deny` every request answers 403."""
 
     protocol_version = "HTTP/1.1"
     upstream: tuple[str, int] = ("127.0.0.1", 0)
     delay_s = 0.0
     fail_every = 0
+    refuse_create = ""  # "aws" or "plain": the 412 body
+    deny = ""  # an ACCESS_ERRORS code
     count = 0
     failed = 0
     lock = threading.Lock()
@@ -110,6 +142,13 @@ class Proxy(BaseHTTPRequestHandler):
             Proxy.failed += bool(fail)
         if Proxy.delay_s:
             time.sleep(Proxy.delay_s)
+        xml = [("Content-Type", "application/xml")]
+        if Proxy.deny:
+            self._reply(403, xml, access_error(Proxy.deny))
+            return
+        if Proxy.refuse_create and self.command == "PUT" and self.headers.get("If-None-Match"):
+            self._reply(412, xml, PRECONDITION_FAILED[Proxy.refuse_create])
+            return
         if fail:
             error = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
                      b'<Message>Please reduce your request rate.</Message></Error>')
@@ -149,6 +188,8 @@ def main() -> None:
     parser.add_argument("--upstream", default="")
     parser.add_argument("--delay-ms", type=float, default=0.0)
     parser.add_argument("--fail-every", type=int, default=0)
+    parser.add_argument("--refuse-create", choices=["", *PRECONDITION_FAILED], default="")
+    parser.add_argument("--deny", choices=["", *ACCESS_ERRORS], default="")
     args = parser.parse_args()
     if args.kind == "moto":
         os.environ.update(CREDENTIALS)
@@ -160,6 +201,7 @@ def main() -> None:
     upstream = urlsplit(args.upstream)
     Proxy.upstream = (upstream.hostname, upstream.port)
     Proxy.delay_s, Proxy.fail_every = args.delay_ms / 1000.0, args.fail_every
+    Proxy.refuse_create, Proxy.deny = args.refuse_create, args.deny
     ThreadingHTTPServer.daemon_threads = True
     ThreadingHTTPServer(("127.0.0.1", args.port), Proxy).serve_forever()
 

@@ -7,6 +7,7 @@ cache, a second writer is refused, resume finishes a claim), retries through a p
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -307,3 +308,54 @@ def test_unreachable_endpoint_and_bad_options_are_one_line(s3, tmp_path, monkeyp
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "unreachable" in lines[0], result.output
+
+
+@pytest.fixture
+def through_proxy():
+    """`through_proxy(upstream, **proxy options)`: a proxy in front of the server that this process's s3://
+    requests go through (endpoint_url) for the length of the test; returns the CLI's options that do the same."""
+    from logitcache.store.location import set_storage_options
+    from s3_server import serve
+
+    with contextlib.ExitStack() as stack:
+        def start(upstream, **options) -> str:
+            proxy = stack.enter_context(serve("proxy", upstream=upstream, **options))
+            set_storage_options({"endpoint_url": proxy})
+            return ["--storage-option", f"endpoint_url={proxy}"]
+
+        try:
+            yield start
+        finally:
+            set_storage_options({})
+
+
+@pytest.mark.parametrize("body", ["aws", "plain"])
+def test_a_412_on_the_claim_means_taken_whatever_the_body(s3, backend, s3_endpoint, through_proxy, body, tiny_data,
+                                                         tiny_teachers):
+    """The loser of two racing dumps: nothing at the prefix when it looks, then its conditional PUT of the
+    root answered 412 (AWS's body names the condition, other servers' do not): one line, exit 2, nothing
+    written."""
+    options = through_proxy(s3_endpoint, refuse_create=body)
+    url = f"{s3}/raced.zarr"
+    assert not Location(url).create_exclusive("zarr.json", b"{}")
+    result = invoke(*dump_args(tiny_data, tiny_teachers, url), *options)
+    assert_one_line_error(result, "already exists")
+    assert objects(url) == {}
+
+
+@pytest.mark.parametrize("code", ["AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"])
+def test_access_errors_are_one_line(s3, backend, s3_endpoint, through_proxy, code, tiny_data, tiny_teachers,
+                                    tiny_cache):
+    """Every request answered 403 with the code AWS sends: verify, inspect, dump and copy each say so in one line."""
+    url = f"{s3}/denied.zarr"
+    options = through_proxy(s3_endpoint, deny=code)
+    for args in (["verify", url], ["inspect", url], dump_args(tiny_data, tiny_teachers, url), ["copy", tiny_cache, url]):
+        assert_one_line_error(invoke(*args, *options), "access denied")
+
+
+def assert_one_line_error(result, *needles):
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output, result.output
+    for needle in needles:
+        assert needle in result.output, result.output

@@ -260,7 +260,9 @@ class Location:
 
     def create_exclusive(self, key: str, data: bytes) -> bool:
         """Write one object only if it does not exist (atomically: a hard link locally, a conditional PUT
-        with If-None-Match on S3); False when it already existed."""
+        with If-None-Match on S3); False when it already existed. On S3 any 412 answer to the claim means
+        taken, whatever the server's body (AWS names the condition, MinIO and others do not) and however
+        the transport words it. gs:// has no conditional PUT here: the claim is written, then read back."""
         from zarr.core.buffer import default_buffer_prototype
 
         store = self.zarr_store(read_only=False)
@@ -272,7 +274,7 @@ class Location:
 
             try:
                 self._run(put_if_absent())
-            except obstore.exceptions.AlreadyExistsError:
+            except (obstore.exceptions.AlreadyExistsError, obstore.exceptions.PreconditionError):
                 return False
             return True
         if self.protocol == "s3":
@@ -283,6 +285,10 @@ class Location:
             self._run(coro)
         except FileExistsError:
             return False
+        except OSError as exc:
+            if self.protocol == "s3" and _precondition_failed(exc):
+                return False
+            raise
         if self.protocol != "s3":  # LocalStore's (and fsspec's generic) set_if_not_exists is silent when the key exists
             return self.read_bytes(key) == data
         return True
@@ -329,6 +335,20 @@ class Location:
         store = self.zarr_store(read_only=False)
         self._run(store.delete("zarr.json"))
         self._run(store.delete_dir(""))
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    """An S3 answer of 412 Precondition Failed somewhere in the exception's cause chain (s3fs raises
+    OSError(EINVAL) from botocore's ClientError when the body does not name the condition)."""
+    while exc is not None:
+        response = getattr(exc, "response", None)
+        if isinstance(response, dict):
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            code = response.get("Error", {}).get("Code")
+            if status == 412 or code in ("PreconditionFailed", "412"):
+                return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def as_location(where: "str | Path | Location") -> Location:
