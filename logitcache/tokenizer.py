@@ -1,4 +1,6 @@
-"""Byte-level BPE tokenizer trained on the train split only (special tokens <pad>=0, <s>=1, </s>=2)."""
+"""Tokenizers: the byte-level BPE trained on the train split only (special tokens <pad>=0, <s>=1, </s>=2),
+loading a folder's tokenizer (tokenizer.json, or files transformers converts), its special ids, and the
+behavioural identity that decides whether a model's ids mean what the data's ids mean."""
 from __future__ import annotations
 
 import hashlib
