@@ -28,7 +28,7 @@ from logitcache.data import PrepareConfig, prepare
 from logitcache.teacher import TeacherConfig, train_teacher
 out = Path(sys.argv[1])
 raw = write_tiny_corpus(out / "raw", {"train": 2400, "dev": 200, "test": 80})
-prepare(PrepareConfig(data=raw, out=out / "data", vocab_size=300, seq_len=32, val_chunks=16))
+prepare(PrepareConfig(data=raw, out=out / "data", vocab_size=300, seq_len=32))
 for arch in ("llama", "gpt2"):
     train_teacher(TeacherConfig(data=out / "data", out=out / arch, arch=arch, preset=f"{arch}-tiny",
                                 train=tiny_train(10, device="cuda", precision="bf16")))

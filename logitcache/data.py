@@ -16,7 +16,7 @@ import numpy as np
 from . import __version__
 from .store import TokenStore, token_dtype, write_token_store
 from .store.location import as_location
-from .cleaners import clean_basic, cleaner_for
+from .cleaners import CLEANERS_BY_NAME, clean_basic, cleaner_for
 from .configs import sha256_file, to_dict, write_json_atomic
 from .errors import LogitcacheError
 from .memory import default_heap
@@ -37,12 +37,13 @@ class PrepareReport:
     splits: dict = field(default_factory=dict)  # split -> {"chunks", "tokens"}
     vocab_size: int = 0
     fingerprint: str = ""
-    sources: dict = field(default_factory=dict)  # source -> {"words", "tokens", "replaced_bytes"}
+    sources: dict = field(default_factory=dict)  # source -> {"words", "tokens", "replaced_bytes", "cleaning"}
     seconds: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)  # cleaner steps that removed more than expected
 
     def to_json(self) -> dict:
         return {"splits": self.splits, "vocab_size": self.vocab_size, "fingerprint": self.fingerprint,
-                "sources": self.sources, "seconds": self.seconds}
+                "sources": self.sources, "seconds": self.seconds, "warnings": self.warnings}
 
 
 # The BabyLM releases: 2023 has babylm_10M/ (or babylm_100M/), babylm_dev/, babylm_test/ side by side;
@@ -141,7 +142,7 @@ def collect_documents(config: PrepareConfig, report: PrepareReport, progress: Pr
             texts = []
             for path in paths:
                 text, replaced = read_text(path)
-                texts.append(cleaner_for(source)(text))
+                texts.append(cleaner_for(source).counted(text, _cleaning_tally(report, source)))
                 report.sources.setdefault(source, {"words": 0, "tokens": 0, "replaced_bytes": 0})["replaced_bytes"] += replaced
             docs[split].append((source, "".join(t if t.endswith("\n") or not t else t + "\n" for t in texts)))
             progress.update(1)
@@ -153,13 +154,23 @@ def collect_documents(config: PrepareConfig, report: PrepareReport, progress: Pr
                 continue
             for source, text in read_documents(path, config.text_field, config.source_field):
                 clean = cleaner_for(source) if config.source_field else clean_basic
-                docs[split].append((source or "text", clean(text)))
+                docs[split].append((source or "text", clean.counted(text, _cleaning_tally(report, source or "text"))))
                 progress.update(1)
         progress.finish()
     for split_docs in docs.values():
         for source, text in split_docs:
             report.sources.setdefault(source, {"words": 0, "tokens": 0, "replaced_bytes": 0})["words"] += len(text.split())
+    for source, entry in sorted(report.sources.items()):
+        for warning in CLEANERS_BY_NAME[entry["cleaning"]["cleaner"]].warnings(source, entry["cleaning"]):
+            log.warning("%s", warning)
+            report.warnings.append(warning)
     return docs
+
+
+def _cleaning_tally(report: PrepareReport, source: str) -> dict:
+    """The source's {"cleaner", "chars", "lines", "removed": {step: {"chars", "lines"}}} in the report."""
+    entry = report.sources.setdefault(source, {"words": 0, "tokens": 0, "replaced_bytes": 0})
+    return entry.setdefault("cleaning", {})
 
 
 def tokenize_split(tokenizer, docs: list[tuple[str, str]], own_bpe: bool, eos: int | None, report: PrepareReport,

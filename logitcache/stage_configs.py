@@ -57,8 +57,6 @@ class PrepareConfig:
                                                    "tokenizer.json), e.g. the teachers', instead of training a BPE.")
     vocab_size: int = setting(16000, help="BPE vocabulary size (when training one).")
     seq_len: int = setting(128, help="Tokens per chunk.")
-    val_chunks: int = setting(8192, help="Size of the fixed validation subset of dev.")
-    seed: int = setting(0, help="Seed of the validation subset.")
 
     def __post_init__(self):
         check((self.data is None) != (self.train is None), "give the raw layout (--data) or the splits (--train, --dev, "
@@ -67,7 +65,6 @@ class PrepareConfig:
         check(self.train is None or self.dev is not None, "--train needs --dev (the validation text)")
         check(self.vocab_size >= 259, f"vocab_size must be at least 259 (256 bytes + 3 specials), got {self.vocab_size}")
         check(self.seq_len >= 2, f"seq_len must be at least 2, got {self.seq_len}")
-        check(self.val_chunks >= 1, f"val_chunks must be positive, got {self.val_chunks}")
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ def tiny_data(tmp_path_factory, tiny_raw) -> Path:
     from logitcache.data import PrepareConfig, prepare
 
     out = tmp_path_factory.mktemp("work") / "data"
-    prepare(PrepareConfig(data=tiny_raw, out=out, vocab_size=300, seq_len=32, val_chunks=16))
+    prepare(PrepareConfig(data=tiny_raw, out=out, vocab_size=300, seq_len=32))
     return out
 
 

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 SOURCES = ("aochildes", "bnc_spoken", "cbt", "children_stories", "gutenberg", "open_subtitles", "qed",
            "simple_wikipedia", "switchboard", "wikipedia")
 TINY = ["teachers.gpt2.preset=gpt2-tiny", "teachers.llama.preset=llama-tiny", "student.preset=llama-tiny",
-        "data.vocab_size=1000", "data.val_chunks=32", "dump.batch_size=16", "dump.block_rows=64", "dump.max_chunks=256",
+        "data.vocab_size=1000", "dump.batch_size=16", "dump.block_rows=64", "dump.max_chunks=256",
         "eval.max_chunks=32", "eval.batch_size=16"]
 for stage in ("teachers.gpt2.train", "teachers.llama.train", "student.train"):
     TINY += [f"{stage}.max_steps=6", f"{stage}.batch_size=8", f"{stage}.warmup_steps=2", f"{stage}.val_chunks=32",

@@ -151,3 +151,84 @@ def test_token_store_reads_many_chunks_and_an_empty_split(tmp_path):
     assert store.split("test").shape == (0, 16)
     with pytest.raises(LogitcacheError, match="no split 'dev'"):
         store.split("dev")
+
+
+def _subtitle_corpus(raw, credit_every: int):
+    """open_subtitles with a credit line every `credit_every` lines, plus plain stories; returns the credits."""
+    raw.mkdir()
+    credits = []
+    lines = []
+    for i in range(400):
+        if i % credit_every == 0:
+            credits.append(f"Synced and corrected by team {i}")
+            lines.append(credits[-1])
+        lines.append(f"Where were you on day {i}? I translated it.")
+    (raw / "open_subtitles.train").write_text("\n".join(lines) + "\n")
+    (raw / "open_subtitles.dev").write_text("Where were you? Here.\n" * 40)
+    (raw / "stories.train").write_text("The cat sat on the mat.\n" * 100)
+    return credits
+
+
+def test_prepare_report_gives_what_each_cleaner_step_removed(tmp_path, caplog):
+    credits = _subtitle_corpus(tmp_path / "raw", credit_every=4)
+    with caplog.at_level("WARNING", logger="logitcache.data"):
+        prepare(PrepareConfig(data=tmp_path / "raw", out=tmp_path / "d", vocab_size=280, seq_len=8))
+    report = json.loads((tmp_path / "d" / "prepare_report.json").read_text())
+    subs = report["sources"]["open_subtitles"]["cleaning"]
+    assert subs["cleaner"] == "subtitles"
+    assert subs["removed"]["credits"] == {"chars": sum(len(c.replace(" ", "")) for c in credits), "lines": len(credits)}
+    assert subs["lines"] == 400 + len(credits) + 40
+    assert report["sources"]["stories"]["cleaning"]["removed"]["spacing"] == {"chars": 0, "lines": 0}
+    assert len(report["warnings"]) == 1 and "'open_subtitles'" in report["warnings"][0] and "'credits'" in report["warnings"][0]
+    assert [r.getMessage() for r in caplog.records if "cleaner step" in r.getMessage()] == report["warnings"]
+
+
+def test_prepare_cli_surfaces_cleaner_warnings(tmp_path):
+    from typer.testing import CliRunner
+
+    from logitcache_cli.app import app
+
+    _subtitle_corpus(tmp_path / "raw", credit_every=4)
+    result = CliRunner().invoke(app, ["prepare", "--data", str(tmp_path / "raw"), "--out", str(tmp_path / "d"),
+                                      "--vocab-size", "280", "--seq-len", "8"])
+    assert result.exit_code == 0, result.output
+    assert "removed more than expected" in result.output
+    row = next(line for line in result.output.splitlines() if "open_subtitles" in line)
+    assert "!" in row
+
+
+def test_a_few_credit_lines_give_no_warning(tmp_path):
+    _subtitle_corpus(tmp_path / "raw", credit_every=100)
+    report = prepare(PrepareConfig(data=tmp_path / "raw", out=tmp_path / "d", vocab_size=280, seq_len=8))
+    assert report.sources["open_subtitles"]["cleaning"]["removed"]["credits"]["lines"] == 4
+    assert report.warnings == []
+
+
+def test_every_prepare_setting_is_read_by_prepare():
+    """A prepare option that prepare never reads is refused as unknown instead of being ignored."""
+    import dataclasses
+    import inspect
+
+    import logitcache.data as data_module
+
+    source = inspect.getsource(data_module)
+    unread = [f.name for f in dataclasses.fields(PrepareConfig) if f"config.{f.name}" not in source]
+    assert unread == []
+
+
+def test_validation_subset_options_belong_to_training_not_prepare(tmp_path, tiny_raw):
+    """The validation subset of dev is picked by each training run (train.val_chunks); prepare stores all of dev."""
+    from typer.testing import CliRunner
+
+    from logitcache.run import load_run_config
+    from logitcache_cli.app import app
+
+    for flag in ("--val-chunks", "--seed"):
+        result = CliRunner().invoke(app, ["prepare", "--data", str(tiny_raw), "--out", str(tmp_path / "d"), flag, "8"])
+        assert result.exit_code == 2 and flag in result.output and "Traceback" not in result.output
+        assert not (tmp_path / "d").exists()
+    for key in ("val_chunks", "seed"):
+        toml = tmp_path / f"{key}.toml"
+        toml.write_text(f'[data]\n{key} = 16\n[[teachers]]\nname = "a"\narch = "llama"\npreset = "llama-tiny"\n')
+        with pytest.raises(LogitcacheError, match=f"unknown config key 'data.{key}'"):
+            load_run_config(toml)

@@ -18,7 +18,6 @@ TINY = """
 raw_dir = "{raw}"
 vocab_size = 300
 seq_len = 32
-val_chunks = 16
 
 [[teachers]]
 name = "llama"

@@ -72,7 +72,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
     raw = write_tiny_corpus(root / "raw", {"train": 2400, "dev": 80, "test": 80})
     data = root / "data"
-    prepare(PrepareConfig(data=raw, out=data, vocab_size=300, seq_len=32, val_chunks=16))
+    prepare(PrepareConfig(data=raw, out=data, vocab_size=300, seq_len=32))
     teachers = []
     for arch in ("llama", "gpt2"):
         train_teacher(TeacherConfig(data=data, out=root / arch, arch=arch, preset=f"{arch}-tiny", train=tiny_train(10)))
@@ -156,7 +156,6 @@ RUN_CONFIG = """
 raw_dir = "{raw}"
 vocab_size = 300
 seq_len = 32
-val_chunks = 16
 [[teachers]]
 name = "llama"
 arch = "llama"
