@@ -23,7 +23,7 @@ from .memory import default_heap
 from .progress import NULL_PROGRESS, ProgressHook
 from .stage_configs import PrepareConfig  # noqa: F401  (re-exported)
 from .inputs import read_documents
-from .tokenizer import (BOS_ID, EOS_ID, PAD_ID, encode_text, find_tokenizer, load_tokenizer, special_ids,
+from .tokenizer import (BOS_ID, EOS_ID, PAD_ID, find_tokenizer, load_tokenizer, special_ids,
                         tokenizer_file_identity, tokenizer_identity, train_tokenizer)
 
 log = logging.getLogger(__name__)
@@ -131,9 +131,40 @@ def validation_indices(n_dev: int, count: int = 8192, seed: int = 0) -> np.ndarr
     return np.sort(np.random.default_rng(seed).choice(n_dev, size=count, replace=False))
 
 
+# Sources whose lines are verse or hard-wrapped prose: a document is a blank-line-separated block (a speech).
+BLOCK_SOURCES = frozenset({"shakespeare"})
+
+
+def raw_documents(source: str, text: str) -> list[str]:
+    """The documents of a cleaned `<source>.<split>` file, in order: one per non-empty line (BabyLM's files
+    hold newline-separated documents: an utterance, a subtitle, a paragraph; the demo's austen and kjv a
+    paragraph and a chapter), or one per blank-line-separated block for BLOCK_SOURCES; edges stripped."""
+    parts = re.split(r"\n[ \t]*\n", text) if source in BLOCK_SOURCES else text.split("\n")
+    return [part.strip() for part in parts if part.strip()]
+
+
+def document_prefix(tokenizer, specials: dict) -> int | None:
+    """The id in front of every document of a prepared split (tokenize_split): the BOS the tokenizer's
+    template prepends, else the EOS that ends the document before (GPT-2 style); None without either.
+    BLiMP scoring (evaluate.py) and the exported tokenizer (export.py) prefix sentences with it."""
+    if specials.get("bos") is not None and tokenizer.encode("a", add_special_tokens=True).ids[:1] == [specials["bos"]]:
+        return specials["bos"]
+    return specials.get("eos")
+
+
+def with_bos_template(tokenizer):
+    """logitcache's trained BPE with the template prepare encodes by: `<s>` before every document."""
+    from tokenizers import processors
+
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", BOS_ID)])
+    return tokenizer
+
+
 def collect_documents(config: PrepareConfig, report: PrepareReport, progress: ProgressHook) -> dict[str, list[tuple[str, str]]]:
-    """{split: [(source, cleaned text)]} in a fixed order. Raw layout: one document per (source, split),
-    sources sorted. --train/--dev/--test: one document per .txt file, JSONL line, Parquet or dataset row."""
+    """{split: [(source, cleaned text)]} in a fixed order. Raw layout: sources sorted, each file's documents
+    as raw_documents splits them. --train/--dev/--test: one document per .txt file, JSONL line, Parquet or
+    dataset row."""
     docs: dict[str, list[tuple[str, str]]] = {split: [] for split in SPLITS}
     if config.data is not None:
         files = find_raw_files(config.data, config.babylm_track)
@@ -144,7 +175,7 @@ def collect_documents(config: PrepareConfig, report: PrepareReport, progress: Pr
                 text, replaced = read_text(path)
                 texts.append(cleaner_for(source).counted(text, _cleaning_tally(report, source)))
                 report.sources.setdefault(source, {"words": 0, "tokens": 0, "replaced_bytes": 0})["replaced_bytes"] += replaced
-            docs[split].append((source, "".join(t if t.endswith("\n") or not t else t + "\n" for t in texts)))
+            docs[split].extend((source, document) for text in texts for document in raw_documents(source, text))
             progress.update(1)
         progress.finish()
     else:
@@ -173,18 +204,35 @@ def _cleaning_tally(report: PrepareReport, source: str) -> dict:
     return entry.setdefault("cleaning", {})
 
 
+def encode_documents(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Ids of each text without specials, the lines of all texts in one parallel batch; decoding a text's ids
+    gives the text back (encode_text, over many texts)."""
+    lines, owners = [], []
+    for owner, text in enumerate(texts):
+        for line in text.splitlines(keepends=True):
+            lines.append(line)
+            owners.append(owner)
+    encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+    out: list[list[int]] = [[] for _ in texts]
+    for owner, encoding in zip(owners, encode(lines, add_special_tokens=False)):
+        out[owner].extend(encoding.ids)
+    return out
+
+
 def tokenize_split(tokenizer, docs: list[tuple[str, str]], own_bpe: bool, eos: int | None, report: PrepareReport,
                    progress: ProgressHook) -> np.ndarray:
     """The split's token stream: each document as the tokenizer encodes it (its template's BOS where it
     adds one), then EOS unless the template already ended with it. (n_tokens,) int64."""
     pieces: list[list[int]] = []
-    if own_bpe:  # logitcache's byte-level BPE: line by line (parallel, exact for it), then </s>
-        for source, text in docs:
+    if own_bpe:  # logitcache's byte-level BPE (with_bos_template): <s>, the text line by line (exact for it), </s>
+        for start in range(0, len(docs), 1024):
+            batch = docs[start:start + 1024]
             with default_heap():
-                ids = encode_text(tokenizer, text)
-            pieces.append(ids + [EOS_ID])
-            report.sources[source]["tokens"] += len(ids)
-            progress.update(1)
+                encoded = encode_documents(tokenizer, [text for _, text in batch])
+            for (source, _), ids in zip(batch, encoded):
+                pieces.append([BOS_ID] + ids + [EOS_ID])
+                report.sources[source]["tokens"] += len(ids) + 2
+            progress.update(len(batch))
     else:
         for start in range(0, len(docs), 1024):
             batch = docs[start:start + 1024]
@@ -224,6 +272,7 @@ def prepare(config: PrepareConfig, progress: ProgressHook = NULL_PROGRESS) -> Pr
         with default_heap():  # the tuned torch heap makes the Rust trainer ~90x slower
             tokenizer = train_tokenizer((line for _, text in docs["train"] for line in text.splitlines()),
                                         config.vocab_size)
+        tokenizer = with_bos_template(tokenizer)
         specials = {"bos": BOS_ID, "eos": EOS_ID, "pad": PAD_ID}
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
     report.vocab_size = vocab_size
@@ -255,6 +304,7 @@ def prepare(config: PrepareConfig, progress: ProgressHook = NULL_PROGRESS) -> Pr
         "kind": "tokens", "package_version": __version__, "seq_len": config.seq_len,
         "vocab_size": vocab_size, "sources": report.sources, "tokenizer_sha256": tok_sha,
         "tokenizer_identity": tokenizer_identity(tokenizer), "special_ids": specials,
+        "document_prefix": document_prefix(tokenizer, specials),
         "tokenizer_source": str(config.tokenizer) if config.tokenizer is not None else "trained (byte-level BPE)",
         "fingerprint": report.fingerprint, "config": to_dict(config),
     }

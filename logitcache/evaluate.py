@@ -1,5 +1,10 @@
 """`eval`: CE / perplexity / bits per byte (metrics.py, shared with validation), BLiMP minimal pairs,
-agreement with the teachers."""
+agreement with the teachers.
+
+BLiMP sentences are scored after the data's document prefix (data.document_prefix): the BOS that
+`prepare` puts in front of every training document, or the EOS that ends every document for
+tokenizers whose template adds no BOS. The exported tokenizer prepends the same token, so `official`
+equals the BabyLM pipeline's `sentence_zero_shot` score of the exported folder."""
 from __future__ import annotations
 
 import json
@@ -14,7 +19,7 @@ from . import distributed as D
 from .data import load_data, spread_indices
 from .ensemble import Ensemble, load_teachers
 from .errors import LogitcacheError
-from .metrics import lm_metrics, token_byte_lengths
+from .metrics import byte_counts, lm_metrics
 from .models import load_model
 from .progress import NULL_PROGRESS, ProgressHook
 from .stage_configs import EvalConfig  # noqa: F401  (re-exported)
@@ -50,8 +55,8 @@ def load_blimp(directory: Path, max_pairs: int = 0) -> dict[str, list[dict]]:
 @torch.no_grad()
 def sentence_logprobs(model, tokenizer, sentences: list[str], device: torch.device, batch_size: int = 64,
                       prefix_id: int = BOS_ID, pad_id: int = PAD_ID) -> np.ndarray:
-    """Sum of token log-probs of each sentence after a one-token prefix (the data's BOS, or its EOS for
-    tokenizers without one, as GPT-2's <|endoftext|>). (n,) float64."""
+    """Sum of token log-probs of each sentence after a one-token prefix (blimp_prefix: the token in front of
+    every training document). (n,) float64."""
     encoded = [[prefix_id] + tokenizer.encode(s, add_special_tokens=False).ids for s in sentences]
     scores = np.zeros(len(sentences), dtype=np.float64)
     for start in range(0, len(encoded), batch_size):
@@ -69,21 +74,33 @@ def sentence_logprobs(model, tokenizer, sentences: list[str], device: torch.devi
     return scores
 
 
+def blimp_prefix(data) -> int:
+    """The id BLiMP sentences are scored after: the document prefix `prepare` recorded (data.document_prefix).
+    Refused for data without that record or without a BOS or EOS, whose models never saw a start token."""
+    if "document_prefix" not in data.attrs:
+        raise LogitcacheError(f"{data.path} records no document prefix (prepared without a token in front of each "
+                              "document, so BLiMP's first words would follow a token never trained on): prepare it "
+                              "again (run --force prepare)")
+    if data.attrs["document_prefix"] is None:
+        raise LogitcacheError(f"BLiMP: the tokenizer of {data.path} has neither BOS nor EOS to score a sentence's "
+                              "first word after")
+    return int(data.attrs["document_prefix"])
+
+
 def blimp_accuracy(model, tokenizer, paradigms: dict[str, list[dict]], device: torch.device,
-                   progress: ProgressHook = NULL_PROGRESS, specials: dict | None = None) -> dict:
+                   progress: ProgressHook = NULL_PROGRESS, prefix_id: int = BOS_ID, pad_id: int = PAD_ID) -> dict:
     """BLiMP accuracy under both conventions: `strict` counts a pair only when log p(good) > log p(bad)
     (a tie is a miss); `official` is the BabyLM pipeline's (a tie goes to the good sentence). Each as a
     macro average over paradigms, per paradigm, and per BabyLM category (the `linguistics_term` field,
     macro over its paradigms). `overall` is the strict macro average (kept for older readers)."""
-    specials = specials or {"bos": BOS_ID, "eos": None, "pad": PAD_ID}
-    prefix = specials["bos"] if specials["bos"] is not None else specials["eos"]
-    pad = next((v for v in (specials["pad"], specials["eos"], 0) if v is not None))
     per_paradigm: dict[str, dict[str, float]] = {}
     category_of: dict[str, str] = {}
     progress.start("blimp", len(paradigms))
     for uid, records in paradigms.items():
-        good = sentence_logprobs(model, tokenizer, [r["sentence_good"] for r in records], device, prefix_id=prefix, pad_id=pad)
-        bad = sentence_logprobs(model, tokenizer, [r["sentence_bad"] for r in records], device, prefix_id=prefix, pad_id=pad)
+        good = sentence_logprobs(model, tokenizer, [r["sentence_good"] for r in records], device, prefix_id=prefix_id,
+                                 pad_id=pad_id)
+        bad = sentence_logprobs(model, tokenizer, [r["sentence_bad"] for r in records], device, prefix_id=prefix_id,
+                                pad_id=pad_id)
         per_paradigm[uid] = {"strict": float((good > bad).mean()), "official": float((good >= bad).mean()),
                              "pairs": len(records)}
         category_of[uid] = records[0].get("linguistics_term", "unknown") if records else "unknown"
@@ -107,21 +124,23 @@ def evaluate(config: EvalConfig, progress: ProgressHook = NULL_PROGRESS) -> dict
     tokenizer = load_tokenizer(data.tokenizer_path)
     rows = data.store.split(config.split)
     rows = rows[spread_indices(rows.shape[0], config.max_chunks)]
-    byte_lengths = token_byte_lengths(tokenizer)
+    bytes_of = byte_counts(tokenizer)
     ensemble = None
     if config.teachers:
         teachers, _ = load_teachers(list(config.teachers), device, data)
         ensemble = Ensemble(teachers, config.combine, config.temperature, device, vocab_size=data.vocab_size)
     paradigms = load_blimp(config.blimp, config.blimp_max_pairs) if config.blimp else None
+    prefix = blimp_prefix(data) if paradigms is not None else None
+    pad = next(v for v in (data.special_ids["pad"], data.special_ids["eos"], 0) if v is not None)
     results = []
     for path in config.models:
         model = load_model(path).to(device)
         check_model_tokenizer(path, int(model.config.vocab_size), data, f"model {path}")
         entry = {"path": str(path), "params": sum(p.numel() for p in model.parameters()), "split": config.split}
-        entry.update(lm_metrics(model, rows, config.batch_size, device, byte_lengths=byte_lengths, ensemble=ensemble,
+        entry.update(lm_metrics(model, rows, config.batch_size, device, bytes_of=bytes_of, ensemble=ensemble,
                                 progress=progress))
         if paradigms is not None:
-            entry["blimp"] = blimp_accuracy(model, tokenizer, paradigms, device, progress, data.special_ids)
+            entry["blimp"] = blimp_accuracy(model, tokenizer, paradigms, device, progress, prefix, pad)
         results.append(entry)
         del model
     return {"models": results}

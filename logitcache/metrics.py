@@ -2,39 +2,132 @@
 
 Validation during training and `logitcache eval` both call `lm_metrics`, so a model's val_ce in
 metrics.jsonl and its CE in eval agree by construction. Bits per byte counts neither the nats nor
-the bytes of special-token targets (`</s>` between documents stands for no text), as nanochat's
-evaluate_bpb does; CE and perplexity average over every predicted position.
+the bytes of special-token targets (`<s>`/`</s>` around documents stand for no text), as nanochat's
+evaluate_bpb does; its bytes are those of the decoded text (byte_counts), whatever the tokenizer:
+byte-level BPE, sentencepiece-style Metaspace with byte fallback, unigram. CE and perplexity average
+over every predicted position.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import re
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import distributed as D
+from .errors import LogitcacheError
 from .progress import NULL_PROGRESS, ProgressHook
 
 
-def token_byte_lengths(tokenizer) -> np.ndarray:
-    """(V,) UTF-8 bytes each token stands for (byte-level BPE: one mapped char per byte; specials 0)."""
-    lengths = np.zeros(tokenizer.get_vocab_size(), dtype=np.int64)
-    specials = {t.content for t in tokenizer.get_added_tokens_decoder().values()}
-    for token, token_id in tokenizer.get_vocab().items():
-        lengths[token_id] = 0 if token in specials else len(token)
-    return lengths
+def _byte_level_chars() -> dict[str, int]:
+    """The byte-level alphabet (GPT-2's bytes_to_unicode) inverted: mapped char -> the byte it stands for."""
+    kept = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+    moved = [b for b in range(256) if b not in kept]
+    return {chr(b): b for b in kept} | {chr(256 + i): b for i, b in enumerate(moved)}
+
+
+_BYTE_LEVEL = _byte_level_chars()
+_BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def _steps(spec: dict | None, key: str) -> list[dict]:
+    """The components of a tokenizer.json normalizer / pre-tokenizer / decoder, Sequences flattened."""
+    if spec is None:
+        return []
+    if spec.get("type") == "Sequence":
+        return [step for part in spec.get(key, []) for step in _steps(part, key)]
+    return [spec]
+
+
+def _decoded_bytes(token: str, decoder: list[dict]) -> bytes:
+    """The bytes a vocabulary token decodes to in the middle of a text, step by step through the decoder."""
+    text = token
+    for step in decoder:
+        kind = step["type"]
+        if kind == "ByteLevel":  # each char is one byte
+            return b"".join(bytes([_BYTE_LEVEL[c]]) if c in _BYTE_LEVEL else c.encode() for c in text)
+        if kind == "ByteFallback" and (match := _BYTE_TOKEN.fullmatch(text)):
+            return bytes([int(match[1], 16)])
+        if kind == "Replace" and "String" in step["pattern"]:
+            text = text.replace(step["pattern"]["String"], step["content"])
+        elif kind == "Metaspace":
+            text = text.replace(step["replacement"], " ")
+        elif kind == "Strip" and step.get("stop", 0) == 0:
+            pass  # strips the start of the whole text: the prefix-space rule (ByteCounts.lead_space)
+        elif kind not in ("ByteFallback", "Fuse"):
+            raise LogitcacheError(f"bits/byte: the tokenizer's decoder step {json.dumps(step)} is not one logitcache "
+                                  "counts bytes for (ByteLevel, Metaspace, ByteFallback, Fuse, Replace, Strip)")
+    return text.encode()
+
+
+def _adds_prefix_space(spec: dict) -> bool:
+    """Whether encoding puts a space (▁) in front of a text that the text does not have."""
+    normalizer = _steps(spec.get("normalizer"), "normalizers")
+    pre = _steps(spec.get("pre_tokenizer"), "pretokenizers")
+    return (any(s["type"] == "Prepend" for s in normalizer)
+            or any(s["type"] == "Metaspace" and (s.get("prepend_scheme", "always") in ("first", "always")
+                                                  if "prepend_scheme" in s else s.get("add_prefix_space", True))
+                   for s in pre)
+            or any(s["type"] == "ByteLevel" and s.get("add_prefix_space") for s in pre))
+
+
+@dataclass(frozen=True)
+class ByteCounts:
+    """UTF-8 bytes of text each token id stands for.
+
+    lengths: (V,) bytes of the token's decoded text mid-document (a byte-fallback <0xNN> is one byte,
+    Metaspace's ▁ one space); 0 for special tokens. lead_space: (V,) 1 where the token starts with a space
+    the tokenizer puts in front of every text (Metaspace, a Prepend normalizer, ByteLevel add_prefix_space):
+    right after a special token (a document start) that space is no text and is not counted, as decoding
+    drops it. So the bytes of a document's targets sum to len(document.encode()) (one fewer for a document
+    that itself starts with a space under Metaspace, as its decoded text)."""
+
+    lengths: np.ndarray
+    lead_space: np.ndarray
+    special: np.ndarray  # (V,) bool
+
+    def target_bytes(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) token rows -> (B, T-1) bytes of each target ids[:, 1:] (0 for specials)."""
+        lengths, lead, special = (torch.from_numpy(a).to(ids.device) for a in (self.lengths, self.lead_space, self.special))
+        targets = ids[:, 1:]
+        return lengths[targets] - lead[targets] * special[ids[:, :-1]]
+
+
+def byte_counts(tokenizer) -> ByteCounts:
+    """ByteCounts of a `tokenizers` Tokenizer, from its decoder and what it prepends; a decoder logitcache
+    cannot count bytes for is refused by name."""
+    spec = json.loads(tokenizer.to_str())
+    decoder = _steps(spec.get("decoder"), "decoders")
+    if not decoder:
+        raise LogitcacheError("bits/byte: the tokenizer has no decoder, so its text bytes are unknown")
+    size = tokenizer.get_vocab_size(with_added_tokens=True)
+    lengths, lead, special = np.zeros(size, np.int64), np.zeros(size, np.int64), np.zeros(size, bool)
+    added = {token_id: t for token_id, t in tokenizer.get_added_tokens_decoder().items()}
+    prefix_space = _adds_prefix_space(spec)
+    for token, token_id in tokenizer.get_vocab(with_added_tokens=True).items():
+        if token_id in added:
+            special[token_id] = added[token_id].special
+            lengths[token_id] = 0 if added[token_id].special else len(added[token_id].content.encode())
+            continue
+        raw = _decoded_bytes(token, decoder)
+        lengths[token_id] = len(raw)
+        lead[token_id] = int(prefix_space and raw[:1] == b" ")
+    return ByteCounts(lengths, lead, special)
 
 
 @torch.no_grad()
 def lm_metrics(model, rows: np.ndarray, batch_size: int, device: torch.device, env: D.DistEnv = D.DistEnv(),
-               autocast=contextlib.nullcontext, byte_lengths: np.ndarray | None = None, ensemble=None,
+               autocast=contextlib.nullcontext, bytes_of: ByteCounts | None = None, ensemble=None,
                progress: ProgressHook = NULL_PROGRESS) -> dict:
     """Metrics of `model` on (N, T) token rows; each rank takes every world-th row and sums are all-reduced.
 
-    Returns ce (nats per predicted token), ppl, tokens; bits_per_byte when `byte_lengths` (V,) is given
-    (specials excluded from both sums); teacher_top1_agreement and teacher_kl (KL(teacher || model) at
+    Returns ce (nats per predicted token), ppl, tokens; bits_per_byte when `bytes_of` is given (special
+    targets excluded from both sums); teacher_top1_agreement and teacher_kl (KL(teacher || model) at
     the ensemble's temperature, per position) when an ensemble is given.
     """
     was_training = model.training
@@ -42,7 +135,6 @@ def lm_metrics(model, rows: np.ndarray, batch_size: int, device: torch.device, e
     mine = rows[env.rank::env.world]
     # (CE nats, predicted tokens, nats of text targets, bytes of text targets, agree, KL nats, KL positions)
     sums = torch.zeros(7, dtype=torch.float64, device=device)
-    lengths = torch.from_numpy(byte_lengths).to(device) if byte_lengths is not None else None
     progress.start("eval", mine.shape[0])
     for start in range(0, mine.shape[0], batch_size):
         ids = torch.from_numpy(mine[start:start + batch_size].astype(np.int64)).to(device)  # (B, T)
@@ -53,10 +145,10 @@ def lm_metrics(model, rows: np.ndarray, batch_size: int, device: torch.device, e
         nats = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
         sums[0] += nats.double().sum()
         sums[1] += targets.numel()
-        if lengths is not None:
-            target_bytes = lengths[targets.reshape(-1)]  # (B*(T-1),) 0 for specials
-            sums[2] += nats.double()[target_bytes > 0].sum()
-            sums[3] += target_bytes.sum()
+        if bytes_of is not None:
+            text = ~torch.from_numpy(bytes_of.special).to(device)[targets.reshape(-1)]  # (B*(T-1),) text targets
+            sums[2] += nats.double()[text].sum()
+            sums[3] += bytes_of.target_bytes(ids).sum()
         if ensemble is not None:
             teacher = ensemble.probs(ids)  # (B, T, V) at the ensemble's temperature, over the tokenizer's ids
             model_logits = logits[..., :teacher.shape[-1]]  # a padded model vocabulary: the same ids
@@ -71,7 +163,7 @@ def lm_metrics(model, rows: np.ndarray, batch_size: int, device: torch.device, e
     total = sums.tolist()
     ce = total[0] / max(total[1], 1)
     out = {"ce": ce, "ppl": math.exp(min(ce, 50.0)), "tokens": int(total[1])}
-    if lengths is not None:
+    if bytes_of is not None:
         out["bits_per_byte"] = total[2] / math.log(2) / max(total[3], 1)
     if ensemble is not None:
         out["teacher_top1_agreement"] = total[4] / max(total[6], 1)

@@ -32,17 +32,20 @@ def test_decoding_the_store_reproduces_cleaned_text(tiny_raw, tiny_data):
     data = load_data(tiny_data)
     tokenizer = load_tokenizer(data.tokenizer_path)
     ids = data.store.split("train").reshape(-1).tolist()
-    # sources are joined in sorted order with </s>; the final remainder (< 32 tokens) is dropped
+    # each non-empty cleaned line is a document, <s> line </s>, sources in sorted order; the final remainder
+    # (< 32 tokens) is dropped
     documents = tokenizer.decode(ids, skip_special_tokens=False).split("</s>")
-    expected = [cleaner_for(s)((tiny_raw / f"{s}.train").read_text()) for s in ("childes", "stories")]
-    assert documents[0] == expected[0]
-    assert expected[1].startswith(documents[1]) and len(expected[1]) - len(documents[1]) < 32 * 8
+    expected = ["<s>" + line for s in ("childes", "stories")
+                for line in cleaner_for(s)((tiny_raw / f"{s}.train").read_text()).split("\n") if line.strip()]
+    assert documents[:-1] == expected[:len(documents) - 1] and len(documents) >= len(expected) - 4
+    assert expected[len(documents) - 1].startswith(documents[-1])
 
 
 def test_tokenizer_specials_and_transformers_loading(tiny_data):
     tok = PreTrainedTokenizerFast(tokenizer_file=str(tiny_data / "tokenizer.json"))
     assert tok.convert_tokens_to_ids(["<pad>", "<s>", "</s>"]) == [0, 1, 2]
-    assert tok.decode(tok.encode("The cat sees a dog.")) == "The cat sees a dog."
+    ids = tok.encode("The cat sees a dog.")
+    assert ids[0] == 1 and tok.decode(ids, skip_special_tokens=True) == "The cat sees a dog."  # the template's <s>
 
 
 def test_tokenizer_is_trained_on_train_only(tmp_path, tiny_raw):

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from logitcache.bench import CacheSizeConfig, cache_size
-from logitcache.evaluate import EvalConfig, blimp_accuracy, evaluate, load_blimp, sentence_logprobs
-from logitcache.metrics import token_byte_lengths
+from logitcache.errors import LogitcacheError
+from logitcache.evaluate import EvalConfig, blimp_accuracy, blimp_prefix, evaluate, load_blimp, sentence_logprobs
+from logitcache.metrics import byte_counts, lm_metrics
 from logitcache.models import load_model
-from logitcache.tokenizer import BOS_ID, load_tokenizer
+from logitcache.tokenizer import BOS_ID, EOS_ID, load_tokenizer
 
 SHARED_BLIMP = Path(os.environ.get("LOGITCACHE_BLIMP_DIR", Path(__file__).resolve().parents[2] / "shared" / "blimp"))
 
@@ -96,8 +97,6 @@ def test_bits_per_byte_leaves_special_tokens_out_of_both_sums(tiny_data, tiny_te
     """An independent count: nats of every target that stands for text, over the UTF-8 bytes of those
     targets' text; `</s>` targets (document ends) add neither nats nor bytes."""
     from logitcache.data import load_data
-    from logitcache.metrics import lm_metrics
-    from logitcache.tokenizer import EOS_ID
 
     data = load_data(tiny_data)
     tokenizer = load_tokenizer(data.tokenizer_path)
@@ -117,7 +116,7 @@ def test_bits_per_byte_leaves_special_tokens_out_of_both_sums(tiny_data, tiny_te
                 continue
             nats -= float(log_probs[b, t - 1, target])
             n_bytes += len(tokenizer.decode([target], skip_special_tokens=False).encode("utf-8"))
-    metrics = lm_metrics(model, rows, 4, torch.device("cpu"), byte_lengths=token_byte_lengths(tokenizer))
+    metrics = lm_metrics(model, rows, 4, torch.device("cpu"), bytes_of=byte_counts(tokenizer))
     assert math.isclose(metrics["bits_per_byte"], nats / math.log(2) / n_bytes, rel_tol=1e-6)
 
 
@@ -133,3 +132,176 @@ def test_validation_and_eval_share_one_path(tmp_path, tiny_data):
     result = evaluate(EvalConfig(models=(out,), data=tiny_data, split="dev", device="cpu"))
     assert n_val == load_data(tiny_data).store.num_rows("dev")  # the validation subset is all of dev here
     assert math.isclose(result["models"][0]["ce"], report.best_val_ce, rel_tol=1e-6)
+
+
+# --- BLiMP's prefix: the token in front of every training document ---------------------------------------------
+
+def test_blimp_prefix_starts_every_training_document_and_the_export_prepends_it(tmp_path, tiny_raw, tiny_data,
+                                                                                 tiny_teachers):
+    """The id eval scores BLiMP after and the id the exported tokenizer prepends are one id, and it stands in
+    front of every document of the train split: each non-empty line of the BabyLM-layout files."""
+    import transformers
+
+    from logitcache.cleaners import cleaner_for
+    from logitcache.data import load_data
+    from logitcache.export import ExportConfig, export
+
+    data = load_data(tiny_data)
+    prefix = blimp_prefix(data)
+    export(ExportConfig(src=tiny_teachers[0], dst=tmp_path / "hf"))
+    exported = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")("The cat sees a dog.")["input_ids"]
+    assert exported[0] == prefix
+    assert f"prepends `{load_tokenizer(data.tokenizer_path).id_to_token(prefix)}`" in (tmp_path / "hf" / "README.md").read_text()
+    # the training stream, cut at the prefix: one piece per cleaned line, in source order, each ended by </s>
+    tokenizer = load_tokenizer(data.tokenizer_path)
+    stream = data.store.split("train").reshape(-1).tolist()
+    starts = [i for i, t in enumerate(stream) if t == prefix]
+    pieces = [tokenizer.decode(stream[a + 1:b], skip_special_tokens=False) for a, b in zip(starts, starts[1:])]
+    lines = [line.strip() for source in ("childes", "stories")
+             for line in cleaner_for(source)((tiny_raw / f"{source}.train").read_text()).split("\n") if line.strip()]
+    assert stream[0] == prefix and len(starts) >= len(lines) - 4  # the last few fall in the dropped remainder
+    assert pieces == [line + "</s>" for line in lines[:len(pieces)]]
+
+
+def test_blimp_prefix_without_a_bos_template_is_the_eos_that_ends_each_document(tmp_path, tiny_data):
+    """A GPT-2-style tokenizer (its template adds nothing): documents are joined by EOS, so EOS is the prefix."""
+    from test_inputs import documents, write_jsonl
+
+    from logitcache.data import PrepareConfig, load_data, prepare
+
+    tokenizer = load_tokenizer(tiny_data / "tokenizer.json")
+    spec = json.loads(tokenizer.to_str())
+    spec["post_processor"] = None
+    folder = tmp_path / "gpt2-style"
+    folder.mkdir()
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"bos_token": None, "eos_token": "</s>"}))
+    paths = {split: write_jsonl(tmp_path / f"{split}.jsonl", documents(n, seed))
+             for split, n, seed in (("train", 200, 1), ("dev", 60, 2), ("test", 20, 3))}
+    prepare(PrepareConfig(train=paths["train"], dev=paths["dev"], test=paths["test"], tokenizer=folder,
+                          out=tmp_path / "data", seq_len=32))
+    data = load_data(tmp_path / "data")
+    stream = data.store.split("train").reshape(-1)
+    assert blimp_prefix(data) == EOS_ID and BOS_ID not in stream
+    assert (stream == EOS_ID).sum() >= 199  # one after each of the 200 documents (the last may fall in the remainder)
+
+
+def test_eval_refuses_blimp_on_data_that_records_no_document_prefix(tmp_path, tiny_data, tiny_teachers, copy_of):
+    data = copy_of(tiny_data)
+    meta_path = data / "tokens.zarr" / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["attributes"]["logitcache"]["document_prefix"]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(LogitcacheError, match="records no document prefix"):
+        evaluate(EvalConfig(models=tiny_teachers[:1], data=data, split="dev", blimp=blimp_dir(tmp_path), device="cpu"))
+
+
+def test_raw_documents_are_lines_or_blank_line_blocks():
+    from logitcache.data import raw_documents
+
+    text = "First line.\n\n  Second line.\nThird line.\n"
+    assert raw_documents("childes", text) == ["First line.", "Second line.", "Third line."]
+    verse = "To be, or not to be,\nthat is the question.\n\nAy, there's the rub.\n"
+    assert raw_documents("shakespeare", verse) == ["To be, or not to be,\nthat is the question.", "Ay, there's the rub."]
+
+
+# --- bits per byte: UTF-8 bytes of the decoded text, for every tokenizer family --------------------------------
+
+BYTE_TEXTS = ["hello\nhello", "té té", "hello 日本", "Crème brûlée, naïve café.\nSecond line: 東京タワー!\n\nEnd",
+              "the cat sees a dog", "two  spaces inside\ta tab "]
+TRAIN_LINES = [f"{a} {v} {o}." for a in ("the cat", "a dog", "my mother", "the old man") for v in ("sees", "likes", "holds")
+               for o in ("the ball", "some water", "her book", "a red apple")] * 5
+
+
+def byte_level_bpe():
+    from logitcache.tokenizer import train_tokenizer
+
+    return train_tokenizer(TRAIN_LINES + BYTE_TEXTS, 300)
+
+
+def metaspace_bpe_with_byte_fallback(llama2_style: bool):
+    """A sentencepiece-style BPE: ▁ for spaces, <0xNN> tokens for characters it never saw (the CJK here).
+    Metaspace pre-tokenizer and decoder, or Llama-2's Prepend/Replace normalizer and Replace/Strip decoder."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.train_from_iterator(TRAIN_LINES + ["Crème brûlée, naïve café, té"],
+                                  trainers.BpeTrainer(vocab_size=200, special_tokens=["<pad>", "<s>", "</s>"],
+                                                      show_progress=False))
+    spec = json.loads(tokenizer.to_str())
+    vocab = spec["model"]["vocab"]
+    for b in range(256):
+        vocab.setdefault(f"<0x{b:02X}>", len(vocab))
+    spec["model"]["byte_fallback"] = True
+    tokenizer = Tokenizer.from_str(json.dumps(spec))
+    if llama2_style:
+        tokenizer.pre_tokenizer = None
+        tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                               decoders.Strip(" ", 1, 0)])
+    else:
+        tokenizer.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace()])
+    return tokenizer
+
+
+def unigram():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.Unigram())
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    tokenizer.train_from_iterator(TRAIN_LINES + BYTE_TEXTS * 3, trainers.UnigramTrainer(
+        vocab_size=150, special_tokens=["<pad>", "<s>", "</s>", "<unk>"], unk_token="<unk>", show_progress=False))
+    return tokenizer
+
+
+TOKENIZERS = {"byte-level BPE": byte_level_bpe, "Metaspace BPE + byte fallback": lambda: metaspace_bpe_with_byte_fallback(False),
+              "Llama-2-style BPE + byte fallback": lambda: metaspace_bpe_with_byte_fallback(True), "unigram": unigram}
+
+
+class UniformLM(torch.nn.Module):
+    """Logits all zero: every target costs ln V nats, so bits/byte is (text targets) * log2 V / bytes."""
+
+    def __init__(self, vocab_size):
+        super().__init__()
+        self.vocab_size = vocab_size
+
+    def forward(self, input_ids):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=torch.zeros(*input_ids.shape, self.vocab_size))
+
+
+@pytest.mark.parametrize("kind", list(TOKENIZERS))
+def test_bits_per_byte_counts_the_utf8_bytes_of_the_text(kind):
+    tokenizer = TOKENIZERS[kind]()
+    eos = tokenizer.token_to_id("</s>")
+    encoded = [tokenizer.encode(text, add_special_tokens=False) for text in BYTE_TEXTS]
+    assert all("<unk>" not in e.tokens for e in encoded)  # every text is representable: its decode is the text
+    if "byte fallback" in kind:
+        assert any(t.startswith("<0x") for e in encoded for t in e.tokens)  # the CJK went to byte tokens
+    counts = byte_counts(tokenizer)
+    for text, encoding in zip(BYTE_TEXTS, encoded):  # each text a document: after </s>, as prepare stores it
+        row = torch.tensor([[eos] + encoding.ids + [eos]])
+        assert int(counts.target_bytes(row).sum()) == len(text.encode("utf-8")), (kind, text, encoding.tokens)
+    # a document that starts with a space: the bytes of what it decodes to (Metaspace cannot tell that space
+    # from the one it prepends, and drops it)
+    ids = tokenizer.encode("  two leading spaces", add_special_tokens=False).ids
+    assert int(counts.target_bytes(torch.tensor([[eos] + ids])).sum()) == len(tokenizer.decode(ids).encode())
+    # end to end through lm_metrics: all texts in one row, </s> between them
+    row = [eos] + [i for e in encoded for i in e.ids + [eos]]
+    vocab = tokenizer.get_vocab_size()
+    metrics = lm_metrics(UniformLM(vocab), np.array([row]), 1, torch.device("cpu"), bytes_of=counts)
+    n_text = sum(len(e.ids) for e in encoded)
+    assert math.isclose(metrics["bits_per_byte"], n_text * math.log2(vocab) / sum(len(t.encode()) for t in BYTE_TEXTS),
+                        rel_tol=1e-6)  # float32 logits
+
+
+def test_bits_per_byte_refuses_a_decoder_it_cannot_count():
+    from tokenizers import decoders
+
+    tokenizer = byte_level_bpe()
+    tokenizer.decoder = decoders.WordPiece()
+    with pytest.raises(LogitcacheError, match="decoder step"):
+        byte_counts(tokenizer)
