@@ -20,7 +20,7 @@ def command(
     cache: Annotated[Optional[str], typer.Option("--cache", help="Where the cache goes (sets dump.cache): a folder or a URL "
                                                    "(s3://bucket/prefix/cache.zarr); default WORK/cache.zarr.")] = None,
     storage_option: C.StorageOption = None,
-    force: Annotated[Optional[list[str]], typer.Option("--force", help="Redo this stage even if complete (corpus, prepare, teacher:NAME, dump, student, eval); repeatable.")] = None,
+    force: Annotated[Optional[list[str]], typer.Option("--force", help="Redo this stage even if complete, and every later stage that reads its output (corpus, prepare, teacher or teacher:NAME, dump, student, eval); repeatable. --force dump also replaces a cache this WORK did not make.")] = None,
 ) -> None:
     """corpus -> prepare -> teachers -> dump -> students -> eval -> report; complete stages are skipped."""
     from logitcache.run import load_run_config, run_pipeline

@@ -20,6 +20,9 @@ def _model_entry(name: str, path: Path, results: dict) -> dict:
     dev, test = _by_path(results, "dev")[str(path)], _by_path(results, "test")[str(path)]
     entry = {"name": name, "path": str(path), "params": dev["params"], "dev_ce": dev["ce"], "test_ce": test["ce"],
              "dev_ppl": dev["ppl"], "test_ppl": test["ppl"], "dev_bits_per_byte": dev["bits_per_byte"]}
+    if "teacher_kl" in dev:  # KL(teachers || model) and top-1 agreement with the teachers' ensemble
+        entry["dev_teacher_kl"] = dev["teacher_kl"]
+        entry["dev_teacher_top1_agreement"] = dev["teacher_top1_agreement"]
     if "blimp" in dev:
         entry["blimp"] = dev["blimp"]["strict"]
         entry["blimp_official"] = dev["blimp"]["official"]
@@ -30,6 +33,8 @@ def _student_group(kind: str, paths: list[Path], results: dict) -> dict:
     """One entry per student kind: the mean over seeds, plus each seed's numbers."""
     seeds = [_model_entry(f"{kind} ({p.name})", p, results) for p in paths]
     keys = ["dev_ce", "test_ce", "dev_ppl", "test_ppl", "dev_bits_per_byte"]
+    if all("dev_teacher_kl" in s for s in seeds):
+        keys += ["dev_teacher_kl", "dev_teacher_top1_agreement"]
     if all("blimp" in s for s in seeds):
         keys += ["blimp", "blimp_official"]
     mean = {key: statistics.fmean(s[key] for s in seeds) for key in keys}
@@ -38,7 +43,8 @@ def _student_group(kind: str, paths: list[Path], results: dict) -> dict:
 
 
 def write_report(work: Path, config, teacher_dirs: list[Path], students: dict, cache: Path, results: dict,
-                 seconds: dict) -> dict:
+                 seconds: dict, ran: list[str]) -> dict:
+    """`seconds`: every stage's time (from its stamp when reused); `ran`: the stages this invocation ran."""
     teachers = [_model_entry(section.name, path, results) for section, path in zip(config.teachers, teacher_dirs)]
     groups = {kind: _student_group(kind, paths, results) for kind, paths in students.items()}
     summary = cache_summary(cache)
@@ -52,6 +58,8 @@ def write_report(work: Path, config, teacher_dirs: list[Path], students: dict, c
                   "temperature": summary["attrs"]["temperature"], "prob_dtype": summary["attrs"]["prob_dtype"]},
         "data": str(work / "data"),
         "stages": seconds,
+        "stages_ran": [name for name in seconds if name in ran],
+        "stages_reused": [name for name in seconds if name not in ran],
     }
     report["distillation_gain_dev_ce"] = groups["baseline"]["dev_ce"] - groups["distilled"]["dev_ce"]
     report["distillation_gain_test_ce"] = groups["baseline"]["test_ce"] - groups["distilled"]["test_ce"]
@@ -67,13 +75,17 @@ def write_report(work: Path, config, teacher_dirs: list[Path], students: dict, c
 
 def markdown(report: dict) -> str:
     has_blimp = all("blimp" in m for m in report["teachers"])
+    has_kl = all("dev_teacher_kl" in m for m in report["teachers"])
     head = "| model | params | dev CE | dev ppl | test CE | test ppl | dev bits/byte |" + (
+        " dev KL to teachers | dev top-1 agreement |" if has_kl else "") + (
         " BLiMP strict | BLiMP official |" if has_blimp else "")
     lines = ["# logitcache run report", "", head, "|" + "---|" * (head.count("|") - 1)]
 
     def row(name, m):
         cells = [name, f"{m['params'] / 1e6:.2f}M", f"{m['dev_ce']:.4f}", f"{m['dev_ppl']:.1f}", f"{m['test_ce']:.4f}",
                  f"{m['test_ppl']:.1f}", f"{m['dev_bits_per_byte']:.4f}"]
+        if has_kl:
+            cells += [f"{m['dev_teacher_kl']:.4f}", f"{m['dev_teacher_top1_agreement']:.3f}"]
         if has_blimp:
             cells += [f"{m.get('blimp', float('nan')):.3f}", f"{m.get('blimp_official', float('nan')):.3f}"]
         return "| " + " | ".join(cells) + " |"
@@ -116,13 +128,18 @@ def markdown(report: dict) -> str:
         f"({c['full_logit_bytes_per_token'] / max(c['bytes_per_token'], 1e-9):.0f}x smaller)",
         f"- {c['bytes_on_disk'] / 1e6:.1f} MB on disk (tokens included) instead of {c['full_logit_bytes'] / 1e9:.2f} GB of full logits",
         "",
-        "## Time per stage",
+        "## Stages",
         "",
-        "| stage | seconds |",
-        "|---|---|",
+        "Ran: the stage ran in the invocation that wrote this report; reused: its output, complete for the same "
+        "config and inputs, came from an earlier one (its seconds are that run's).",
+        "",
+        "| stage | this invocation | seconds |",
+        "|---|---|---|",
     ]
-    lines += [f"| {name} | {sec:.0f} |" for name, sec in report["stages"].items()]
-    lines += [f"| total | {sum(report['stages'].values()):.0f} |", ""]
+    lines += [f"| {name} | {'ran' if name in report['stages_ran'] else 'reused'} | {sec:.0f} |"
+              for name, sec in report["stages"].items()]
+    lines += [f"| total | {len(report['stages_ran'])} ran, {len(report['stages_reused'])} reused | "
+              f"{sum(report['stages'].values()):.0f} |", ""]
     lines += [f"![{Path(p).stem}]({p})" for p in report["plots"]]
     return "\n".join(lines) + "\n"
 

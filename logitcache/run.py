@@ -1,9 +1,11 @@
 """`run`: the whole paper pipeline from one config, each stage skipped when its output is complete.
 
 corpus -> prepare -> teachers -> dump -> students (distilled and baseline, per seed) -> eval -> report.
-A stage is complete when its stamp file (`.stage.json`) holds the hash of the config that made it;
-an interrupted stage resumes (teachers and students from their checkpoints, the dump from its done
-markers), and a changed config redoes that stage.
+A stage is complete when its stamp (`.stage.json`) holds the hash of its config and the fingerprints
+of the outputs it read; a stage that reruns changes its fingerprint, so every stage after it reruns
+too. An interrupted stage resumes (teachers and students from their checkpoints, the dump from its
+done markers). The dump's stamp lives in WORK, and `run` replaces only a cache that stamp says this
+WORK made (or with --force dump): a cache made elsewhere with another config is refused, untouched.
 """
 from __future__ import annotations
 
@@ -13,12 +15,14 @@ import logging
 import shutil
 import time
 import tomllib
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .configs import check, config_hash, from_dict, section_of, settings_of, to_dict, write_json_atomic
-from .store.location import Location, is_url
-from .errors import LogitcacheError
+from .store.cache import root_attrs
+from .store.location import Location
+from .errors import LogitcacheError, ResumeMismatchError
 from .progress import NULL_PROGRESS, ProgressHook
 from .stage_configs import DumpConfig, EvalConfig, PrepareConfig, StudentConfig, TeacherConfig
 
@@ -118,6 +122,11 @@ def load_run_config(path: Path | None, overrides: tuple[str, ...] = ()) -> RunCo
         raise LogitcacheError(f"{path} is not valid TOML ({exc})") from None
     for text in overrides:
         apply_override(raw, *parse_override(text))
+    student = raw.get("student", {})
+    if student.get("seeds") and "seed" in student.get("train", {}):
+        raise LogitcacheError(f"student.train.seed is not used when student.seeds is set (student.seeds = "
+                              f"{student['seeds']} gives each arm's seeds): set student.seeds=[{student['train']['seed']}] "
+                              "instead, or student.seeds=[] to train once with student.train.seed")
     config = from_dict(RunConfig, raw)
     stage_configs(config, Path("WORK"))
     return config
@@ -140,49 +149,118 @@ def stage_configs(config: RunConfig, work: Path) -> dict:
             out["students"][(kind, seed)] = StudentConfig(cache=cache, data=data_dir, out=work / "students" / f"{kind}-seed{seed}",
                                                           **settings)
     models = teacher_dirs + tuple(c.out for c in out["students"].values())
-    out["eval"] = {split: EvalConfig(models=models, data=data_dir, split=split,
-                                     **(settings_of(config.eval) | ({"blimp": None} if split != "dev" else {})))
+    # dev: BLiMP and KL / top-1 agreement with the teachers' ensemble (eval.temperature, eval.combine); test: CE alone
+    dev_only = {"dev": {"teachers": teacher_dirs}, "test": {"blimp": None}}
+    out["eval"] = {split: EvalConfig(models=models, data=data_dir, split=split, **(settings_of(config.eval) | dev_only[split]))
                    for split in ("dev", "test")}
     return out
 
 
 class Stages:
-    """Stamps: which stage outputs are complete, for which config, and how long they took."""
+    """Stamps: which stage outputs are complete, for which config and which upstream outputs.
+
+    A stage's stamp holds the hash of its config, its inputs (the fingerprints of the stages it reads)
+    and, once complete, the fingerprint of its own output: the data's content fingerprint for prepare,
+    the cache's creation time for the dump, a fresh id for every other run. So a stage that reruns and
+    changes its output redoes every stage after it. The stamp is written before the stage runs
+    (`complete: false`), so an interrupted stage resumes only with the same config and inputs."""
 
     def __init__(self, work: Path, force: tuple[str, ...], progress: ProgressHook):
-        self.work, self.force, self.progress = work, set(force), progress
+        self.work, self.force, self.progress = work, tuple(force), progress
         self.seconds: dict[str, float] = {}
+        self.fingerprints: dict[str, str] = {}
         self.ran: list[str] = []
+        self.reused: list[str] = []
 
-    def run(self, name: str, output: "Path | str", config_key, action) -> None:
-        remote = is_url(output)  # a cache in object storage: its stamp stays in WORK
-        if remote:
-            stamp = self.work / f"{name}{STAMP}"
-        else:
-            output = Path(output)
-            stamp = output / STAMP if output.suffix != ".zarr" else output.with_name(output.name + STAMP)
-        key = config_hash(config_key)
-        forced = any(name == f or name.startswith(f + ":") for f in self.force)
-        if stamp.exists() and not forced:
-            saved = json.loads(stamp.read_text())
-            if saved.get("config_hash") == key:
-                self.seconds[name] = saved.get("seconds", 0.0)
-                log.info("stage %s: complete, skipped", name)
-                return
-        if forced or stamp.exists():  # forced, or made with another config: start this stage over
-            stamp.unlink(missing_ok=True)
-            if remote:
-                Location(output).delete_all()
-            else:
-                shutil.rmtree(output, ignore_errors=True)
+    def forced(self, name: str) -> bool:
+        return any(name == f or name.startswith(f + ":") for f in self.force)
+
+    def _inputs(self, after) -> dict[str, str]:
+        return {name: self.fingerprints[name] for name in after}
+
+    def _reuse(self, name: str, saved: dict) -> None:
+        self.seconds[name] = saved.get("seconds", 0.0)
+        self.fingerprints[name] = saved["fingerprint"]
+        self.reused.append(name)
+        log.info("stage %s: complete, reused", name)
+
+    def _run(self, name: str, stamp: Path, action, record: dict, fingerprint) -> None:
+        write_json_atomic(stamp, record | {"complete": False})
         t0 = time.perf_counter()
         log.info("stage %s: running", name)
         action()
         self.seconds[name] = time.perf_counter() - t0
+        self.fingerprints[name] = fingerprint() or uuid.uuid4().hex
         self.ran.append(name)
-        if not remote and output.suffix != ".zarr":
-            output.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(stamp, {"config_hash": key, "seconds": self.seconds[name], "stage": name})
+        write_json_atomic(stamp, record | {"complete": True, "seconds": self.seconds[name],
+                                           "fingerprint": self.fingerprints[name]})
+
+    def run(self, name: str, output: Path, config_key, action, after=(), fingerprint=lambda: None) -> None:
+        """A stage whose output is a folder of this WORK, its stamp inside it."""
+        output = Path(output)
+        stamp = output / STAMP
+        record = {"stage": name, "config_hash": config_hash(config_key), "inputs": self._inputs(after)}
+        saved = _read_stamp(stamp)
+        same = saved is not None and _same(saved, record)
+        if same and saved.get("complete") and not self.forced(name):
+            return self._reuse(name, saved)
+        if self.forced(name) or (saved is not None and not same):  # start over; else resume what is there
+            shutil.rmtree(output, ignore_errors=True)
+        output.mkdir(parents=True, exist_ok=True)
+        self._run(name, stamp, action, record, fingerprint)
+
+    def run_dump(self, dcfg, config_key, action, after) -> None:
+        """The dump: its cache may be outside WORK (another folder, a bucket) and shared, so its stamp
+        stays in WORK and names the cache this WORK made (path and creation time). The cache is replaced
+        only when that stamp says this WORK made it, or with --force dump; any other cache is resumed
+        when it matches this config and refused by the resume check otherwise."""
+        out, name = Location(dcfg.out), "dump"
+        stamp = self.work / f"{name}{STAMP}"
+        record = {"stage": name, "config_hash": config_hash(config_key), "inputs": self._inputs(after),
+                  "cache": str(dcfg.out)}
+        saved, found = _read_stamp(stamp), root_attrs(out)
+        same = saved is not None and _same(saved, record)
+        made_here = (saved is not None and saved.get("made_here") and saved.get("cache") == str(dcfg.out)
+                     and found is not None and found.get("created") == saved.get("created"))
+        if same and saved.get("complete") and made_here and not self.forced(name):
+            return self._reuse(name, saved)
+        if self.forced(name) and out.exists():
+            log.warning("--force dump: replacing %s", dcfg.out)
+            out.delete_all()
+        elif made_here and not same:
+            log.warning("replacing %s (this WORK made it with another config or other inputs)", dcfg.out)
+            out.delete_all()
+        resuming_own = same and not saved.get("complete") and saved.get("made_here")  # this WORK's interrupted dump
+        record["made_here"] = bool(resuming_own or not out.exists())
+
+        def created() -> str | None:
+            record["created"] = (root_attrs(out) or {}).get("created")
+            return record["created"]
+
+        self._run(name, stamp, action, record, created)
+
+
+def _read_stamp(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _same(saved: dict, record: dict) -> bool:
+    return saved.get("config_hash") == record["config_hash"] and saved.get("inputs") == record["inputs"]
+
+
+def stage_names(config: RunConfig) -> list[str]:
+    """Every stage of this config, in pipeline order (the names --force takes, or their prefixes)."""
+    names = ([] if config.data.raw_dir else ["corpus"]) + ["prepare"] + [f"teacher:{t.name}" for t in config.teachers]
+    names += ["dump"] + [f"student:{kind}:seed{seed}" for seed in config.student_seeds for kind in ("distilled", "baseline")]
+    return names + ["eval"]
+
+
+def check_force(config: RunConfig, force: tuple[str, ...]) -> None:
+    names = stage_names(config)
+    for f in force:
+        if not any(n == f or n.startswith(f + ":") for n in names):
+            raise LogitcacheError(f"--force {f}: no such stage (stages: {', '.join(names)}; "
+                                  "teacher and student name them all)")
 
 
 def run_pipeline(config: RunConfig, work: Path, force: tuple[str, ...] = (), progress: ProgressHook = NULL_PROGRESS) -> dict:
@@ -193,6 +271,7 @@ def run_pipeline(config: RunConfig, work: Path, force: tuple[str, ...] = (), pro
     from .student import train_student
     from .teacher import train_teacher
 
+    check_force(config, force)
     work = Path(work).resolve()  # stage stamps hash paths: `work/demo` and its absolute form are one WORK
     work.mkdir(parents=True, exist_ok=True)
     write_json_atomic(work / "config.json", to_dict(config))
@@ -200,52 +279,76 @@ def run_pipeline(config: RunConfig, work: Path, force: tuple[str, ...] = (), pro
     configs = stage_configs(config, work)
 
     raw = configs["raw"]
+    upstream: tuple[str, ...] = ()
     if not config.data.raw_dir:
         stages.run("corpus", raw, "demo-corpus-v1", lambda: build_demo_corpus(raw))
+        upstream = ("corpus",)
     elif not raw.is_dir():
         raise LogitcacheError(f"data.raw_dir {raw} does not exist")
 
     prep = configs["prepare"]
-    stages.run("prepare", prep.out, prep, lambda: prepare(prep, progress))
+    stages.run("prepare", prep.out, prep, lambda: prepare(prep, progress), after=upstream,
+               fingerprint=lambda: _data_fingerprint(prep.out))
 
-    teacher_dirs = []
+    teacher_dirs, teacher_stages = [], tuple(f"teacher:{name}" for name in configs["teachers"])
     for name, tcfg in configs["teachers"].items():
-        stages.run(f"teacher:{name}", tcfg.out, (tcfg, prep),
-                   lambda tcfg=tcfg: train_teacher(tcfg, resume=True, progress=progress))
+        stages.run(f"teacher:{name}", tcfg.out, tcfg, lambda tcfg=tcfg: train_teacher(tcfg, resume=True, progress=progress),
+                   after=("prepare",))
         teacher_dirs.append(tcfg.out)
 
     dcfg = configs["dump"]
-    stages.run("dump", dcfg.out, (dcfg, config.teachers, prep), lambda: _dump_resuming(dcfg, progress))
+    stages.run_dump(dcfg, dcfg, lambda: _dump_resuming(dcfg, progress), after=("prepare",) + teacher_stages)
 
     students: dict[str, list[Path]] = {"distilled": [], "baseline": []}
+    student_stages = []
     for (kind, seed), scfg in configs["students"].items():
-        stages.run(f"student:{kind}:seed{seed}", scfg.out, (scfg, dcfg, config.teachers, prep),
-                   lambda scfg=scfg: train_student(scfg, resume=True, progress=progress))
+        stages.run(f"student:{kind}:seed{seed}", scfg.out, scfg,
+                   lambda scfg=scfg: train_student(scfg, resume=True, progress=progress), after=("prepare", "dump"))
         students[kind].append(scfg.out)
+        student_stages.append(f"student:{kind}:seed{seed}")
 
     eval_dir = work / "eval"
     results: dict[str, dict] = {}
 
     def do_eval():
-        eval_dir.mkdir(parents=True, exist_ok=True)
         for split, ecfg in configs["eval"].items():
             write_json_atomic(eval_dir / f"{split}.json", evaluate(ecfg, progress))
 
-    stages.run("eval", eval_dir, (configs["eval"]["dev"], config.teachers, config.student, dcfg, prep), do_eval)
+    stages.run("eval", eval_dir, tuple(configs["eval"].values()), do_eval,
+               after=("prepare",) + teacher_stages + tuple(student_stages))
     for split in ("dev", "test"):
         results[split] = json.loads((eval_dir / f"{split}.json").read_text())
-    return write_report(work, config, teacher_dirs, students, dcfg.out, results, stages.seconds)
+    return write_report(work, config, teacher_dirs, students, dcfg.out, results, stages.seconds, stages.ran)
+
+
+def _data_fingerprint(data_dir: Path) -> str | None:
+    """The content fingerprint prepare recorded (tokenizer and every split's tokens)."""
+    report = data_dir / "prepare_report.json"
+    return json.loads(report.read_text()).get("fingerprint") if report.exists() else None
 
 
 def _dump_resuming(dcfg, progress) -> None:
-    """A dump interrupted earlier continues from its done markers (same config guaranteed by the stamp)."""
+    """Write the cache, or continue the one at `dcfg.out` when it was made with this config; a cache
+    made with another config is refused (one line naming it and what differs) and left as it is."""
     from .dump import dump
 
     try:
         dump(dcfg, resume=Location(dcfg.out).exists(), progress=progress)
-    except LogitcacheError as exc:
-        if "different config" not in str(exc) and "layout differs" not in str(exc):
-            raise
-        log.info("cache in %s was made with another config: starting it over", dcfg.out)
-        Location(dcfg.out).delete_all()
-        dump(dcfg, resume=False, progress=progress)
+    except ResumeMismatchError as exc:
+        differs = _dump_setting_differences(dcfg)
+        what = f"cache {dcfg.out} was made with another config ({differs})" if differs else str(exc)
+        raise LogitcacheError(f"{what}; run replaces only a cache its own WORK made: pass --force dump to replace "
+                              "it, or --cache (dump.cache) to put this run's cache elsewhere") from None
+
+
+def _dump_setting_differences(dcfg) -> str:
+    """'top_k: 8 in the cache, 4 here, teachers' : the dump settings recorded in the cache that differ."""
+    found = (root_attrs(Location(dcfg.out)) or {}).get("config") or {}
+    ours = json.loads(json.dumps(to_dict(dcfg)))
+    speed_only = {f.name for f in dataclasses.fields(dcfg) if not f.metadata.get("affects_output", True)}
+    parts = []
+    for key, value in ours.items():
+        if key in found and found[key] != value and key not in speed_only:
+            short = not isinstance(value, (list, dict)) and len(repr(value)) + len(repr(found[key])) < 60
+            parts.append(f"{key}: {found[key]!r} in the cache, {value!r} here" if short else key)
+    return ", ".join(parts)

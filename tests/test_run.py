@@ -122,3 +122,168 @@ def test_paper_config_parses_and_builds_every_stage():
     assert abs(count_params(get_preset(config.student.preset), 16000) - 58e6) / 58e6 < 0.02
     assert config.dump.temperature == 2.0 and config.student.alpha == 0.5 and config.student.train.epochs == 6
     assert to_dict(config)["data"]["vocab_size"] == 16000
+
+
+# ---- helpers for the stage-stamp tests: one seed, the CLI where the exit code matters ----------------
+
+def tiny_config(tmp_path: Path, raw: Path) -> Path:
+    from test_eval import blimp_dir
+
+    path = tmp_path / "tiny.toml"
+    if not path.exists():
+        path.write_text(TINY.format(raw=raw, blimp=blimp_dir(tmp_path)).replace("seeds = [0, 1]", "seeds = [0]"))
+    return path
+
+
+def run_cli(config: Path, work: Path, *args):
+    from typer.testing import CliRunner
+
+    from logitcache_cli.app import app
+
+    return CliRunner().invoke(app, ["run", "--config", str(config), "--out", str(work), *map(str, args)])
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def error_lines(result) -> list[str]:
+    return [line for line in result.output.splitlines() if line.startswith("error:")]
+
+
+def test_run_refuses_a_cache_it_did_not_make_and_leaves_it(tmp_path, tiny_raw, tiny_data, tiny_teachers):
+    """A hand-run k = 8 dump where `run` puts its cache, then `run` with top_k = 4 on the same path:
+    one line naming the cache and the setting, exit 2, every byte kept; --force dump replaces it."""
+    from conftest import dump_config
+    from logitcache.dump import dump
+    from logitcache.store.cache import root_attrs
+
+    cache = tmp_path / "cache.zarr"
+    dump(dump_config(tiny_data, tiny_teachers, cache, top_k=8))
+    before = files(cache)
+    config, work = tiny_config(tmp_path, tiny_raw), tmp_path / "work"
+    result = run_cli(config, work, "--cache", cache, "--set", "dump.top_k=4")
+    assert result.exit_code == 2, result.output
+    [line] = error_lines(result)
+    assert str(cache) in line and "top_k: 8 in the cache, 4 here" in line and "--force dump" in line
+    assert files(cache) == before
+    result = run_cli(config, work, "--cache", cache, "--set", "dump.top_k=4", "--force", "dump")
+    assert result.exit_code == 0, result.output
+    assert root_attrs(cache)["k"] == 4
+
+
+def test_run_replaces_its_own_cache_when_the_dump_config_changes(tmp_path, tiny_raw):
+    from logitcache.store.cache import root_attrs
+
+    config, work = tiny_config(tmp_path, tiny_raw), tmp_path / "work"
+    run_pipeline(load_run_config(config), work)
+    report = run_pipeline(load_run_config(config, ("dump.top_k=4",)), work)
+    assert root_attrs(work / "cache.zarr")["k"] == 4 and "dump" in report["stages_ran"]
+
+
+def test_two_works_sharing_one_local_cache_never_delete_each_others(tmp_path, tiny_raw):
+    """WORK a makes the cache; WORK b (its own teachers, so another config) is refused and a's cache
+    kept; b --force dump replaces it; then a is refused in turn and b's cache kept."""
+    from logitcache.store.cache import root_attrs
+
+    config, cache = tiny_config(tmp_path, tiny_raw), tmp_path / "shared" / "cache.zarr"
+    assert run_cli(config, tmp_path / "a", "--cache", cache).exit_code == 0
+    made_by_a = files(cache)
+    result = run_cli(config, tmp_path / "b", "--cache", cache)
+    assert result.exit_code == 2 and str(cache) in error_lines(result)[0] and "teachers" in error_lines(result)[0]
+    assert files(cache) == made_by_a
+    assert not list(cache.parent.glob("*.stage.json"))  # the dump's stamps live in each WORK, not beside the cache
+    assert run_cli(config, tmp_path / "b", "--cache", cache, "--force", "dump").exit_code == 0
+    made_by_b = files(cache)
+    assert made_by_b != made_by_a and str(tmp_path / "b") in json.dumps(root_attrs(cache)["teachers"])
+    result = run_cli(config, tmp_path / "a", "--cache", cache)
+    assert result.exit_code == 2 and str(cache) in error_lines(result)[0]
+    assert files(cache) == made_by_b
+
+
+def test_two_works_sharing_one_s3_cache_never_delete_each_others(s3, tmp_path, tiny_raw):
+    from logitcache.store.location import Location
+
+    def objects(url):
+        location = Location(url)
+        return {key: location.read_bytes(key) for key in location.sizes()}
+
+    config, url = tiny_config(tmp_path, tiny_raw), f"{s3}/shared/cache.zarr"
+    assert run_cli(config, tmp_path / "a", "--cache", url).exit_code == 0
+    made_by_a = objects(url)
+    result = run_cli(config, tmp_path / "b", "--cache", url)
+    assert result.exit_code == 2 and url in error_lines(result)[0]
+    assert objects(url) == made_by_a
+    assert run_cli(config, tmp_path / "b", "--cache", url, "--force", "dump").exit_code == 0
+    made_by_b = objects(url)
+    assert made_by_b != made_by_a
+    result = run_cli(config, tmp_path / "a", "--cache", url)
+    assert result.exit_code == 2 and url in error_lines(result)[0]
+    assert objects(url) == made_by_b
+
+
+def test_a_stage_that_reruns_redoes_every_later_stage(tmp_path):
+    """New raw text and --force prepare: teachers, dump, students and eval all rerun; the same text
+    again prepares identical data (same fingerprint), so nothing after prepare reruns; --force dump
+    keeps the teachers and redoes the students and eval. report.md names what ran and what was reused."""
+    from conftest import synthetic_lines, write_tiny_corpus
+
+    raw = write_tiny_corpus(tmp_path / "raw")
+    config, work = tiny_config(tmp_path, raw), tmp_path / "work"
+    later = ["teacher:llama", "teacher:gpt2", "dump", "student:distilled:seed0", "student:baseline:seed0", "eval"]
+    run_pipeline(load_run_config(config), work)
+    weights = work / "teachers" / "llama" / "model.safetensors"
+    old_weights = weights.read_bytes()
+    (raw / "stories.train").write_text("\n".join(synthetic_lines(600, 99)) + "\n")
+    report = run_pipeline(load_run_config(config), work, force=("prepare",))
+    assert report["stages_ran"] == ["prepare"] + later and report["stages_reused"] == []
+    assert weights.read_bytes() != old_weights
+    markdown = (work / "report.md").read_text()
+    assert "| teacher:llama | ran |" in markdown and "| prepare | ran |" in markdown
+
+    report = run_pipeline(load_run_config(config), work, force=("prepare",))
+    assert report["stages_ran"] == ["prepare"] and set(report["stages_reused"]) == set(later)
+    assert "| dump | reused |" in (work / "report.md").read_text()
+
+    report = run_pipeline(load_run_config(config), work, force=("dump",))
+    assert report["stages_ran"] == ["dump", "student:distilled:seed0", "student:baseline:seed0", "eval"]
+    assert set(report["stages_reused"]) == {"prepare", "teacher:llama", "teacher:gpt2"}
+
+
+def test_force_names_an_existing_stage(tmp_path, tiny_raw):
+    from logitcache.errors import LogitcacheError
+
+    with pytest.raises(LogitcacheError, match="--force teachers: no such stage"):
+        run_pipeline(load_run_config(tiny_config(tmp_path, tiny_raw)), tmp_path / "work", force=("teachers",))
+
+
+def test_train_seed_beside_student_seeds_is_refused_by_name(tmp_path, tiny_raw):
+    from logitcache.errors import LogitcacheError
+
+    config = tiny_config(tmp_path, tiny_raw)
+    with pytest.raises(LogitcacheError, match=r"student\.train\.seed .*student\.seeds"):
+        load_run_config(config, ("student.train.seed=7",))
+    assert load_run_config(config, ("student.seeds=[]", "student.train.seed=7")).student_seeds == (7,)
+
+
+def test_run_scores_every_model_against_the_teachers_at_eval_temperature(tmp_path, tiny_raw):
+    """eval.temperature and eval.combine reach `eval`: dev.json holds each model's KL and top-1 agreement
+    with the teachers' ensemble, equal to `evaluate` called with the teacher dirs directly."""
+    from logitcache.evaluate import evaluate
+    from logitcache.stage_configs import EvalConfig
+
+    config, work = tiny_config(tmp_path, tiny_raw), tmp_path / "work"
+    run_pipeline(load_run_config(config), work)
+    at_1 = json.loads((work / "eval" / "dev.json").read_text())["models"]
+    report = run_pipeline(load_run_config(config, ("eval.temperature=2.0", "eval.combine='mean-probs'")), work)
+    assert report["stages_ran"] == ["eval"]
+    at_2 = json.loads((work / "eval" / "dev.json").read_text())["models"]
+    teachers = (work / "teachers" / "llama", work / "teachers" / "gpt2")
+    direct = evaluate(EvalConfig(models=tuple(Path(m["path"]) for m in at_2), data=work / "data", teachers=teachers,
+                                 temperature=2.0, combine="mean-probs", max_chunks=16, device="cpu"))["models"]
+    for ran, alone, before in zip(at_2, direct, at_1):
+        assert ran["teacher_kl"] == pytest.approx(alone["teacher_kl"], rel=1e-6)
+        assert ran["teacher_top1_agreement"] == pytest.approx(alone["teacher_top1_agreement"])
+        assert ran["teacher_kl"] != before["teacher_kl"]
+    assert "teacher_kl" not in json.loads((work / "eval" / "test.json").read_text())["models"][0]
+    assert report["students"]["distilled"]["dev_teacher_kl"] == pytest.approx(at_2[2]["teacher_kl"])
