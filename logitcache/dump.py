@@ -135,9 +135,43 @@ def gather_block(parts: list[list[torch.Tensor]]) -> HostCopy:
     return HostCopy(columns)
 
 
+FLOAT16_MAX = float(np.finfo(np.float16).max)  # sample_weights are stored as float16
+
+
+def check_weights_fit(block: int, weights: np.ndarray) -> None:
+    """Refuse importance weights (rows, T, N) that float16 would store as inf (p/q explodes where a proposal
+    sharper than p, --proposal-temperature < 1, draws an id it gives far less mass than p does)."""
+    worst = float(weights.max(initial=0.0))
+    if not worst <= FLOAT16_MAX:
+        raise LogitcacheError(f"block {block}: a sample weight count/N * p/q reaches {worst:.4g}, above float16's "
+                              f"{FLOAT16_MAX:.0f} (the stored type); raise --proposal-temperature (at 1 every weight "
+                              "is at most 1) and rerun with --overwrite")
+
+
+def block_targets(ensemble: Ensemble, config: DumpConfig, block: int, block_tokens: np.ndarray,
+                  device: torch.device, on_rows=lambda n: None) -> HostCopy:
+    """One block's targets, computed in fixed batches of `config.batch_size` rows (the same batches on
+    every engine, so a block's bytes do not depend on who computes it); the device-to-host copy is
+    started, not awaited. `block_tokens`: (rows, T) ids."""
+    parts = []  # per batch: [ids, probs(, weights)] (b, T, K), still on the device
+    generator = torch.Generator(device=device).manual_seed(config.seed * 1_000_003 + block)
+    for b0 in range(0, block_tokens.shape[0], config.batch_size):
+        input_ids = torch.from_numpy(block_tokens[b0:b0 + config.batch_size].astype(np.int64)).to(device)
+        if config.targets == "topk":
+            parts.append(list(ensemble.topk(input_ids, config.top_k)))  # (b, T, K) each
+        else:
+            parts.append(list(sample_targets(ensemble.probs(input_ids), config.samples,
+                                             config.proposal_temperature, generator)))
+        on_rows(input_ids.shape[0])
+    return gather_block(parts)
+
+
 def write_host_block(store: CacheStore, block: int, tokens: np.ndarray, copy: HostCopy) -> None:
     """Runs on a writer thread: wait for the block's device-to-host copy, then encode and commit it."""
-    store.write_block(block, tokens, *copy.wait())
+    arrays = copy.wait()
+    if len(arrays) > 2:
+        check_weights_fit(block, arrays[2])
+    store.write_block(block, tokens, *arrays)
 
 
 class BlockWriter:
@@ -176,6 +210,8 @@ class BlockWriter:
         self.pending.append(self.pool.submit(write_host_block, self.store, *item))
 
     def raise_if_failed(self) -> None:
+        if isinstance(self.error, LogitcacheError):  # a refusal with its own message
+            raise self.error
         if self.error is not None:
             raise LogitcacheError(
                 f"writing the cache failed ({self.error.__class__.__name__}: {self.error}); completed blocks are "
@@ -303,19 +339,10 @@ def dump(config: DumpConfig, resume: bool = False, overwrite: bool = False,
         for block in todo:
             start, stop = layout.block_range(block)
             block_tokens = rows[start:stop]
-            parts = []  # per batch: [ids, probs(, weights)] (b, T, K), still on the device
             t0 = time.perf_counter()
-            generator = torch.Generator(device=device).manual_seed(config.seed * 1_000_003 + block)
-            for b0 in range(0, block_tokens.shape[0], config.batch_size):
-                input_ids = torch.from_numpy(block_tokens[b0:b0 + config.batch_size].astype(np.int64)).to(device)
-                if config.targets == "topk":
-                    parts.append(list(ensemble.topk(input_ids, config.top_k)))  # (b, T, K) each
-                else:
-                    parts.append(list(sample_targets(ensemble.probs(input_ids), config.samples,
-                                                     config.proposal_temperature, generator)))
-                progress.update(input_ids.shape[0])
+            copy = block_targets(ensemble, config, block, block_tokens, device, progress.update)
             report.teacher_seconds += time.perf_counter() - t0
-            writer.put(block, block_tokens, gather_block(parts))
+            writer.put(block, block_tokens, copy)
             report.tokens += block_tokens.size
     finally:
         writer.close()

@@ -175,3 +175,72 @@ def test_verify_result_line_is_not_wrapped(tiny_cache, tmp_path):
     result = runner.invoke(app, ["verify", str(long)])
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     assert result.exit_code == 0 and len(lines) == 1 and lines[0].startswith(f"OK {long}:"), lines
+
+
+@pytest.fixture(scope="module")
+def sampled_cache(tmp_path_factory, tiny_data, tiny_teachers):
+    from conftest import dump_config
+    from logitcache.dump import dump
+
+    out = tmp_path_factory.mktemp("sampled") / "cache.zarr"
+    dump(dump_config(tiny_data, tiny_teachers, out, targets="sample", samples=8, max_chunks=16))
+    return out
+
+
+def test_verify_refuses_a_non_finite_sample_weight(sampled_cache, copy_of):
+    """A weight float16 stored as inf, under a valid checksum: only the value check can find it."""
+    from logitcache.store import CacheStore
+    from logitcache.store.cache import block_checksum
+
+    assert invoke("verify", sampled_cache).exit_code == 0
+    broken = copy_of(sampled_cache)
+    store = CacheStore(broken, mode="r+")
+    stored = store.read_checked_block(1)
+    weights = stored[3].copy()  # (rows, T, N) float16
+    weights[0, 3, 0] = np.float16(np.inf)
+    stored[3] = weights
+    store.write_stored_block(1, stored, block_checksum(stored))
+    result = invoke("verify", broken, "--json", "-")
+    assert result.exit_code == 1, result.output
+    assert json.loads(result.stdout)["problems"] == [
+        "block 1: non-finite sample weight (a weight count/N * p/q above float16's 65504 is stored as inf)"]
+
+
+def test_a_sharp_proposal_overflows_float16_weights_and_dump_refuses(tmp_path, tiny_data, tiny_teachers, monkeypatch):
+    """At --proposal-temperature < 1 a weight count/N * p/q grows without bound; over 2M positions of
+    p = (0.6, 0.4) at proposal temperature 1/30 the rare draws of the 0.4 id weigh ~1e5, which float16
+    stores as inf. dump refuses such a block in one line (exit 2) instead of writing it."""
+    import importlib
+
+    import torch
+
+    from logitcache.dump import check_weights_fit, sample_targets
+
+    dump_module = importlib.import_module("logitcache.dump")
+
+    probs = torch.tensor([0.6, 0.4]).expand(1, 2_000_000, 2)
+    _, _, weights = sample_targets(probs, 1, 1 / 30, torch.Generator().manual_seed(0))
+    assert weights.max() > 65504
+    with np.errstate(over="ignore"):
+        assert not np.isfinite(weights.numpy().astype(np.float16)).all()
+    with pytest.raises(Exception, match="raise --proposal-temperature"):
+        check_weights_fit(0, weights.numpy())
+    check_weights_fit(0, np.clip(weights.numpy(), 0, 65504))  # what float16 holds passes
+
+    # in a dump: the same scale of weight (a real draw's weights, at most 1, times 1e6) in the second batch's block
+    real = dump_module.sample_targets
+    calls = []
+
+    def heavy(*args, **kwargs):
+        ids, p, w = real(*args, **kwargs)
+        calls.append(1)
+        return ids, p, w * 1e6 if len(calls) == 3 else w
+
+    monkeypatch.setattr(dump_module, "sample_targets", heavy)
+    out = tmp_path / "c.zarr"
+    result = invoke("dump", "--data", tiny_data, "--teacher", tiny_teachers[0], "--out", out, "--targets", "sample",
+                    "--samples", 8, "--max-chunks", 16, "--block-rows", 8, "--batch-size", 4, "--device", "cpu")
+    assert_one_line_error(result, "block 1: a sample weight", "raise --proposal-temperature")
+    from logitcache.store import CacheStore
+
+    assert not CacheStore(out).done_mask()[1]  # the block was not committed

@@ -29,6 +29,16 @@ def check_decoded(block: int, ids: np.ndarray, probs: np.ndarray, vocab_size: in
     return None
 
 
+def check_weights(block: int, weights: np.ndarray) -> str | None:
+    """A problem with a sampled block's decoded importance weights (n, T, K), or None: each finite and >= 0
+    (a weight p/q above float16's range is stored as inf)."""
+    if not np.isfinite(weights).all():
+        return f"block {block}: non-finite sample weight (a weight count/N * p/q above float16's 65504 is stored as inf)"
+    if (weights < 0).any():
+        return f"block {block}: negative sample weight"
+    return None
+
+
 def verify_cache(path, progress=None, ahead: int = 8) -> list[str]:
     """Full integrity check (blocks fetched `ahead` at a time). Returns one message per faulty block
     (empty list: the cache is sound)."""
@@ -48,8 +58,9 @@ def verify_cache(path, progress=None, ahead: int = 8) -> list[str]:
         elif isinstance(stored, Exception):
             raise stored
         else:
-            _, ids, probs = store.decode_raw(stored)[:3]
-            problem = check_decoded(block, ids, probs, layout.vocab_size, sum_bound)
+            _, ids, probs, *weights = store.decode_raw(stored)
+            problem = check_decoded(block, ids, probs, layout.vocab_size, sum_bound) or \
+                (check_weights(block, weights[0]) if weights else None)
             if problem:
                 problems[block] = problem
     if progress:
