@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .errors import LogitcacheError
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -74,16 +76,28 @@ def all_reduce_min(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """The precision a run uses: `auto` is bf16 autocast on CUDA (fp16 where the GPU lacks bf16) and fp32
+    elsewhere; fp32, bf16 and fp16 are taken as asked, on every device."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
 def autocast_for(device: torch.device, precision: str):
-    """A context factory: bf16 (or fp16) autocast on CUDA as `precision` asks, nothing on CPU or fp32."""
+    """A context factory: autocast in the precision `resolve_precision` gives, on the device itself (CPU
+    included), or nothing for fp32. A device torch has no autocast for is refused by name."""
     import contextlib
 
-    if device.type != "cuda" or precision == "fp32":
+    resolved = resolve_precision(device, precision)
+    if resolved == "fp32":
         return contextlib.nullcontext
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return lambda: torch.autocast("cuda", dtype=dtype)
+    if not torch.amp.is_autocast_available(device.type):
+        raise LogitcacheError(f"--precision {precision}: torch has no autocast on {device.type}; use --precision fp32")
+    dtype = torch.bfloat16 if resolved == "bf16" else torch.float16
+    return lambda: torch.autocast(device.type, dtype=dtype)
 
 
 def all_reduce_max(values: torch.Tensor) -> torch.Tensor:
