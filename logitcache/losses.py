@@ -50,18 +50,28 @@ def sparse_kl(
 ) -> torch.Tensor:
     """T^2 * KL(teacher || student) over the K kept ids plus a tail bucket (or renormalised over K).
     The reference implementation (autograd); training uses `fused_distill_loss` for the bucket tail."""
-    lse_all = log_normalizer(student_logits, temperature)  # (B, T)
     kept = student_logits.gather(-1, topk_ids).float() / temperature  # (B, T, K): no (B, T, V) copy
     p = topk_probs.float().clamp(min=0)
     if tail == "renormalize":
-        log_p = torch.log(p.clamp(min=1e-30))
-        lse_kept = torch.logsumexp(kept, dim=-1, keepdim=True)  # (B, T, 1)
-        p_mass = p.sum(-1, keepdim=True).clamp(min=1e-30)
-        p_norm = p / p_mass
-        kl = _xlogy_ratio(p_norm, log_p - torch.log(p_mass), kept - lse_kept).sum(-1)
+        kl = _renormalized_kl(kept, p)
     else:
+        lse_all = log_normalizer(student_logits, temperature)  # (B, T)
         kl, _ = _bucket_kl(kept - lse_all.unsqueeze(-1), p)  # log q at the kept ids (B, T, K)
     return temperature**2 * _reduce(kl, reduction, mask)
+
+
+def _renormalized_kl(kept: torch.Tensor, p: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """KL between teacher and student each renormalised over the kept ids, per position (B, T), from the
+    student's scaled logits s / T at the ids (B, T, K) and the teacher's p >= 0 there. `valid` (B, T, K)
+    marks the slots that hold an id (sampled targets pad with id 0); the others count in neither sum."""
+    if valid is not None:
+        kept = kept.masked_fill(~valid, float("-inf"))
+        p = torch.where(valid, p, torch.zeros_like(p))
+    lse_kept = torch.logsumexp(kept, dim=-1, keepdim=True)  # (B, T, 1)
+    p_mass = p.sum(-1, keepdim=True).clamp(min=1e-30)
+    p_norm = p / p_mass
+    log_q = torch.where(p_norm > 0, kept - lse_kept, torch.zeros_like(kept))  # no -inf - -inf at padding
+    return _xlogy_ratio(p_norm, torch.log(p.clamp(min=1e-30)) - torch.log(p_mass), log_q).sum(-1)
 
 
 def dense_kl(
@@ -88,12 +98,35 @@ def sampled_kl(
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """T^2 * sum_i w_i (log p_i - log s_i): an unbiased estimate of KL(p || s), and its gradient of the
-    full KL's gradient (Sparse Logit Sampling, Anshumann et al. 2025)."""
+    full KL's gradient (Sparse Logit Sampling, Anshumann et al. 2025). The target is the decoded p: an
+    id whose code rounded p_i to 0 counts 0, as 0 log 0 does in the top-k loss (log p_i is unknown there,
+    and a stand-in such as log 1e-30 would add w_i * -69 to the logged KL); its weight, made from the
+    unrounded p_i, is dropped with it, as an estimate of KL(decoded p || s) would weigh it 0."""
     scaled = student_logits.float() / temperature
     log_s = scaled.gather(-1, sample_ids) - torch.logsumexp(scaled, dim=-1, keepdim=True)  # (B, T, W)
     w = sample_weights.float()
-    log_p = torch.log(sample_probs.float().clamp(min=1e-30))
-    kl = torch.where(w > 0, w * (log_p - log_s), torch.zeros_like(w)).sum(-1)  # (B, T)
+    p = sample_probs.float()
+    counted = (w > 0) & (p > 0)  # (B, T, W): drawn (not padding) and not rounded to 0 by the code
+    log_p = torch.log(p.clamp(min=1e-30))
+    kl = torch.where(counted, w * (log_p - log_s), torch.zeros_like(w)).sum(-1)  # (B, T)
+    return temperature**2 * _reduce(kl, reduction, mask)
+
+
+def sampled_renormalized_kl(
+    student_logits: torch.Tensor,  # (B, T, V)
+    sample_ids: torch.Tensor,  # (B, T, W) unique sampled ids (padding: weight 0)
+    sample_probs: torch.Tensor,  # (B, T, W) teacher p_i at `temperature`
+    sample_weights: torch.Tensor,  # (B, T, W) > 0 exactly at the drawn ids
+    temperature: float,
+    reduction: str = "token",
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`--tail renormalize` for sampled targets: T^2 * KL between teacher and student each renormalised
+    over the drawn ids, the top-k renormalised loss with the drawn ids as the kept ones. The importance
+    weights are not used: p_i is known at every drawn id, and the rest of the vocabulary is dropped (a
+    biased target, as with top-k, where the weighted sum estimates the full KL)."""
+    kept = student_logits.gather(-1, sample_ids).float() / temperature  # (B, T, W)
+    kl = _renormalized_kl(kept, sample_probs.float().clamp(min=0), sample_weights > 0)
     return temperature**2 * _reduce(kl, reduction, mask)
 
 

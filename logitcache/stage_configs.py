@@ -177,7 +177,9 @@ class StudentConfig:
     alpha: float = setting(0.5, help="Weight of CE; 1 - alpha weighs T^2 KL. 1 = no distillation.")
     temperature: float = setting(0.0, help="Distillation temperature (0: the cache's; the resolved value is saved).")
     retemper: bool = setting(False, help="Allow a T other than the cache's (renormalises p^(Tc/T) over kept ids; approximate).")
-    tail: Tail = setting("bucket", help="bucket (tail mass as one bucket) or renormalize (drop it).")
+    tail: Tail = setting("bucket", help="bucket (tail mass as one bucket) or renormalize (drop it). On a sampled "
+                                        "cache: bucket is the importance-weighted estimate of the full KL, renormalize "
+                                        "the KL renormalised over the drawn ids (weights unused).")
     kl_reduction: KLReduction = setting("token", help="token (mean per position) or paper (sum / sequences).")
     online_teachers: tuple[Path, ...] = setting((), help="Reference mode: full-vocabulary targets from this teacher "
                                                      "(repeatable).", flag="--online-teacher", in_run=False)

@@ -16,7 +16,8 @@ from .configs import to_dict
 from .data import load_data
 from .ensemble import Ensemble, load_teachers
 from .errors import LogitcacheError
-from .losses import dense_kl, fused_distill_loss, fused_next_token_ce, retemper, sampled_kl, sparse_kl
+from .losses import (dense_kl, fused_distill_loss, fused_next_token_ce, retemper, sampled_kl,
+                     sampled_renormalized_kl, sparse_kl)
 from .models import build_model, get_preset
 from .progress import NULL_PROGRESS, ProgressHook
 from .stage_configs import StudentConfig  # noqa: F401  (re-exported)
@@ -49,7 +50,8 @@ class DistillObjective:
                                               self.alpha, self.reduction)
             return loss, {"ce": ce, "kl": kl}
         if self.targets == "sample":
-            kl = sampled_kl(logits, batch["topk_ids"], probs, batch["sample_weights"], self.temperature, self.reduction)
+            loss_of = sampled_renormalized_kl if self.tail == "renormalize" else sampled_kl
+            kl = loss_of(logits, batch["topk_ids"], probs, batch["sample_weights"], self.temperature, self.reduction)
         else:
             kl = sparse_kl(logits, batch["topk_ids"], probs, self.temperature, self.tail, self.reduction)
         ce = fused_next_token_ce(logits, input_ids)

@@ -184,3 +184,30 @@ def test_bad_blocks_with_grad_accum_skip_whole_steps_never_nan(tmp_path, tiny_da
     assert all(math.isfinite(r["loss"]) and math.isfinite(r["ce"]) for r in trained)
     assert all(torch.isfinite(p).all() for p in load_model(out).parameters())
     assert sorted(report.skipped_blocks) == [0, 1, 2]
+
+
+def test_tail_renormalize_on_sampled_targets_renormalises_over_the_drawn_ids():
+    """DistillObjective with --tail renormalize on a sampled batch: the KL is the teacher's and the
+    student's distributions renormalised over each position's drawn ids (computed here per position),
+    and differs from the default importance-weighted estimate."""
+    from logitcache.dump import sample_targets
+
+    g = torch.Generator().manual_seed(2)
+    tokens = torch.randint(0, 300, (2, 32), generator=g)
+    p = torch.softmax(torch.randn(2, 32, 300, generator=g) * 3, -1)
+    ids, probs, weights = sample_targets(p, 8, 1.0, g)
+    batch = {"input_ids": tokens, "topk_ids": ids, "topk_probs": probs, "sample_weights": weights}
+    student = build_model(get_preset("llama-tiny"), 300, seed=1)
+    with torch.no_grad():
+        q = torch.softmax(student(input_ids=tokens).logits.float() / 2.0, -1)  # (B, T, V)
+        _, renorm = DistillObjective(0.5, 2.0, "renormalize", "token", "sample")(student, batch)
+        _, weighted = DistillObjective(0.5, 2.0, "bucket", "token", "sample")(student, batch)
+    direct = []
+    for b in range(2):
+        for t in range(32):
+            drawn = weights[b, t] > 0
+            pn = probs[b, t][drawn] / probs[b, t][drawn].sum()
+            qn = q[b, t][ids[b, t][drawn]] / q[b, t][ids[b, t][drawn]].sum()
+            direct.append(float((pn * (pn.log() - qn.log())).sum()))
+    assert renorm["kl"].item() == pytest.approx(4.0 * np.mean(direct), rel=1e-4)
+    assert abs(renorm["kl"].item() - weighted["kl"].item()) > 0.1
