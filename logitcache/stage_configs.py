@@ -176,7 +176,8 @@ class StudentConfig:
                                                    "(its weights), or a folder/file with only a config.json (random init).")
     alpha: float = setting(0.5, help="Weight of CE; 1 - alpha weighs T^2 KL. 1 = no distillation.")
     temperature: float = setting(0.0, help="Distillation temperature (0: the cache's; the resolved value is saved).")
-    retemper: bool = setting(False, help="Allow a T other than the cache's (renormalises p^(Tc/T) over kept ids; approximate).")
+    retemper: bool = setting(False, help="Allow a T other than the cache's (renormalises p^(Tc/T) over kept ids; approximate). "
+                                         "Not needed (and not read) with --online-teacher, whose targets are exact at any T.")
     tail: Tail = setting("bucket", help="bucket (tail mass as one bucket) or renormalize (drop it). On a sampled "
                                         "cache: bucket is the importance-weighted estimate of the full KL, renormalize "
                                         "the KL renormalised over the drawn ids (weights unused).")

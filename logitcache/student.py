@@ -136,8 +136,10 @@ def train_student(config: StudentConfig, resume: bool = False, progress: Progres
                               "the text it is evaluated on; pass --allow-eval-split if that is what you want")
     t_cache = float(reader.attrs["temperature"])
     temperature = config.temperature or t_cache
+    online = bool(config.online_teachers)
     retemper_from = None
-    if abs(temperature - t_cache) > 1e-9:
+    # online mode computes the teachers' distribution at any T exactly: only cached targets need --retemper
+    if abs(temperature - t_cache) > 1e-9 and not online:
         if not config.retemper:
             raise LogitcacheError(
                 f"--temperature {temperature} differs from the cache's {t_cache}; pass --retemper to renormalise "
@@ -147,7 +149,6 @@ def train_student(config: StudentConfig, resume: bool = False, progress: Progres
         retemper_from = t_cache
     env = D.dist_env()
     device = D.pick_device(config.train.device, env)
-    online = bool(config.online_teachers)
     if online:
         models, _ = load_teachers(list(config.online_teachers), device, data)
         ensemble = Ensemble(models, reader.attrs["combine"], temperature, device,

@@ -211,3 +211,26 @@ def test_tail_renormalize_on_sampled_targets_renormalises_over_the_drawn_ids():
             direct.append(float((pn * (pn.log() - qn.log())).sum()))
     assert renorm["kl"].item() == pytest.approx(4.0 * np.mean(direct), rel=1e-4)
     assert abs(renorm["kl"].item() - weighted["kl"].item()) > 0.1
+
+
+def test_online_teacher_at_another_temperature_needs_no_retemper(tmp_path, tiny_data, tiny_cache, tiny_teachers,
+                                                                 monkeypatch):
+    """--online-teacher computes the teachers' distribution at any T exactly: a T other than the cache's
+    trains without --retemper, and the ensemble runs at that T."""
+    import json
+
+    from logitcache import student as student_module
+
+    temperatures = []
+
+    class Recording(Ensemble):
+        def __init__(self, models, combine, temperature, *args, **kwargs):
+            temperatures.append(temperature)
+            super().__init__(models, combine, temperature, *args, **kwargs)
+
+    monkeypatch.setattr(student_module, "Ensemble", Recording)
+    out = tmp_path / "s"
+    report = train_student(StudentConfig(cache=tiny_cache, data=tiny_data, out=out, preset="llama-tiny", temperature=1.0,
+                                         online_teachers=tiny_teachers, train=tiny_train(2)))
+    assert report.steps == 2 and temperatures == [1.0]
+    assert json.loads((out / "logitcache_config.json").read_text())["temperature"] == 1.0
