@@ -1,6 +1,10 @@
 """`run`: the whole paper pipeline from one config, each stage skipped when its output is complete.
 
 corpus -> prepare -> teachers -> dump -> students (distilled and baseline, per seed) -> eval -> report.
+A teacher on a tokenizer of its own (`tokenizer_vocab_size` or `tokenizer` in its table) gets its own
+data dir, WORK/data-NAME: the same documents, cleaners and splits tokenized by its tokenizer (stage
+prepare:NAME); it trains and is scored there, and its folder holds that tokenizer. The dump, the
+students and their eval use WORK/data (the student's vocabulary).
 A stage is complete when its stamp (`.stage.json`) holds the hash of its config and the fingerprints
 of the outputs it read; a stage that reruns changes its fingerprint, so every stage after it reruns
 too. An interrupted stage resumes (teachers and students from their checkpoints, the dump from its
@@ -29,6 +33,7 @@ from .stage_configs import DumpConfig, EvalConfig, PrepareConfig, StudentConfig,
 log = logging.getLogger(__name__)
 
 STAMP = ".stage.json"
+MIN_BPE_VOCAB = 259  # a trained byte-level BPE holds the 256 bytes and <pad>, <s>, </s>
 
 
 def _run_only(help: str, **default):
@@ -43,6 +48,13 @@ DataSection = section_of(PrepareConfig, "DataSection", extra=[
 ])
 TeacherSection = section_of(TeacherConfig, "TeacherSection", extra=[
     ("name", str, _run_only("The teacher's name: its folder WORK/teachers/NAME.")),
+    ("tokenizer_vocab_size", int, _run_only(
+        "Train this teacher on a byte-level BPE of its own with this many ids, trained on the same cleaned "
+        "training text (its data: WORK/data-NAME). 0: the data's tokenizer.", default=0)),
+    ("tokenizer", str, _run_only(
+        "Train this teacher on this tokenizer (a tokenizer.json, or a folder with one or with files transformers "
+        "loads as a fast tokenizer) instead of the data's; its data WORK/data-NAME is the same text tokenized "
+        "by it. Empty: the data's tokenizer.", default="")),
 ])
 DumpSection = section_of(DumpConfig, "DumpSection", extra=[
     ("cache", str, _run_only("Where the cache goes: empty for WORK/cache.zarr, or a URL (s3://bucket/prefix/cache.zarr).",
@@ -66,17 +78,58 @@ class RunConfig:
         check(len(self.teachers) > 0, "the config needs at least one [[teachers]] table")
         names = [t.name for t in self.teachers]
         check(len(set(names)) == len(names), f"teacher names must be unique, got {names}")
+        for teacher in self.teachers:
+            self._check_own_tokenizer(teacher)
+        own = [t.name for t in self.teachers if own_tokenizer(t)]
+        check(not own or self.dump.combine != "mean-logits",
+              f"dump.combine = \"mean-logits\" averages logits over one vocabulary, and teacher(s) {', '.join(own)} have a "
+              "tokenizer of their own: set dump.combine = \"mean-probs\"")
+
+    def _check_own_tokenizer(self, teacher) -> None:
+        where, size = f"teachers.{teacher.name}", teacher.tokenizer_vocab_size
+        check(not (size and teacher.tokenizer), f"{where}: set tokenizer_vocab_size (a BPE of its own) or tokenizer "
+                                                 "(an existing one), not both")
+        check(size == 0 or size >= MIN_BPE_VOCAB, f"{where}.tokenizer_vocab_size must be at least {MIN_BPE_VOCAB} "
+                                                  f"(256 bytes + 3 specials; 0: the data's tokenizer), got {size}")
+        # the same text, trainer and size give the data's own BPE: a second copy of WORK/data
+        check(not (size == self.data.vocab_size and self.data.tokenizer is None),
+              f"{where}.tokenizer_vocab_size = {size} is data.vocab_size: that BPE is the data's tokenizer; drop the "
+              "key to train the teacher on the data's tokenizer")
 
     @property
     def student_seeds(self) -> tuple[int, ...]:
         return self.student.seeds or (self.student.train.seed,)
 
 
-def default_config_path() -> Path:
-    """configs/demo.toml, shipped inside the package as `logitcache.run_configs`."""
+def own_tokenizer(teacher) -> bool:
+    """Whether a [[teachers]] table trains its teacher on a tokenizer other than the data's."""
+    return bool(teacher.tokenizer_vocab_size or teacher.tokenizer)
+
+
+def shipped_configs() -> dict[str, Path]:
+    """{name: path} of the configs shipped inside the package as `logitcache.run_configs` (configs/*.toml)."""
     from importlib.resources import files
 
-    return Path(str(files("logitcache.run_configs") / "demo.toml"))
+    folder = Path(str(files("logitcache.run_configs")))
+    return {p.stem: p for p in sorted(folder.glob("*.toml"))}
+
+
+def default_config_path() -> Path:
+    """configs/demo.toml, shipped inside the package as `logitcache.run_configs`."""
+    return shipped_configs()["demo"]
+
+
+def find_config(path: Path | None) -> Path:
+    """The TOML file `path`, or a shipped config by name (`demo-mixed` or `demo-mixed.toml`); the demo without one."""
+    if path is None:
+        return default_config_path()
+    path = Path(path)
+    if path.is_file():
+        return path
+    shipped = shipped_configs()
+    if path.parent == Path(".") and path.name.removesuffix(".toml") in shipped:
+        return shipped[path.name.removesuffix(".toml")]
+    raise LogitcacheError(f"config file {path} does not exist (shipped configs, by name: {', '.join(shipped)})")
 
 
 def parse_override(text: str) -> tuple[list[str], object]:
@@ -113,9 +166,7 @@ def apply_override(raw: dict, path: list[str], value) -> None:
 def load_run_config(path: Path | None, overrides: tuple[str, ...] = ()) -> RunConfig:
     """The TOML at `path` (default: the demo) with `--set` overrides; unknown keys are refused by name, and
     every stage config is built once with placeholder paths so a bad value fails now, not hours later."""
-    path = Path(path) if path else default_config_path()
-    if not path.is_file():
-        raise LogitcacheError(f"config file {path} does not exist")
+    path = find_config(path)
     try:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
@@ -128,8 +179,28 @@ def load_run_config(path: Path | None, overrides: tuple[str, ...] = ()) -> RunCo
                               f"{student['seeds']} gives each arm's seeds): set student.seeds=[{student['train']['seed']}] "
                               "instead, or student.seeds=[] to train once with student.train.seed")
     config = from_dict(RunConfig, raw)
+    check_teacher_tokenizers(config)
     stage_configs(config, Path("WORK"))
     return config
+
+
+def check_teacher_tokenizers(config: RunConfig) -> None:
+    """Refuse, by key, a teacher `tokenizer` path that does not exist or holds no tokenizer."""
+    from .tokenizer import find_tokenizer
+
+    for teacher in config.teachers:
+        if not teacher.tokenizer:
+            continue
+        where, path = f"teachers.{teacher.name}.tokenizer", Path(teacher.tokenizer).expanduser().resolve()
+        if not path.exists():
+            raise LogitcacheError(f"{where}: {path} does not exist")
+        try:
+            found = find_tokenizer(path)
+        except LogitcacheError as exc:
+            raise LogitcacheError(f"{where}: {exc}") from None
+        if found is None:
+            raise LogitcacheError(f"{where}: {path} holds no tokenizer (a tokenizer.json, or a folder with one or with "
+                                  "files transformers loads as a fast tokenizer)")
 
 
 def stage_configs(config: RunConfig, work: Path) -> dict:
@@ -137,8 +208,13 @@ def stage_configs(config: RunConfig, work: Path) -> dict:
     data_dir, cache = work / "data", config.dump.cache or work / "cache.zarr"
     raw = Path(config.data.raw_dir).resolve() if config.data.raw_dir else work / "raw"
     out = {"raw": raw, "prepare": PrepareConfig(data=raw, out=data_dir, **settings_of(config.data))}
-    out["teachers"] = {t.name: TeacherConfig(data=data_dir, out=work / "teachers" / t.name, **settings_of(t))
-                       for t in config.teachers}
+    # a teacher on its own tokenizer: the same raw text, cleaners, splits and seq_len, another tokenizer
+    out["teacher_prepare"] = {t.name: PrepareConfig(data=raw, out=work / f"data-{t.name}",
+                                                    **(settings_of(config.data) | _tokenizer_settings(t)))
+                              for t in config.teachers if own_tokenizer(t)}
+    teacher_data = {name: pcfg.out for name, pcfg in out["teacher_prepare"].items()}
+    out["teachers"] = {t.name: TeacherConfig(data=teacher_data.get(t.name, data_dir), out=work / "teachers" / t.name,
+                                             **settings_of(t)) for t in config.teachers}
     teacher_dirs = tuple(t.out for t in out["teachers"].values())
     out["dump"] = DumpConfig(data=data_dir, teachers=teacher_dirs, out=cache, **settings_of(config.dump))
     s = config.student
@@ -148,12 +224,36 @@ def stage_configs(config: RunConfig, work: Path) -> dict:
             settings = settings_of(s) | {"alpha": alpha, "train": dataclasses.replace(s.train, seed=seed)}
             out["students"][(kind, seed)] = StudentConfig(cache=cache, data=data_dir, out=work / "students" / f"{kind}-seed{seed}",
                                                           **settings)
-    models = teacher_dirs + tuple(c.out for c in out["students"].values())
-    # dev: BLiMP and KL / top-1 agreement with the teachers' ensemble (eval.temperature, eval.combine); test: CE alone
-    dev_only = {"dev": {"teachers": teacher_dirs}, "test": {"blimp": None}}
+    shared = tuple(out["teachers"][t.name].out for t in config.teachers if not own_tokenizer(t))
+    models = shared + tuple(c.out for c in out["students"].values())
+    # dev: BLiMP and KL / top-1 agreement with the ensemble of the teachers on the data's tokenizer
+    # (eval.temperature, eval.combine); test: CE alone. A teacher on its own tokenizer is scored on its own data.
+    dev_only = {"dev": {"teachers": shared}, "test": {"blimp": None}}
     out["eval"] = {split: EvalConfig(models=models, data=data_dir, split=split, **(settings_of(config.eval) | dev_only[split]))
                    for split in ("dev", "test")}
+    out["teacher_eval"] = {
+        name: {split: EvalConfig(models=(out["teachers"][name].out,), data=pcfg.out, split=split,
+                                 **(settings_of(config.eval) | {"teachers": ()} | ({"blimp": None} if split == "test" else {})))
+               for split in ("dev", "test")}
+        for name, pcfg in out["teacher_prepare"].items()}
     return out
+
+
+def _tokenizer_settings(teacher) -> dict:
+    """PrepareConfig's tokenizer keys for a teacher on its own tokenizer: a BPE of tokenizer_vocab_size, or the
+    tokenizer at `tokenizer` (vocab_size then unused, left at its default so data.vocab_size does not reach it)."""
+    if teacher.tokenizer:
+        unused = next(f.default for f in dataclasses.fields(PrepareConfig) if f.name == "vocab_size")
+        return {"tokenizer": Path(teacher.tokenizer).expanduser().resolve(), "vocab_size": unused}
+    return {"tokenizer": None, "vocab_size": teacher.tokenizer_vocab_size}
+
+
+def prepare_key(pcfg: PrepareConfig):
+    """What a prepare stage's stamp hashes: its config and, for an existing tokenizer, what that tokenizer
+    does (tokenizer identity), so a tokenizer replaced at the same path prepares again."""
+    from .tokenizer import folder_tokenizer_identity
+
+    return pcfg if pcfg.tokenizer is None else (pcfg, folder_tokenizer_identity(pcfg.tokenizer))
 
 
 class Stages:
@@ -250,7 +350,8 @@ def _same(saved: dict, record: dict) -> bool:
 
 def stage_names(config: RunConfig) -> list[str]:
     """Every stage of this config, in pipeline order (the names --force takes, or their prefixes)."""
-    names = ([] if config.data.raw_dir else ["corpus"]) + ["prepare"] + [f"teacher:{t.name}" for t in config.teachers]
+    names = ([] if config.data.raw_dir else ["corpus"]) + ["prepare"]
+    names += [f"prepare:{t.name}" for t in config.teachers if own_tokenizer(t)] + [f"teacher:{t.name}" for t in config.teachers]
     names += ["dump"] + [f"student:{kind}:seed{seed}" for seed in config.student_seeds for kind in ("distilled", "baseline")]
     return names + ["eval"]
 
@@ -260,7 +361,7 @@ def check_force(config: RunConfig, force: tuple[str, ...]) -> None:
     for f in force:
         if not any(n == f or n.startswith(f + ":") for n in names):
             raise LogitcacheError(f"--force {f}: no such stage (stages: {', '.join(names)}; "
-                                  "teacher and student name them all)")
+                                  "prepare, teacher and student name them all)")
 
 
 def run_pipeline(config: RunConfig, work: Path, force: tuple[str, ...] = (), progress: ProgressHook = NULL_PROGRESS) -> dict:
@@ -286,14 +387,16 @@ def run_pipeline(config: RunConfig, work: Path, force: tuple[str, ...] = (), pro
     elif not raw.is_dir():
         raise LogitcacheError(f"data.raw_dir {raw} does not exist")
 
-    prep = configs["prepare"]
-    stages.run("prepare", prep.out, prep, lambda: prepare(prep, progress), after=upstream,
-               fingerprint=lambda: _data_fingerprint(prep.out))
+    prepares = {"prepare": configs["prepare"]} | {f"prepare:{name}": pcfg for name, pcfg in configs["teacher_prepare"].items()}
+    for stage, pcfg in prepares.items():
+        stages.run(stage, pcfg.out, prepare_key(pcfg), lambda pcfg=pcfg: prepare(pcfg, progress), after=upstream,
+                   fingerprint=lambda pcfg=pcfg: _data_fingerprint(pcfg.out))
 
     teacher_dirs, teacher_stages = [], tuple(f"teacher:{name}" for name in configs["teachers"])
     for name, tcfg in configs["teachers"].items():
+        data_stage = f"prepare:{name}" if name in configs["teacher_prepare"] else "prepare"
         stages.run(f"teacher:{name}", tcfg.out, tcfg, lambda tcfg=tcfg: train_teacher(tcfg, resume=True, progress=progress),
-                   after=("prepare",))
+                   after=(data_stage,))
         teacher_dirs.append(tcfg.out)
 
     dcfg = configs["dump"]
@@ -312,10 +415,15 @@ def run_pipeline(config: RunConfig, work: Path, force: tuple[str, ...] = (), pro
 
     def do_eval():
         for split, ecfg in configs["eval"].items():
-            write_json_atomic(eval_dir / f"{split}.json", evaluate(ecfg, progress))
+            scored = {m["path"]: m for m in evaluate(ecfg, progress)["models"]}
+            for own in configs["teacher_eval"].values():  # a teacher on its own tokenizer, on its own data
+                scored |= {m["path"]: m | {"data": str(own[split].data)} for m in evaluate(own[split], progress)["models"]}
+            order = [str(p) for p in teacher_dirs] + [str(p) for p in ecfg.models if p not in teacher_dirs]
+            write_json_atomic(eval_dir / f"{split}.json", {"models": [scored[path] for path in order]})
 
-    stages.run("eval", eval_dir, tuple(configs["eval"].values()), do_eval,
-               after=("prepare",) + teacher_stages + tuple(student_stages))
+    eval_key = (tuple(configs["eval"].values()), tuple((name, tuple(own.values())) for name, own in configs["teacher_eval"].items()))
+    stages.run("eval", eval_dir, eval_key if configs["teacher_eval"] else eval_key[0], do_eval,
+               after=tuple(prepares) + teacher_stages + tuple(student_stages))
     for split in ("dev", "test"):
         results[split] = json.loads((eval_dir / f"{split}.json").read_text())
     return write_report(work, config, teacher_dirs, students, dcfg.out, results, stages.seconds, stages.ran)
