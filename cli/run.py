@@ -11,7 +11,7 @@ from . import common as C
 @C.handle_errors
 def command(
     out: Annotated[Path, typer.Option("--out", help="Work directory: every stage's output and the report.")] = Path("work/demo"),
-    config: Annotated[Optional[Path], typer.Option("--config", help="TOML config (default: configs/demo.toml, the embedded demo).")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="TOML config, or a shipped one by name (demo, demo-mixed, babylm-paper); default: demo, the embedded demo.")] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="Raw text for the run (sets data.raw_dir): the BabyLM folder "
                                                   "(babylm_10M/, babylm_dev/, babylm_test/) or any <source>.<split> layout.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override one config key: KEY=VALUE with a dotted key "
