@@ -13,6 +13,8 @@ def command(
     dst: Annotated[str, typer.Argument(help="Where to put it: a folder or a URL. An interrupted copy resumes; "
                                             "a different cache there is refused.")],
     workers: Annotated[int, typer.Option("--workers", help="Blocks in flight at once.")] = 8,
+    allow_incomplete: Annotated[bool, typer.Option("--allow-incomplete", help="Copy the done blocks of an unfinished "
+                                                   "cache (refused without this); the copy is as incomplete.")] = False,
     json_out: C.JsonOut = None,
     storage_option: C.StorageOption = None,
 ) -> None:
@@ -27,12 +29,15 @@ def command(
         C.print_table(f"copy {report.src} -> {report.dst}", ["files", "MB"], [[report.blocks_copied, report.bytes_stored / 1e6]])
         C.write_json(json_out, vars(report))
         return
-    report = copy_cache(src, dst, progress=C.progress_hook(), workers=workers)
+    report = copy_cache(src, dst, progress=C.progress_hook(), workers=workers, allow_incomplete=allow_incomplete)
     C.print_table(f"copy {report.src} -> {report.dst}", ["blocks", "copied", "already there", "not done in source",
                                                          "corrupt", "MB (stored, decompressed)"],
                   [[report.n_blocks, report.blocks_copied, report.blocks_skipped, report.blocks_missing,
                     len(report.problems), report.bytes_stored / 1e6]])
     C.write_json(json_out, vars(report))
+    if report.blocks_missing:
+        C.say(f"incomplete: {report.blocks_missing} of {report.n_blocks} blocks are not done in the source, so the "
+              f"copy {report.dst} lacks them too")
     if report.problems:
         for line in report.problems:
             C.say(f"FAIL {line}")

@@ -244,3 +244,35 @@ def test_a_sharp_proposal_overflows_float16_weights_and_dump_refuses(tmp_path, t
     from logitcache.store import CacheStore
 
     assert not CacheStore(out).done_mask()[1]  # the block was not committed
+
+
+def tree_bytes(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(Path(root).rglob("*")) if p.is_file()}
+
+
+def test_copy_of_an_incomplete_cache_is_refused_unless_allowed(tiny_cache, copy_of, tmp_path, tiny_data):
+    """An unfinished source: refused in one line (exit 2) before the destination is touched, whether it is
+    absent or holds an earlier copy; with --allow-incomplete the done blocks are copied, the output says
+    the copy is incomplete, and the copy stays incomplete (train-student refuses it)."""
+    partial = copy_of(tiny_cache)
+    block_chunk_path(partial, "done", 2).unlink()
+    fresh = tmp_path / "fresh.zarr"
+    assert_one_line_error(invoke("copy", partial, fresh), "incomplete", "1 of 5 blocks", "block 2", "--allow-incomplete")
+    assert not fresh.exists()
+    earlier = tmp_path / "earlier.zarr"
+    assert invoke("copy", tiny_cache, earlier).exit_code == 0  # the same cache, complete, already there
+    before = tree_bytes(earlier)
+    assert_one_line_error(invoke("copy", partial, earlier), "incomplete")
+    assert tree_bytes(earlier) == before
+
+    result = invoke("copy", partial, fresh, "--allow-incomplete", "--json", "-")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["blocks_copied"], report["blocks_missing"]) == (4, 1)
+    assert "incomplete: 1 of 5 blocks are not done in the source" in result.stderr
+    from logitcache.store import CacheStore
+
+    assert CacheStore(fresh).done_mask().tolist() == [True, True, False, True, True]
+    result = invoke("train-student", "--cache", fresh, "--data", tiny_data, "--out", tmp_path / "s",
+                    "--preset", "llama-tiny", "--device", "cpu", "--max-steps", 1)
+    assert_one_line_error(result, "incomplete")

@@ -5,7 +5,8 @@ so a half-copied store is never taken for a finished one), then every block the 
 its stored arrays fetched, checked against the source's checksum, and committed in the destination
 like a dump commits (data, checksum, `done`). Blocks the destination already has are skipped, so an
 interrupted copy resumes; a destination holding a different cache (other attributes, down to the
-creation time) is refused and left as it is.
+creation time) is refused and left as it is. An incomplete source is refused before anything is
+written unless `allow_incomplete` (then its done blocks are copied and the copy is as incomplete).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ class CopyReport:
     n_blocks: int = 0
     blocks_copied: int = 0
     blocks_skipped: int = 0  # already done in the destination
-    blocks_missing: int = 0  # not done in the source (an unfinished cache copies unfinished)
+    blocks_missing: int = 0  # not done in the source (with allow_incomplete: the copy lacks them too)
     bytes_stored: int = 0  # decompressed stored bytes moved
     problems: list[str] = field(default_factory=list)
 
@@ -81,11 +82,24 @@ def copy_data_dir(src, dst, progress=None, workers: int = 8) -> CopyReport:
     return report
 
 
-def copy_cache(src, dst, progress=None, workers: int = 8) -> CopyReport:
+def check_source_complete(source: CacheStore, allow_incomplete: bool) -> None:
+    """An unfinished source (a dump still running, or stopped) copies only with `allow_incomplete`: a
+    copy that looks like a finished transfer but is not would surface later, far from its cause, as
+    train-student's "incomplete" refusal. Checked before the destination is touched."""
+    done = source.done_mask()
+    if done.all() or allow_incomplete:
+        return
+    raise LogitcacheError(f"copy: {source.path} is incomplete: {int((~done).sum())} of {len(done)} blocks not done "
+                          f"(first: block {int(np.argmin(done))}); finish it with `logitcache dump --resume`, or pass "
+                          "--allow-incomplete to copy the done blocks")
+
+
+def copy_cache(src, dst, progress=None, workers: int = 8, allow_incomplete: bool = False) -> CopyReport:
     source = CacheStore(src)
     target_location = as_location(dst)
     if target_location == source.location:
         raise LogitcacheError(f"copy: source and destination are the same place ({source.path})")
+    check_source_complete(source, allow_incomplete)
     target_location.check_reachable()
     found = root_attrs(target_location)
     same = found is not None and {**found, "kind": "cache"} == source.attrs
