@@ -214,3 +214,37 @@ def test_the_teachers_prepare_stage_reruns_what_reads_it(tmp_path, tiny_raw, sto
     run_until_dump(config, work, f"teachers.gpt2.tokenizer_vocab_size={TEACHER_VOCAB + 10}", force=("prepare",))
     assert (work / "data" / "tokenizer.json").stat().st_mtime_ns != data_tokenizer
     assert (work / "data-gpt2" / "tokenizer.json").stat().st_mtime_ns != own_tokenizer
+
+
+def test_a_teacher_on_its_own_tokenizer_is_scored_on_its_own_data(tmp_path, tiny_raw, monkeypatch):
+    """Through students, eval and the report, the dump made from the teacher on the data's tokenizer alone
+    (monkeypatched: these tests hold whatever the dump does with the other one): the gpt2 teacher's CE in
+    report.json equals `evaluate` on WORK/data-gpt2 called directly; the students' KL is to llama alone."""
+    import dataclasses as dc
+
+    from logitcache import run as run_module
+    from logitcache.evaluate import evaluate
+    from logitcache.stage_configs import EvalConfig
+
+    real = run_module._dump_resuming
+
+    def shared_teachers_only(dcfg, progress):
+        real(dc.replace(dcfg, teachers=tuple(t for t in dcfg.teachers if t.name != "gpt2")), progress)
+
+    from test_eval import blimp_dir
+
+    monkeypatch.setattr(run_module, "_dump_resuming", shared_teachers_only)
+    work = tmp_path / "work"
+    report = run_pipeline(load_run_config(write_config(tmp_path, mixed_toml(tiny_raw, blimp_dir(tmp_path)))), work)
+    gpt2, llama = work / "teachers" / "gpt2", work / "teachers" / "llama"
+    [entry] = [t for t in report["teachers"] if t["name"] == "gpt2"]
+    for split in ("dev", "test"):
+        direct = evaluate(EvalConfig(models=(gpt2,), data=work / "data-gpt2", split=split, max_chunks=16, device="cpu"))
+        [scored] = [m for m in json.loads((work / "eval" / f"{split}.json").read_text())["models"] if m["path"] == str(gpt2)]
+        assert scored["data"] == str(work / "data-gpt2") and scored["ce"] == pytest.approx(direct["models"][0]["ce"], rel=1e-6)
+        assert entry[f"{split}_ce"] == pytest.approx(direct["models"][0]["ce"], rel=1e-6)
+        assert ("blimp" in scored) == (split == "dev")  # BLiMP on its own data too
+    student = Path(report["students"]["distilled"]["seeds"][0]["path"])
+    alone = evaluate(EvalConfig(models=(student,), data=work / "data", teachers=(llama,), max_chunks=16, device="cpu"))
+    assert report["students"]["distilled"]["dev_teacher_kl"] == pytest.approx(alone["models"][0]["teacher_kl"], rel=1e-6)
+    assert set(stamp(work / "eval" / ".stage.json")["inputs"]) >= {"prepare", "prepare:gpt2", "teacher:gpt2"}
