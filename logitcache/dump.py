@@ -11,6 +11,7 @@ the teachers compute the next ones; a block counts only once its `done` marker i
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import collections
 import time
@@ -30,7 +31,7 @@ from .data import load_data, spread_indices
 from .ensemble import Ensemble, load_teachers
 from .errors import LogitcacheError, ResumeMismatchError
 from .progress import NULL_PROGRESS, ProgressHook
-from .stage_configs import DumpConfig  # noqa: F401  (re-exported)
+from .stage_configs import DumpConfig, dump_output_settings  # noqa: F401  (DumpConfig re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,9 @@ class DumpReport:
     summary: dict = field(default_factory=dict)  # rank 0: cache_summary of the whole cache after every rank finished
 
 
-def cache_attrs(config: DumpConfig, data, teacher_infos: list[dict], n_rows: int) -> dict:
-    """The attributes that define a cache; a resume must find exactly these (but the package version)."""
+def cache_attrs(config: DumpConfig, data, teacher_infos: list[dict], n_rows: int, device: torch.device) -> dict:
+    """The attributes that define a cache; a resume must find these (resume_differences says which count).
+    `device` and `precision`: what `auto` resolved to on the device the blocks are computed on."""
     return {
         "kind": "cache", "package_version": __version__, "targets": config.targets,
         "teachers": teacher_infos, "combine": config.combine, "temperature": config.temperature,
@@ -61,7 +63,7 @@ def cache_attrs(config: DumpConfig, data, teacher_infos: list[dict], n_rows: int
         "tokenizer_identity": data.tokenizer_identity,
         "split": config.split, "rows": {"selection": config.row_selection if config.max_chunks else "all",
                                         "count": n_rows, "of": data.store.num_rows(config.split)},
-        "config": to_dict(config),
+        "device": device.type, "precision": D.resolve_precision(device, config.precision), "config": to_dict(config),
     }
 
 
@@ -230,12 +232,49 @@ LAYOUT_ATTRS = ("n_rows", "seq_len", "k", "vocab_size", "block_rows", "n_blocks"
                 "encodings", "schema_version")
 
 
+# compared as what they resolved to (attributes of the same names) where the cache records them: `auto` is
+# cuda/bf16 on one machine and cpu/fp32 on another, and `--device cpu` after `--device auto` on a CPU machine
+# is the same device
+RESOLVED_SETTINGS = ("device", "precision")
+
+
+def _teachers_by_content(infos) -> list:
+    """Teacher infos without their paths: a teacher moved elsewhere is the same teacher (sha256 of its weights)."""
+    return [{k: v for k, v in info.items() if k != "path"} for info in infos or []]
+
+
+def _difference(key: str, old, new) -> str:
+    old_text, new_text = json.dumps(old, sort_keys=True), json.dumps(new, sort_keys=True)
+    return f"{key}: {old_text} in the cache, {new_text} here" if len(old_text) + len(new_text) <= 80 else f"{key} differs"
+
+
+def resume_differences(found: dict, attrs: dict) -> list[str]:
+    """What differs between the attributes of a cache (`found`) and those this dump writes (`attrs`): every
+    defining attribute, and every recorded setting that can change the bytes (DumpConfig's affects_output;
+    writer_threads and the paths may change), each as "key: old in the cache, new here"."""
+    settings = {"old": dump_output_settings(found.get("config") or {}),
+                "new": dump_output_settings(json.loads(json.dumps(attrs["config"])))}
+    for name in RESOLVED_SETTINGS:
+        if name in found:
+            settings["old"].pop(name, None)
+            settings["new"].pop(name, None)
+    differs = [_difference(key, settings["old"][key], settings["new"][key]) for key in settings["new"]
+               if settings["old"].get(key) != settings["new"][key]]
+    named = set(settings["new"])  # a setting that is also an attribute (temperature, combine, ...) is named once
+    for key in same_attrs(found, attrs, ignore=("package_version", "created", "config", "teachers")):
+        if key not in named:
+            differs.append(_difference(key, found.get(key), attrs.get(key)))
+    if _teachers_by_content(found.get("teachers")) != _teachers_by_content(attrs.get("teachers")):
+        differs.append("teachers differ (weights, architecture or tokenizer)")
+    return differs
+
+
 def check_resumable(store: CacheStore, layout: CacheLayout, attrs: dict) -> None:
     """Refuse a store made with another config or layout (every rank checks, not only rank 0)."""
     out = store.path
-    differs = same_attrs(store.attrs, attrs | {k: store.attrs.get(k) for k in LAYOUT_ATTRS})
+    differs = resume_differences(store.attrs, attrs | {k: store.attrs.get(k) for k in LAYOUT_ATTRS})
     if differs:
-        raise ResumeMismatchError(f"cannot resume {out}: it was made with a different config ({', '.join(differs)})")
+        raise ResumeMismatchError(f"cannot resume {out}: it was made with a different config ({'; '.join(differs)})")
     if store.layout != layout:
         raise ResumeMismatchError(f"cannot resume {out}: its layout differs from this config")
 
@@ -254,9 +293,9 @@ def prepare_store(config: DumpConfig, layout: CacheLayout, attrs: dict, resume: 
         if not resume:
             raise LogitcacheError(f"{out} is a half-created cache (its creation was interrupted); pass --resume to "
                                   "finish it, or --overwrite to replace it")
-        differs = same_attrs(found, attrs | {k: found.get(k) for k in LAYOUT_ATTRS + ("kind",)})
+        differs = resume_differences(found, attrs | {k: found.get(k) for k in LAYOUT_ATTRS + ("kind",)})
         if differs:
-            raise ResumeMismatchError(f"cannot resume {out}: it was made with a different config ({', '.join(differs)})")
+            raise ResumeMismatchError(f"cannot resume {out}: it was made with a different config ({'; '.join(differs)})")
         create_cache(out, layout, attrs, finish=True)
         return
     if found is not None or out.exists():
@@ -323,7 +362,7 @@ def dump(config: DumpConfig, resume: bool = False, overwrite: bool = False,
                         vocab_size=data.vocab_size, logit_budget=config.logit_budget_mb << 20)
     layout = CacheLayout(rows.shape[0], data.seq_len, config.width, data.vocab_size, config.block_rows,
                          config.prob_dtype, with_weights=config.targets == "sample")
-    attrs = cache_attrs(config, data, infos, rows.shape[0])
+    attrs = cache_attrs(config, data, infos, rows.shape[0], device)
     attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
     store = open_or_create(config, layout, attrs, resume, overwrite, env)
 

@@ -8,12 +8,14 @@ so building the CLI and validating a config cost nothing.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from .configs import check, setting
+from .configs import check, field_default, setting, to_dict
 from .presets import ARCHS, get_preset
 
 Split = Literal["train", "dev", "test"]
@@ -118,9 +120,15 @@ class TeacherConfig:
 
 @dataclass(frozen=True)
 class DumpConfig:
-    data: Where = setting(help="Prepared data dir (a folder or a URL: WORK/data).", in_run=False)
-    teachers: tuple[Path, ...] = setting(help="A teacher model dir (repeat for an ensemble).", flag="--teacher", in_run=False)
-    out: Where = setting(help="The cache to write: a folder or a URL (WORK/cache.zarr, s3://bucket/prefix/cache.zarr).", in_run=False)
+    # affects_output=False: the paths (what they hold is compared by content: the data's fingerprint, each
+    # teacher's weights sha256) and the writer threads (each block's bytes are its own: test_dump checks a
+    # parallel writer against one thread). batch_size, logit_budget_mb and device stay compared: they set
+    # the GEMM shapes and kernels, and a GPU's BLAS picks kernels (reduction orders) by shape.
+    data: Where = setting(help="Prepared data dir (a folder or a URL: WORK/data).", in_run=False, affects_output=False)
+    teachers: tuple[Path, ...] = setting(help="A teacher model dir (repeat for an ensemble).", flag="--teacher", in_run=False,
+                                         affects_output=False)
+    out: Where = setting(help="The cache to write: a folder or a URL (WORK/cache.zarr, s3://bucket/prefix/cache.zarr).",
+                         in_run=False, affects_output=False)
     split: Split = setting("train", help="Which split to cache.", in_run=False)
     top_k: int = setting(32, help="Ids kept per position (top-k targets).")
     temperature: float = setting(2.0, help="Distillation temperature T of the stored probabilities.")
@@ -137,7 +145,8 @@ class DumpConfig:
     seed: int = setting(0, help="Seed of the sampled targets.")
     device: Device = setting("auto", help="Where the teachers run: auto, cpu or cuda.")
     precision: Precision = setting("auto", help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16 or fp16.")
-    writer_threads: int = setting(2, help="Threads that encode, compress and write blocks beside the teachers.")
+    writer_threads: int = setting(2, help="Threads that encode, compress and write blocks beside the teachers.",
+                                  affects_output=False)
     logit_budget_mb: int = setting(1024, help="Working memory for the (rows, T, V) logit buffers: a batch runs in "
                                               "row slices that fit (bounds memory at any vocabulary).")
 
@@ -164,6 +173,22 @@ class DumpConfig:
     def width(self) -> int:
         """K: kept ids per position (top-k), or the padded number of unique sampled ids."""
         return self.top_k if self.targets == "topk" else self.samples
+
+    def output_settings(self) -> dict:
+        """The settings that can change the cache's bytes (JSON values), as `dump --resume` compares them."""
+        return dump_output_settings(json.loads(json.dumps(to_dict(self))))
+
+
+def dump_output_settings(values: dict) -> dict:
+    """The output-affecting settings (affects_output) of a DumpConfig given as a dict (a cache's recorded
+    `config`), less those the dump does not read: the sampling settings of a top-k dump, top_k of a
+    sampled one, row_selection without max_chunks. A key missing from `values` (a cache written before
+    the setting existed) reads as its default."""
+    unused = {"samples", "proposal_temperature", "seed"} if values.get("targets", "topk") == "topk" else {"top_k"}
+    if not values.get("max_chunks"):
+        unused.add("row_selection")
+    return {f.name: values.get(f.name, field_default(f)) for f in dataclasses.fields(DumpConfig)
+            if f.metadata.get("affects_output", True) and f.name not in unused}
 
 
 @dataclass(frozen=True)

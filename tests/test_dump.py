@@ -1,3 +1,7 @@
+import re
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +13,7 @@ from logitcache.store import CacheStore, verify_cache
 from logitcache.data import load_data, spread_indices
 from logitcache.dump import dump
 from logitcache.ensemble import Ensemble
-from logitcache.errors import LogitcacheError
+from logitcache.errors import LogitcacheError, ResumeMismatchError
 from logitcache.models import build_model, get_preset, load_model
 
 ARRAYS = ("tokens", "topk_ids", "topk_probs", "done", "checksum")
@@ -142,6 +146,65 @@ def test_resume_with_another_config_is_refused(tmp_path, tiny_data, tiny_teacher
     cache = copy_of(tiny_cache)
     with pytest.raises(LogitcacheError, match="different config"):
         dump(dump_config(tiny_data, tiny_teachers, cache, temperature=1.0), resume=True)
+
+
+def store_files(path):
+    return {p.relative_to(path): p.read_bytes() for p in sorted(Path(path).rglob("*")) if p.is_file()}
+
+
+def set_root_attrs(path, change):
+    """Rewrite a local cache's logitcache attributes through `change(attrs)` (a cache from another machine)."""
+    group = zarr.open_group(str(path), mode="r+")
+    attrs = dict(group.attrs["logitcache"])
+    change(attrs)
+    group.attrs["logitcache"] = attrs
+
+
+@pytest.mark.parametrize("setting,value,message", [
+    ("precision", "bf16", 'precision: "fp32" in the cache, "bf16" here'),
+    ("batch_size", 3, "batch_size: 4 in the cache, 3 here"),
+    ("logit_budget_mb", 1, "logit_budget_mb: 1024 in the cache, 1 here"),
+    ("top_k", 4, "top_k: 8 in the cache, 4 here"),
+])
+def test_resume_refuses_each_setting_that_changes_the_bytes_by_name(tiny_data, tiny_teachers, copy_of, tiny_cache,
+                                                                    setting, value, message):
+    """An interrupted cache resumed with another precision, batch or logit budget would mix blocks computed two
+    ways: refused in one line naming the setting with both values, the cache untouched."""
+    cache = copy_of(tiny_cache)
+    zarr.open_group(str(cache), mode="r+")["done"][3:] = 0  # blocks 3 and 4 still to do
+    before = store_files(cache)
+    with pytest.raises(ResumeMismatchError, match=re.escape(message)) as caught:
+        dump(dump_config(tiny_data, tiny_teachers, cache, **{setting: value}), resume=True)
+    assert "\n" not in str(caught.value)
+    assert store_files(cache) == before
+
+
+def test_resume_accepts_speed_settings_and_moved_inputs(tmp_path, tiny_data, tiny_teachers, tiny_cache):
+    """writer_threads and the paths (data, teachers, the cache itself: compared by content) change no byte:
+    a resume with all of them changed, and `--device auto` for the cache's cpu, finishes the cache exactly."""
+    cache = tmp_path / "moved" / "cache.zarr"
+    shutil.copytree(tiny_cache, cache)
+    zarr.open_group(str(cache), mode="r+")["done"][2:] = 0
+    data = shutil.copytree(tiny_data, tmp_path / "data-elsewhere")
+    teachers = [shutil.copytree(t, tmp_path / f"teacher-{i}") for i, t in enumerate(tiny_teachers)]
+    report = dump(dump_config(data, teachers, cache, writer_threads=3, device="auto"), resume=True)
+    assert report.blocks_skipped == 2 and report.blocks_written == 3
+    assert_same_store(cache, tiny_cache)
+
+
+def test_resume_compares_the_device_and_precision_auto_resolved_to(tiny_data, tiny_teachers, copy_of, tiny_cache):
+    """A cache whose blocks were computed on cuda in bf16 (what `--precision auto` gives on a GPU machine) is
+    refused on this CPU although the settings are the same; a cache without those attributes compares the
+    settings as given."""
+    cache = copy_of(tiny_cache)
+    set_root_attrs(cache, lambda a: a.update(device="cuda", precision="bf16"))
+    with pytest.raises(ResumeMismatchError, match=re.escape('device: "cuda" in the cache, "cpu" here; precision: '
+                                                            '"bf16" in the cache, "fp32" here')):
+        dump(dump_config(tiny_data, tiny_teachers, cache, device="cpu"), resume=True)
+    set_root_attrs(cache, lambda a: [a.pop(k) for k in ("device", "precision")])
+    assert dump(dump_config(tiny_data, tiny_teachers, cache), resume=True).blocks_written == 0
+    with pytest.raises(ResumeMismatchError, match=re.escape('precision: "auto" in the cache, "fp16" here')):
+        dump(dump_config(tiny_data, tiny_teachers, cache, precision="fp16"), resume=True)
 
 
 def test_teachers_that_disagree_on_vocabulary_are_refused(tmp_path, tiny_data, tiny_teachers):
