@@ -15,6 +15,7 @@ import numpy as np
 
 from . import __version__
 from .store import TokenStore, token_dtype, write_token_store
+from .store.tokens import text_ends_dtype
 from .store.location import as_location
 from .cleaners import CLEANERS_BY_NAME, clean_basic, cleaner_for
 from .configs import sha256_file, to_dict, write_json_atomic
@@ -107,11 +108,18 @@ def chunk(ids: np.ndarray, seq_len: int) -> np.ndarray:
     return ids[: n * seq_len].reshape(n, seq_len)
 
 
-def fingerprint(tokenizer_sha: str, splits: dict[str, np.ndarray]) -> str:
+def fingerprint(tokenizer_sha: str, splits: dict[str, np.ndarray],
+                texts: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> str:
+    """sha256 over the tokenizer's sha256, every split's tokens (split names in order), then every split's
+    text record (text bytes, token ends as stored), as verify_data recomputes it."""
     digest = hashlib.sha256(tokenizer_sha.encode())
     for name in sorted(splits):
         digest.update(name.encode())
         digest.update(np.ascontiguousarray(splits[name]).tobytes())
+    for name in sorted(texts or {}):
+        for label, values in zip(("bytes", "ends"), texts[name]):
+            digest.update(f"text/{name}_{label}".encode())
+            digest.update(np.ascontiguousarray(values).tobytes())
     return digest.hexdigest()
 
 
@@ -219,11 +227,60 @@ def encode_documents(tokenizer, texts: list[str]) -> list[list[int]]:
     return out
 
 
+def utf8_offsets(text: str) -> np.ndarray:
+    """(len(text) + 1,) int64: the UTF-8 byte offset of each character index of `text` (and of its end)."""
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    widths = 1 + (codes >= 0x80).astype(np.int64) + (codes >= 0x800) + (codes >= 0x10000)
+    return np.concatenate([[0], np.cumsum(widths)])
+
+
+def encoding_byte_ends(encoding, text: str) -> np.ndarray:
+    """(n,) int64: where each token of `encoding` (of `text`, a tokenizer's own encode) ends in the text's
+    UTF-8 bytes, from the encoding's character offsets. Special tokens are zero-width; of several tokens
+    that share one character's span (byte fallback's <0xNN> pieces of one character, byte-level pieces of
+    it) all but the last are zero-width at the span's start, so no position inside a character looks like
+    a boundary. Monotone."""
+    spans = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)  # (n, 2) character offsets
+    if len(text) != len(text.encode()):
+        spans = utf8_offsets(text)[spans]
+    starts, ends = spans[:, 0].copy(), spans[:, 1].copy()
+    special = np.asarray(encoding.special_tokens_mask, dtype=bool)
+    shared = np.zeros(len(ends), dtype=bool)
+    shared[:-1] = (starts[:-1] == starts[1:]) & (ends[:-1] == ends[1:]) & ~special[1:]
+    ends[shared] = starts[shared]
+    ends[special] = 0
+    return np.maximum.accumulate(ends) if len(ends) else ends
+
+
+def own_bpe_byte_ends(tokenizer, flat: np.ndarray) -> np.ndarray:
+    """(n,) int64 token ends in the split's text bytes for logitcache's byte-level BPE: each token stands for
+    exactly its decoded bytes (no normalizer, no prefix space), specials for none, so the ends are the
+    running sum of the tokens' byte lengths."""
+    from .tokenizer import token_byte_table
+
+    lengths = np.array([len(b) if b is not None else 0 for b in token_byte_table(tokenizer)], dtype=np.int64)
+    return np.cumsum(lengths[flat])
+
+
+def check_document_ends(ends: np.ndarray, flat: np.ndarray, eos: int, doc_bytes: np.ndarray) -> None:
+    """Each document's EOS must end where its text ends in the split's bytes; a tokenizer whose tokens do
+    not spell the text is refused (the recorded text would not be the chunks' text)."""
+    at_eos = ends[flat == eos]
+    expected = np.cumsum(doc_bytes)
+    if at_eos.shape != expected.shape or not np.array_equal(at_eos, expected):
+        raise LogitcacheError("prepare: the tokens' bytes do not add up to the documents' text (the tokenizer does "
+                              "not spell its input back): cannot record the chunks' text")
+
+
 def tokenize_split(tokenizer, docs: list[tuple[str, str]], own_bpe: bool, eos: int | None, report: PrepareReport,
-                   progress: ProgressHook) -> np.ndarray:
+                   progress: ProgressHook) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The split's token stream: each document as the tokenizer encodes it (its template's BOS where it
-    adds one), then EOS unless the template already ended with it. (n_tokens,) int64."""
+    adds one), then EOS unless the template already ended with it. Returns ids (n_tokens,) int64, the
+    split's text (the documents' UTF-8 back to back) (n_bytes,) uint8 and each token's end byte in it
+    (n_tokens,) int64 (special tokens zero-width)."""
     pieces: list[list[int]] = []
+    ends_of: list[np.ndarray] = []  # per document: token ends in its own bytes (tokenizers other than ours)
+    text = "".join(text for _, text in docs).encode()
     if own_bpe:  # logitcache's byte-level BPE (with_bos_template): <s>, the text line by line (exact for it), </s>
         for start in range(0, len(docs), 1024):
             batch = docs[start:start + 1024]
@@ -238,14 +295,33 @@ def tokenize_split(tokenizer, docs: list[tuple[str, str]], own_bpe: bool, eos: i
             batch = docs[start:start + 1024]
             with default_heap():
                 encodings = tokenizer.encode_batch([text for _, text in batch], add_special_tokens=True)
-            for (source, _), encoding in zip(batch, encodings):
+            for (source, doc), encoding in zip(batch, encodings):
                 ids = list(encoding.ids)
+                doc_ends = encoding_byte_ends(encoding, doc)
                 if eos is not None and ids[-1:] != [eos]:
                     ids.append(eos)
+                    doc_ends = np.append(doc_ends, doc_ends[-1] if len(doc_ends) else 0)
                 pieces.append(ids)
+                ends_of.append(doc_ends)
                 report.sources[source]["tokens"] += len(ids)
             progress.update(len(batch))
-    return np.fromiter((i for piece in pieces for i in piece), dtype=np.int64)
+    flat = np.fromiter((i for piece in pieces for i in piece), dtype=np.int64)
+    doc_bytes = np.fromiter((len(doc.encode()) for _, doc in docs), dtype=np.int64, count=len(docs))
+    if own_bpe:
+        ends = own_bpe_byte_ends(tokenizer, flat)
+        check_document_ends(ends, flat, EOS_ID, doc_bytes)
+    else:  # each document's ends shifted by the bytes of the documents before it
+        starts = np.concatenate([[0], np.cumsum(doc_bytes)[:-1]]) if len(docs) else np.zeros(0, np.int64)
+        ends = np.concatenate([e + s for e, s in zip(ends_of, starts)]) if ends_of else np.zeros(0, np.int64)
+    return flat, np.frombuffer(text, dtype=np.uint8), ends
+
+
+def chunked_text(text: np.ndarray, ends: np.ndarray, n_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """The text record of a split's chunks: the ends of its first `n_tokens` tokens (the chunked ones) in
+    the stored width, and the text up to the last of them."""
+    ends = ends[:n_tokens]
+    last = int(ends[-1]) if n_tokens else 0
+    return text[:last], ends.astype(text_ends_dtype(last))
 
 
 def prepare(config: PrepareConfig, progress: ProgressHook = NULL_PROGRESS) -> PrepareReport:
@@ -285,9 +361,12 @@ def prepare(config: PrepareConfig, progress: ProgressHook = NULL_PROGRESS) -> Pr
     t0 = time.perf_counter()
     progress.start("tokenize", sum(len(d) for d in docs.values()))
     split_arrays: dict[str, np.ndarray] = {}
+    texts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for split in SPLITS:
-        flat = tokenize_split(tokenizer, docs[split], config.tokenizer is None, specials["eos"], report, progress)
+        flat, text, ends = tokenize_split(tokenizer, docs[split], config.tokenizer is None, specials["eos"], report,
+                                          progress)
         split_arrays[split] = chunk(flat, config.seq_len).astype(token_dtype(vocab_size))
+        texts[split] = chunked_text(text, ends, split_arrays[split].size)
         report.splits[split] = {"chunks": int(split_arrays[split].shape[0]),
                                 "tokens": int(split_arrays[split].size)}
     progress.finish()
@@ -299,7 +378,7 @@ def prepare(config: PrepareConfig, progress: ProgressHook = NULL_PROGRESS) -> Pr
         log.warning("the test split is empty: eval --split test will have nothing to score")
 
     tok_sha = sha256_file(tokenizer_path)
-    report.fingerprint = fingerprint(tok_sha, split_arrays)
+    report.fingerprint = fingerprint(tok_sha, split_arrays, texts)
     attrs = {
         "kind": "tokens", "package_version": __version__, "seq_len": config.seq_len,
         "vocab_size": vocab_size, "sources": report.sources, "tokenizer_sha256": tok_sha,
@@ -308,7 +387,7 @@ def prepare(config: PrepareConfig, progress: ProgressHook = NULL_PROGRESS) -> Pr
         "tokenizer_source": str(config.tokenizer) if config.tokenizer is not None else "trained (byte-level BPE)",
         "fingerprint": report.fingerprint, "config": to_dict(config),
     }
-    write_token_store(out / "tokens.zarr", split_arrays, attrs)
+    write_token_store(out / "tokens.zarr", split_arrays, attrs, texts=texts)
     write_json_atomic(out / "prepare_config.json", to_dict(config))
     write_json_atomic(out / "prepare_report.json", report.to_json())
     log.info("prepared %s: %s", out, report.splits)

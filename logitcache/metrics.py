@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,58 +21,7 @@ import torch.nn.functional as F
 from . import distributed as D
 from .errors import LogitcacheError
 from .progress import NULL_PROGRESS, ProgressHook
-
-
-def _byte_level_chars() -> dict[str, int]:
-    """The byte-level alphabet (GPT-2's bytes_to_unicode) inverted: mapped char -> the byte it stands for."""
-    kept = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
-    moved = [b for b in range(256) if b not in kept]
-    return {chr(b): b for b in kept} | {chr(256 + i): b for i, b in enumerate(moved)}
-
-
-_BYTE_LEVEL = _byte_level_chars()
-_BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
-
-
-def _steps(spec: dict | None, key: str) -> list[dict]:
-    """The components of a tokenizer.json normalizer / pre-tokenizer / decoder, Sequences flattened."""
-    if spec is None:
-        return []
-    if spec.get("type") == "Sequence":
-        return [step for part in spec.get(key, []) for step in _steps(part, key)]
-    return [spec]
-
-
-def _decoded_bytes(token: str, decoder: list[dict]) -> bytes:
-    """The bytes a vocabulary token decodes to in the middle of a text, step by step through the decoder."""
-    text = token
-    for step in decoder:
-        kind = step["type"]
-        if kind == "ByteLevel":  # each char is one byte
-            return b"".join(bytes([_BYTE_LEVEL[c]]) if c in _BYTE_LEVEL else c.encode() for c in text)
-        if kind == "ByteFallback" and (match := _BYTE_TOKEN.fullmatch(text)):
-            return bytes([int(match[1], 16)])
-        if kind == "Replace" and "String" in step["pattern"]:
-            text = text.replace(step["pattern"]["String"], step["content"])
-        elif kind == "Metaspace":
-            text = text.replace(step["replacement"], " ")
-        elif kind == "Strip" and step.get("stop", 0) == 0:
-            pass  # strips the start of the whole text: the prefix-space rule (ByteCounts.lead_space)
-        elif kind not in ("ByteFallback", "Fuse"):
-            raise LogitcacheError(f"bits/byte: the tokenizer's decoder step {json.dumps(step)} is not one logitcache "
-                                  "counts bytes for (ByteLevel, Metaspace, ByteFallback, Fuse, Replace, Strip)")
-    return text.encode()
-
-
-def _adds_prefix_space(spec: dict) -> bool:
-    """Whether encoding puts a space (▁) in front of a text that the text does not have."""
-    normalizer = _steps(spec.get("normalizer"), "normalizers")
-    pre = _steps(spec.get("pre_tokenizer"), "pretokenizers")
-    return (any(s["type"] == "Prepend" for s in normalizer)
-            or any(s["type"] == "Metaspace" and (s.get("prepend_scheme", "always") in ("first", "always")
-                                                  if "prepend_scheme" in s else s.get("add_prefix_space", True))
-                   for s in pre)
-            or any(s["type"] == "ByteLevel" and s.get("add_prefix_space") for s in pre))
+from .tokenizer import adds_prefix_space, decoded_bytes, spec_steps
 
 
 @dataclass(frozen=True)
@@ -102,19 +50,19 @@ def byte_counts(tokenizer) -> ByteCounts:
     """ByteCounts of a `tokenizers` Tokenizer, from its decoder and what it prepends; a decoder logitcache
     cannot count bytes for is refused by name."""
     spec = json.loads(tokenizer.to_str())
-    decoder = _steps(spec.get("decoder"), "decoders")
+    decoder = spec_steps(spec.get("decoder"), "decoders")
     if not decoder:
         raise LogitcacheError("bits/byte: the tokenizer has no decoder, so its text bytes are unknown")
     size = tokenizer.get_vocab_size(with_added_tokens=True)
     lengths, lead, special = np.zeros(size, np.int64), np.zeros(size, np.int64), np.zeros(size, bool)
     added = {token_id: t for token_id, t in tokenizer.get_added_tokens_decoder().items()}
-    prefix_space = _adds_prefix_space(spec)
+    prefix_space = adds_prefix_space(spec)
     for token, token_id in tokenizer.get_vocab(with_added_tokens=True).items():
         if token_id in added:
             special[token_id] = added[token_id].special
             lengths[token_id] = 0 if added[token_id].special else len(added[token_id].content.encode())
             continue
-        raw = _decoded_bytes(token, decoder)
+        raw = decoded_bytes(token, decoder)
         lengths[token_id] = len(raw)
         lead[token_id] = int(prefix_space and raw[:1] == b" ")
     return ByteCounts(lengths, lead, special)

@@ -7,6 +7,7 @@ import hashlib
 import importlib
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -179,6 +180,81 @@ def check_model_tokenizer(folder: Path, vocab_size: int, data, what: str) -> str
         raise LogitcacheError(f"{what} has vocabulary {vocab_size}, smaller than the data's tokenizer "
                               f"({data.vocab_size})")
     return None if parts is None else _combined(parts)
+
+
+# --- the bytes each token decodes to (bits/byte, cross-tokenizer alignment) ------------------------------
+
+def _byte_level_chars() -> dict[str, int]:
+    """The byte-level alphabet (GPT-2's bytes_to_unicode) inverted: mapped char -> the byte it stands for."""
+    kept = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+    moved = [b for b in range(256) if b not in kept]
+    return {chr(b): b for b in kept} | {chr(256 + i): b for i, b in enumerate(moved)}
+
+
+_BYTE_LEVEL = _byte_level_chars()
+_BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def spec_steps(spec: dict | None, key: str) -> list[dict]:
+    """The components of a tokenizer.json normalizer / pre-tokenizer / decoder, Sequences flattened."""
+    if spec is None:
+        return []
+    if spec.get("type") == "Sequence":
+        return [step for part in spec.get(key, []) for step in spec_steps(part, key)]
+    return [spec]
+
+
+def decoded_bytes(token: str, decoder: list[dict]) -> bytes:
+    """The bytes a vocabulary token decodes to in the middle of a text, step by step through the decoder."""
+    text = token
+    for step in decoder:
+        kind = step["type"]
+        if kind == "ByteLevel":  # each char is one byte
+            return b"".join(bytes([_BYTE_LEVEL[c]]) if c in _BYTE_LEVEL else c.encode() for c in text)
+        if kind == "ByteFallback" and (match := _BYTE_TOKEN.fullmatch(text)):
+            return bytes([int(match[1], 16)])
+        if kind == "Replace" and "String" in step["pattern"]:
+            text = text.replace(step["pattern"]["String"], step["content"])
+        elif kind == "Metaspace":
+            text = text.replace(step["replacement"], " ")
+        elif kind == "Strip" and step.get("stop", 0) == 0:
+            pass  # strips the start of the whole text: the prefix-space rule (ByteCounts.lead_space)
+        elif kind not in ("ByteFallback", "Fuse"):
+            raise LogitcacheError(f"the tokenizer's decoder step {json.dumps(step)} is not one logitcache "
+                                  "decodes tokens to bytes for (ByteLevel, Metaspace, ByteFallback, Fuse, Replace, Strip)")
+    return text.encode()
+
+
+def adds_prefix_space(spec: dict) -> bool:
+    """Whether encoding puts a space (▁) in front of a text that the text does not have."""
+    normalizer = spec_steps(spec.get("normalizer"), "normalizers")
+    pre = spec_steps(spec.get("pre_tokenizer"), "pretokenizers")
+    return (any(s["type"] == "Prepend" for s in normalizer)
+            or any(s["type"] == "Metaspace" and (s.get("prepend_scheme", "always") in ("first", "always")
+                                                  if "prepend_scheme" in s else s.get("add_prefix_space", True))
+                   for s in pre)
+            or any(s["type"] == "ByteLevel" and s.get("add_prefix_space") for s in pre))
+
+
+def token_byte_table(tokenizer: Tokenizer) -> list[bytes | None]:
+    """Per id (0..V-1, added tokens included): the bytes the token decodes to in the middle of a text
+    (decoded_bytes: byte-level through the byte decoder, Metaspace's ▁ as a space, a byte-fallback <0xNN>
+    as that byte); None for special tokens (they stand for no text) and ids the vocabulary skips. An added
+    token that is not special stands for its own content."""
+    spec = json.loads(tokenizer.to_str())
+    decoder = spec_steps(spec.get("decoder"), "decoders")
+    if not decoder:
+        raise LogitcacheError("the tokenizer has no decoder, so the bytes its tokens stand for are unknown")
+    table: list[bytes | None] = [None] * tokenizer.get_vocab_size(with_added_tokens=True)
+    added = tokenizer.get_added_tokens_decoder()
+    for token, token_id in tokenizer.get_vocab(with_added_tokens=True).items():
+        if token_id >= len(table):
+            table.extend([None] * (token_id + 1 - len(table)))
+        if token_id in added:
+            table[token_id] = None if added[token_id].special else added[token_id].content.encode()
+        else:
+            table[token_id] = decoded_bytes(token, decoder)
+    return table
 
 
 _SENTENCEPIECE_FILES = ("tokenizer.model", "spiece.model", "sentencepiece.bpe.model")

@@ -3,6 +3,12 @@
 Each split array is chunked by `rows_per_chunk` rows (zstd with its frame checksum) and its attributes
 hold `logitcache.chunk_crc32c`: one crc32c per storage chunk over that chunk's rows as stored (C order,
 the store's dtype). Every read of a split checks them; a store without them is read unchecked, with a warning.
+
+The group `text/` holds, per split, what recovers every chunk's exact text (docs/architecture.md, "The data
+format"): `text/<split>_bytes` (n_bytes,) uint8, the split's cleaned text as UTF-8, documents back to back,
+and `text/<split>_ends` (N * T,) uint32 (uint64 past 4 GiB), the byte offset in that text where each token
+of the split's chunks ends (special tokens are zero-width: their end is the previous token's). Token i
+covers bytes ends[i-1]..ends[i] (ends[-1] = 0). Both arrays carry per-chunk crc32c like the token chunks.
 """
 from __future__ import annotations
 
@@ -32,22 +38,41 @@ def chunk_checksums(rows: np.ndarray, rows_per_chunk: int) -> list[int]:
             for start in range(0, rows.shape[0], rows_per_chunk)]
 
 
-def write_token_store(path: Path, splits: dict[str, np.ndarray], attrs: dict, rows_per_chunk: int = 4096) -> None:
-    """Write `tokens.zarr` (one (N, T) array per split, each chunk's crc32c in its attributes) into a
-    temp dir, then rename into place."""
+TEXT_GROUP = "text"
+TEXT_CHUNK_BYTES = 1 << 26  # 64 MiB of text per storage chunk
+
+
+def _checked_array(group, name: str, values: np.ndarray, chunk_len: int, compressors) -> None:
+    """One array of `values`, chunked by `chunk_len` along axis 0, with each chunk's crc32c in its attributes."""
+    chunk_len = max(1, min(chunk_len, values.shape[0]))
+    array = group.create_array(name, shape=values.shape, chunks=(chunk_len, *values.shape[1:]), dtype=values.dtype,
+                               compressors=compressors, fill_value=0)
+    if values.shape[0]:
+        array[:] = values
+    array.attrs.update({ATTRS_KEY: {CHECKSUMS_KEY: chunk_checksums(values, chunk_len)}})
+
+
+def text_ends_dtype(n_bytes: int):
+    return np.uint32 if n_bytes < 2**32 else np.uint64
+
+
+def write_token_store(path: Path, splits: dict[str, np.ndarray], attrs: dict, rows_per_chunk: int = 4096,
+                      texts: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> None:
+    """Write `tokens.zarr` (one (N, T) array per split, each chunk's crc32c in its attributes; with `texts`,
+    {split: (text bytes (n_bytes,) uint8, token ends (N * T,))} in `text/`) into a temp dir, then rename
+    into place."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     group = zarr.open_group(store=str(tmp), mode="w", zarr_format=3)
     for name, rows in splits.items():
-        chunk_rows = max(1, min(rows_per_chunk, rows.shape[0]))
-        array = group.create_array(
-            name, shape=rows.shape, chunks=(chunk_rows, rows.shape[1]),
-            dtype=rows.dtype, compressors=ZstdCodec(level=3, checksum=True), fill_value=0,
-        )
-        if rows.shape[0]:
-            array[:] = rows
-        array.attrs.update({ATTRS_KEY: {CHECKSUMS_KEY: chunk_checksums(rows, chunk_rows)}})
+        _checked_array(group, name, rows, rows_per_chunk, ZstdCodec(level=3, checksum=True))
+    if texts:
+        text_group = group.create_group(TEXT_GROUP)
+        for name, (text, ends) in texts.items():
+            seq_len = splits[name].shape[1]
+            _checked_array(text_group, f"{name}_bytes", text, TEXT_CHUNK_BYTES, ZstdCodec(level=3, checksum=True))
+            _checked_array(text_group, f"{name}_ends", ends, rows_per_chunk * seq_len, ZstdCodec(level=3, checksum=True))
     group.attrs.update({ATTRS_KEY: attrs})
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
@@ -140,6 +165,37 @@ class TokenStore:
     def _refuse(self, problem: str):
         raise LogitcacheError(f"token store {self.path}: {problem}; `logitcache verify` checks every chunk, "
                               "re-run `logitcache prepare` to rebuild it")
+
+    def has_text(self, name: str) -> bool:
+        """Whether `prepare` recorded the split's text and token byte ends (docs: "The data format")."""
+        try:
+            text = self.group[TEXT_GROUP]
+        except KeyError:
+            return False
+        return f"{name}_bytes" in text and f"{name}_ends" in text
+
+    def text_arrays(self, name: str) -> list[tuple[str, object]]:
+        """[(label, zarr array)] of the split's text record, the order the fingerprint hashes them."""
+        text = self.group[TEXT_GROUP]
+        return [(f"{TEXT_GROUP}/{name}_bytes", text[f"{name}_bytes"]), (f"{TEXT_GROUP}/{name}_ends", text[f"{name}_ends"])]
+
+    def split_text(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(text bytes (n_bytes,) uint8, token ends (N * T,) int64) of a split, every chunk checked against
+        its crc32c; a data dir prepared without them is refused in one line."""
+        if not self.has_text(name):
+            raise LogitcacheError(f"token store {self.path} records no text for split '{name}' (a teacher with a "
+                                  "tokenizer of its own reads the chunks' text): re-run `logitcache prepare`")
+        out = []
+        for label, array in self.text_arrays(name):
+            values = array[:]
+            checks = array.attrs.get(ATTRS_KEY, {}).get(CHECKSUMS_KEY)
+            step = array.chunks[0]
+            stored = [crc32c.crc32c(np.ascontiguousarray(values[i:i + step]).tobytes()) for i in range(0, values.shape[0], step)]
+            if checks is None or [int(c) for c in checks] != stored:
+                bad = next((i for i, (a, b) in enumerate(zip(stored, checks or [])) if int(b) != a), 0)
+                self._refuse(f"{label} chunk {bad}: checksum mismatch (the stored text changed after prepare)")
+            out.append(values)
+        return out[0], out[1].astype(np.int64)
 
     def num_rows(self, name: str) -> int:
         return self.group[name].shape[0] if name in self.names else 0

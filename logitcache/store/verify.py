@@ -112,12 +112,35 @@ def verify_data(path, progress=None, ahead: int = 8) -> dict:
                 bad_chunks += 1
             if rows is not None:
                 digest.update(np.ascontiguousarray(rows).tobytes())
+    for name in store.names:  # the text record (prepare's text/ group), in the fingerprint's order
+        if store.has_text(name):
+            for label, array in store.text_arrays(name):
+                problem = _text_problem(label, array)
+                if problem:
+                    problems.append(problem)
+                    bad_chunks += 1
+                digest.update(label.encode())
+                digest.update(np.ascontiguousarray(array[:]).tobytes())
     if not bad_chunks and digest.hexdigest() != store.attrs.get("fingerprint"):  # chunks unchecked or re-summed
         problems.append("the data fingerprint does not match the stored tokens (they changed after prepare)")
     if progress:
         progress.finish()
     return {"splits": {name: store.n_chunks(name) for name in store.names}, "problems": problems,
             "warnings": warnings}
+
+
+def _text_problem(label: str, array) -> str | None:
+    """A chunk of a text-record array whose crc32c differs from the one prepare stored, or None."""
+    import crc32c
+
+    from .tokens import ATTRS_KEY as TOKENS_KEY, CHECKSUMS_KEY
+
+    checks = array.attrs.get(TOKENS_KEY, {}).get(CHECKSUMS_KEY) or []
+    values, step = array[:], array.chunks[0]
+    for chunk, start in enumerate(range(0, values.shape[0], step)):
+        if chunk >= len(checks) or crc32c.crc32c(np.ascontiguousarray(values[start:start + step]).tobytes()) != int(checks[chunk]):
+            return f"{label} chunk {chunk}: checksum mismatch (the stored text changed after prepare)"
+    return None
 
 
 def cache_summary(path) -> dict:
