@@ -11,7 +11,9 @@ def command(config: DumpConfig, resume: C.Resume = False, overwrite: C.Overwrite
     """Run the teachers once over every chunk; write top-k ensemble targets to a Zarr cache.
 
     Under `torchrun --nproc-per-node N` each rank writes a disjoint set of blocks; rank 0 alone
-    prepares the output and prints the summary once every rank is done.
+    prepares the output and prints the summary once every rank is done. With `--engine ray` this
+    process is the driver of an autoscaling pool of Ray workers (--ray-address, --workers MIN:MAX),
+    each committing its own blocks; its bar counts blocks and shows the workers alive.
     """
     from logitcache.dump import dump
 
@@ -20,8 +22,13 @@ def command(config: DumpConfig, resume: C.Resume = False, overwrite: C.Overwrite
     report = dump(config, resume=resume, overwrite=overwrite, progress=C.progress_hook())
     if report.rank == 0:
         s = report.summary
+        caption = f"{report.world} rank(s); written and skipped counts are summed over ranks"
+        if getattr(report, "engine", "local") == "ray":
+            kinds = ", ".join(f"{w['device']} {w['precision']}" for w in report.writers)
+            caption = (f"ray: {len(report.worker_pids)} worker process(es) committed blocks, {report.restarts} "
+                       f"restart(s); written by {kinds or 'no worker this run'}")
         C.print_table(f"cache {config.out}", ["rows", "blocks written", "blocks already done", "tokens/s", "bytes/token",
                                               "blocks done"],
                       [[report.n_rows, report.blocks_written, report.blocks_skipped, report.tokens_per_s,
                         s["bytes_per_token"], f"{s['blocks_done']}/{s['n_blocks']}"]],
-                      caption=f"{report.world} rank(s); written and skipped counts are summed over ranks")
+                      caption=caption)

@@ -25,6 +25,7 @@ from . import __version__
 from . import distributed as D
 from .store import CacheLayout, CacheStore, cache_summary, create_cache, same_attrs
 from .store.cache import CREATING, root_attrs
+from .store.writers import device_kind, record_writer
 from .store.location import Location
 from .configs import check, to_dict
 from .data import load_data, spread_indices
@@ -342,29 +343,57 @@ def wait_for_store(out: Location, env: D.DistEnv, timeout_s: float = 600.0) -> N
         time.sleep(0.2)
 
 
+@dataclass
+class Teaching:
+    """What computing a dump's blocks takes, the same for every engine: the selected rows (N, T), the
+    ensemble on its device (None when only the attributes are wanted), the layout and the attributes."""
+    rows: np.ndarray
+    ensemble: Ensemble | None
+    layout: CacheLayout
+    attrs: dict
+
+
+def load_teaching(config: DumpConfig, device: torch.device, with_ensemble: bool = True) -> Teaching:
+    """Load the data and the teachers (checked against the data) and describe the cache they make on
+    `device` (cache_attrs: the device type and precision, so a writer of another is refused by the resume
+    check). Every engine's writers call this, so their blocks and attributes are the same."""
+    data = load_data(config.data)
+    rows = select_rows(data.store.split(config.split), config)
+    check(rows.shape[0] > 0, f"split '{config.split}' has no chunks")
+    models, infos = load_teachers(list(config.teachers), device, data)
+    check(config.width <= data.vocab_size, f"top_k {config.width} is larger than the vocabulary ({data.vocab_size})")
+    ensemble = None
+    if with_ensemble:
+        ensemble = Ensemble(models, config.combine, config.temperature, device,
+                            D.autocast_for(device, config.precision), vocab_size=data.vocab_size,
+                            logit_budget=config.logit_budget_mb << 20)
+    layout = CacheLayout(rows.shape[0], data.seq_len, config.width, data.vocab_size, config.block_rows,
+                         config.prob_dtype, with_weights=config.targets == "sample")
+    attrs = cache_attrs(config, data, infos, rows.shape[0], device)
+    attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    return Teaching(rows, ensemble, layout, attrs)
+
+
 def dump(config: DumpConfig, resume: bool = False, overwrite: bool = False,
          progress: ProgressHook = NULL_PROGRESS) -> DumpReport:
     """Write (or, with `resume`, finish) the cache of `config`. Under torchrun the ranks meet twice: after
     rank 0 has prepared the output, and at the end, so the report describes the whole cache."""
     env = D.dist_env()
+    if config.engine == "ray":  # the driver of Ray workers (ray_dump.py); it computes no block itself
+        from .ray_dump import dump_ray
+
+        check(env.world == 1, "--engine ray runs one driver; start it without torchrun")
+        return dump_ray(config, resume=resume, overwrite=overwrite, progress=progress)
     device = D.pick_device(config.device, env)
     if env.world > 1 and not D.launched_by_torchrun():
         check(not overwrite, "--overwrite with several ranks needs torchrun (ranks must wait for rank 0); "
                              "delete the old cache first")
     elif env.world > 1:
         D.init(env, device)
-    data = load_data(config.data)
-    rows = select_rows(data.store.split(config.split), config)
-    check(rows.shape[0] > 0, f"split '{config.split}' has no chunks")
-    models, infos = load_teachers(list(config.teachers), device, data)
-    check(config.width <= data.vocab_size, f"top_k {config.width} is larger than the vocabulary ({data.vocab_size})")
-    ensemble = Ensemble(models, config.combine, config.temperature, device, D.autocast_for(device, config.precision),
-                        vocab_size=data.vocab_size, logit_budget=config.logit_budget_mb << 20)
-    layout = CacheLayout(rows.shape[0], data.seq_len, config.width, data.vocab_size, config.block_rows,
-                         config.prob_dtype, with_weights=config.targets == "sample")
-    attrs = cache_attrs(config, data, infos, rows.shape[0], device)
-    attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    teaching = load_teaching(config, device)
+    rows, ensemble, layout, attrs = teaching.rows, teaching.ensemble, teaching.layout, teaching.attrs
     store = open_or_create(config, layout, attrs, resume, overwrite, env)
+    record_writer(store, device_kind(device, attrs["precision"]))
 
     done = store.done_mask()
     mine = [b for b in range(layout.n_blocks) if b % env.world == env.rank]

@@ -27,6 +27,7 @@ Targets = Literal["topk", "sample"]
 RowSelection = Literal["spread", "first"]
 Arch = Literal["llama", "gpt2"]
 Tail = Literal["bucket", "renormalize"]
+Engine = Literal["local", "ray"]
 KLReduction = Literal["token", "paper"]
 # A local path or an object-storage URL (s3://bucket/prefix/cache.zarr, gs://, file://): kept as typed,
 # since Path("s3://b/x") would collapse it to the local folder "s3:/b/x" (store/location.py).
@@ -149,9 +150,23 @@ class DumpConfig:
                                   affects_output=False)
     logit_budget_mb: int = setting(1024, help="Working memory for the (rows, T, V) logit buffers: a batch runs in "
                                               "row slices that fit (bounds memory at any vocabulary).")
+    # the engine and its resources decide who computes a block, never its bytes (fixed batches per block)
+    engine: Engine = setting("local", help="local (this process, or torchrun ranks), or ray: elastic workers of a "
+                                           "Ray cluster, one task per block (pip install 'logitcache[ray]').",
+                             affects_output=False)
+    ray_address: Optional[str] = setting(None, help="--engine ray: the cluster (auto, ray://host:port, host:port); "
+                                                    "none starts a local one.", affects_output=False)
+    workers: str = setting("1", help="--engine ray: workers MIN[:MAX], the actor pool's autoscaling range.",
+                           affects_output=False)
+    gpus_per_worker: float = setting(0.0, help="--engine ray: GPUs each worker reserves (0: CPU workers).",
+                                     affects_output=False)
+    cpus_per_worker: float = setting(1.0, help="--engine ray: CPUs each worker reserves.", affects_output=False)
 
     def __post_init__(self):
         check(len(self.teachers) >= 1, "at least one teacher is required")
+        _in(self.engine, Engine, "engine")
+        worker_range(self.workers)
+        check(self.gpus_per_worker >= 0 and self.cpus_per_worker >= 0, "gpus_per_worker and cpus_per_worker must be >= 0")
         check(self.logit_budget_mb > 0, "logit_budget_mb must be positive")
         check(self.writer_threads > 0, "writer_threads must be positive")
         _in(self.split, Split, "split")
@@ -177,6 +192,17 @@ class DumpConfig:
     def output_settings(self) -> dict:
         """The settings that can change the cache's bytes (JSON values), as `dump --resume` compares them."""
         return dump_output_settings(json.loads(json.dumps(to_dict(self))))
+
+
+def worker_range(text: str) -> tuple[int, int]:
+    """--workers MIN[:MAX] as (min, max), 1 <= min <= max."""
+    parts = str(text).split(":")
+    try:
+        low, high = int(parts[0]), int(parts[-1])
+    except ValueError:
+        low = high = 0
+    check(len(parts) <= 2 and 1 <= low <= high, f"workers must be MIN or MIN:MAX with 1 <= MIN <= MAX, got {text!r}")
+    return low, high
 
 
 def dump_output_settings(values: dict) -> dict:

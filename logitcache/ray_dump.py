@@ -1,0 +1,308 @@
+"""`dump --engine ray`: elastic, preemptible dump workers on Ray Data, writing one cache.
+
+The driver prepares the store exactly as the local engine does (dump.open_or_create: claim, metadata,
+commit, --overwrite and resume checks), then hands Ray Data one item per block that is not done. An
+autoscaling pool of actors (--workers MIN[:MAX]) computes them: each actor loads the ensemble once
+(dump.load_teaching, as the local engine) and, per item, computes the block in the same fixed batches
+(dump.block_targets) and commits it itself (dump.write_host_block: data, checksum, then `done`), locally
+or in object storage. The driver never sees block bytes: a result is the block's number, the worker's pid
+and its device. A task returns only once its block is committed, so a task Ray reports finished is a
+block done; a worker killed mid-block loses the task, Ray restarts the actor and retries it (Ray Data's
+actor pools default to max_restarts=-1 and max_task_retries=-1), and the retry writes the same bytes.
+A driver killed mid-run leaves committed blocks committed: the same command with --resume skips them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .configs import check
+from .errors import LogitcacheError
+from .progress import NULL_PROGRESS, ProgressHook
+from .stage_configs import DumpConfig, worker_range
+
+log = logging.getLogger(__name__)
+
+RAY_MISSING = "--engine ray needs Ray: pip install 'logitcache[ray]'"
+EVENTS_VARIABLE = "LOGITCACHE_RAY_EVENTS"  # a file every worker appends its block events to (tests, debugging)
+FORWARDED_PREFIXES = ("LOGITCACHE_", "AWS_")  # storage settings the workers need as the driver has them
+WORKER_CLASS = "BlockWorker"
+# an actor killed while it loads the teachers (a preempted node) is replaced this many times in a row
+# before the job fails; a refusal (another precision, other teacher files) fails the first block instead
+INIT_DEATHS = 8
+
+
+def import_ray():
+    """Ray, or the one-line refusal naming the extra."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise LogitcacheError(RAY_MISSING) from None
+    return ray
+
+
+@dataclass
+class RayDumpReport:
+    """dump.DumpReport's fields plus what the cluster did."""
+    path: str = ""
+    n_rows: int = 0
+    blocks_written: int = 0
+    blocks_skipped: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    teacher_seconds: float = 0.0  # summed over workers
+    tokens_per_s: float = 0.0
+    rank: int = 0
+    world: int = 1
+    summary: dict = field(default_factory=dict)
+    engine: str = "ray"
+    worker_pids: list[int] = field(default_factory=list)  # every process that committed a block
+    restarts: int = 0  # actor restarts Ray reports for this job's workers
+    writers: list[dict] = field(default_factory=list)  # the cache's device kinds (store/writers.py)
+
+
+def predicted_precision(config: DumpConfig) -> str:
+    """The precision the driver records for its workers (it computes no block itself): --precision as
+    given; auto: bf16 for GPU workers, fp32 for CPU ones. A worker whose device resolves another one (a GPU
+    without bf16 resolves fp16) is refused by the resume check: pass --precision explicitly then."""
+    if config.precision != "auto":
+        return config.precision
+    return "bf16" if worker_uses_gpu(config) else "fp32"
+
+
+def worker_uses_gpu(config: DumpConfig) -> bool:
+    return config.device == "cuda" or (config.device == "auto" and config.gpus_per_worker > 0)
+
+
+def worker_device(config: DumpConfig):
+    """A worker's device: the GPU Ray assigned it (it sees it as cuda:0), or the CPU."""
+    import torch
+
+    if worker_uses_gpu(config):
+        check(torch.cuda.is_available(), "a --engine ray worker was asked for CUDA but sees no GPU "
+                                         "(--gpus-per-worker 0 on a GPU job?)")
+        return torch.device("cuda", 0)
+    return torch.device("cpu")
+
+
+def write_event(event: str, block: int) -> None:
+    """One JSON line in $LOGITCACHE_RAY_EVENTS (O_APPEND: whole lines from every worker), when set."""
+    path = os.environ.get(EVENTS_VARIABLE)
+    if path:
+        line = json.dumps({"event": event, "block": block, "pid": os.getpid(), "t": time.time()}) + "\n"
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+
+class BlockWorker:
+    """One Ray actor: loads the ensemble once, then computes and commits the blocks it is handed.
+
+    Up to `1 + writer_threads` calls run at once in the actor; a lock lets one compute at a time, so one
+    block is encoded and written while the next is computed (as the local engine's writer threads do),
+    yet each call returns only after its own block is committed."""
+
+    def __init__(self, config: DumpConfig, storage_options: dict):
+        from .dump import check_resumable, load_teaching
+        from .store import CacheStore
+        from .store.location import set_storage_options
+        from .store.writers import device_kind, record_writer
+
+        set_storage_options(storage_options)
+        self.config = config
+        self.refusal: str | None = None
+        self.compute_lock = threading.Lock()
+        try:
+            import torch
+
+            torch.set_num_threads(max(1, int(config.cpus_per_worker)))
+            self.device = worker_device(config)
+            self.teaching = load_teaching(config, self.device)
+            self.store = CacheStore(config.out, mode="r+")
+            check_resumable(self.store, self.teaching.layout, self.teaching.attrs)
+        except LogitcacheError as exc:  # raised by the first block: a refusal, not a death to retry
+            self.refusal = str(exc)
+            return
+        self.kind = device_kind(self.device, self.teaching.attrs["precision"])
+        self._record_writer = record_writer
+        record_writer(self.store, self.kind)
+
+    def __call__(self, batch: dict) -> dict:
+        if self.refusal is not None:
+            raise LogitcacheError(self.refusal)
+        blocks = [int(b) for b in batch["block"]]
+        seconds = [self.commit(block) for block in blocks]
+        return {"block": np.array(blocks, dtype=np.int64), "pid": np.full(len(blocks), os.getpid()),
+                "kind": np.array([json.dumps(self.kind, sort_keys=True)] * len(blocks)), "seconds": np.array(seconds)}
+
+    def commit(self, block: int) -> float:
+        """Compute and commit one block; its teacher seconds (0 for a block another task committed)."""
+        from .dump import block_targets, write_host_block
+
+        write_event("start", block)
+        if self.store.arrays["done"][block] == 1:  # a duplicate of a task that already committed
+            write_event("skip", block)
+            return 0.0
+        self._record_writer(self.store, self.kind)  # one read; writes only a kind not yet listed
+        start, stop = self.teaching.layout.block_range(block)
+        tokens = self.teaching.rows[start:stop]  # (rows, T)
+        with self.compute_lock:
+            t0 = time.perf_counter()
+            copy = block_targets(self.teaching.ensemble, self.config, block, tokens, self.device)
+            copy.wait()  # the device work belongs to this block's compute time, not to the next block's
+            seconds = time.perf_counter() - t0
+        write_host_block(self.store, block, tokens, copy)
+        write_event("commit", block)
+        return seconds
+
+
+def forwarded_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIXES)}
+
+
+def connect(ray, config: DumpConfig) -> bool:
+    """Join the cluster (--ray-address) or start a local one; True when this call started Ray."""
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(address=config.ray_address, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING, configure_logging=False)
+    except ConnectionError as exc:
+        raise LogitcacheError(f"cannot reach the Ray cluster at {config.ray_address}: {exc}") from None
+    return True
+
+
+def quiet_ray_data() -> None:
+    """No Ray Data progress bars or execution banners (the CLI draws its own bar); init deaths tolerated."""
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    context.max_consecutive_actor_init_deaths = INIT_DEATHS
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def job_workers(ray) -> tuple[int, int]:
+    """(alive, restarts) of this job's block workers, from Ray's actor table (the GCS; no dashboard needed)."""
+    from ray._private import state  # DeveloperAPI: the one view of actors that works without the dashboard
+
+    try:
+        job = ray.get_runtime_context().get_job_id()
+        actors = state.actors(job_id=ray.JobID.from_hex(job)).values()
+    except Exception:  # the table is advisory (the progress bar); the cache's state is in the store
+        return 0, 0
+    ours = [a for a in actors if WORKER_CLASS in a.get("ActorClassName", "")]
+    alive = sum(a.get("State") == "ALIVE" for a in ours)
+    return alive, sum(int(a.get("NumRestarts", 0)) for a in ours)
+
+
+def logitcache_error_in(exc: BaseException) -> LogitcacheError | None:
+    """The LogitcacheError a worker raised, from inside Ray's wrappers (RayTaskError, UserCodeException)."""
+    seen = set()
+    stack = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, LogitcacheError):
+            return e
+        stack += [getattr(e, "cause", None), e.__cause__, e.__context__]
+    return None
+
+
+def run_blocks(ray, config: DumpConfig, todo: list[int], report: RayDumpReport, progress: ProgressHook) -> set[str]:
+    """Compute and commit `todo` on the actor pool; the writer kinds (JSON) that committed blocks."""
+    import ray.data
+
+    from .store.location import _STORAGE_OPTIONS
+
+    low, high = worker_range(config.workers)
+    quiet_ray_data()
+    items = ray.data.from_items([{"block": b} for b in todo], override_num_blocks=len(todo))  # one item per task
+    calls = 1 + config.writer_threads  # one computing, the others committing
+    results = items.map_batches(
+        BlockWorker, batch_size=1, fn_constructor_args=(config, dict(_STORAGE_OPTIONS)),
+        compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high, max_tasks_in_flight_per_actor=calls,
+                                           max_concurrent_calls_per_actor=calls, enable_true_multi_threading=True),
+        num_cpus=config.cpus_per_worker, num_gpus=config.gpus_per_worker,
+        runtime_env={"env_vars": forwarded_env()})
+    kinds, pids = set(), set()
+    polled, alive = 0.0, 0
+    try:
+        for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
+            for block, pid, kind, seconds in zip(batch["block"], batch["pid"], batch["kind"], batch["seconds"]):
+                log.info("block %d committed by pid %d (%s)", block, pid, kind)
+                report.blocks_written += 1
+                report.teacher_seconds += float(seconds)
+                kinds.add(str(kind))
+                pids.add(int(pid))
+            if time.monotonic() - polled > 1.0:
+                polled = time.monotonic()
+                alive, report.restarts = job_workers(ray)
+            progress.update(len(batch["block"]), workers=alive)
+    except Exception as exc:
+        refusal = logitcache_error_in(exc)
+        if refusal is not None:
+            raise LogitcacheError(str(refusal)) from None
+        raise LogitcacheError(f"the Ray job failed ({exc.__class__.__name__}: {str(exc).splitlines()[0]}); committed "
+                              "blocks are kept: rerun with --resume") from None
+    report.restarts = max(report.restarts, job_workers(ray)[1])
+    report.worker_pids = sorted(pids)
+    return kinds
+
+
+def dump_ray(config: DumpConfig, resume: bool = False, overwrite: bool = False,
+             progress: ProgressHook = NULL_PROGRESS) -> RayDumpReport:
+    """Write (or, with `resume`, finish) the cache of `config` on a Ray cluster's workers."""
+    import torch
+
+    from . import distributed as D
+    from .dump import load_teaching, open_or_create
+    from .store import CacheStore, cache_summary
+    from .store.writers import record_writer, writers_of
+
+    ray = import_ray()
+    teaching = load_teaching(config, torch.device("cpu"), with_ensemble=False)  # the attributes; no block here
+    # as the workers will resolve them (the driver may have no GPU): a worker that differs is refused
+    teaching.attrs["device"] = "cuda" if worker_uses_gpu(config) else "cpu"
+    teaching.attrs["precision"] = predicted_precision(config)
+    layout = teaching.layout
+    store = open_or_create(config, layout, teaching.attrs, resume, overwrite, D.dist_env())
+    done = store.done_mask()
+    todo = [b for b in range(layout.n_blocks) if not done[b]]
+    report = RayDumpReport(path=str(config.out), n_rows=layout.n_rows, blocks_skipped=layout.n_blocks - len(todo))
+    t_start = time.perf_counter()
+    progress.start("dump (blocks)", len(todo))
+    started = False
+    try:
+        if todo:
+            started = connect(ray, config)
+            for kind in run_blocks(ray, config, todo, report, progress):
+                record_writer(store, json.loads(kind))  # a kind two workers raced to list is listed now
+    finally:
+        progress.finish()
+        if started:
+            ray.shutdown()
+    report.seconds = time.perf_counter() - t_start
+    missing = int((~CacheStore(config.out).done_mask()).sum())
+    if missing:
+        raise LogitcacheError(f"{missing} blocks of {config.out} are not done after the Ray job; rerun with --resume")
+    report.tokens = sum(stop - start for start, stop in map(layout.block_range, todo)) * layout.seq_len
+    report.tokens_per_s = report.tokens / max(report.seconds, 1e-9)
+    report.writers = writers_of(store)
+    report.summary = cache_summary(config.out)
+    log.info("ray: wrote %d blocks (%d already done) with %d worker processes, %d restarts, at %.0f tokens/s",
+             report.blocks_written, report.blocks_skipped, len(report.worker_pids), report.restarts,
+             report.tokens_per_s)
+    return report
