@@ -52,6 +52,37 @@ def fast_head_is_exact(model, vocab_size: int, device: torch.device) -> bool:
     return exact
 
 
+@contextlib.contextmanager
+def fp32_head(model):
+    """Inside this context the model's output embedding runs in fp32 under any autocast: its input is upcast
+    and its matmul runs with autocast off. So a forward under bf16 autocast gives fp32 logits, and what
+    the model's forward does to them after the head (Gemma-2's soft-capping, Granite's and Cohere's
+    scaling: elementwise ops, which autocast runs in their input's dtype) is fp32 too; only the layers
+    before the head run in bf16. The head's weights are read in fp32 whatever their dtype."""
+    head = model.get_output_embeddings()
+    if head is None:
+        yield
+        return
+    own = head.__dict__.get("forward")  # an instance-level forward (accelerate's hooks) is kept and restored
+    inner = head.forward
+
+    def forward(hidden: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        with torch.autocast(hidden.device.type, enabled=False):
+            if type(head) is torch.nn.Linear:
+                bias = None if head.bias is None else head.bias.float()
+                return torch.nn.functional.linear(hidden.float(), head.weight.float(), bias)  # (B, T, V) fp32
+            return inner(hidden.float(), *args, **kwargs)
+
+    head.forward = forward
+    try:
+        yield
+    finally:
+        if own is None:
+            del head.forward
+        else:
+            head.forward = own
+
+
 class Ensemble:
     """`vocab_size`: the data tokenizer's vocabulary V. Teachers whose embedding is padded beyond it
     (config.vocab_size > V, common in hub checkpoints) are read on ids 0..V-1 only: ids the tokenizer
@@ -102,8 +133,8 @@ class Ensemble:
         On the fast head the scale and the sum happen inside the fp32 GEMM (BLAS alpha/beta): no zero, add
         or scale pass over (B, T, V), so mean-logits needs no second buffer."""
         model = self.models[i]
-        if not self._fast[i]:  # the model's own forward: exact for any head post-processing
-            with self.autocast():
+        if not self._fast[i]:  # the model's own forward: exact for any head post-processing, the head in fp32
+            with self.autocast(), fp32_head(model):
                 logits = model(input_ids=input_ids).logits[..., :self.vocab_size]  # (B, T, V)
             return out.add_(logits, alpha=scale) if accumulate else torch.mul(logits, scale, out=out)
         with self.autocast():
