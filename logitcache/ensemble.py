@@ -183,11 +183,16 @@ class Ensemble:
 
     @torch.no_grad()
     def probs(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """The full ensemble distribution at T, (B, T, V) float32 (a fresh tensor the caller may keep)."""
-        acc, is_prob = self._combined(input_ids)
-        if not is_prob:
-            _softmax_(acc)
-        return acc.clone()
+        """The full ensemble distribution at T, (B, T, V) float32 (a fresh tensor the caller may keep). As in
+        `topk`, the batch runs in row slices that fit the logit budget: the work buffers hold one slice."""
+        step = self.rows_per_pass(input_ids.shape[1])
+        out = torch.empty((*input_ids.shape, self.vocab_size), dtype=torch.float32, device=self.device)  # (B, T, V)
+        for r in range(0, input_ids.shape[0], step):
+            acc, is_prob = self._combined(input_ids[r:r + step])  # (b, T, V), b <= step
+            if not is_prob:
+                _softmax_(acc)
+            out[r:r + step].copy_(acc)
+        return out
 
 
 def topk_decreasing(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

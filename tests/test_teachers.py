@@ -113,6 +113,21 @@ def test_logit_budget_bounds_the_buffers_and_keeps_the_targets(tiny_data, teache
     assert list(one_buffer._buffers) == ["acc"]
 
 
+@pytest.mark.parametrize("combine", ["mean-logits", "mean-probs"])
+def test_logit_budget_splits_the_full_distributions_too(teacher_dirs, combine):
+    """Ensemble.probs (sampled dumps, eval's teacher KL, online students) runs in the same row slices as topk:
+    the work buffers never hold more rows than the budget allows, and the result equals the unsplit one."""
+    models = [transformers.AutoModelForCausalLM.from_pretrained(str(teacher_dirs[a])).eval() for a in ("llama", "granite")]
+    ids = torch.randint(0, 300, (5, 16))
+    whole = Ensemble(models, combine, 2.0, torch.device("cpu"), vocab_size=300)
+    sliced = Ensemble(models, combine, 2.0, torch.device("cpu"), vocab_size=300, logit_budget=2 * 4 * 16 * 300 * 2)
+    assert whole.rows_per_pass(16) >= 5 and sliced.rows_per_pass(16) == 2
+    expected, got = whole.probs(ids), sliced.probs(ids)  # (5, 16, 300) each; sliced: rows 0-1, 2-3, 4
+    assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-7)
+    assert max(buf.shape[0] for buf in sliced._buffers.values()) <= 2
+    assert max(buf.shape[0] for buf in whole._buffers.values()) == 5
+
+
 @pytest.mark.parametrize("vocab,k", [(300, 8), (2000, 32), (4000, 64), (2000, 1999), (8000, 32), (5, 5)])
 def test_topk_decreasing_equals_torch_topk(vocab, k):
     """Both selection paths (numpy's argpartition where k * 64 > V on CPU, torch's topk elsewhere) give
