@@ -30,6 +30,8 @@ def pick_device(name: str, env: DistEnv) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
+        if not torch.cuda.is_available():
+            raise LogitcacheError(f"--device cuda: no CUDA device here (torch {torch.__version__}; use --device cpu or auto)")
         torch.cuda.set_device(env.local_rank)
         return torch.device("cuda", env.local_rank)
     return torch.device(name)
