@@ -177,7 +177,8 @@ def connect(ray, config: DumpConfig) -> bool:
         ray.init(address=config.ray_address, include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING, configure_logging=False)
     except ConnectionError as exc:
-        raise LogitcacheError(f"cannot reach the Ray cluster at {config.ray_address}: {exc}") from None
+        raise LogitcacheError(f"cannot reach the Ray cluster at {config.ray_address}: {exc} (a cluster with token "
+                              "authentication needs its token: ~/.ray/auth_token or RAY_AUTH_TOKEN)") from None
     return True
 
 
@@ -189,7 +190,7 @@ def quiet_ray_data() -> None:
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     context.max_consecutive_actor_init_deaths = INIT_DEATHS
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # its notes on the settings above
 
 
 def job_workers(ray) -> tuple[int, int]:
@@ -231,9 +232,10 @@ def run_blocks(ray, config: DumpConfig, todo: list[int], report: RayDumpReport, 
     quiet_ray_data()
     items = ray.data.from_items([{"block": b} for b in todo], override_num_blocks=len(todo))  # one item per task
     calls = 1 + config.writer_threads  # one computing, the others committing
+    # the pool grows while its actors' queues are over 175% of their concurrency: queue twice as many
     results = items.map_batches(
         BlockWorker, batch_size=1, fn_constructor_args=(config, dict(_STORAGE_OPTIONS)),
-        compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high, max_tasks_in_flight_per_actor=calls,
+        compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high, max_tasks_in_flight_per_actor=2 * calls,
                                            max_concurrent_calls_per_actor=calls, enable_true_multi_threading=True),
         num_cpus=config.cpus_per_worker, num_gpus=config.gpus_per_worker,
         runtime_env={"env_vars": forwarded_env()})
