@@ -239,11 +239,6 @@ LAYOUT_ATTRS = ("n_rows", "seq_len", "k", "vocab_size", "block_rows", "n_blocks"
 RESOLVED_SETTINGS = ("device", "precision")
 
 
-def _teachers_by_content(infos) -> list:
-    """Teacher infos without their paths: a teacher moved elsewhere is the same teacher (sha256 of its weights)."""
-    return [{k: v for k, v in info.items() if k != "path"} for info in infos or []]
-
-
 def _difference(key: str, old, new) -> str:
     old_text, new_text = json.dumps(old, sort_keys=True), json.dumps(new, sort_keys=True)
     return f"{key}: {old_text} in the cache, {new_text} here" if len(old_text) + len(new_text) <= 80 else f"{key} differs"
@@ -251,8 +246,9 @@ def _difference(key: str, old, new) -> str:
 
 def resume_differences(found: dict, attrs: dict) -> list[str]:
     """What differs between the attributes of a cache (`found`) and those this dump writes (`attrs`): every
-    defining attribute, and every recorded setting that can change the bytes (DumpConfig's affects_output;
-    writer_threads and the paths may change), each as "key: old in the cache, new here"."""
+    defining attribute (the teachers with their paths: weights sha256 leaves config.json out), and every
+    recorded setting that can change the bytes (DumpConfig's affects_output: writer_threads, the data's and
+    the cache's paths may change), each as "key: old in the cache, new here"."""
     settings = {"old": dump_output_settings(found.get("config") or {}),
                 "new": dump_output_settings(json.loads(json.dumps(attrs["config"])))}
     for name in RESOLVED_SETTINGS:
@@ -262,11 +258,9 @@ def resume_differences(found: dict, attrs: dict) -> list[str]:
     differs = [_difference(key, settings["old"][key], settings["new"][key]) for key in settings["new"]
                if settings["old"].get(key) != settings["new"][key]]
     named = set(settings["new"])  # a setting that is also an attribute (temperature, combine, ...) is named once
-    for key in same_attrs(found, attrs, ignore=("package_version", "created", "config", "teachers")):
+    for key in same_attrs(found, attrs, ignore=("package_version", "created", "config")):
         if key not in named:
             differs.append(_difference(key, found.get(key), attrs.get(key)))
-    if _teachers_by_content(found.get("teachers")) != _teachers_by_content(attrs.get("teachers")):
-        differs.append("teachers differ (weights, architecture or tokenizer)")
     return differs
 
 

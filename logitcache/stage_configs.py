@@ -121,9 +121,9 @@ class TeacherConfig:
 
 @dataclass(frozen=True)
 class DumpConfig:
-    # affects_output=False: the paths (what they hold is compared by content: the data's fingerprint, each
-    # teacher's weights sha256) and the writer threads (each block's bytes are its own: test_dump checks a
-    # parallel writer against one thread). batch_size, logit_budget_mb and device stay compared: they set
+    # affects_output=False: the paths (the resume check compares what they hold: the data's fingerprint, each
+    # teacher's path and weights sha256 in the attributes) and the writer threads (each block's bytes are its
+    # own: test_dump checks a parallel writer against one thread). batch_size, logit_budget_mb and device stay compared: they set
     # the GEMM shapes and kernels, and a GPU's BLAS picks kernels (reduction orders) by shape.
     data: Where = setting(help="Prepared data dir (a folder or a URL: WORK/data).", in_run=False, affects_output=False)
     teachers: tuple[Path, ...] = setting(help="A teacher model dir (repeat for an ensemble).", flag="--teacher", in_run=False,

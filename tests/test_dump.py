@@ -180,14 +180,17 @@ def test_resume_refuses_each_setting_that_changes_the_bytes_by_name(tiny_data, t
 
 
 def test_resume_accepts_speed_settings_and_moved_inputs(tmp_path, tiny_data, tiny_teachers, tiny_cache):
-    """writer_threads and the paths (data, teachers, the cache itself: compared by content) change no byte:
-    a resume with all of them changed, and `--device auto` for the cache's cpu, finishes the cache exactly."""
+    """writer_threads and the paths of the data and the cache (the data compared by its fingerprint) change no
+    byte: a resume with all of them changed, and `--device auto` for the cache's cpu, finishes the cache
+    exactly. Teachers are compared with their paths (their weights sha256 leaves config.json out)."""
     cache = tmp_path / "moved" / "cache.zarr"
     shutil.copytree(tiny_cache, cache)
     zarr.open_group(str(cache), mode="r+")["done"][2:] = 0
     data = shutil.copytree(tiny_data, tmp_path / "data-elsewhere")
     teachers = [shutil.copytree(t, tmp_path / f"teacher-{i}") for i, t in enumerate(tiny_teachers)]
-    report = dump(dump_config(data, teachers, cache, writer_threads=3, device="auto"), resume=True)
+    with pytest.raises(ResumeMismatchError, match="teachers differs"):
+        dump(dump_config(data, teachers, cache), resume=True)
+    report = dump(dump_config(data, tiny_teachers, cache, writer_threads=3, device="auto"), resume=True)
     assert report.blocks_skipped == 2 and report.blocks_written == 3
     assert_same_store(cache, tiny_cache)
 
