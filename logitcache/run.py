@@ -309,17 +309,21 @@ class Stages:
         output.mkdir(parents=True, exist_ok=True)
         self._run(name, stamp, action, record, fingerprint)
 
-    def run_dump(self, dcfg, config_key, action, after) -> None:
+    def run_dump(self, dcfg, action, after) -> None:
         """The dump: its cache may be outside WORK (another folder, a bucket) and shared, so its stamp
         stays in WORK and names the cache this WORK made (path and creation time). The cache is replaced
         only when that stamp says this WORK made it, or with --force dump; any other cache is resumed
-        when it matches this config and refused by the resume check otherwise."""
+        when it matches this config and refused by the resume check otherwise. The stamp hashes what can
+        change the cache's bytes (DumpConfig.output_settings) and where it reads from: a speed setting
+        changed in the TOML (writer_threads) reuses or resumes the cache, never replaces it."""
         out, name = Location(dcfg.out), "dump"
         stamp = self.work / f"{name}{STAMP}"
-        record = {"stage": name, "config_hash": config_hash(config_key), "inputs": self._inputs(after),
+        key = dcfg.output_settings() | {"data": str(dcfg.data), "teachers": [str(t) for t in dcfg.teachers]}
+        record = {"stage": name, "config_hash": config_hash(key), "inputs": self._inputs(after),
                   "cache": str(dcfg.out)}
         saved, found = _read_stamp(stamp), root_attrs(out)
-        same = saved is not None and _same(saved, record)
+        # a stamp hashing the whole DumpConfig (speed settings included) names the same config when they agree
+        same = saved is not None and (_same(saved, record) or _same(saved, record | {"config_hash": config_hash(dcfg)}))
         made_here = (saved is not None and saved.get("made_here") and saved.get("cache") == str(dcfg.out)
                      and found is not None and found.get("created") == saved.get("created"))
         if same and saved.get("complete") and made_here and not self.forced(name):
@@ -400,7 +404,7 @@ def run_pipeline(config: RunConfig, work: Path, force: tuple[str, ...] = (), pro
         teacher_dirs.append(tcfg.out)
 
     dcfg = configs["dump"]
-    stages.run_dump(dcfg, dcfg, lambda: _dump_resuming(dcfg, progress), after=("prepare",) + teacher_stages)
+    stages.run_dump(dcfg, lambda: _dump_resuming(dcfg, progress), after=("prepare",) + teacher_stages)
 
     students: dict[str, list[Path]] = {"distilled": [], "baseline": []}
     student_stages = []
