@@ -208,8 +208,8 @@ def worker_range(text: str) -> tuple[int, int]:
 def dump_output_settings(values: dict) -> dict:
     """The output-affecting settings (affects_output) of a DumpConfig given as a dict (a cache's recorded
     `config`), less those the dump does not read: the sampling settings of a top-k dump, top_k of a
-    sampled one, row_selection without max_chunks. A key missing from `values` (a cache written before
-    the setting existed) reads as its default."""
+    sampled one, row_selection without max_chunks. A setting missing from `values` (a recorded config
+    without it) reads as its default."""
     unused = {"samples", "proposal_temperature", "seed"} if values.get("targets", "topk") == "topk" else {"top_k"}
     if not values.get("max_chunks"):
         unused.add("row_selection")
