@@ -65,129 +65,159 @@ def word_level_data(out: Path, vocab_size: int, chunks: int, seq_len: int = 128)
     return out
 
 
+WRITER_TEMPERATURES = (1.0, 2.0)
+WRITER_BLOCK_ROWS = 256
+
+
+def writer_blocks(data_dir: Path, teacher_dirs: list[Path], chunks: int, temperature: float, k: int = 32):
+    """[(tokens, ids, probs)] blocks of `WRITER_BLOCK_ROWS` rows of the teachers' real top-k targets on the dev
+    split at `temperature` (benchmarks/targets.py keeps them on disk); the last block may be shorter."""
+    from targets import teacher_targets
+
+    tokens, ids, probs = teacher_targets(data_dir, teacher_dirs, "dev", temperature, 128, chunks)
+    ids, probs = np.ascontiguousarray(ids[..., :k]), np.ascontiguousarray(probs[..., :k])  # top-k of the top-128
+    r = WRITER_BLOCK_ROWS
+    return [(tokens[s:s + r], ids[s:s + r], probs[s:s + r]) for s in range(0, tokens.shape[0], r)]
+
+
+def writer_compressions():
+    """The compressions the frontier measures: the store's first setting, the earlier defaults, and the
+    ids/probs levels around the default (ids byte-shuffled over the chunk, probs plain zstd)."""
+    from logitcache.store import BASELINE_COMPRESSION, Compression
+
+    candidates = [BASELINE_COMPRESSION, Compression(("zstd", 10), ("zstd", 10)), Compression(("blosc-chunk", 4), ("zstd", 5))]
+    candidates += [Compression(("blosc-chunk", 4), ("zstd", p)) for p in (6, 7, 8, 9, 10)]
+    candidates += [Compression(("blosc-chunk", 5), ("zstd", p)) for p in (7, 8)]
+    candidates += [Compression(("blosc-chunk", 6), ("zstd", 10)), Compression(("blosc-chunk", 3), ("zstd", 3))]
+    return list(dict.fromkeys(candidates))  # the default is one of them, listed once
+
+
 def writer_frontier(data_dir: Path, teacher_dirs: list[Path], chunks: int, tmp: Path, repeats: int) -> None:
-    """The host side alone: blocks of real teacher targets (top-32, sqrt-u7) encoded, compressed,
-    checksummed and written, by writer threads and compression level; the baseline is one thread at
-    blosc-zstd level 7 (the store's setting before this benchmark)."""
+    """The host side alone: blocks of real teacher targets (top-32, sqrt-u7, dev split, at T = 1 and T = 2)
+    encoded, compressed, checksummed and written, by writer threads and compression; the baseline is one
+    thread at blosc-zstd level 7 (the store's first setting). The default is what `logitcache dump` runs:
+    DumpConfig's writer threads and create_cache's compression. Speeds are wall-clock tokens/s and tokens
+    per CPU-second of this process (which other processes' load on a shared machine does not inflate)."""
     import dataclasses
 
     from logitcache.data import load_data
     from logitcache.dump import BlockWriter, HostCopy
-    from logitcache.ensemble import Ensemble, load_teachers
     from logitcache.stage_configs import DumpConfig
     from logitcache.store import BASELINE_COMPRESSION, CacheLayout, CacheStore, Compression, cache_summary, create_cache
 
-    data = load_data(data_dir)
-    rows = data.store.split("train")[:chunks]
-    models, _ = load_teachers(teacher_dirs, torch.device("cpu"), data)
-    ensemble = Ensemble(models, "mean-logits", 1.0, torch.device("cpu"), vocab_size=data.vocab_size)
-    block_rows = 256
-    blocks = []
-    for start in range(0, rows.shape[0] - block_rows + 1, block_rows):
-        parts = [ensemble.topk(torch.from_numpy(rows[b:b + 16].astype(np.int64)), 32)
-                 for b in range(start, start + block_rows, 16)]
-        ids = torch.cat([p[0] for p in parts]).numpy()
-        probs = torch.cat([p[1] for p in parts]).numpy()
-        blocks.append((rows[start:start + block_rows], ids, probs))
-    n_rows = len(blocks) * block_rows
-    layout = CacheLayout(n_rows, rows.shape[1], 32, data.vocab_size, block_rows, "sqrt-u7")
+    vocab_size = load_data(data_dir).vocab_size
+    blocks_by_t = {t: writer_blocks(data_dir, teacher_dirs, chunks, t) for t in WRITER_TEMPERATURES}
+    n_rows = sum(b[0].shape[0] for b in blocks_by_t[1.0])
+    seq_len = blocks_by_t[1.0][0][0].shape[1]
+    layout = CacheLayout(n_rows, seq_len, 32, vocab_size, WRITER_BLOCK_ROWS, "sqrt-u7")
 
-    def write_all(threads: int, compression: Compression) -> tuple[float, float]:
+    def write_all(temperature: float, threads: int, compression: Compression) -> tuple[float, float]:
         out = tmp / f"w{threads}.zarr"
         shutil.rmtree(out, ignore_errors=True)
-        create_cache(out, layout, {"kind": "cache"}, compression=compression)
+        create_cache(out, layout, {"kind": "cache", "temperature": temperature}, compression=compression)
         store = CacheStore(out, mode="r+")
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         if threads == 0:  # the baseline: the caller's thread, one block after another
-            for b, (tokens, ids, probs) in enumerate(blocks):
+            for b, (tokens, ids, probs) in enumerate(blocks_by_t[temperature]):
                 store.write_block(b, tokens, ids, probs)
         else:
             writer = BlockWriter(store, threads=threads)
-            for b, (tokens, ids, probs) in enumerate(blocks):
+            for b, (tokens, ids, probs) in enumerate(blocks_by_t[temperature]):
                 writer.put(b, tokens, HostCopy([torch.from_numpy(ids), torch.from_numpy(probs)]))
             writer.close()
-        seconds = time.perf_counter() - t0
-        bytes_per_token = cache_summary(out)["bytes_per_token"]
+        seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
+        bytes_per_token = cache_summary(out)["bytes_per_token"]  # topk_ids + topk_probs
         shutil.rmtree(out)
-        return n_rows * rows.shape[1] / seconds, bytes_per_token
+        return n_rows * seq_len / seconds, bytes_per_token, n_rows * seq_len / cpu_seconds
 
-    baseline = (0, BASELINE_COMPRESSION)  # the store's first setting: one thread, blosc(shuffle)+zstd-13 in small blocks
-    compressions = [BASELINE_COMPRESSION, Compression(("zstd", 10), ("zstd", 10)), Compression(),
-                    Compression(("blosc-chunk", 3), ("zstd", 6)), Compression(("blosc-chunk", 4), ("zstd", 3)),
-                    Compression(("blosc-chunk", 3), ("zstd", 3)), Compression(("blosc-chunk", 3), ("zstd", 1))]
-    arms = [baseline] + [(t, c) for c in compressions for t in (1, 2, 4)]
+    threads = next(f.default for f in dataclasses.fields(DumpConfig) if f.name == "writer_threads")
+    defaults = {t: Compression() for t in WRITER_TEMPERATURES}  # create_cache's default, whatever the temperature
+    arms = [(t, 0, BASELINE_COMPRESSION) for t in WRITER_TEMPERATURES]
+    arms += [(t, threads, c) for c in writer_compressions() for t in WRITER_TEMPERATURES]
+    arms += [(t, n, c) for t, c in defaults.items() for n in (1, threads) if (t, n, c) not in arms]
     results = {arm: [] for arm in arms}
-    for _ in range(repeats):
+    for _ in range(repeats):  # arms interleaved: machine noise hits every arm alike
         for arm in arms:
             results[arm].append(write_all(*arm))
-    table = {arm: (median([r[0] for r in rs]), rs[0][1]) for arm, rs in results.items()}
-    base_speed, base_bytes = table[baseline]
-    rows_out = [["baseline (1 thread, serial)" if t == 0 else f"{t} writer thread(s)", c.label(), speed, b,
-                 speed / base_speed, b / base_bytes] for (t, c), (speed, b) in table.items()]
-    print_table(f"writer alone on {len(blocks)} blocks of {block_rows} rows of real targets (top-32, sqrt-u7, vocab "
-                f"{data.vocab_size}; medians of {repeats})",
-                ["writer", "compression", "tokens/s", "bytes/token", "speed vs baseline", "size vs baseline"], rows_out)
-    writer_stages([(ids, probs) for _, ids, probs in blocks], data.vocab_size, repeats)
-    threads = next(f.default for f in dataclasses.fields(DumpConfig) if f.name == "writer_threads")
-    default = (threads, Compression())  # what `logitcache dump` runs
-    allowed = {arm: v for arm, v in table.items() if arm[0] > 0 and v[1] <= 1.05 * base_bytes}
-    best = max(allowed, key=lambda arm: allowed[arm][0])
-    emit_json({"bench": "dump-writer", "writer_tokens_per_s": table[default][0], "bytes_per_token": table[default][1],
-               "writer_threads": default[0], "compression": default[1].label(),
-               "baseline_writer_tokens_per_s": base_speed, "baseline_bytes_per_token": base_bytes,
-               "fastest_within_1.05x": {"threads": best[0], "compression": best[1].label(),
-                                        "tokens_per_s": table[best][0], "bytes_per_token": table[best][1]},
-               "frontier": [{"threads": t, "compression": c.label(), "tokens_per_s": v[0], "bytes_per_token": v[1]}
-                            for (t, c), v in table.items()]})
+    # (wall tokens/s, bytes/token, tokens per CPU-second of this process: other processes' load does not count)
+    table = {arm: (median([r[0] for r in rs]), rs[0][1], median([r[2] for r in rs])) for arm, rs in results.items()}
+    summary = {}
+    for t in WRITER_TEMPERATURES:
+        base_speed, base_bytes, _ = table[(t, 0, BASELINE_COMPRESSION)]
+        default = (t, threads, defaults[t])
+        mine = {arm: v for arm, v in table.items() if arm[0] == t}
+        fast = {arm: v for arm, v in mine.items() if arm[1] == threads and v[0] >= 1e6}
+        best_fast = min(fast, key=lambda arm: fast[arm][1]) if fast else None
+        best_any = min(mine, key=lambda arm: mine[arm][1])
+        rows_out = [["baseline (1 thread, serial)" if n == 0 else f"{n} writer thread(s)", c.label()
+                     + (" (default)" if (t, n, c) == default else ""), speed, cpu, b, speed / base_speed, b / base_bytes]
+                    for (_, n, c), (speed, b, cpu) in sorted(mine.items(), key=lambda kv: (kv[0][2] != BASELINE_COMPRESSION,
+                                                                                         kv[0][1], kv[1][1]))]
+        print_table(f"T = {t:g}: writer alone on {len(blocks_by_t[t])} blocks of up to {WRITER_BLOCK_ROWS} rows of real "
+                    f"targets (dev split, top-32, sqrt-u7, vocab {vocab_size}; bytes of topk_ids + topk_probs; medians "
+                    f"of {repeats})", ["writer", "compression", "tokens/s", "tokens/CPU-s", "bytes/token",
+                                       "speed vs baseline", "size vs baseline"], rows_out)
+        summary[f"T{t:g}"] = {
+            "default": {"compression": defaults[t].label(), "threads": threads, "tokens_per_s": table[default][0],
+                        "tokens_per_cpu_s": table[default][2], "bytes_per_token": table[default][1]},
+            "best_at_1M_tokens_per_s": None if best_fast is None else {
+                "compression": best_fast[2].label(), "tokens_per_s": table[best_fast][0],
+                "bytes_per_token": table[best_fast][1], "default_bytes_ratio": table[default][1] / table[best_fast][1]},
+            "smallest_any_speed": {"compression": best_any[2].label(), "threads": best_any[1],
+                                   "tokens_per_s": table[best_any][0], "bytes_per_token": table[best_any][1],
+                                   "default_bytes_ratio": table[default][1] / table[best_any][1]},
+            "baseline_tokens_per_s": base_speed, "baseline_bytes_per_token": base_bytes,
+        }
+    writer_stages(blocks_by_t, vocab_size, repeats)
+    emit_json({"bench": "dump-writer", "writer_threads": threads, **summary,
+               "frontier": [{"temperature": t, "threads": n, "compression": c.label(), "tokens_per_s": v[0],
+                             "tokens_per_cpu_s": v[2], "bytes_per_token": v[1]} for (t, n, c), v in table.items()]})
 
 
-def writer_stages(blocks: list[tuple[np.ndarray, np.ndarray]], vocab_size: int, repeats: int) -> None:
-    """Each stage of the writer on its own, one thread, on the same blocks: the id sort (argsort against the
-    packed in-place sort encode_ids uses) and each stored array under each compressor (bytes/token of
-    that array alone)."""
+def writer_stages(blocks_by_t: dict, vocab_size: int, repeats: int) -> None:
+    """Each stage of the writer on its own, one thread, on the same blocks: the id sort and the probability
+    code, then each stored array under each compressor (bytes/token of that array alone), per temperature
+    (the id gaps do not depend on T: the top-k set is the same)."""
     from numcodecs import Blosc, Zstd, blosc
 
     from logitcache.store import encode_ids, prob_code
 
-    n_tokens = sum(ids.shape[0] * ids.shape[1] for ids, _ in blocks)
+    code = prob_code("sqrt-u7")
 
-    def tokens_per_s(work) -> float:
+    def tokens_per_s(work, n_tokens) -> float:
+        """Tokens per second of this thread's CPU time (one thread: other processes' load does not count)."""
         times = []
         for _ in range(max(3, repeats)):
-            t0 = time.perf_counter()
+            t0 = time.thread_time()
             work()
-            times.append(time.perf_counter() - t0)
+            times.append(time.thread_time() - t0)
         return n_tokens / median(times)
 
-    encoded = [encode_ids(ids, vocab_size) for ids, _ in blocks]
-    gaps = [g for g, _ in encoded]
-    codes = [prob_code("sqrt-u7").encode(np.take_along_axis(probs, order, axis=-1))
-             for (_, probs), (_, order) in zip(blocks, encoded)]
-    def argsort_encode(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # encode_ids before the packed sort
-        order = np.argsort(ids, axis=-1, kind="stable")
-        sorted_ids = np.take_along_axis(ids, order, axis=-1).astype(np.int64)
-        return np.diff(sorted_ids, axis=-1, prepend=0).astype(np.uint16), order
-
-    rows = [["ids to sorted gaps", "stable argsort, gather, diff (before)",
-             tokens_per_s(lambda: [argsort_encode(i) for i, _ in blocks]), ""],
-            ["ids to sorted gaps", "packed in-place sort, diff (encode_ids)",
-             tokens_per_s(lambda: [encode_ids(i, vocab_size) for i, _ in blocks]), ""]]
+    rows = []
     previous_threads = blosc.set_nthreads(1)  # else blosc would use its own threads for calls from the main thread
-    for name, arrays in (("id gaps", gaps), ("probability codes", codes)):
-        typesize, nbytes = arrays[0].dtype.itemsize, arrays[0].nbytes
-        for label, codec in ((f"zstd-{lv}", Zstd(level=lv)) for lv in (3, 5, 7, 10)):
-            stored = [codec.encode(a) for a in arrays]
-            rows.append([name, label, tokens_per_s(lambda: [codec.encode(a) for a in arrays]),
-                         sum(map(len, stored)) / n_tokens])
-        if typesize > 1:
-            for level in (3, 4):
-                codec = Blosc("zstd", level, Blosc.SHUFFLE, blocksize=nbytes)  # one blosc block per chunk
-                stored = [codec.encode(a) for a in arrays]
-                rows.append([name, f"blosc-chunk-{level} (shuffle, zstd-{2 * level - 1})",
-                             tokens_per_s(lambda: [codec.encode(a) for a in arrays]), sum(map(len, stored)) / n_tokens])
+    for t, blocks in blocks_by_t.items():
+        n_tokens = sum(ids.shape[0] * ids.shape[1] for _, ids, _ in blocks)
+        encoded = [encode_ids(ids, vocab_size) for _, ids, _ in blocks]
+        gaps = [g for g, _ in encoded]
+        codes = [code.encode(np.take_along_axis(probs, order, axis=-1)) for (_, _, probs), (_, order) in zip(blocks, encoded)]
+        rows.append([f"{t:g}", "ids to sorted gaps", "encode_ids", tokens_per_s(lambda: [encode_ids(i, vocab_size)
+                                                                                        for _, i, _ in blocks], n_tokens), ""])
+        rows.append([f"{t:g}", "probabilities to codes", "sqrt-u7 encode", tokens_per_s(
+            lambda: [code.encode(p) for _, _, p in blocks], n_tokens), ""])
+        arrays_by_name = (("probability codes", codes),) if t != 1.0 else (("id gaps", gaps), ("probability codes", codes))
+        for name, arrays in arrays_by_name:
+            codecs = [(f"zstd-{lv}", Zstd(level=lv)) for lv in (3, 5, 6, 7, 8, 9, 10)]
+            if arrays[0].dtype.itemsize > 1:
+                codecs = [(label, c) for label, c in codecs if label == "zstd-10"]
+                codecs += [(f"blosc-chunk-{lv} (shuffle, zstd-{2 * lv - 1})", None) for lv in (3, 4, 5, 6)]
+            for label, codec in codecs:
+                def run(codec=codec):
+                    return [(codec or Blosc("zstd", int(label.split()[0][-1]), Blosc.SHUFFLE, blocksize=a.nbytes)).encode(a)
+                            for a in arrays]
+                rows.append([f"{t:g}", name, label, tokens_per_s(run, n_tokens), sum(map(len, run())) / n_tokens])
     blosc.set_nthreads(previous_threads)
-    print_table(f"writer stages alone, one thread (medians of {max(3, repeats)})",
-                ["stage", "method", "tokens/s", "bytes/token"], rows)
+    print_table(f"writer stages alone, one thread (tokens per CPU-second of the thread, medians of {max(3, repeats)})",
+                ["T", "stage", "method", "tokens/CPU-s", "bytes/token"], rows)
 
 
 BARE_FORWARD = """
@@ -308,7 +338,7 @@ def main() -> None:
     parser.add_argument("--teacher", type=Path, action="append")
     parser.add_argument("--presets", default="llama-small,gpt2-small", help="random-init teachers when no --teacher")
     parser.add_argument("--vocab-size", type=int, default=16000)
-    parser.add_argument("--chunks", type=int, default=256)
+    parser.add_argument("--chunks", type=int, help="chunks (default 256; --writer: 0, the whole dev split)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--top-k", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
@@ -317,6 +347,8 @@ def main() -> None:
     parser.add_argument("--writer", action="store_true", help="the host-side writer alone (needs --data and --teacher)")
     parser.add_argument("--whole-process", action="store_true", help="dump and bare forward as whole processes")
     args = parser.parse_args()
+    if args.chunks is None:
+        args.chunks = 0 if args.writer else 256
     torch.set_num_threads(args.threads)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_dump_"))

@@ -95,13 +95,16 @@ class Compression:
     inside; level = blosc's clevel) and "blosc-chunk" (the same with one blosc block per chunk, so the
     shuffle and zstd see the whole block). Blosc runs zstd at level 2 * clevel - 1 (clevel < 9).
 
-    The default, measured on the demo teachers' top-32 sqrt-u7 targets (benchmarks/bench_dump.py --writer,
-    README): ids byte-shuffled over the whole chunk then zstd-7 (the gaps' high bytes are mostly zero and
-    zstd drops them: 5.8 bytes/token at 2.7M tokens/s per thread, against plain zstd-10's 6.2 at 1.4M),
-    probabilities (uint8 codes, nothing to shuffle) plain zstd-5 (14.8 at 3.4M, against zstd-10's 14.2 at
-    1.5M). Blosc's default blocks cut a block into pieces too small for zstd's matches."""
+    The default, measured on T = 1 and T = 2 blocks of the demo teachers' top-32 sqrt-u7 targets (dev split;
+    benchmarks/bench_dump.py --writer, README): ids byte-shuffled over the whole chunk then zstd-7 (the gaps'
+    high bytes are mostly zero and zstd drops them: 5.6 bytes/token at 2.2M tokens per CPU-second, against
+    plain zstd-10's 5.8 at 1.1M), probabilities (uint8 codes, nothing to shuffle) plain zstd-8: at T = 2 the
+    codes repeat more and zstd's deeper match search pays (7.2 bytes/token against zstd-5's 8.0; at T = 1
+    13.6 against 14.1), at half zstd-5's speed and 1.3x zstd-10's. One setting serves both temperatures:
+    within 1.02x of the smallest setting that keeps the writer near the same speed at either T. Blosc's
+    default blocks cut a block into pieces too small for zstd's matches."""
     ids: tuple[str, int] = ("blosc-chunk", 4)
-    probs: tuple[str, int] = ("zstd", 5)
+    probs: tuple[str, int] = ("zstd", 8)
 
     def label(self) -> str:
         return f"ids {self.ids[0]}-{self.ids[1]}, probs {self.probs[0]}-{self.probs[1]}"
