@@ -74,11 +74,12 @@ class CliField:
         if self.kind == "csv":
             inner = typing.get_args(self.annotation)[0]
             items = [x.strip() for x in str(value).split(",") if x.strip()]
-            if inner is int:
+            if inner in (int, float):
                 try:
-                    return tuple(int(x) for x in items)
+                    return tuple(inner(x) for x in items)
                 except ValueError:
-                    raise LogitcacheError(f"{self.flag} must be a comma-separated list of integers, got {value!r}") from None
+                    kind = "integers" if inner is int else "numbers"
+                    raise LogitcacheError(f"{self.flag} must be a comma-separated list of {kind}, got {value!r}") from None
             return tuple(items)
         return value
 

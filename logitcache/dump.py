@@ -49,6 +49,7 @@ class DumpReport:
     rank: int = 0
     world: int = 1
     summary: dict = field(default_factory=dict)  # rank 0: cache_summary of the whole cache after every rank finished
+    coverage: list = field(default_factory=list)  # per teacher: positions aligned, mass mapped (this rank's blocks)
 
 
 def cache_attrs(config: DumpConfig, data, teacher_infos: list[dict], n_rows: int, device: torch.device) -> dict:
@@ -111,6 +112,8 @@ class HostCopy:
     without a cudaHostAlloc each) and one event; the writer thread waits on that event, so the teachers'
     loop never synchronises with the device per batch or per block. On CPU the tensors are already there."""
 
+    counted = False  # the last tensor is the block's teacher_count (rows, T) (teachers with tokenizers of their own)
+
     def __init__(self, tensors: list[torch.Tensor]):
         self.event = None
         if tensors and tensors[0].device.type == "cuda":
@@ -130,12 +133,15 @@ class HostCopy:
         return [t.numpy() for t in self.tensors]
 
 
-def gather_block(parts: list[list[torch.Tensor]]) -> HostCopy:
-    """Per-batch device results [[ids, probs(, weights)], ...] -> one HostCopy of the block's arrays.
-    ids become int32 on the device first (vocabularies < 2^31): half the bytes across the bus."""
+def gather_block(parts: list[list[torch.Tensor]], counted: bool = False) -> HostCopy:
+    """Per-batch device results [[ids, probs(, weights)(, teacher_count)], ...] -> one HostCopy of the block's
+    arrays (`counted`: the last column is teacher_count). ids become int32 on the device first
+    (vocabularies < 2^31): half the bytes across the bus."""
     columns = [torch.cat(column) for column in zip(*parts)]
     columns[0] = columns[0].to(torch.int32)
-    return HostCopy(columns)
+    copy = HostCopy(columns)
+    copy.counted = counted
+    return copy
 
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)  # sample_weights are stored as float16
@@ -156,25 +162,34 @@ def block_targets(ensemble: Ensemble, config: DumpConfig, block: int, block_toke
     """One block's targets, computed in fixed batches of `config.batch_size` rows (the same batches on
     every engine, so a block's bytes do not depend on who computes it); the device-to-host copy is
     started, not awaited. `block_tokens`: (rows, T) ids."""
-    parts = []  # per batch: [ids, probs(, weights)] (b, T, K), still on the device
+    parts = []  # per batch: [ids, probs(, weights)] (b, T, K) (, teacher_count (b, T)), still on the device
     generator = torch.Generator(device=device).manual_seed(config.seed * 1_000_003 + block)
+    mixed = getattr(ensemble, "cross", False)  # teachers with tokenizers of their own (cross_dump.py)
     for b0 in range(0, block_tokens.shape[0], config.batch_size):
         input_ids = torch.from_numpy(block_tokens[b0:b0 + config.batch_size].astype(np.int64)).to(device)
-        if config.targets == "topk":
+        if mixed:  # they read the text of these cache rows
+            from .cross_dump import batch_targets
+
+            cache_rows = np.arange(input_ids.shape[0]) + block * config.block_rows + b0
+            parts.append(batch_targets(ensemble, config, input_ids, cache_rows, generator))
+        elif config.targets == "topk":
             parts.append(list(ensemble.topk(input_ids, config.top_k)))  # (b, T, K) each
         else:
             parts.append(list(sample_targets(ensemble.probs(input_ids), config.samples,
                                              config.proposal_temperature, generator)))
         on_rows(input_ids.shape[0])
-    return gather_block(parts)
+    if mixed and not ensemble.counted:  # --teacher-weight alone: every teacher everywhere, no teacher_count
+        parts = [part[:-1] for part in parts]
+    return gather_block(parts, counted=mixed and ensemble.counted)
 
 
 def write_host_block(store: CacheStore, block: int, tokens: np.ndarray, copy: HostCopy) -> None:
     """Runs on a writer thread: wait for the block's device-to-host copy, then encode and commit it."""
     arrays = copy.wait()
+    count = arrays.pop() if copy.counted else None
     if len(arrays) > 2:
         check_weights_fit(block, arrays[2])
-    store.write_block(block, tokens, *arrays)
+    store.write_block(block, tokens, *arrays, teacher_count=count)
 
 
 class BlockWriter:
@@ -230,7 +245,7 @@ class BlockWriter:
 
 # attributes create_cache adds from the layout (compared as a CacheLayout instead)
 LAYOUT_ATTRS = ("n_rows", "seq_len", "k", "vocab_size", "block_rows", "n_blocks", "prob_dtype", "with_weights",
-                "encodings", "schema_version")
+                "with_teacher_count", "encodings", "schema_version")
 
 
 # compared as what they resolved to (attributes of the same names) where the cache records them: `auto` is
@@ -354,16 +369,26 @@ def load_teaching(config: DumpConfig, device: torch.device, with_ensemble: bool 
     data = load_data(config.data)
     rows = select_rows(data.store.split(config.split), config)
     check(rows.shape[0] > 0, f"split '{config.split}' has no chunks")
-    models, infos = load_teachers(list(config.teachers), device, data)
+    models, infos = load_teachers(list(config.teachers), device, data, own_tokenizers=True)
     check(config.width <= data.vocab_size, f"top_k {config.width} is larger than the vocabulary ({data.vocab_size})")
+    cross = None  # teachers with tokenizers of their own, or --teacher-weight: cross_dump.py
+    if config.teacher_weights or any(info.get("tokenizer") == "own" for info in infos):
+        from .cross_dump import CrossTeaching
+
+        cross = CrossTeaching(config, data, rows, models, infos)  # refuses low coverage before anything is written
     ensemble = None
-    if with_ensemble:
+    if with_ensemble and cross is not None:
+        ensemble = cross.ensemble(config, models, device, data.vocab_size)
+    elif with_ensemble:
         ensemble = Ensemble(models, config.combine, config.temperature, device,
                             D.autocast_for(device, config.precision), vocab_size=data.vocab_size,
                             logit_budget=config.logit_budget_mb << 20)
+    counted = cross is not None and bool(cross.coverage)
     layout = CacheLayout(rows.shape[0], data.seq_len, config.width, data.vocab_size, config.block_rows,
-                         config.prob_dtype, with_weights=config.targets == "sample")
+                         config.prob_dtype, with_weights=config.targets == "sample", with_teacher_count=counted)
     attrs = cache_attrs(config, data, infos, rows.shape[0], device)
+    if counted:
+        attrs["coverage"] = cross.coverage
     attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
     return Teaching(rows, ensemble, layout, attrs)
 
@@ -411,6 +436,8 @@ def dump(config: DumpConfig, resume: bool = False, overwrite: bool = False,
         progress.finish()
     report.blocks_written = writer.written
     report.seconds = time.perf_counter() - t_start
+    if getattr(ensemble, "cross", False):
+        report.coverage = ensemble.coverage()
     log.info("rank %d: wrote %d blocks (%d already done) at %.0f tokens/s", env.rank, report.blocks_written,
              report.blocks_skipped, report.tokens / max(report.seconds, 1e-9))
     # every rank is done before anyone describes the cache; counts and tokens are summed over ranks

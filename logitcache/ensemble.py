@@ -243,12 +243,15 @@ def _softmax_(x: torch.Tensor) -> torch.Tensor:
     return torch.softmax(x, dim=-1, out=x)
 
 
-def load_teachers(paths: list[Path], device: torch.device, data=None) -> tuple[list, list[dict]]:
+def load_teachers(paths: list[Path], device: torch.device, data=None, own_tokenizers: bool = False) -> tuple[list, list[dict]]:
     """Load teacher dirs; refuse, before any work, teachers that disagree on their vocabulary or whose
     tokenizer does something other than the data's (compared by behaviour, not file bytes). A teacher
-    without a tokenizer is accepted when its vocabulary covers the data's, with a warning."""
+    without a tokenizer is accepted when its vocabulary covers the data's, with a warning. With
+    `own_tokenizers` (dump), a teacher whose folder holds another tokenizer is accepted as a teacher with a
+    tokenizer of its own: its info says "tokenizer": "own" and only the teachers on the data's tokenizer
+    must agree on their vocabulary."""
     from .models import describe, load_model
-    from .tokenizer import check_model_tokenizer
+    from .tokenizer import check_model_tokenizer, folder_tokenizer_identity, has_own_tokenizer
 
     if not paths:
         raise LogitcacheError("at least one --teacher is required")
@@ -257,12 +260,15 @@ def load_teachers(paths: list[Path], device: torch.device, data=None) -> tuple[l
         path = Path(path)
         model = load_model(path)
         info = describe(path, model)
-        if data is not None:
+        if data is not None and own_tokenizers and has_own_tokenizer(path, data):
+            info |= {"tokenizer": "own", "tokenizer_identity": folder_tokenizer_identity(path)}
+        elif data is not None:
             info["tokenizer_identity"] = check_model_tokenizer(path, info["vocab_size"], data, f"teacher {path}")
         models.append(model)
         infos.append(info)
-    vocabs = {info["vocab_size"] for info in infos}
-    if len(vocabs) != 1:
-        detail = ", ".join(f"{i['path']}: {i['vocab_size']}" for i in infos)
+    same = [info for info in infos if info.get("tokenizer") != "own"]
+    vocabs = {info["vocab_size"] for info in same}
+    if len(vocabs) > 1:
+        detail = ", ".join(f"{i['path']}: {i['vocab_size']}" for i in same)
         raise LogitcacheError(f"teachers disagree on vocabulary size ({detail})")
     return models, infos

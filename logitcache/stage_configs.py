@@ -22,7 +22,8 @@ Split = Literal["train", "dev", "test"]
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Combine = Literal["mean-logits", "mean-probs"]
-ProbDtype = Literal["sqrt-u7", "sqrt-u8", "log-u8", "log-u7", "log-u6", "float16", "float32"]  # store/codecs
+ProbDtype = Literal["sqrt-u7", "sqrt-u8", "log-u8", "log-u7", "log-u6", "log-u9", "log-u10", "log-u11", "log-u12",
+                   "float16", "float32"]  # store/codecs PROB_CODES (test_config checks they agree)
 Targets = Literal["topk", "sample"]
 RowSelection = Literal["spread", "first"]
 Arch = Literal["llama", "gpt2"]
@@ -135,7 +136,7 @@ class DumpConfig:
     temperature: float = setting(2.0, help="Distillation temperature T of the stored probabilities.")
     combine: Combine = setting("mean-logits", help="Ensemble rule: mean-logits (the paper's code) or mean-probs.")
     prob_dtype: ProbDtype = setting("sqrt-u7", help="Probability code: sqrt-u7 (7-bit codes of sqrt p), sqrt-u8, "
-                                               "log-u8/u7/u6 (codes of log p), float16 or float32.")
+                                               "log-u8/u7/u6 (codes of log p), log-u9..u12 (16-bit, finer), float16 or float32.")
     targets: Targets = setting("topk", help="topk, or sample (importance-sampled unique ids).")
     samples: int = setting(16, help="Sampled targets: draws per position.")
     proposal_temperature: float = setting(1.0, help="Sampled targets: draw from p^(1/this), renormalised.")
@@ -150,6 +151,13 @@ class DumpConfig:
                                   affects_output=False)
     logit_budget_mb: int = setting(1024, help="Working memory for the (rows, T, V) logit buffers: a batch runs in "
                                               "row slices that fit (bounds memory at any vocabulary).")
+    teacher_weights: tuple[float, ...] = setting((), help="Comma-separated weights, one per --teacher in order, for "
+                                                      "--combine mean-probs: each position's mean over the teachers "
+                                                      "aligned there is weighted by them (empty: equal weights).")
+    min_coverage: float = setting(0.5, help="A teacher with a tokenizer of its own must align with at least this "
+                                            "fraction of the data's positions (measured on the chunks' text before "
+                                            "anything is written), else the dump is refused.",
+                                 affects_output=False)
     # the engine and its resources decide who computes a block, never its bytes (fixed batches per block)
     engine: Engine = setting("local", help="local (this process, or torchrun ranks), or ray: elastic workers of a "
                                            "Ray cluster, one task per block (pip install 'logitcache[ray]').",
@@ -169,6 +177,8 @@ class DumpConfig:
         check(self.gpus_per_worker >= 0 and self.cpus_per_worker >= 0, "gpus_per_worker and cpus_per_worker must be >= 0")
         check(self.logit_budget_mb > 0, "logit_budget_mb must be positive")
         check(self.writer_threads > 0, "writer_threads must be positive")
+        check(all(w > 0 for w in self.teacher_weights), "every teacher weight must be positive")
+        check(0.0 <= self.min_coverage <= 1.0, f"min_coverage must be in [0, 1], got {self.min_coverage}")
         _in(self.split, Split, "split")
         check(self.top_k > 0, f"top_k must be positive, got {self.top_k}")
         check(self.temperature > 0, f"temperature must be positive, got {self.temperature}")

@@ -257,6 +257,13 @@ def token_byte_table(tokenizer: Tokenizer) -> list[bytes | None]:
     return table
 
 
+def has_own_tokenizer(folder: Path, data) -> bool:
+    """Whether a model folder holds a tokenizer that does something other than the data's (`data` a
+    PreparedData; compared by behaviour, identity_parts); False for a folder without a tokenizer."""
+    parts = folder_identity_parts(folder)
+    return parts is not None and parts != file_identity_parts(data.tokenizer_path)
+
+
 _SENTENCEPIECE_FILES = ("tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
 _TOKENIZER_FILES = ("vocab.json", *_SENTENCEPIECE_FILES, "vocab.txt")
 _SENTENCEPIECE_PACKAGES = (("sentencepiece", "sentencepiece"), ("protobuf", "google.protobuf"))

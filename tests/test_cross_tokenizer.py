@@ -195,3 +195,217 @@ def test_verify_data_checks_the_text_record(tmp_path, odd_data):
 
     with pytest.raises(LogitcacheError, match="text/train_bytes chunk 0: checksum mismatch"):
         load_data(copy).store.split_text("train")
+
+
+# --- teachers ------------------------------------------------------------------------------------------------------
+
+def teacher_folder(root: Path, name: str, tokenizer, arch: str = "llama", seed: int = 0) -> Path:
+    """A tiny random-init teacher saved with its tokenizer.json (no tokenizer_config: specials by name)."""
+    from logitcache.models import build_model, get_preset
+    from logitcache.tokenizer import special_ids
+
+    folder = root / name
+    vocab = tokenizer.get_vocab_size(with_added_tokens=True)
+    specials = special_ids(tokenizer)
+    model = build_model(get_preset(f"{arch}-tiny"), vocab, seed=seed,
+                        specials={"bos": specials["bos"], "eos": specials["eos"], "pad": specials["pad"]})
+    model.save_pretrained(folder)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory, odd_data) -> dict[str, Path]:
+    from logitcache.tokenizer import load_tokenizer
+
+    root = tmp_path_factory.mktemp("cross-teachers")
+    out = {"byte-level": teacher_folder(root, "gpt2-bytes", teacher_byte_level(), "gpt2", 1),
+           "metaspace": teacher_folder(root, "llama-metaspace", teacher_metaspace(), "llama", 2),
+           "unigram": teacher_folder(root, "llama-unigram", teacher_unigram(), "llama", 3),
+           "lowercase": teacher_folder(root, "gpt2-lower", teacher_lowercase(), "gpt2", 4),
+           "same": teacher_folder(root, "llama-same", load_tokenizer(odd_data / "tokenizer.json"), "llama", 5)}
+    return out
+
+
+# --- the independent reference ----------------------------------------------------------------------------------
+
+STUDENT_BOS, STUDENT_EOS = 1, 2  # prepare's trained BPE: <pad>=0, <s>=1, </s>=2
+
+
+def reference_bytes(tokenizer, token_id: int) -> bytes | None:
+    """A token's bytes mid-text, written out here: byte-level through the test's own table, <0xNN> as that
+    byte, ▁ as a space; None for special tokens."""
+    import re
+
+    token = tokenizer.id_to_token(token_id)
+    added = tokenizer.get_added_tokens_decoder()
+    if token_id in added and added[token_id].special:
+        return None
+    if json.loads(tokenizer.to_str())["decoder"]["type"] == "ByteLevel":
+        return byte_level_bytes(token)
+    if re.fullmatch(r"<0x[0-9A-F]{2}>", token):
+        return bytes([int(token[3:5], 16)])
+    return token.replace("▁", " ").encode()
+
+
+def whole_chars(seg: bytes) -> tuple[int, int]:
+    """The longest run of whole characters: leading continuation bytes dropped, then the end shortened
+    until the bytes decode."""
+    lo = 0
+    while lo < len(seg) and seg[lo] & 0xC0 == 0x80:
+        lo += 1
+    for hi in range(len(seg), lo - 1, -1):
+        try:
+            seg[lo:hi].decode("utf-8")
+            return lo, hi
+        except UnicodeDecodeError:
+            continue
+    return lo, lo
+
+
+def reference_teacher_sequence(tokenizer, tokens: list[int], piece_bytes: list[bytes], prepends: bool):
+    """The teacher's ids of one chunk, each position's (bytes, specials) consumed (None: not spelled), and
+    the positions right before a segment whose first token carries the prefix space. Boundaries come from
+    decoding prefixes of each segment's ids with the teacher's own decoder."""
+    from logitcache.tokenizer import special_ids
+
+    sp = special_ids(tokenizer)
+    adds_bos = sp["bos"] is not None and tokenizer.encode("a").ids[:1] == [sp["bos"]]
+    ids, keys, start_positions = [], [], set()
+    n_spec, byte, t = 0, 0, 0
+    while t < len(tokens):
+        if tokens[t] in (0, STUDENT_BOS, STUDENT_EOS):
+            n_spec += 1
+            theirs = {STUDENT_BOS: sp["bos"], STUDENT_EOS: sp["eos"]}.get(tokens[t])
+            if theirs is None:
+                if keys and keys[-1] == (byte, n_spec - 1):
+                    keys[-1] = (byte, n_spec)
+            else:
+                ids.append(theirs)
+                keys.append((byte, n_spec))
+            t += 1
+            continue
+        seg_start = byte
+        seg = b""
+        while t < len(tokens) and tokens[t] not in (0, STUDENT_BOS, STUDENT_EOS):
+            seg += piece_bytes[t]
+            byte += len(piece_bytes[t])
+            t += 1
+        if adds_bos and (not ids or ids[-1] != sp["bos"]):
+            keys.append((seg_start, n_spec) if ids else None)
+            ids.append(sp["bos"])
+        lo, hi = whole_chars(seg)
+        text = seg[lo:hi].decode()
+        seg_ids = tokenizer.encode(text, add_special_tokens=False).ids
+        first = reference_bytes(tokenizer, seg_ids[0]) if seg_ids else None
+        if ids and prepends and first is not None and first.startswith(b" ") and not text.startswith(" "):
+            start_positions.add(len(ids) - 1)
+        for i in range(len(seg_ids)):
+            decoded = tokenizer.decode(seg_ids[:i + 1], skip_special_tokens=False)
+            if text.startswith(" ") and not decoded.startswith(" ") and prepends:
+                decoded = " " + decoded  # the decoder drops a leading space it takes for its own prefix
+            end = len(decoded.encode())
+            ok = "\ufffd" not in decoded and text.encode().startswith(decoded.encode())
+            keys.append((seg_start + lo + end, n_spec) if ok else None)
+            ids.append(seg_ids[i])
+    return ids, keys, start_positions
+
+
+def reference_targets(data_dir: Path, teacher_dirs: list[Path], temperature: float, n_rows: int):
+    """Dense (N, T, V) combined targets and teacher counts (N, T), by plain loops over model(x).logits."""
+    import torch
+
+    from logitcache.data import load_data, spread_indices
+    from logitcache.models import load_model
+    from logitcache.tokenizer import find_tokenizer, load_tokenizer
+
+    data = load_data(data_dir)
+    split = data.store.split("train")
+    rows = split[spread_indices(split.shape[0], n_rows)]
+    student = load_tokenizer(data.tokenizer_path)
+    student_ids = {}
+    for token_id in range(student.get_vocab_size()):
+        if token_id > 2:
+            student_ids.setdefault(byte_level_bytes(student.id_to_token(token_id)), token_id)
+    same_identity = json.loads(student.to_str())["model"]
+    vocab = student.get_vocab_size()
+    dense = np.zeros((len(rows), rows.shape[1], vocab), dtype=np.float64)
+    count = np.zeros((len(rows), rows.shape[1]), dtype=np.int64)
+    for folder in teacher_dirs:
+        model = load_model(folder)
+        tokenizer = find_tokenizer(folder)
+        if json.loads(tokenizer.to_str())["model"] == same_identity:  # the data's tokenizer
+            with torch.no_grad():
+                logits = model(torch.from_numpy(rows.astype(np.int64))).logits[..., :vocab]
+            dense += torch.softmax(logits.double() / temperature, -1).numpy()
+            count += 1
+            continue
+        prepends = json.loads(tokenizer.to_str())["decoder"]["type"] != "ByteLevel"
+        sp = {tokenizer.token_to_id(n): s for n, s in (("<s>", STUDENT_BOS), ("</s>", STUDENT_EOS),
+                                                       ("<|endoftext|>", STUDENT_EOS)) if tokenizer.token_to_id(n) is not None}
+        t_vocab = tokenizer.get_vocab_size()
+        targets = {}  # mid-text / right before a prefix-spaced segment: teacher id -> student id (-1: none)
+        for at_start in (False, True):
+            onto = np.full(t_vocab, -1)
+            for v in range(t_vocab):
+                raw = reference_bytes(tokenizer, v)
+                if raw is not None and at_start and raw.startswith(b" "):
+                    raw = raw[1:]
+                onto[v] = sp.get(v, student_ids.get(raw, -1))
+            targets[at_start] = onto
+        for r, chunk_tokens in enumerate(rows.tolist()):
+            pieces = [b"" if x in (0, 1, 2) else byte_level_bytes(student.id_to_token(x)) for x in chunk_tokens]
+            ids, keys, start_positions = reference_teacher_sequence(tokenizer, chunk_tokens, pieces, prepends)
+            with torch.no_grad():
+                logits = model(torch.tensor([ids])).logits[0, :, :t_vocab]
+            p = torch.softmax(logits.double() / temperature, -1).numpy()  # (L, V_t)
+            last = {key: j for j, key in enumerate(keys) if key is not None}
+            n_spec, byte, previous = 0, 0, 0
+            for t, x in enumerate(chunk_tokens):
+                byte += len(pieces[t])
+                if x in (0, 1, 2):
+                    n_spec += 1
+                elif byte == previous:
+                    continue
+                previous = byte
+                j = last.get((byte, n_spec))
+                if j is None:
+                    continue
+                count[r, t] += 1
+                onto = targets[j in start_positions]
+                np.add.at(dense[r, t], onto[onto >= 0], p[j, onto >= 0])
+    return rows, dense / np.maximum(count, 1)[..., None], count
+
+
+@pytest.mark.parametrize("kinds", [("byte-level", "metaspace", "unigram", "same"), ("metaspace",)])
+def test_the_cache_equals_an_independent_reference(tmp_path, odd_data, teachers, kinds):
+    from conftest import dump_config
+    from logitcache import open_cache
+    from logitcache.dump import dump
+
+    dirs = [teachers[k] for k in kinds]
+    out = tmp_path / "cache.zarr"
+    n_rows = 48
+    dump(dump_config(odd_data, dirs, out, combine="mean-probs", top_k=300, prob_dtype="float32", max_chunks=n_rows,
+                     min_coverage=0.2, batch_size=5))
+    rows, expected, expected_count = reference_targets(odd_data, dirs, 2.0, n_rows)
+    reader = open_cache(out)
+    tokens, ids, probs = reader.read(0, n_rows)
+    dense = np.zeros(expected.shape, dtype=np.float64)
+    np.put_along_axis(dense, ids, probs, -1)
+    assert np.array_equal(tokens, rows.astype(np.int64))
+    count = reader.read_teacher_count(0, n_rows)
+    assert np.array_equal(count, expected_count)
+    assert 0 < (count < len(kinds)).mean() < 1 and (count > 0).mean() > 0.5  # alignment is partial, not absent
+    assert np.abs(dense - expected).max() <= 1e-5
+    mapped = probs.sum(-1)[count > 0]
+    assert (mapped < 1 - 1e-3).any() and (mapped <= 1 + 1e-5).all()  # unmapped mass is the tail, kept out
+    # the chunks cut words and carry the odd text
+    text = b"".join(b"" if x < 3 else byte_level_bytes(load_student(odd_data).id_to_token(x)) for x in rows.reshape(-1))
+    assert b"\t" in text and b"  " in text and "東".encode() in text and b"\n" in text
+
+
+def load_student(data_dir: Path):
+    from logitcache.tokenizer import load_tokenizer
+
+    return load_tokenizer(data_dir / "tokenizer.json")

@@ -5,6 +5,9 @@ One Zarr v3 group, rows = chunks, T = positions, K = kept ids (docs/architecture
   topk_ids    (N, T, K) uint16/uint32      ids sorted ascending per position, stored as gaps (ids.py)
   topk_probs  (N, T, K) float | uint8      probabilities in the same id order, one code (codecs/)
   sample_weights (N, T, K) float16         sampled targets only: importance weights
+  teacher_count (N, T)  uint8              only when a teacher has a tokenizer of its own: the teachers
+                                           aligned at each position (0: no target; the student trains it
+                                           with CE only). A cache without it: every teacher everywhere.
   done        (B,)      uint8              1 once block b's data and checksum are written
   checksum    (B,)      uint32             crc32c over block b's stored (encoded) arrays
 Each array is chunked by whole blocks of `block_rows` rows, so every block is one storage chunk per
@@ -44,6 +47,7 @@ class CacheLayout:
     block_rows: int
     prob_dtype: str
     with_weights: bool = False  # sampled targets: importance weights (float16) in `sample_weights`
+    with_teacher_count: bool = False  # a teacher with a tokenizer of its own: `teacher_count` (N, T) uint8
 
     @property
     def n_blocks(self) -> int:
@@ -56,13 +60,15 @@ class CacheLayout:
     @property
     def block_arrays(self) -> tuple[str, ...]:
         """The arrays a block's checksum covers, in checksum order."""
-        return TARGET_ARRAYS + (("sample_weights",) if self.with_weights else ())
+        return (TARGET_ARRAYS + (("sample_weights",) if self.with_weights else ())
+                + (("teacher_count",) if self.with_teacher_count else ()))
 
     @classmethod
     def from_attrs(cls, attrs: dict) -> "CacheLayout":
         return cls(n_rows=attrs["n_rows"], seq_len=attrs["seq_len"], k=attrs["k"], vocab_size=attrs["vocab_size"],
                    block_rows=attrs["block_rows"], prob_dtype=attrs["prob_dtype"],
-                   with_weights=attrs.get("with_weights", False))
+                   with_weights=attrs.get("with_weights", False),
+                   with_teacher_count=attrs.get("with_teacher_count", False))
 
 
 def decode_recipe(prob_dtype: str) -> dict:
@@ -102,12 +108,21 @@ class Compression:
     codes repeat more and zstd's deeper match search pays (7.2 bytes/token against zstd-5's 8.0; at T = 1
     13.6 against 14.1), at half zstd-5's speed and 1.3x zstd-10's. One setting serves both temperatures:
     within 1.02x of the smallest setting that keeps the writer near the same speed at either T. Blosc's
-    default blocks cut a block into pieces too small for zstd's matches."""
+    default blocks cut a block into pieces too small for zstd's matches. Probabilities of more than one
+    byte (the 16-bit log codes, float16, float32) take `wide_probs`: byte-shuffled like the ids, so zstd
+    sees their nearly constant high bytes as one run (log-u12 at T = 2: 36.8 bytes/token, 41.3 with plain
+    zstd-8)."""
     ids: tuple[str, int] = ("blosc-chunk", 4)
     probs: tuple[str, int] = ("zstd", 8)
+    wide_probs: tuple[str, int] = ("blosc-chunk", 4)
+
+    def probs_for(self, dtype: np.dtype) -> tuple[str, int]:
+        """The method for probabilities stored as `dtype`."""
+        return self.probs if np.dtype(dtype).itemsize == 1 else self.wide_probs
 
     def label(self) -> str:
-        return f"ids {self.ids[0]}-{self.ids[1]}, probs {self.probs[0]}-{self.probs[1]}"
+        return f"ids {self.ids[0]}-{self.ids[1]}, probs {self.probs[0]}-{self.probs[1]}" + (
+            f" (wider: {self.wide_probs[0]}-{self.wide_probs[1]})" if self.wide_probs != Compression.wide_probs else "")
 
 
 BLOSC_MAX_BYTES = 2**31 - 1 - 16  # c-blosc's BLOSC_MAX_BUFFERSIZE (INT_MAX minus its 16-byte header)
@@ -146,10 +161,13 @@ def _metadata_objects(layout: CacheLayout, attrs: dict, compression: Compression
                        compressors=_compressor(compression.ids, id_dtype, chunk), fill_value=0)
     prob_dtype = prob_code(layout.prob_dtype).storage_dtype
     group.create_array("topk_probs", shape=(n, t, k), chunks=chunk, dtype=prob_dtype,
-                       compressors=_compressor(compression.probs, prob_dtype, chunk), fill_value=0)
+                       compressors=_compressor(compression.probs_for(prob_dtype), prob_dtype, chunk), fill_value=0)
     if layout.with_weights:
         group.create_array("sample_weights", shape=(n, t, k), chunks=chunk, dtype=np.float16,
                            compressors=_compressor(compression.ids, np.float16, chunk), fill_value=0)
+    if layout.with_teacher_count:
+        group.create_array("teacher_count", shape=(n, t), chunks=(r, t), dtype=np.uint8,
+                           compressors=ZstdCodec(level=3), fill_value=0)
     group.create_array("done", shape=(layout.n_blocks,), chunks=(1,), dtype=np.uint8, fill_value=0)
     group.create_array("checksum", shape=(layout.n_blocks,), chunks=(1,), dtype=np.uint32, fill_value=0)
     full = dict(attrs)
@@ -158,6 +176,8 @@ def _metadata_objects(layout: CacheLayout, attrs: dict, compression: Compression
         block_rows=r, n_blocks=layout.n_blocks, prob_dtype=layout.prob_dtype,
         with_weights=layout.with_weights, encodings=decode_recipe(layout.prob_dtype),
     )
+    if layout.with_teacher_count:  # only then: a same-tokenizer cache's metadata is as it always was
+        full["with_teacher_count"] = True
     group.attrs.update({ATTRS_KEY: full})
 
     async def collect() -> dict[str, bytes]:
@@ -266,7 +286,7 @@ class CacheStore:
             return mask
 
     def write_block(self, block: int, tokens: np.ndarray, topk_ids: np.ndarray, topk_probs: np.ndarray,
-                    weights: np.ndarray | None = None) -> None:
+                    weights: np.ndarray | None = None, teacher_count: np.ndarray | None = None) -> None:
         """Encode and write one block, then its checksum, then its `done` marker (in that order)."""
         start, stop = self.layout.block_range(block)
         assert tokens.shape[0] == stop - start
@@ -275,6 +295,8 @@ class CacheStore:
         stored = [tokens.astype(token_dtype(self.layout.vocab_size)), id_gaps, stored_probs]
         if self.layout.with_weights:
             stored.append(np.take_along_axis(weights, order, axis=-1).astype(np.float16))
+        if self.layout.with_teacher_count:
+            stored.append(np.asarray(teacher_count, dtype=np.uint8))  # (n, T)
         self.write_stored_block(block, stored, block_checksum(stored))
 
     def write_stored_block(self, block: int, stored: list[np.ndarray], checksum: int) -> None:
@@ -346,6 +368,13 @@ class CacheStore:
             out[1:] = [np.take_along_axis(a, order, axis=-1) for a in out[1:]]
         return tuple(out)
 
+    def teacher_count(self, stored: list[np.ndarray]) -> np.ndarray:
+        """(n, T) uint8: the teachers aligned at each position of a stored block; a cache without the array
+        (every teacher on the data's tokenizer) has every teacher at every position."""
+        if self.layout.with_teacher_count:
+            return stored[self.layout.block_arrays.index("teacher_count")].astype(np.uint8)
+        return np.full(stored[0].shape, len(self.attrs.get("teachers") or [None]), dtype=np.uint8)
+
     def bytes_on_disk(self) -> dict[str, int]:
         """{array: stored bytes} (metadata included), from one listing of the location."""
         sizes = dict.fromkeys(self.arrays, 0)
@@ -364,7 +393,7 @@ def same_attrs(a: dict, b: dict, ignore: tuple[str, ...] = ("package_version", "
 
 def block_chunk_key(array: str, block: int) -> str:
     """The storage key of one block of one array (Zarr v3 default chunk keys: <array>/c/<block>/0/...)."""
-    ndim = {"tokens": 2, "done": 1, "checksum": 1}.get(array, 3)
+    ndim = {"tokens": 2, "teacher_count": 2, "done": 1, "checksum": 1}.get(array, 3)
     return "/".join([array, "c", str(block)] + ["0"] * (ndim - 1))
 
 

@@ -31,10 +31,16 @@ class CacheReader:
     def __len__(self) -> int:
         return self.layout.n_rows
 
-    def read_block(self, block: int, targets: bool = True, by_prob: bool = True) -> tuple[np.ndarray, ...]:
+    def read_block(self, block: int, targets: bool = True, by_prob: bool = True,
+                   with_count: bool = False) -> tuple[np.ndarray, ...]:
         """One block decoded; checksum-verified first when `verify`. Only tokens when not `targets` (the
         whole block is still fetched when `verify`: its checksum covers every array); each position's
-        entries by decreasing probability when `by_prob`, else by ascending id."""
+        entries by decreasing probability when `by_prob`, else by ascending id. `with_count` appends the
+        teachers aligned at each position (n, T) uint8 (CacheStore.teacher_count; a cache without the
+        array: every teacher everywhere)."""
+        if with_count:
+            stored = self.store.read_checked_block(block) if self.verify else self.store.read_stored_block(block)
+            return (*self.store.decode(stored, by_prob), self.store.teacher_count(stored))
         if not targets and self.verify:
             return (self.store.read_checked_block(block)[0].astype(np.int64),)
         if not targets:
@@ -67,6 +73,19 @@ class CacheReader:
                      np.zeros((0, t, k), np.float32)]
             return tuple(empty[:width])
         return tuple(np.concatenate([p[i] for p in parts]) for i in range(width))
+
+
+    def read_teacher_count(self, start: int, stop: int) -> np.ndarray:
+        """Rows start..stop of the teachers aligned at each position (n, T) uint8 (0: no teacher target there)."""
+        stop = min(stop, len(self))
+        r = self.layout.block_rows
+        parts = []
+        for block in range(start // r, (stop - 1) // r + 1 if stop > start else start // r):
+            b_start, _ = self.layout.block_range(block)
+            stored = self.store.read_checked_block(block) if self.verify else self.store.read_stored_block(block)
+            counts = self.store.teacher_count(stored)
+            parts.append(counts[max(start - b_start, 0):min(stop - b_start, counts.shape[0])])
+        return np.concatenate(parts) if parts else np.zeros((0, self.layout.seq_len), np.uint8)
 
 
 def open_cache(path: "str | Path | Location", verify: bool = True) -> CacheReader:

@@ -1,0 +1,131 @@
+"""The dump side of teachers with tokenizers of their own: checks, coverage, the mixed ensemble and one
+batch's targets. dump.load_teaching and dump.block_targets call it when a teacher's tokenizer differs
+from the data's, so every engine (local, torchrun, Ray) computes the same bytes."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import distributed as D
+from .align import Aligner, ChunkTexts, folder_vocabulary, vocabulary
+from .configs import check
+from .data import spread_indices
+from .errors import LogitcacheError
+from .mixed import MixedEnsemble, mixed_sample_inputs, zero_unaligned
+from .tokenizer import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+COVERAGE_CHUNKS = 512  # chunks (spread over the cached ones) the coverage check tokenizes
+
+
+def own_tokenizer(info: dict) -> bool:
+    """Whether load_teachers found the teacher's tokenizer to differ from the data's."""
+    return info.get("tokenizer") == "own"
+
+
+def selected_indices(n_rows: int, config) -> np.ndarray:
+    """The split rows a dump caches (dump.select_rows): all, the first N, or N spread evenly."""
+    if not config.max_chunks:
+        return np.arange(n_rows)
+    if config.row_selection == "first":
+        return np.arange(min(n_rows, config.max_chunks))
+    return spread_indices(n_rows, config.max_chunks)
+
+
+def check_mixed_config(config, infos: list[dict]) -> None:
+    """Settings an ensemble with a different-tokenizer teacher cannot honour, refused in one line."""
+    own = [Path(i["path"]).name for i in infos if own_tokenizer(i)]
+    check(not (own and config.combine == "mean-logits"),
+          f"teacher {own[0] if own else ''} has a different tokenizer than the data (a tokenizer of its own), and "
+          "--combine mean-logits averages logits over one vocabulary: use --combine mean-probs")
+    if config.teacher_weights:
+        check(len(config.teacher_weights) == len(infos), f"{len(config.teacher_weights)} --teacher-weight values "
+              f"for {len(infos)} teachers: give one per --teacher, in order")
+        check(config.combine == "mean-probs", "--teacher-weight weighs probabilities: use --combine mean-probs")
+
+
+def teacher_context(model) -> int:
+    """The longest sequence a teacher reads (its position embeddings); 0: unbounded."""
+    config = model.config
+    return int(getattr(config, "max_position_embeddings", 0) or getattr(config, "n_positions", 0) or 0)
+
+
+class CrossTeaching:
+    """The aligners of a dump (None for teachers on the data's tokenizer) and the coverage attributes."""
+
+    def __init__(self, config, data, rows: np.ndarray, models: list, infos: list[dict]):
+        check_mixed_config(config, infos)
+        split = config.split
+        self.rows = rows
+        self.aligners: list[Aligner | None] = [None] * len(models)
+        self.coverage: list[dict] = []
+        if not any(own_tokenizer(i) for i in infos):  # --teacher-weight alone: every teacher reads the tokens
+            return
+        if not data.store.has_text(split):
+            raise LogitcacheError(f"{data.path} records no text for split '{split}' (a teacher with a tokenizer of "
+                                  "its own reads the chunks' text): re-run `logitcache prepare` on it")
+        indices = selected_indices(data.store.num_rows(split), config)
+        texts = ChunkTexts(data.store, split, indices, data.seq_len)
+        student = vocabulary(load_tokenizer(data.tokenizer_path), data.special_ids)
+        self.aligners = []
+        for model, info in zip(models, infos):
+            if not own_tokenizer(info):
+                self.aligners.append(None)
+                continue
+            teacher = folder_vocabulary(Path(info["path"]))
+            check(int(model.config.vocab_size) >= teacher.size, f"teacher {info['path']} has vocabulary "
+                  f"{model.config.vocab_size}, smaller than its tokenizer's ({teacher.size})")
+            self.aligners.append(Aligner(teacher, student, texts, teacher_context(model) or 1 << 30))
+        self.coverage = self._coverage(infos)
+        for entry in self.coverage:
+            if entry["positions"] < config.min_coverage:
+                raise LogitcacheError(
+                    f"teacher {entry['teacher']}: its tokenizer aligns with {entry['positions']:.1%} of the data's "
+                    f"positions (over {entry['chunks']} chunks), below --min-coverage {config.min_coverage:g}: its "
+                    "tokens do not spell the text (a lowercasing or NFKC normalizer, <unk>) or split it elsewhere")
+
+    def _coverage(self, infos: list[dict]) -> list[dict]:
+        """Per different-tokenizer teacher, over up to COVERAGE_CHUNKS chunks spread over the cached ones
+        (tokenization only): the fraction of positions aligned, and of the teacher's own next tokens at
+        aligned positions the fraction that has a student counterpart."""
+        sample = spread_indices(self.rows.shape[0], COVERAGE_CHUNKS)
+        out = []
+        for aligner, info in zip(self.aligners, infos):
+            if aligner is None:
+                continue
+            aligned = mapped = with_next = 0
+            for a in aligner.align(sample, self.rows[sample]):
+                here = a.position >= 0
+                j, at_start = a.position[here], a.at_start[here]  # aligned teacher positions
+                has_next = j + 1 < len(a.teacher_ids)
+                following = a.teacher_ids[j[has_next] + 1]  # the teacher's own next token there
+                onto = np.where(at_start[has_next], aligner.map.start[following], aligner.map.mid[following])
+                aligned += int(here.sum())
+                with_next += int(has_next.sum())
+                mapped += int((onto >= 0).sum())
+            total = len(sample) * self.rows.shape[1]
+            out.append({"teacher": Path(info["path"]).name, "chunks": int(len(sample)),
+                        "positions": round(aligned / max(total, 1), 6),
+                        "next_tokens_mapped": round(mapped / max(with_next, 1), 6)})
+        return out
+
+    def ensemble(self, config, models: list, device: torch.device, vocab_size: int) -> MixedEnsemble:
+        return MixedEnsemble(list(zip(models, self.aligners)), config.temperature, device,
+                             D.autocast_for(device, config.precision), vocab_size=vocab_size,
+                             weights=tuple(config.teacher_weights), logit_budget=config.logit_budget_mb << 20)
+
+
+def batch_targets(ensemble: MixedEnsemble, config, input_ids: torch.Tensor, cache_rows: np.ndarray,
+                  generator: torch.Generator) -> list[torch.Tensor]:
+    """One batch of a mixed ensemble: [ids, probs(, weights), teacher_count] as block_targets gathers them."""
+    if config.targets == "topk":
+        return list(ensemble.topk(input_ids, config.top_k, cache_rows))
+    from .dump import sample_targets
+
+    probs, count = ensemble.targets(input_ids, cache_rows)
+    drawn = sample_targets(mixed_sample_inputs(probs, count), config.samples, config.proposal_temperature, generator)
+    return zero_unaligned(list(drawn), count) + [count]

@@ -1,0 +1,154 @@
+"""An ensemble whose teachers need not share the data's tokenizer, combined in the student's vocabulary.
+
+A teacher on the data's tokenizer reads the stored tokens (an `Ensemble` of that one teacher: its exact
+distribution at T over the data's ids, at every position). A teacher with a tokenizer of its own runs on
+its own tokens of the same text (align.py), right-padded into a batch with an attention mask; its
+distribution at T over its own vocabulary, read at the teacher position aligned with each student
+position, is mapped onto student ids (align.IdMap: exact layers of unique targets); mass on teacher ids
+without a student counterpart is left out, so the kept probabilities sum to less than 1 and the cache's
+tail holds it. At each student position the distributions of the teachers aligned there are averaged
+(weighted by --teacher-weight); `teacher_count` is how many there were (0: no target).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+
+from .align import Aligner, ChunkAlignment
+from .ensemble import DEFAULT_LOGIT_BUDGET, Ensemble, topk_decreasing
+
+
+class MixedEnsemble:
+    """`teachers`: [(model, Aligner or None)]: None for a teacher on the data's tokenizer."""
+
+    cross = True
+
+    def __init__(self, teachers: list, temperature: float, device: torch.device, autocast=None,
+                 vocab_size: int = 0, weights: tuple[float, ...] = (), logit_budget: int = DEFAULT_LOGIT_BUDGET):
+        self.temperature = float(temperature)
+        self.device = device
+        self.autocast = autocast or contextlib.nullcontext
+        self.vocab_size = int(vocab_size)
+        self.weights = [float(w) for w in weights] if weights else [1.0] * len(teachers)
+        self.members = []  # (Ensemble of one same-tokenizer teacher, None) or (model, Aligner)
+        for model, aligner in teachers:
+            if aligner is None:
+                self.members.append((Ensemble([model], "mean-probs", temperature, device, autocast,
+                                              vocab_size=vocab_size, logit_budget=logit_budget), None))
+            else:
+                self.members.append((model.to(device).eval(), aligner))
+        self._layers = [None if a is None else {which: [tuple(torch.from_numpy(x).to(device) for x in layer)
+                                                         for layer in a.map.layers(which)]
+                                                for which in ("mid", "start")}
+                        for _, a in self.members]
+        self.counted = any(a is not None for _, a in self.members)  # the cache gets teacher_count
+        # per member: [aligned positions, positions, mapped mass at aligned positions] over what ran here
+        self.stats = np.zeros((len(self.members), 3), dtype=np.float64)
+
+    @property
+    def n_teachers(self) -> int:
+        return len(self.members)
+
+    @torch.no_grad()
+    def targets(self, input_ids: torch.Tensor, cache_rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The combined distribution (B, T, V) float32 (zeros where no teacher is aligned) and the number of
+        teachers aligned at each position (B, T) uint8, for cache rows `cache_rows` (B,) holding `input_ids`."""
+        b, t = input_ids.shape
+        acc = torch.zeros(b, t, self.vocab_size, dtype=torch.float32, device=self.device)
+        weight = torch.zeros(b, t, dtype=torch.float32, device=self.device)
+        count = torch.zeros(b, t, dtype=torch.int32, device=self.device)
+        tokens = input_ids.cpu().numpy()
+        for i, (member, aligner) in enumerate(self.members):
+            if aligner is None:  # the data's tokenizer: every position, exactly as a same-tokenizer dump
+                acc.add_(member.probs(input_ids), alpha=self.weights[i])
+                weight += self.weights[i]
+                count += 1
+                self.stats[i] += (b * t, b * t, b * t)
+                continue
+            mapped, aligned = self._teacher_probs(i, member, aligner.align(cache_rows, tokens))
+            acc.add_(mapped, alpha=self.weights[i])
+            weight += self.weights[i] * aligned
+            count += aligned.to(torch.int32)
+            self.stats[i] += (float(aligned.sum()), b * t, float(mapped.sum()))
+        acc.div_(torch.where(weight > 0, weight, torch.ones_like(weight)).unsqueeze(-1))
+        return acc, count.to(torch.uint8)
+
+    def _teacher_probs(self, i: int, model, alignments: list[ChunkAlignment]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher i's distribution at T mapped onto student ids at the aligned positions (B, T, V) (zeros
+        elsewhere) and the aligned mask (B, T) float32."""
+        ids, mask = padded(alignments, self.device)  # (B, L) each
+        with self.autocast():
+            logits = model(input_ids=ids, attention_mask=mask).logits  # (B, L, V_model)
+        vocab = self.members[i][1].teacher.size
+        probs = torch.softmax(logits[..., :vocab].float() / self.temperature, dim=-1)  # (B, L, V_t)
+        position = torch.from_numpy(np.stack([a.position for a in alignments])).to(self.device)  # (B, T)
+        at_start = torch.from_numpy(np.stack([a.at_start for a in alignments])).to(self.device)  # (B, T)
+        aligned = position >= 0
+        rows = torch.arange(len(alignments), device=self.device).unsqueeze(1).expand_as(position)
+        at_t = probs[rows, position.clamp(min=0)]  # (B, T, V_t): the teacher position aligned with each t
+        at_t = at_t * aligned.unsqueeze(-1)
+        flat = at_t.reshape(-1, vocab)  # (B*T, V_t)
+        out = map_onto(flat, self._layers[i]["mid"], self.vocab_size)  # (B*T, V)
+        starts = torch.nonzero(at_start.reshape(-1), as_tuple=True)[0]
+        if len(starts):
+            out[starts] = map_onto(flat[starts], self._layers[i]["start"], self.vocab_size)
+        return out.reshape(*position.shape, self.vocab_size), aligned.float()
+
+    @torch.no_grad()
+    def topk(self, input_ids: torch.Tensor, k: int, cache_rows: np.ndarray):
+        """Top-k ids (B, T, K) int64, probabilities (B, T, K) float32 decreasing, and the teacher count (B, T)
+        uint8; where no teacher is aligned the ids are 0..K-1 with probability 0."""
+        probs, count = self.targets(input_ids, cache_rows)
+        top_probs, top_ids = topk_decreasing(probs, k)
+        none = (count == 0).unsqueeze(-1)
+        top_ids = torch.where(none, torch.arange(k, device=top_ids.device).expand_as(top_ids), top_ids)
+        return top_ids, torch.where(none, torch.zeros_like(top_probs), top_probs), count
+
+    def coverage(self) -> list[dict]:
+        """Per teacher, over the positions this process computed: the fraction aligned and the fraction of
+        the teacher's probability at those positions that mapped onto student ids."""
+        out = []
+        for (aligned, total, mass) in self.stats.tolist():
+            out.append({"positions": aligned / max(total, 1.0), "mass": mass / max(aligned, 1.0)})
+        return out
+
+
+def padded(alignments: list[ChunkAlignment], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher sequences right-padded to the longest: ids (B, L) int64 (pads are id 0) and the attention
+    mask (B, L) (1 on real tokens). A causal model's logits at real positions never see a pad after them."""
+    length = max(1, max(len(a.teacher_ids) for a in alignments))
+    ids = np.zeros((len(alignments), length), dtype=np.int64)
+    mask = np.zeros((len(alignments), length), dtype=np.int64)
+    for row, a in enumerate(alignments):
+        ids[row, :len(a.teacher_ids)] = a.teacher_ids
+        mask[row, :len(a.teacher_ids)] = 1
+    return torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
+
+
+def map_onto(flat: torch.Tensor, layers: list[tuple[torch.Tensor, torch.Tensor]], vocab_size: int) -> torch.Tensor:
+    """(R, V_t) teacher probabilities -> (R, V) on student ids: out[:, s] = sum of flat[:, t] over the teacher
+    ids t mapped to s, one injective layer at a time (in a fixed order: the same bits on every device)."""
+    out = torch.zeros(flat.shape[0], vocab_size, dtype=flat.dtype, device=flat.device)
+    for teacher_ids, student_ids in layers:
+        out[:, student_ids] += flat[:, teacher_ids]
+    return out
+
+
+def mixed_sample_inputs(probs: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Positions no teacher aligns have no distribution to draw from: a one-hot on id 0 stands in (its draws
+    are zeroed afterwards), so the generator's stream is the same whatever is aligned."""
+    none = count == 0
+    if bool(none.any()):
+        probs[..., 0] = torch.where(none, torch.ones_like(probs[..., 0]), probs[..., 0])
+    return probs
+
+
+def zero_unaligned(parts: list[torch.Tensor], count: torch.Tensor) -> list[torch.Tensor]:
+    """Sampled targets [ids, p, weights] (B, T, N) with zeros where no teacher is aligned."""
+    keep = (count > 0).unsqueeze(-1)
+    return [torch.where(keep, part, torch.zeros_like(part)) for part in parts]
+
+
+__all__ = ["Aligner", "MixedEnsemble", "map_onto", "padded"]
