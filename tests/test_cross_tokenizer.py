@@ -409,3 +409,169 @@ def load_student(data_dir: Path):
     from logitcache.tokenizer import load_tokenizer
 
     return load_tokenizer(data_dir / "tokenizer.json")
+
+
+def test_sampled_targets_draw_from_the_mixed_distribution(tmp_path, odd_data, teachers):
+    """Sampled targets: each drawn id's p is the mixed ensemble's (the top-k=V float32 cache of the same
+    teachers), and positions no teacher aligns hold no draw."""
+    from conftest import dump_config
+    from logitcache import open_cache
+    from logitcache.dump import dump
+
+    dirs = [teachers["metaspace"], teachers["byte-level"]]
+    settings = dict(combine="mean-probs", prob_dtype="float32", max_chunks=16, min_coverage=0.2)
+    dump(dump_config(odd_data, dirs, tmp_path / "full.zarr", top_k=300, **settings))
+    dump(dump_config(odd_data, dirs, tmp_path / "sampled.zarr", targets="sample", samples=8, **settings))
+    _, ids, probs = open_cache(tmp_path / "full.zarr").read(0, 16)
+    dense = np.zeros((*ids.shape[:2], 300))
+    np.put_along_axis(dense, ids, probs, -1)
+    reader = open_cache(tmp_path / "sampled.zarr")
+    _, s_ids, s_p, s_w = reader.read(0, 16)
+    count = reader.read_teacher_count(0, 16)
+    assert np.array_equal(count, open_cache(tmp_path / "full.zarr").read_teacher_count(0, 16))
+    drawn = s_w > 0
+    assert np.allclose(np.take_along_axis(dense, s_ids, -1)[drawn], s_p[drawn], atol=1e-6)
+    assert not drawn[count == 0].any() and drawn[count > 0].any(axis=-1).all()
+
+
+def test_padding_does_not_change_a_logit(teachers):
+    """A right-padded batch with its attention mask gives every real position the logits of that sequence
+    run alone (mixed.padded), for both architectures."""
+    import torch
+
+    from logitcache.align import ChunkAlignment
+    from logitcache.mixed import padded
+    from logitcache.models import load_model
+
+    rng = np.random.default_rng(0)
+    for kind in ("byte-level", "metaspace"):
+        model = load_model(teachers[kind])
+        seqs = [rng.integers(3, 150, size=n) for n in (5, 17, 11)]
+        ids, mask = padded([ChunkAlignment(s, np.zeros(0, np.int64), np.zeros(0, bool)) for s in seqs],
+                           torch.device("cpu"))
+        with torch.no_grad():
+            batch = model(input_ids=ids, attention_mask=mask).logits
+            for row, s in enumerate(seqs):
+                alone = model(input_ids=torch.from_numpy(s)[None]).logits[0]
+                assert torch.allclose(batch[row, :len(s)], alone, rtol=0, atol=1e-5), kind
+                assert (batch[row, :len(s)] - alone).abs().max() <= 1e-6 * alone.abs().max()
+
+
+def test_a_lossy_teacher_tokenizer_is_refused_below_min_coverage(tmp_path, odd_data, teachers):
+    """A lowercasing normalizer: its tokens do not spell the text after the first capital, coverage falls
+    below --min-coverage and the dump refuses in one line (exit 2) before writing anything."""
+    from typer.testing import CliRunner
+
+    from logitcache_cli.app import app
+
+    out = tmp_path / "c.zarr"
+    args = ["dump", "--data", str(odd_data), "--teacher", str(teachers["lowercase"]), "--out", str(out),
+            "--combine", "mean-probs", "--max-chunks", "16", "--device", "cpu"]
+    result = CliRunner().invoke(app, args)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert "teacher gpt2-lower" in lines[0] and "below --min-coverage 0.5" in lines[0], lines[0]
+    assert not out.exists()
+    measured = float(lines[0].split("aligns with ")[1].split("%")[0]) / 100
+    from logitcache.cross_dump import CrossTeaching  # noqa: F401  (the same measure, on the lossless teacher)
+
+    result = CliRunner().invoke(app, args[:4] + [str(teachers["byte-level"])] + args[5:] + ["--min-coverage", "0.2"])
+    assert result.exit_code == 0, result.output
+    from logitcache import open_cache
+
+    lossless = open_cache(out).attrs["coverage"][0]["positions"]
+    assert measured < lossless / 2, (measured, lossless)
+
+
+def test_a_data_dir_without_text_serves_same_tokenizer_dumps_only(tmp_path, odd_data, teachers):
+    import shutil
+
+    from conftest import dump_config
+    from logitcache.dump import dump
+    from logitcache.errors import LogitcacheError
+
+    old = tmp_path / "data"
+    shutil.copytree(odd_data, old)
+    shutil.rmtree(old / "tokens.zarr" / "text")
+    dump(dump_config(old, [teachers["same"]], tmp_path / "same.zarr", max_chunks=8))
+    with pytest.raises(LogitcacheError, match="records no text for split 'train'.*re-run `logitcache prepare`"):
+        dump(dump_config(old, [teachers["metaspace"]], tmp_path / "cross.zarr", combine="mean-probs", max_chunks=8))
+    assert not (tmp_path / "cross.zarr").exists()
+
+
+# --- parity: every teacher on the data's tokenizer ---------------------------------------------------------------
+
+def todays_cache(out: Path, config) -> None:
+    """A same-tokenizer cache written the way dump always has, from its parts: the ensemble (Ensemble) over
+    the stored tokens in fixed batches, top-k or sampled targets, CacheStore.write_block per block."""
+    import torch
+
+    from logitcache.data import load_data
+    from logitcache.dump import cache_attrs, sample_targets, select_rows
+    from logitcache.ensemble import Ensemble
+    from logitcache.models import describe, load_model
+    from logitcache.store import CacheLayout, CacheStore, create_cache
+    from logitcache.tokenizer import folder_tokenizer_identity
+
+    data = load_data(config.data)
+    rows = select_rows(data.store.split(config.split), config)
+    models = [load_model(p) for p in config.teachers]
+    infos = [describe(p, m) | {"tokenizer_identity": folder_tokenizer_identity(p)} for p, m in zip(config.teachers, models)]
+    device = torch.device("cpu")
+    ensemble = Ensemble(models, config.combine, config.temperature, device, vocab_size=data.vocab_size)
+    layout = CacheLayout(rows.shape[0], data.seq_len, config.width, data.vocab_size, config.block_rows,
+                         config.prob_dtype, with_weights=config.targets == "sample")
+    attrs = cache_attrs(config, data, infos, rows.shape[0], device)
+    create_cache(out, layout, attrs)
+    store = CacheStore(out, mode="r+")
+    from logitcache.store.writers import device_kind, record_writer
+
+    record_writer(store, device_kind(device, attrs["precision"]))  # who wrote blocks (done/zarr.json)
+    for block in range(layout.n_blocks):
+        start, stop = layout.block_range(block)
+        generator = torch.Generator(device=device).manual_seed(config.seed * 1_000_003 + block)
+        parts = []
+        for b0 in range(start, stop, config.batch_size):
+            ids = torch.from_numpy(rows[b0:min(b0 + config.batch_size, stop)].astype(np.int64))
+            if config.targets == "topk":
+                parts.append(ensemble.topk(ids, config.top_k))
+            else:
+                parts.append(sample_targets(ensemble.probs(ids), config.samples, config.proposal_temperature, generator))
+        arrays = [torch.cat(column).numpy() for column in zip(*parts)]
+        store.write_block(block, rows[start:stop], *arrays)
+
+
+def stored_objects(path: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*")) if f.is_file()}
+
+
+@pytest.mark.parametrize("combine", ["mean-logits", "mean-probs"])
+@pytest.mark.parametrize("targets", ["topk", "sample"])
+def test_same_tokenizer_teachers_give_todays_cache_byte_for_byte(tmp_path, odd_data, teachers, combine, targets):
+    """Every teacher on the data's tokenizer (one folder re-saved by another writer: other bytes, the same
+    identity) reads the stored tokens: every stored object equals the cache written the way dump always
+    has, no teacher_count array, no coverage attribute."""
+    import shutil
+
+    from conftest import dump_config
+    from logitcache.dump import dump
+    from logitcache.tokenizer import load_tokenizer
+
+    resaved = tmp_path / "resaved"
+    shutil.copytree(teachers["same"], resaved)
+    load_tokenizer(resaved / "tokenizer.json").save(str(resaved / "tokenizer.json"), pretty=False)
+    assert (resaved / "tokenizer.json").read_bytes() != (odd_data / "tokenizer.json").read_bytes()
+    config = dump_config(odd_data, [teachers["same"], resaved], tmp_path / "now.zarr", combine=combine,
+                         targets=targets, samples=8, max_chunks=20)
+    dump(config)
+    todays_cache(tmp_path / "today.zarr", config)
+    now, today = stored_objects(tmp_path / "now.zarr"), stored_objects(tmp_path / "today.zarr")
+    assert now.keys() == today.keys() and not any(k.startswith("teacher_count") for k in now)
+    for key in now:
+        if key != "zarr.json":
+            assert now[key] == today[key], key
+    attrs = [json.loads(objects["zarr.json"])["attributes"]["logitcache"] for objects in (now, today)]
+    for a in attrs:
+        a.pop("created", None)
+    assert attrs[0].keys() == attrs[1].keys() and "coverage" not in attrs[0] and "with_teacher_count" not in attrs[0]
+    assert {k: v for k, v in attrs[0].items() if k != "teachers"} == {k: v for k, v in attrs[1].items() if k != "teachers"}
