@@ -248,3 +248,41 @@ def test_a_teacher_on_its_own_tokenizer_is_scored_on_its_own_data(tmp_path, tiny
     alone = evaluate(EvalConfig(models=(student,), data=work / "data", teachers=(llama,), max_chunks=16, device="cpu"))
     assert report["students"]["distilled"]["dev_teacher_kl"] == pytest.approx(alone["models"][0]["teacher_kl"], rel=1e-6)
     assert set(stamp(work / "eval" / ".stage.json")["inputs"]) >= {"prepare", "prepare:gpt2", "teacher:gpt2"}
+
+
+# ---- end to end: the dump with a teacher on its own tokenizer --------------------------------------
+
+def test_mixed_run_goes_through_dump_students_and_eval_from_the_cli(tmp_path, tiny_raw):
+    """`logitcache run` with llama on the data's tokenizer and gpt2 on a larger BPE of its own (so some
+    of the data's positions fall inside a gpt2 token): exit 0, the cache names gpt2's own tokenizer
+    (its folder's) and its coverage, every position has llama's target and gpt2's where it aligns
+    (teacher_count = 1 + aligned, its mean 1 + the recorded coverage), the students train from it, and
+    a second run reuses every stage."""
+    from test_eval import blimp_dir
+    from test_run import run_cli
+
+    from logitcache.store.cache import root_attrs
+    from logitcache.store.reader import open_cache
+    from logitcache.tokenizer import folder_tokenizer_identity
+
+    config = write_config(tmp_path, mixed_toml(tiny_raw, blimp_dir(tmp_path), "tokenizer_vocab_size = 330"))
+    work = tmp_path / "work"
+    result = run_cli(config, work)
+    assert result.exit_code == 0, result.output
+    report = json.loads((work / "report.json").read_text())
+    assert report["stages_ran"] == ["prepare", "prepare:gpt2", "teacher:llama", "teacher:gpt2", "dump",
+                                    "student:distilled:seed0", "student:baseline:seed0", "eval"]
+    attrs = root_attrs(work / "cache.zarr")
+    [gpt2] = [t for t in attrs["teachers"] if t["path"].endswith("gpt2")]
+    assert gpt2["tokenizer"] == "own" and gpt2["vocab_size"] > 300
+    assert gpt2["tokenizer_identity"] == folder_tokenizer_identity(work / "teachers" / "gpt2")
+    [coverage] = attrs["coverage"]
+    assert coverage["teacher"] == "gpt2" and 0.5 < coverage["positions"] < 1.0 and coverage["chunks"] == 32
+    counts = open_cache(work / "cache.zarr").read_teacher_count(0, 32)  # (32, T)
+    assert set(np.unique(counts)) == {1, 2}
+    assert counts.mean() - 1 == pytest.approx(coverage["positions"], abs=1e-5)
+    for kind in ("distilled", "baseline"):
+        assert np.isfinite(report["students"][kind]["dev_ce"]) and "dev_teacher_kl" in report["students"][kind]
+    assert run_cli(config, work).exit_code == 0
+    again = json.loads((work / "report.json").read_text())
+    assert again["stages_ran"] == [] and again["students"] == report["students"]
