@@ -32,3 +32,22 @@ def command(config: DumpConfig, resume: C.Resume = False, overwrite: C.Overwrite
                       [[report.n_rows, report.blocks_written, report.blocks_skipped, report.tokens_per_s,
                         s["bytes_per_token"], f"{s['blocks_done']}/{s['n_blocks']}"]],
                       caption=caption)
+        coverage_table(s["attrs"], getattr(report, "coverage", []))
+
+
+def coverage_table(attrs: dict, measured: list) -> None:
+    """Per teacher with a tokenizer of its own: positions aligned and next tokens mapped (the attributes:
+    the chunks' text), and what this run measured on the blocks it computed (positions, probability mapped)."""
+    coverage = attrs.get("coverage") or []
+    if not coverage:
+        return
+    own = [i for i, t in enumerate(attrs["teachers"]) if t.get("tokenizer") == "own"]
+    rows = []
+    for entry, index in zip(coverage, own):
+        run = measured[index] if index < len(measured) else {}
+        rows.append([entry["teacher"], entry["positions"], entry["next_tokens_mapped"], run.get("positions", "-"),
+                     run.get("mass", "-")])
+    C.print_table("coverage (teachers with a tokenizer of their own)",
+                  ["teacher", "positions aligned", "next tokens mapped", "positions (this run)", "mass mapped (this run)"],
+                  rows, caption=f"attributes over {coverage[0]['chunks']} chunks' text; this run: its blocks, "
+                                "mass = the teacher's probability at aligned positions that has a student id")

@@ -32,6 +32,9 @@ def command(
         ["full fp32 logits bytes/token", s["full_logit_bytes_per_token"]],
         ["bytes on disk (all arrays)", s["bytes_on_disk"]], ["data fingerprint", a["data_fingerprint"][:16]],
     ]
+    for entry in a.get("coverage") or []:  # teachers with a tokenizer of their own (over the chunks' text)
+        rows.append([f"coverage {entry['teacher']}", f"{entry['positions']:.1%} of positions aligned, "
+                     f"{entry['next_tokens_mapped']:.1%} of next tokens mapped ({entry['chunks']} chunks)"])
     rows += [[f"decode {k}", v] for k, v in a["encodings"].items()]
     C.print_table(f"cache {cache}", ["field", "value"], rows)
     C.write_json(json_out, s)

@@ -575,3 +575,22 @@ def test_same_tokenizer_teachers_give_todays_cache_byte_for_byte(tmp_path, odd_d
         a.pop("created", None)
     assert attrs[0].keys() == attrs[1].keys() and "coverage" not in attrs[0] and "with_teacher_count" not in attrs[0]
     assert {k: v for k, v in attrs[0].items() if k != "teachers"} == {k: v for k, v in attrs[1].items() if k != "teachers"}
+
+
+def test_dump_and_inspect_print_each_teachers_coverage(tmp_path, odd_data, teachers):
+    from typer.testing import CliRunner
+
+    from logitcache import open_cache
+    from logitcache_cli.app import app
+
+    out = tmp_path / "mixed.zarr"
+    result = CliRunner().invoke(app, ["dump", "--data", str(odd_data), "--teacher", str(teachers["same"]), "--teacher",
+                                      str(teachers["unigram"]), "--out", str(out), "--combine", "mean-probs",
+                                      "--max-chunks", "16", "--device", "cpu", "--teacher-weights", "2,1"])
+    assert result.exit_code == 0, result.output
+    entry = open_cache(out).attrs["coverage"][0]
+    assert entry["teacher"] == "llama-unigram" and 0.2 < entry["positions"] < 1
+    assert "llama-unigram" in result.output and f"{entry['positions']:.4g}"[:4] in result.output
+    result = CliRunner().invoke(app, ["inspect", str(out)])
+    assert result.exit_code == 0 and "coverage llama-unigram" in result.output, result.output
+    assert f"{entry['positions']:.1%}" in result.output
