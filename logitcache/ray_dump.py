@@ -165,8 +165,14 @@ class BlockWorker:
         return seconds
 
 
-def forwarded_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIXES)}
+def worker_env() -> dict[str, str]:
+    """The workers' environment: the driver's storage settings, and what memory.tune_process gives this
+    process (the heap thresholds, as glibc's variables, and OpenMP's spin), set before the worker starts."""
+    from .memory import _HIGHEST, GOMP_SPINCOUNT
+
+    env = {"MALLOC_MMAP_THRESHOLD_": str(_HIGHEST), "MALLOC_TRIM_THRESHOLD_": str(_HIGHEST),
+           "GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT", GOMP_SPINCOUNT)}
+    return env | {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIXES)}
 
 
 def connect(ray, config: DumpConfig) -> bool:
@@ -222,6 +228,12 @@ def logitcache_error_in(exc: BaseException) -> LogitcacheError | None:
     return None
 
 
+def innermost_line(exc: BaseException) -> str:
+    """The last line of Ray's error text: the worker's own exception under Ray's traceback."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else exc.__class__.__name__
+
+
 def run_blocks(ray, config: DumpConfig, todo: list[int], report: RayDumpReport, progress: ProgressHook) -> set[str]:
     """Compute and commit `todo` on the actor pool; the writer kinds (JSON) that committed blocks."""
     import ray.data
@@ -238,7 +250,7 @@ def run_blocks(ray, config: DumpConfig, todo: list[int], report: RayDumpReport, 
         compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high, max_tasks_in_flight_per_actor=2 * calls,
                                            max_concurrent_calls_per_actor=calls, enable_true_multi_threading=True),
         num_cpus=config.cpus_per_worker, num_gpus=config.gpus_per_worker,
-        runtime_env={"env_vars": forwarded_env()})
+        runtime_env={"env_vars": worker_env()})
     kinds, pids = set(), set()
     polled, alive = 0.0, 0
     try:
@@ -257,7 +269,7 @@ def run_blocks(ray, config: DumpConfig, todo: list[int], report: RayDumpReport, 
         refusal = logitcache_error_in(exc)
         if refusal is not None:
             raise LogitcacheError(str(refusal)) from None
-        raise LogitcacheError(f"the Ray job failed ({exc.__class__.__name__}: {str(exc).splitlines()[0]}); committed "
+        raise LogitcacheError(f"the Ray job failed ({exc.__class__.__name__}: {innermost_line(exc)}); committed "
                               "blocks are kept: rerun with --resume") from None
     report.restarts = max(report.restarts, job_workers(ray)[1])
     report.worker_pids = sorted(pids)
