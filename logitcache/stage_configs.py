@@ -23,7 +23,7 @@ Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Combine = Literal["mean-logits", "mean-probs"]
 ProbDtype = Literal["sqrt-u7", "sqrt-u8", "log-u8", "log-u7", "log-u6", "log-u9", "log-u10", "log-u11", "log-u12",
-                   "float16", "float32"]  # store/codecs PROB_CODES (test_config checks they agree)
+                   "log-u13", "float16", "float32"]  # store/codecs PROB_CODES (test_config checks they agree)
 Targets = Literal["topk", "sample"]
 RowSelection = Literal["spread", "first"]
 Arch = Literal["llama", "gpt2"]
@@ -136,7 +136,7 @@ class DumpConfig:
     temperature: float = setting(2.0, help="Distillation temperature T of the stored probabilities.")
     combine: Combine = setting("mean-logits", help="Ensemble rule: mean-logits (the paper's code) or mean-probs.")
     prob_dtype: ProbDtype = setting("sqrt-u7", help="Probability code: sqrt-u7 (7-bit codes of sqrt p), sqrt-u8, "
-                                               "log-u8/u7/u6 (codes of log p), log-u9..u12 (16-bit, finer), float16 or float32.")
+                                               "log-u8/u7/u6 (codes of log p), log-u9..u13 (16-bit, finer), float16 or float32.")
     targets: Targets = setting("topk", help="topk, or sample (importance-sampled unique ids).")
     samples: int = setting(16, help="Sampled targets: draws per position.")
     proposal_temperature: float = setting(1.0, help="Sampled targets: draw from p^(1/this), renormalised.")

@@ -15,6 +15,11 @@ PROB_CODES: dict[str, ProbCode] = {
     "log-u8": LogCode("log-u8", 256),
     "log-u7": LogCode("log-u7", 128),
     "log-u6": LogCode("log-u6", 64),
+    "log-u9": LogCode("log-u9", 512),  # 16-bit codes: finer steps for a closer copy of the teacher
+    "log-u10": LogCode("log-u10", 1024),
+    "log-u11": LogCode("log-u11", 2048),
+    "log-u12": LogCode("log-u12", 4096),
+    "log-u13": LogCode("log-u13", 8192),
     "float16": FloatCode("float16", np.float16),
     "float32": FloatCode("float32", np.float32),
 }
