@@ -295,16 +295,19 @@ class Stages:
         write_json_atomic(stamp, record | {"complete": True, "seconds": self.seconds[name],
                                            "fingerprint": self.fingerprints[name]})
 
-    def run(self, name: str, output: Path, config_key, action, after=(), fingerprint=lambda: None) -> None:
-        """A stage whose output is a folder of this WORK, its stamp inside it."""
+    def run(self, name: str, output: Path, config_key, action, after=(), fingerprint=lambda: None,
+            outdated=lambda: False) -> None:
+        """A stage whose output is a folder of this WORK, its stamp inside it; `outdated()` says whether a
+        complete output lacks something this run needs (it is then made again, as with --force)."""
         output = Path(output)
         stamp = output / STAMP
         record = {"stage": name, "config_hash": config_hash(config_key), "inputs": self._inputs(after)}
         saved = _read_stamp(stamp)
         same = saved is not None and _same(saved, record)
-        if same and saved.get("complete") and not self.forced(name):
+        redo = self.forced(name) or (same and saved.get("complete") and outdated())
+        if same and saved.get("complete") and not redo:
             return self._reuse(name, saved)
-        if self.forced(name) or (saved is not None and not same):  # start over; else resume what is there
+        if redo or (saved is not None and not same):  # start over; else resume what is there
             shutil.rmtree(output, ignore_errors=True)
         output.mkdir(parents=True, exist_ok=True)
         self._run(name, stamp, action, record, fingerprint)
@@ -392,9 +395,14 @@ def run_pipeline(config: RunConfig, work: Path, force: tuple[str, ...] = (), pro
         raise LogitcacheError(f"data.raw_dir {raw} does not exist")
 
     prepares = {"prepare": configs["prepare"]} | {f"prepare:{name}": pcfg for name, pcfg in configs["teacher_prepare"].items()}
-    for stage, pcfg in prepares.items():
-        stages.run(stage, pcfg.out, prepare_key(pcfg), lambda pcfg=pcfg: prepare(pcfg, progress), after=upstream,
-                   fingerprint=lambda pcfg=pcfg: _data_fingerprint(pcfg.out))
+    # a teacher on its own tokenizer reads the text of the chunks it dumps: data prepared without it is made again
+    needs_text = configs["dump"].split if configs["teacher_prepare"] else None
+    stages.run("prepare", configs["prepare"].out, prepare_key(configs["prepare"]), lambda: prepare(configs["prepare"], progress),
+               after=upstream, fingerprint=lambda: _data_fingerprint(configs["prepare"].out),
+               outdated=lambda: needs_text is not None and _lacks_text(configs["prepare"].out, needs_text))
+    for name, pcfg in configs["teacher_prepare"].items():
+        stages.run(f"prepare:{name}", pcfg.out, prepare_key(pcfg), lambda pcfg=pcfg: prepare(pcfg, progress),
+                   after=upstream, fingerprint=lambda pcfg=pcfg: _data_fingerprint(pcfg.out))
 
     teacher_dirs, teacher_stages = [], tuple(f"teacher:{name}" for name in configs["teachers"])
     for name, tcfg in configs["teachers"].items():
@@ -431,6 +439,17 @@ def run_pipeline(config: RunConfig, work: Path, force: tuple[str, ...] = (), pro
     for split in ("dev", "test"):
         results[split] = json.loads((eval_dir / f"{split}.json").read_text())
     return write_report(work, config, teacher_dirs, students, dcfg.out, results, stages.seconds, stages.ran)
+
+
+def _lacks_text(data_dir: Path, split: str) -> bool:
+    """Whether a prepared data dir records no text for `split` (data prepared before prepare recorded it)."""
+    from .data import load_data
+
+    lacks = not load_data(data_dir).store.has_text(split)
+    if lacks:
+        log.warning("%s records no text for split %s (a teacher with a tokenizer of its own reads it): preparing "
+                    "it again", data_dir, split)
+    return lacks
 
 
 def _data_fingerprint(data_dir: Path) -> str | None:

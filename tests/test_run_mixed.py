@@ -286,3 +286,22 @@ def test_mixed_run_goes_through_dump_students_and_eval_from_the_cli(tmp_path, ti
     assert run_cli(config, work).exit_code == 0
     again = json.loads((work / "report.json").read_text())
     assert again["stages_ran"] == [] and again["students"] == report["students"]
+
+
+def test_data_without_its_text_is_prepared_again_for_a_teacher_on_its_own_tokenizer(tmp_path, tiny_raw, stop_at_dump):
+    """WORK/data whose tokens.zarr records no text (prepared before prepare recorded it) is prepared again
+    when a teacher has a tokenizer of its own (that teacher's dump reads the text); the same text gives the
+    same fingerprint, so the teachers are reused."""
+    import shutil
+
+    from logitcache.data import load_data
+
+    config, work = write_config(tmp_path, mixed_toml(tiny_raw, tmp_path)), tmp_path / "work"
+    run_until_dump(config, work)
+    weights = work / "teachers" / "llama" / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    shutil.rmtree(work / "data" / "tokens.zarr" / "text")
+    assert not load_data(work / "data").store.has_text("train")
+    run_until_dump(config, work)
+    assert load_data(work / "data").store.has_text("train")
+    assert weights.stat().st_mtime_ns == before
