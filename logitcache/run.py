@@ -397,9 +397,10 @@ def run_pipeline(config: RunConfig, work: Path, force: tuple[str, ...] = (), pro
     prepares = {"prepare": configs["prepare"]} | {f"prepare:{name}": pcfg for name, pcfg in configs["teacher_prepare"].items()}
     # a teacher on its own tokenizer reads the text of the chunks it dumps: data prepared without it is made again
     needs_text = configs["dump"].split if configs["teacher_prepare"] else None
-    stages.run("prepare", configs["prepare"].out, prepare_key(configs["prepare"]), lambda: prepare(configs["prepare"], progress),
-               after=upstream, fingerprint=lambda: _data_fingerprint(configs["prepare"].out),
-               outdated=lambda: needs_text is not None and _lacks_text(configs["prepare"].out, needs_text))
+    main = configs["prepare"]
+    stages.run("prepare", main.out, prepare_key(main), lambda: prepare(main, progress), after=upstream,
+               fingerprint=lambda: _data_fingerprint(main.out),
+               outdated=lambda: needs_text is not None and _lacks_text(main.out, needs_text))
     for name, pcfg in configs["teacher_prepare"].items():
         stages.run(f"prepare:{name}", pcfg.out, prepare_key(pcfg), lambda pcfg=pcfg: prepare(pcfg, progress),
                    after=upstream, fingerprint=lambda pcfg=pcfg: _data_fingerprint(pcfg.out))
@@ -433,7 +434,8 @@ def run_pipeline(config: RunConfig, work: Path, force: tuple[str, ...] = (), pro
             order = [str(p) for p in teacher_dirs] + [str(p) for p in ecfg.models if p not in teacher_dirs]
             write_json_atomic(eval_dir / f"{split}.json", {"models": [scored[path] for path in order]})
 
-    eval_key = (tuple(configs["eval"].values()), tuple((name, tuple(own.values())) for name, own in configs["teacher_eval"].items()))
+    eval_key = (tuple(configs["eval"].values()),
+                tuple((name, tuple(own.values())) for name, own in configs["teacher_eval"].items()))
     stages.run("eval", eval_dir, eval_key if configs["teacher_eval"] else eval_key[0], do_eval,
                after=tuple(prepares) + teacher_stages + tuple(student_stages))
     for split in ("dev", "test"):
