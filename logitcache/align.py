@@ -23,6 +23,7 @@ with no student counterpart map to none: their mass is the cache's tail.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -54,7 +55,7 @@ class Vocabulary:
     def size(self) -> int:
         return len(self.bytes_of)
 
-    @property
+    @functools.cached_property
     def specials(self) -> frozenset[int]:
         return frozenset(i for i, b in enumerate(self.bytes_of) if b is None)
 

@@ -82,18 +82,20 @@ class MixedEnsemble:
         with self.autocast():
             logits = model(input_ids=ids, attention_mask=mask).logits  # (B, L, V_model)
         vocab = self.members[i][1].teacher.size
-        probs = torch.softmax(logits[..., :vocab].float() / self.temperature, dim=-1)  # (B, L, V_t)
         position = torch.from_numpy(np.stack([a.position for a in alignments])).to(self.device)  # (B, T)
         at_start = torch.from_numpy(np.stack([a.at_start for a in alignments])).to(self.device)  # (B, T)
         aligned = position >= 0
-        rows = torch.arange(len(alignments), device=self.device).unsqueeze(1).expand_as(position)
-        at_t = probs[rows, position.clamp(min=0)]  # (B, T, V_t): the teacher position aligned with each t
-        at_t = at_t * aligned.unsqueeze(-1)
-        flat = at_t.reshape(-1, vocab)  # (B*T, V_t)
+        length = ids.shape[1]
+        rows = torch.arange(len(alignments), device=self.device).unsqueeze(1) * length  # (B, 1)
+        at_t = (rows + position.clamp(min=0)).reshape(-1)  # (B*T,) the teacher position aligned with each t
+        # only those rows are turned into probabilities: (B*T, V_t) at T over the teacher's own vocabulary
+        flat = logits.reshape(-1, logits.shape[-1]).index_select(0, at_t)[:, :vocab].float()
+        flat = torch.softmax(flat.div_(self.temperature), dim=-1)
         out = map_onto(flat, self._layers[i]["mid"], self.vocab_size)  # (B*T, V)
         starts = torch.nonzero(at_start.reshape(-1), as_tuple=True)[0]
         if len(starts):
             out[starts] = map_onto(flat[starts], self._layers[i]["start"], self.vocab_size)
+        out.mul_(aligned.reshape(-1, 1))  # no target where the teacher is not aligned
         return out.reshape(*position.shape, self.vocab_size), aligned.float()
 
     @torch.no_grad()
@@ -129,9 +131,17 @@ def padded(alignments: list[ChunkAlignment], device: torch.device) -> tuple[torc
 
 def map_onto(flat: torch.Tensor, layers: list[tuple[torch.Tensor, torch.Tensor]], vocab_size: int) -> torch.Tensor:
     """(R, V_t) teacher probabilities -> (R, V) on student ids: out[:, s] = sum of flat[:, t] over the teacher
-    ids t mapped to s, one injective layer at a time (in a fixed order: the same bits on every device)."""
-    out = torch.zeros(flat.shape[0], vocab_size, dtype=flat.dtype, device=flat.device)
-    for teacher_ids, student_ids in layers:
+    ids t mapped to s, one injective layer at a time (in a fixed order: the same bits on every device). The
+    first layer, which holds most ids, is one column gather and a mask; the rest add their few columns."""
+    if not layers:
+        return torch.zeros(flat.shape[0], vocab_size, dtype=flat.dtype, device=flat.device)
+    teacher_ids, student_ids = layers[0]
+    source = torch.zeros(vocab_size, dtype=torch.int64, device=flat.device)
+    source[student_ids] = teacher_ids
+    has = torch.zeros(vocab_size, dtype=flat.dtype, device=flat.device)
+    has[student_ids] = 1.0
+    out = flat.index_select(1, source).mul_(has)  # (R, V): column 0 stands in where nothing maps, then zeroed
+    for teacher_ids, student_ids in layers[1:]:
         out[:, student_ids] += flat[:, teacher_ids]
     return out
 
