@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .align import Aligner, ChunkAlignment
-from .ensemble import DEFAULT_LOGIT_BUDGET, Ensemble, topk_decreasing
+from .ensemble import DEFAULT_LOGIT_BUDGET, Ensemble, fp32_head, topk_decreasing
 
 
 class MixedEnsemble:
@@ -31,6 +31,7 @@ class MixedEnsemble:
         self.device = device
         self.autocast = autocast or contextlib.nullcontext
         self.vocab_size = int(vocab_size)
+        self.logit_budget = int(logit_budget)
         self.weights = [float(w) for w in weights] if weights else [1.0] * len(teachers)
         self.members = []  # (Ensemble of one same-tokenizer teacher, None) or (model, Aligner)
         for model, aligner in teachers:
@@ -51,10 +52,27 @@ class MixedEnsemble:
     def n_teachers(self) -> int:
         return len(self.members)
 
+    def rows_per_pass(self, seq_len: int) -> int:
+        """Rows whose float32 work buffers fit --logit-budget-mb: per row the combined (T, V), one mapped
+        (T, V), and a different-tokenizer teacher's logits (L, V_t) with L taken as 2T (its tokens per
+        chunk are near T where both tokenizers are of a size) and its (T, V_t) softmax rows."""
+        widest = max([self.vocab_size] + [a.teacher.size for _, a in self.members if a is not None])
+        per_row = 4 * seq_len * (2 * self.vocab_size + 3 * widest)
+        return max(1, self.logit_budget // per_row)
+
     @torch.no_grad()
     def targets(self, input_ids: torch.Tensor, cache_rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """The combined distribution (B, T, V) float32 (zeros where no teacher is aligned) and the number of
-        teachers aligned at each position (B, T) uint8, for cache rows `cache_rows` (B,) holding `input_ids`."""
+        teachers aligned at each position (B, T) uint8, for cache rows `cache_rows` (B,) holding `input_ids`;
+        computed in row slices of rows_per_pass (the result is the same, row by row)."""
+        step = self.rows_per_pass(input_ids.shape[1])
+        if input_ids.shape[0] <= step:
+            return self._targets(input_ids, cache_rows)
+        parts = [self._targets(input_ids[r:r + step], cache_rows[r:r + step])
+                 for r in range(0, input_ids.shape[0], step)]
+        return torch.cat([p for p, _ in parts]), torch.cat([c for _, c in parts])
+
+    def _targets(self, input_ids: torch.Tensor, cache_rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         b, t = input_ids.shape
         acc = torch.zeros(b, t, self.vocab_size, dtype=torch.float32, device=self.device)
         weight = torch.zeros(b, t, dtype=torch.float32, device=self.device)
@@ -79,7 +97,7 @@ class MixedEnsemble:
         """Teacher i's distribution at T mapped onto student ids at the aligned positions (B, T, V) (zeros
         elsewhere) and the aligned mask (B, T) float32."""
         ids, mask = padded(alignments, self.device)  # (B, L) each
-        with self.autocast():
+        with self.autocast(), fp32_head(model):  # layers as --precision says, the head and what follows in fp32
             logits = model(input_ids=ids, attention_mask=mask).logits  # (B, L, V_model)
         vocab = self.members[i][1].teacher.size
         position = torch.from_numpy(np.stack([a.position for a in alignments])).to(self.device)  # (B, T)
@@ -102,7 +120,12 @@ class MixedEnsemble:
     def topk(self, input_ids: torch.Tensor, k: int, cache_rows: np.ndarray):
         """Top-k ids (B, T, K) int64, probabilities (B, T, K) float32 decreasing, and the teacher count (B, T)
         uint8; where no teacher is aligned the ids are 0..K-1 with probability 0."""
-        probs, count = self.targets(input_ids, cache_rows)
+        step = self.rows_per_pass(input_ids.shape[1])
+        if input_ids.shape[0] > step:  # slice by slice, so the (B, T, V) buffers hold one slice at a time
+            parts = [self.topk(input_ids[r:r + step], k, cache_rows[r:r + step])
+                     for r in range(0, input_ids.shape[0], step)]
+            return tuple(torch.cat(column) for column in zip(*parts))
+        probs, count = self._targets(input_ids, cache_rows)
         top_probs, top_ids = topk_decreasing(probs, k)
         none = (count == 0).unsqueeze(-1)
         top_ids = torch.where(none, torch.arange(k, device=top_ids.device).expand_as(top_ids), top_ids)

@@ -311,8 +311,9 @@ def reference_teacher_sequence(tokenizer, tokens: list[int], piece_bytes: list[b
     return ids, keys, start_positions
 
 
-def reference_targets(data_dir: Path, teacher_dirs: list[Path], temperature: float, n_rows: int):
-    """Dense (N, T, V) combined targets and teacher counts (N, T), by plain loops over model(x).logits."""
+def reference_targets(data_dir: Path, teacher_dirs: list[Path], temperature: float, n_rows: int, weights=None):
+    """Dense (N, T, V) combined targets (the weighted mean over the teachers aligned at each position) and
+    teacher counts (N, T), by plain loops over model(x).logits."""
     import torch
 
     from logitcache.data import load_data, spread_indices
@@ -331,14 +332,16 @@ def reference_targets(data_dir: Path, teacher_dirs: list[Path], temperature: flo
     vocab = student.get_vocab_size()
     dense = np.zeros((len(rows), rows.shape[1], vocab), dtype=np.float64)
     count = np.zeros((len(rows), rows.shape[1]), dtype=np.int64)
-    for folder in teacher_dirs:
+    weight_sum = np.zeros((len(rows), rows.shape[1]), dtype=np.float64)
+    for folder, w in zip(teacher_dirs, weights or [1.0] * len(teacher_dirs)):
         model = load_model(folder)
         tokenizer = find_tokenizer(folder)
         if json.loads(tokenizer.to_str())["model"] == same_identity:  # the data's tokenizer
             with torch.no_grad():
                 logits = model(torch.from_numpy(rows.astype(np.int64))).logits[..., :vocab]
-            dense += torch.softmax(logits.double() / temperature, -1).numpy()
+            dense += w * torch.softmax(logits.double() / temperature, -1).numpy()
             count += 1
+            weight_sum += w
             continue
         prepends = json.loads(tokenizer.to_str())["decoder"]["type"] != "ByteLevel"
         sp = {tokenizer.token_to_id(n): s for n, s in (("<s>", STUDENT_BOS), ("</s>", STUDENT_EOS),
@@ -372,9 +375,10 @@ def reference_targets(data_dir: Path, teacher_dirs: list[Path], temperature: flo
                 if j is None:
                     continue
                 count[r, t] += 1
+                weight_sum[r, t] += w
                 onto = targets[j in start_positions]
-                np.add.at(dense[r, t], onto[onto >= 0], p[j, onto >= 0])
-    return rows, dense / np.maximum(count, 1)[..., None], count
+                np.add.at(dense[r, t], onto[onto >= 0], w * p[j, onto >= 0])
+    return rows, dense / np.where(weight_sum > 0, weight_sum, 1.0)[..., None], count
 
 
 @pytest.mark.parametrize("kinds", [("byte-level", "metaspace", "unigram", "same"), ("metaspace",)])
@@ -403,6 +407,78 @@ def test_the_cache_equals_an_independent_reference(tmp_path, odd_data, teachers,
     # the chunks cut words and carry the odd text
     text = b"".join(b"" if x < 3 else byte_level_bytes(load_student(odd_data).id_to_token(x)) for x in rows.reshape(-1))
     assert b"\t" in text and b"  " in text and "東".encode() in text and b"\n" in text
+
+
+def test_teacher_weights_weigh_the_aligned_teachers(tmp_path, odd_data, teachers):
+    """--teacher-weights 3,1: at each position the mean of the aligned teachers' mapped distributions with
+    those weights (where only the second is aligned, its distribution alone)."""
+    from conftest import dump_config
+    from logitcache import open_cache
+    from logitcache.dump import dump
+
+    dirs, n_rows = [teachers["same"], teachers["metaspace"]], 24
+    out = tmp_path / "weighted.zarr"
+    dump(dump_config(odd_data, dirs, out, combine="mean-probs", top_k=300, prob_dtype="float32", max_chunks=n_rows,
+                     min_coverage=0.2, batch_size=5, teacher_weights=(3.0, 1.0)))
+    _, expected, _ = reference_targets(odd_data, dirs, 2.0, n_rows, weights=[3.0, 1.0])
+    _, unweighted, _ = reference_targets(odd_data, dirs, 2.0, n_rows)
+    _, ids, probs = open_cache(out).read(0, n_rows)
+    dense = np.zeros(expected.shape, dtype=np.float64)
+    np.put_along_axis(dense, ids, probs, -1)
+    assert np.abs(dense - expected).max() <= 1e-5
+    assert np.abs(dense - unweighted).max() > 1e-3  # the weights change the targets
+
+
+def test_the_mixed_path_splits_batches_by_the_logit_budget(tmp_path, odd_data, teachers, monkeypatch):
+    """A 1 MB budget runs each batch in slices of a few rows: the cache is the same bytes as unsplit."""
+    from conftest import dump_config
+    from logitcache.dump import dump
+    from logitcache.mixed import MixedEnsemble
+
+    dirs = [teachers["same"], teachers["unigram"]]
+    caches, slices = [], []
+    real = MixedEnsemble._targets
+    monkeypatch.setattr(MixedEnsemble, "_targets", lambda self, ids, rows: slices.append(len(rows)) or real(self, ids, rows))
+    for budget in (1024, 1):
+        slices.clear()
+        out = tmp_path / f"budget{budget}.zarr"
+        dump(dump_config(odd_data, dirs, out, combine="mean-probs", max_chunks=24, min_coverage=0.2, batch_size=12,
+                         block_rows=24, logit_budget_mb=budget))
+        caches.append(stored_objects(out))
+        assert sum(slices) == 24 and max(slices) == (12 if budget == 1024 else max(slices))
+    assert max(slices) < 12  # the 1 MB run computed its batches of 12 in smaller slices
+    assert caches[0].keys() == caches[1].keys()
+    differ = [k for k in caches[0] if caches[0][k] != caches[1][k] and not k.endswith("zarr.json")]
+    assert differ == []
+    from logitcache.data import load_data
+
+    data = load_data(odd_data)
+    probe = MixedEnsemble([], 1.0, None, vocab_size=data.vocab_size, logit_budget=1 << 20)
+    assert probe.rows_per_pass(data.seq_len) < 12  # the 1 MB run did split its batches of 12
+
+
+def test_bf16_runs_a_different_tokenizer_teachers_head_in_fp32(tmp_path, odd_data, teachers, monkeypatch):
+    """--precision bf16: the different-tokenizer teacher's forward runs inside fp32_head (its head and what
+    follows in fp32; fp32_head itself is tested in test_precision.py), and its logits come out fp32."""
+    import contextlib
+
+    from conftest import dump_config
+    from logitcache import mixed
+    from logitcache.dump import dump
+
+    seen = []
+    real = mixed.fp32_head
+
+    @contextlib.contextmanager
+    def recording(model):
+        with real(model):
+            yield
+        seen.append(model.config.model_type)
+
+    monkeypatch.setattr(mixed, "fp32_head", recording)
+    dump(dump_config(odd_data, [teachers["same"], teachers["unigram"]], tmp_path / "bf16.zarr", combine="mean-probs",
+                     max_chunks=8, min_coverage=0.2, precision="bf16"))
+    assert seen and set(seen) == {"llama"}
 
 
 def load_student(data_dir: Path):
