@@ -59,10 +59,17 @@ class CacheRows:
         self.pin = pin
         self.skipped_blocks: set[int] = set()
         self.with_weights = reader.layout.with_weights
+        # a cache with teacher_count: each batch carries it (B, T) uint8, so the loss masks positions no
+        # teacher aligned (student.target_mask); only with targets (the CE-only baseline needs none)
+        self.with_count = targets and reader.layout.with_teacher_count
+        self.names = ["input_ids"]
+        if targets:
+            self.names += ["topk_ids", "topk_probs"] + ["sample_weights"] * self.with_weights
+            self.names += ["teacher_count"] * self.with_count
 
     def _load(self, block: int):
-        try:
-            return self.reader.read_block(block, targets=self.targets, by_prob=False)  # order-free losses
+        try:  # by id, not by probability: the losses are sums over K
+            return self.reader.read_block(block, targets=self.targets, by_prob=False, with_count=self.with_count)
         except CacheCorruptError as exc:
             if not self.skip_bad_blocks:
                 raise
@@ -137,15 +144,16 @@ class CacheRows:
             out.put(exc)
 
     def _collate(self, parts: list[tuple]) -> dict:
-        names = ["input_ids", "topk_ids", "topk_probs", "sample_weights"]
+        """{name: (B, ...) tensor} in `self.names` order (teacher_count last when the cache has it)."""
         if not parts:  # every row of this step sat in a skipped bad block: (0, T), (0, T, K) ...
             t, k = self.reader.layout.seq_len, self.reader.layout.k
-            empty = [torch.zeros((0, t), dtype=torch.int64), torch.zeros((0, t, k), dtype=torch.int64),
-                     torch.zeros((0, t, k)), torch.zeros((0, t, k))]
-            width = 1 if not self.targets else (4 if self.with_weights else 3)
-            return dict(zip(names[:width], empty[:width]))
+            empty = {"input_ids": torch.zeros((0, t), dtype=torch.int64), "topk_ids": torch.zeros((0, t, k), dtype=torch.int64),
+                     "topk_probs": torch.zeros((0, t, k)), "sample_weights": torch.zeros((0, t, k)),
+                     "teacher_count": torch.zeros((0, t), dtype=torch.uint8)}
+            return {name: empty[name] for name in self.names}
+        assert len(parts[0]) == len(self.names), (len(parts[0]), self.names)
         batch = {}
-        for i in range(len(parts[0])):
+        for i, name in enumerate(self.names):
             tensor = torch.from_numpy(np.stack([p[i] for p in parts]))
-            batch[names[i]] = tensor.pin_memory() if self.pin else tensor
+            batch[name] = tensor.pin_memory() if self.pin else tensor
         return batch

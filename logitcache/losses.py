@@ -3,6 +3,11 @@
 Shapes: student logits s (B, T, V); cached ids I (B, T, K) and teacher probs p (B, T, K) at
 temperature tau, p_tail = 1 - sum_k p. Nothing here materialises a dense (B, T, V) target: the
 student's log-probs are gathered at the K ids and the tail uses a log-sum-exp over the rest.
+
+Positions without a teacher target (a cache's teacher_count == 0: no teacher with a tokenizer of its own
+aligned there) take `mask` (B, T) = 0: their KL is left out of the sum and of the count, so with
+kl_reduction "token" the KL is the mean over the positions that have a target, with "paper" the sum over
+them / B; the CE term is every position's, unchanged. At a masked position the student trains with CE only.
 """
 from __future__ import annotations
 
@@ -30,9 +35,11 @@ def _xlogy_ratio(p: torch.Tensor, log_p: torch.Tensor, log_q: torch.Tensor) -> t
 
 
 def _reduce(kl: torch.Tensor, reduction: str, mask: torch.Tensor | None) -> torch.Tensor:
-    """kl (B, T) per position -> scalar. token: mean over positions; paper: sum / B (KLDivLoss batchmean)."""
+    """kl (B, T) per position -> scalar. token: mean over positions (those with mask 1); paper: sum / B
+    (KLDivLoss batchmean). Masked positions count 0 (a where, not a product: their KL may be inf)."""
     if mask is not None:
-        kl = kl * mask
+        mask = mask.to(kl.dtype)
+        kl = torch.where(mask > 0, kl, torch.zeros_like(kl))
     if reduction == "paper":
         return kl.sum() / kl.shape[0]
     count = mask.sum() if mask is not None else torch.tensor(kl.numel(), device=kl.device)
@@ -217,7 +224,9 @@ class _FusedDistill(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits, topk_ids, topk_probs, next_ids, temperature, alpha, kl_count):
+    def forward(ctx, logits, topk_ids, topk_probs, next_ids, temperature, alpha, kl_count, mask):
+        # mask (B, T) float32 or None: 1 where the position has a teacher target; kl_count counts them (a
+        # 0-d tensor then, so no device sync) or is the unmasked count
         a = (1.0 - alpha) * temperature / kl_count  # T^2 / count, times 1 / T from s = z / T
         b = alpha / next_ids.numel()
         grad = _gradient_buffer(logits)  # (B, T, V) float32
@@ -242,9 +251,12 @@ class _FusedDistill(torch.autograd.Function):
                 q_kept = q_kept / norm
             p = topk_probs[rows].float().clamp(min=0)  # (R, T, K)
             kl, tail_factor = _bucket_kl(torch.log(q_kept.clamp(min=1e-30)), p)
+            a_pos = a if mask is None else a * mask[rows]  # (R, T): no KL gradient where no target
+            if mask is not None:
+                kl = torch.where(mask[rows] > 0, kl, torch.zeros_like(kl))
             kl_sum = kl_sum + kl.sum()
-            scale = (a * tail_factor).unsqueeze(-1)  # (R, T, 1)
-            kept_grad = a * (q_kept - p)  # (R, T, K)
+            scale = (a_pos * tail_factor).unsqueeze(-1)  # (R, T, 1)
+            kept_grad = (a_pos.unsqueeze(-1) if mask is not None else a) * (q_kept - p)  # (R, T, K)
             if norm is not None:
                 scale = scale / norm
             if qt is q1:  # T = 1: both terms from one softmax
@@ -268,17 +280,24 @@ class _FusedDistill(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, grad_kl, grad_ce):
         (grad,) = ctx.saved_tensors
-        return _scale_saved_grad(grad, grad_loss, ctx.logits_dtype), None, None, None, None, None, None
+        return _scale_saved_grad(grad, grad_loss, ctx.logits_dtype), None, None, None, None, None, None, None
 
 
 def fused_distill_loss(student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_probs: torch.Tensor,
-                       input_ids: torch.Tensor, temperature: float, alpha: float, reduction: str = "token"):
-    """(loss, kl, ce) = alpha * next_token_ce + (1 - alpha) * sparse_kl(..., tail="bucket"), with kl and ce
-    detached for logging: the training path (about a third of autograd's (B, T, V) passes)."""
+                       input_ids: torch.Tensor, temperature: float, alpha: float, reduction: str = "token",
+                       mask: torch.Tensor | None = None):
+    """(loss, kl, ce) = alpha * next_token_ce + (1 - alpha) * sparse_kl(..., tail="bucket", mask=mask), with
+    kl and ce detached for logging: the training path (about a third of autograd's (B, T, V) passes).
+    `mask` (B, T): 1 where the position has a teacher target (module docstring)."""
     b, t = topk_ids.shape[:2]
-    count = b if reduction == "paper" else b * t
+    if mask is None:
+        count = b if reduction == "paper" else b * t
+    else:
+        mask = mask.to(torch.float32)
+        count = torch.tensor(float(b), device=mask.device) if reduction == "paper" else mask.sum().clamp(min=1.0)
     next_ids = input_ids[:, 1:].contiguous()
-    return _FusedDistill.apply(student_logits, topk_ids, topk_probs, next_ids, float(temperature), float(alpha), count)
+    return _FusedDistill.apply(student_logits, topk_ids, topk_probs, next_ids, float(temperature), float(alpha),
+                               count, mask)
 
 
 class _FusedNextTokenCE(torch.autograd.Function):

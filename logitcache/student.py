@@ -10,6 +10,8 @@ import dataclasses
 import logging
 from pathlib import Path
 
+import torch
+
 from . import distributed as D
 from .store import CacheReader
 from .configs import to_dict
@@ -45,18 +47,27 @@ class DistillObjective:
         probs = batch["topk_probs"]
         if self.retemper_from is not None:
             probs = retemper(probs, self.retemper_from, self.temperature)
+        mask = target_mask(batch)  # (B, T) or None: positions no teacher aligned train with CE only
         if self.targets == "topk" and self.tail == "bucket":  # the fused path: one (B, T, V) gradient buffer
             loss, kl, ce = fused_distill_loss(logits, batch["topk_ids"], probs, input_ids, self.temperature,
-                                              self.alpha, self.reduction)
+                                              self.alpha, self.reduction, mask)
             return loss, {"ce": ce, "kl": kl}
         if self.targets == "sample":
             loss_of = sampled_renormalized_kl if self.tail == "renormalize" else sampled_kl
-            kl = loss_of(logits, batch["topk_ids"], probs, batch["sample_weights"], self.temperature, self.reduction)
+            kl = loss_of(logits, batch["topk_ids"], probs, batch["sample_weights"], self.temperature, self.reduction,
+                         mask)
         else:
-            kl = sparse_kl(logits, batch["topk_ids"], probs, self.temperature, self.tail, self.reduction)
+            kl = sparse_kl(logits, batch["topk_ids"], probs, self.temperature, self.tail, self.reduction, mask)
         ce = fused_next_token_ce(logits, input_ids)
         loss = self.alpha * ce + (1.0 - self.alpha) * kl
         return loss, {"ce": ce.detach(), "kl": kl.detach()}
+
+
+def target_mask(batch: dict):
+    """(B, T) float32, 1 where at least one teacher is aligned (the cache's teacher_count > 0), or None for a
+    cache without teacher_count (every position has a target)."""
+    count = batch.get("teacher_count")
+    return None if count is None else (count > 0).to(torch.float32)
 
 
 class OnlineObjective:

@@ -1,0 +1,240 @@
+"""Caches with teacher_count downstream: the losses mask positions no teacher aligned (CE only there), the
+loader carries the count on every path, and train-student, eval, bench, verify, copy and inspect take such
+caches. The cache comes from a real dump with a teacher on a tokenizer of its own (Metaspace BPE with byte
+fallback), so some positions have no teacher."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from logitcache.losses import fused_distill_loss, sampled_kl, sampled_renormalized_kl, sparse_kl
+
+
+# --- the losses against a plain loop -------------------------------------------------------------------------------
+
+def masked_targets(b=3, t=6, v=40, k=7, seed=11):
+    """Logits, top-k targets as a mixed dump writes them (ids 0..K-1 with p = 0 where no teacher is aligned),
+    tokens and the count (B, T) with both covered and uncovered positions (and one row with none covered)."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(b, t, v, generator=g) * 3
+    probs, ids = torch.softmax(torch.randn(b, t, v, generator=g) * 2, -1).topk(k, -1)
+    tokens = torch.randint(0, v, (b, t), generator=g)
+    count = torch.randint(0, 3, (b, t), generator=g).to(torch.uint8)
+    count[0] = 0  # a row without a single aligned position
+    count[1, 0] = 1
+    none = (count == 0).unsqueeze(-1)
+    ids = torch.where(none, torch.arange(k).expand_as(ids), ids)
+    probs = torch.where(none, torch.zeros_like(probs), probs)
+    return logits, ids, probs, tokens, count
+
+
+def loop_loss(logits, ids, probs, tokens, count, temperature, alpha, reduction):
+    """alpha * CE + (1 - alpha) * T^2 * KL, one position at a time: CE at every position that predicts a
+    token (all of them, covered or not), KL (top-k + tail bucket) only where count > 0, averaged over those
+    positions (token) or summed and divided by the rows (paper)."""
+    b, t, _ = logits.shape
+    ce_terms, kl_terms = [], []
+    for i in range(b):
+        for j in range(t):
+            log_q1 = torch.log_softmax(logits[i, j], -1)
+            if j < t - 1:
+                ce_terms.append(-log_q1[tokens[i, j + 1]])
+            if int(count[i, j]) == 0:
+                continue
+            q = torch.softmax(logits[i, j] / temperature, -1)
+            kl = logits.new_zeros(())
+            for slot in range(ids.shape[-1]):
+                p = probs[i, j, slot]
+                if p > 0:
+                    kl = kl + p * (torch.log(p) - torch.log(q[ids[i, j, slot]]))
+            p_tail = 1 - probs[i, j].sum()
+            q_tail = 1 - q[ids[i, j]].sum()
+            if p_tail > 0:
+                kl = kl + p_tail * (torch.log(p_tail) - torch.log(q_tail))
+            kl_terms.append(kl)
+    ce = torch.stack(ce_terms).mean()
+    kl_sum = torch.stack(kl_terms).sum() if kl_terms else logits.new_zeros(())
+    kl = temperature**2 * kl_sum / (b if reduction == "paper" else max(len(kl_terms), 1))
+    return alpha * ce + (1 - alpha) * kl, kl, ce
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 0.7])
+@pytest.mark.parametrize("reduction", ["token", "paper"])
+@pytest.mark.parametrize("alpha", [0.5, 0.0])
+def test_fused_loss_masks_uncovered_positions_like_a_plain_loop(temperature, reduction, alpha):
+    logits, ids, probs, tokens, count = masked_targets()
+    ref = logits.clone().double().requires_grad_(True)
+    ref_loss, ref_kl, ref_ce = loop_loss(ref, ids, probs.double(), tokens, count, temperature, alpha, reduction)
+    ref_loss.backward()
+    fused = logits.clone().requires_grad_(True)
+    loss, kl, ce = fused_distill_loss(fused, ids, probs, tokens, temperature, alpha, reduction, count > 0)
+    loss.backward()
+    assert torch.allclose(kl.double(), ref_kl.detach(), atol=1e-5), (kl, ref_kl)
+    assert torch.allclose(ce.double(), ref_ce.detach(), atol=1e-5)
+    assert torch.allclose(loss.double(), ref_loss.detach(), atol=1e-5)
+    assert torch.allclose(fused.grad.double(), ref.grad, atol=1e-6)
+    # the autograd path (sparse_kl with the mask) is the same loss
+    auto_kl = sparse_kl(logits, ids, probs, temperature, "bucket", reduction, count > 0)
+    assert torch.allclose(auto_kl.double(), ref_kl.detach(), atol=1e-5)
+
+
+def test_a_row_with_no_teacher_trains_with_ce_only():
+    """Row 0 has no aligned position: its gradient is exactly the CE term's, alpha * d CE / d logits."""
+    from logitcache.train import next_token_ce
+
+    logits, ids, probs, tokens, count = masked_targets()
+    fused = logits.clone().requires_grad_(True)
+    loss, _, _ = fused_distill_loss(fused, ids, probs, tokens, 2.0, 0.5, "token", count > 0)
+    loss.backward()
+    ce_only = logits.clone().requires_grad_(True)
+    (0.5 * next_token_ce(ce_only, tokens)).backward()
+    assert torch.allclose(fused.grad[0], ce_only.grad[0], atol=1e-7)
+    assert not torch.allclose(fused.grad[1], ce_only.grad[1], atol=1e-4)  # row 1 has teacher targets
+
+
+def test_with_every_position_covered_the_mask_changes_nothing():
+    logits, ids, probs, tokens, _ = masked_targets()
+    probs, ids = torch.softmax(torch.randn(3, 6, 40), -1).topk(7, -1)
+    a = fused_distill_loss(logits.clone(), ids, probs, tokens, 2.0, 0.5, "token", None)
+    b = fused_distill_loss(logits.clone(), ids, probs, tokens, 2.0, 0.5, "token", torch.ones(3, 6))
+    assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("reduction", ["token", "paper"])
+def test_sampled_losses_mask_uncovered_positions_like_a_plain_loop(reduction):
+    g = torch.Generator().manual_seed(5)
+    b, t, v, w = 3, 5, 30, 6
+    logits = torch.randn(b, t, v, generator=g) * 2
+    ids = torch.stack([torch.randperm(v, generator=g)[:w] for _ in range(b * t)]).reshape(b, t, w)
+    p = torch.rand(b, t, w, generator=g) * 0.15
+    weights = torch.rand(b, t, w, generator=g)
+    weights[..., -1] = 0  # a padding slot
+    count = torch.randint(0, 2, (b, t), generator=g)
+    count[0, 0] = 1
+    keep = (count > 0).unsqueeze(-1)
+    ids, p, weights = ids * keep, p * keep, weights * keep  # the dump zeros every slot where no teacher aligns
+    temperature = 2.0
+    est_terms, renorm_terms = [], []
+    for i in range(b):
+        for j in range(t):
+            if count[i, j] == 0:
+                continue
+            log_s = torch.log_softmax(logits[i, j] / temperature, -1)
+            drawn = [s for s in range(w) if weights[i, j, s] > 0]
+            est_terms.append(sum(float(weights[i, j, s]) * (math.log(float(p[i, j, s])) - float(log_s[ids[i, j, s]]))
+                                 for s in drawn))
+            mass = sum(float(p[i, j, s]) for s in drawn)
+            kept = torch.stack([logits[i, j, ids[i, j, s]] / temperature for s in drawn])
+            log_q = torch.log_softmax(kept, -1)
+            renorm_terms.append(sum(float(p[i, j, s]) / mass * (math.log(float(p[i, j, s]) / mass) - float(log_q[n]))
+                                    for n, s in enumerate(drawn)))
+    denominator = b if reduction == "paper" else len(est_terms)
+    mask = count > 0
+    est = sampled_kl(logits, ids, p, weights, temperature, reduction, mask)
+    renorm = sampled_renormalized_kl(logits, ids, p, weights, temperature, reduction, mask)
+    assert est.item() == pytest.approx(temperature**2 * sum(est_terms) / denominator, abs=1e-5)
+    assert renorm.item() == pytest.approx(temperature**2 * sum(renorm_terms) / denominator, abs=1e-5)
+
+
+# --- a real cache with teacher_count -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """{data, teacher, cache, sampled}: the odd corpus (unicode, tabs, runs of spaces), one tiny teacher with a
+    Metaspace BPE of its own (so positions it does not align have teacher_count 0), top-k and sampled caches."""
+    from conftest import dump_config
+    from logitcache.data import PrepareConfig, prepare
+    from logitcache.dump import dump
+    from test_cross_tokenizer import odd_corpus, teacher_folder, teacher_metaspace
+
+    root = tmp_path_factory.mktemp("mixed-downstream")
+    data = root / "data"
+    prepare(PrepareConfig(data=odd_corpus(root / "raw"), out=data, vocab_size=300, seq_len=32))
+    teacher = teacher_folder(root, "llama-metaspace", teacher_metaspace(), "llama", 2)
+    settings = dict(combine="mean-probs", max_chunks=48, min_coverage=0.2, temperature=1.0)
+    cache, sampled = root / "cache.zarr", root / "sampled.zarr"
+    dump(dump_config(data, [teacher], cache, **settings))
+    dump(dump_config(data, [teacher], sampled, targets="sample", samples=8, **settings))
+    return {"data": data, "teacher": teacher, "cache": cache, "sampled": sampled, "root": root}
+
+
+def counts_by_tokens(reader) -> dict[bytes, np.ndarray]:
+    tokens = reader.read(0, len(reader))[0]
+    counts = reader.read_teacher_count(0, len(reader))
+    return {row.tobytes(): count for row, count in zip(tokens, counts)}
+
+
+def test_the_cache_has_covered_and_uncovered_positions(mixed):
+    from logitcache import open_cache
+
+    counts = open_cache(mixed["cache"]).read_teacher_count(0, 48)
+    assert (counts == 0).any() and (counts == 1).any() and set(np.unique(counts).tolist()) <= {0, 1}
+
+
+@pytest.mark.parametrize("which", ["cache", "sampled"])
+@pytest.mark.parametrize("world", [1, 2])
+def test_every_batch_carries_each_rows_teacher_count(mixed, which, world):
+    """Each row a rank receives comes with its own row's count from the cache (matched by its tokens), on one
+    rank and on two ranks splitting each global batch; the CE-only baseline reads no count."""
+    from logitcache.distributed import DistEnv
+    from logitcache.loader import CacheRows
+    from logitcache.store import CacheReader
+
+    reader = CacheReader(mixed[which])
+    expected = counts_by_tokens(reader)
+    source = CacheRows(reader, seed=1, buffer_rows=12)
+    seen = 0
+    for rank in range(world):
+        for batch in source.batches(0, 0, 8, DistEnv(rank=rank, world=world)):
+            assert batch["teacher_count"].dtype == torch.uint8
+            assert list(batch) == ["input_ids", "topk_ids", "topk_probs"] + ["sample_weights"] * (which == "sampled") \
+                + ["teacher_count"]
+            for tokens, count in zip(batch["input_ids"].numpy(), batch["teacher_count"].numpy()):
+                assert np.array_equal(count, expected[tokens.astype(reader.read(0, 1)[0].dtype).tobytes()])
+                seen += 1
+    assert seen == len(reader) // 8 * 8
+    baseline = next(CacheRows(reader, seed=1, targets=False).batches(0, 0, 8, DistEnv()))
+    assert list(baseline) == ["input_ids"]
+
+
+def test_the_objective_masks_what_the_loader_carries(mixed):
+    """DistillObjective on a loader batch (through the trainer's move to the device) equals the plain loop
+    with that batch's counts; the same batch without its count gives a different (unmasked) loss."""
+    from logitcache.data import load_data
+    from logitcache.distributed import DistEnv
+    from logitcache.loader import CacheRows
+    from logitcache.models import build_model, get_preset
+    from logitcache.store import CacheReader
+    from logitcache.student import DistillObjective
+
+    data = load_data(mixed["data"])
+    batch = next(CacheRows(CacheReader(mixed["cache"]), seed=0).batches(0, 0, 8, DistEnv()))
+    batch = {k: v.to("cpu") for k, v in batch.items()}
+    model = build_model(get_preset("llama-tiny"), data.vocab_size, seed=0, specials=data.special_ids)
+    objective = DistillObjective(0.5, 1.0, "bucket", "token", "topk")
+    loss, metrics = objective(model, batch)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"]).logits.double()
+    ref, ref_kl, _ = loop_loss(logits, batch["topk_ids"], batch["topk_probs"].double(), batch["input_ids"],
+                               batch["teacher_count"], 1.0, 0.5, "token")
+    assert loss.item() == pytest.approx(ref.item(), abs=1e-5) and metrics["kl"].item() == pytest.approx(ref_kl.item(), abs=1e-5)
+    unmasked, _ = objective(model, {k: v for k, v in batch.items() if k != "teacher_count"})
+    assert abs(unmasked.item() - loss.item()) > 1e-3
+
+
+@pytest.mark.parametrize("which", ["cache", "sampled"])
+def test_train_student_on_a_counted_cache(tmp_path, mixed, which):
+    from conftest import tiny_train
+    from logitcache.student import StudentConfig, train_student
+    from logitcache.train import read_metrics
+
+    out = tmp_path / "student"
+    train_student(StudentConfig(cache=mixed[which], data=mixed["data"], out=out, preset="llama-tiny",
+                                train=tiny_train(6)))
+    records = [r for r in read_metrics(out) if "kl" in r]
+    assert records and all(math.isfinite(r["kl"]) for r in records)
+    if which == "cache":  # the top-k KL is a KL; the sampled one an unbiased estimate, of either sign
+        assert all(r["kl"] >= -1e-4 for r in records)
