@@ -14,7 +14,15 @@ one JSON line.
 """
 from __future__ import annotations
 
-import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from logitcache.memory import tune_process  # noqa: E402
+
+tune_process()  # before torch is imported, as the CLI does (the Ray workers get the same in their runtime env)
+
+import argparse  # noqa: E402
 import json
 import os
 import shutil
@@ -107,14 +115,22 @@ def report(results: dict[str, list[dict]], args) -> None:
     loop = {arm: median([r["loop_s"] for r in runs]) for arm, runs in results.items()}
     blocks = results["local"][0]["blocks"]
     overhead_ms = (loop["ray1"] - loop["local"]) / blocks * 1000
+    fixed = {arm: wall[arm] - loop[arm] for arm in wall}  # start-up: imports, Ray, loading the teachers
+    per_block = {arm: loop[arm] / blocks for arm in loop}
+    # blocks of this size at which local / ray1 (whole process) reaches 0.85: F_l + n b_l >= 0.85 (F_r + n b_r)
+    gain = per_block["local"] - 0.85 * per_block["ray1"]
+    blocks_for_085 = max(0.0, (0.85 * fixed["ray1"] - fixed["local"]) / gain) if gain > 0 else None
     print_table(f"dump: local vs --engine ray ({' + '.join(PRESETS)}, {args.chunks} chunks of 128 in {blocks} blocks "
                 f"of {args.block_rows}, cpu x{args.threads}; medians of {args.repeats})",
                 ["arm", "whole process s", "block loop s", "loop ms/block", "local/arm (whole process)", "runs wall s"],
                 [[arm, wall[arm], loop[arm], loop[arm] / blocks * 1000, wall["local"] / wall[arm],
                   " ".join(f"{r['wall_s']:.1f}" for r in results[arm])] for arm in results])
+    print(f"start-up s: {', '.join(f'{arm} {fixed[arm]:.1f}' for arm in fixed)}; local/ray1 reaches 0.85 at "
+          f"{'never' if blocks_for_085 is None else f'{blocks_for_085:.0f} blocks'} of {args.block_rows} rows")
     emit_json({"bench": "ray-dump", "blocks": blocks, "block_rows": args.block_rows, "chunks": args.chunks,
                "per_block_overhead_ms": overhead_ms, "ratio_local_over_ray1": wall["local"] / wall["ray1"],
                "ratio_local_over_ray2": wall["local"] / wall["ray2"], "wall_s": wall, "loop_s": loop,
+               "startup_s": fixed, "blocks_for_ratio_085": blocks_for_085,
                "threads": args.threads, "repeats": args.repeats})
 
 
