@@ -1,6 +1,14 @@
 """`eval`: CE / perplexity / bits per byte (metrics.py, shared with validation), BLiMP minimal pairs,
 agreement with the teachers.
 
+Teachers with a tokenizer of their own (`--teacher` folders holding another tokenizer) are read as a dump
+reads them (align.py, mixed.py: each chunk's text in the teacher's tokens, aligned and mapped onto the
+data's ids, mean of probabilities over the teachers aligned at each position). KL and top-1 agreement are
+then over the positions where at least one teacher is aligned, and `teacher_positions_covered` says which
+fraction that is; `teacher_coverage` gives each teacher's fraction of positions aligned and of its
+probability there that mapped onto the data's ids. The KL there is over the student's ids plus one bucket
+(mixed_teacher_metrics).
+
 BLiMP sentences are scored after the data's document prefix (data.document_prefix): the BOS that
 `prepare` puts in front of every training document, or the EOS that ends every document for
 tokenizers whose template adds no BOS. The exported tokenizer prepends the same token, so `official`
@@ -118,17 +126,78 @@ def blimp_accuracy(model, tokenizer, paradigms: dict[str, list[dict]], device: t
             "terms": {c: v["strict"] for c, v in categories.items()}}
 
 
+def mixed_eval_ensemble(config: EvalConfig, data, indices: np.ndarray, models: list, infos: list[dict],
+                        device: torch.device):
+    """The MixedEnsemble of eval's teachers over split rows `indices` (its row keys are positions in them):
+    the dump's aligners (align.py) for the teachers on a tokenizer of their own, None for the others."""
+    from .align import Aligner, ChunkTexts, folder_vocabulary, vocabulary
+    from .cross_dump import own_tokenizer, teacher_context
+    from .mixed import MixedEnsemble
+
+    own = [Path(i["path"]).name for i in infos if own_tokenizer(i)]
+    if config.combine != "mean-probs":
+        raise LogitcacheError(f"teacher {own[0]} has a different tokenizer than the data (a tokenizer of its own), "
+                              "and --combine mean-logits averages logits over one vocabulary: use --combine mean-probs")
+    if not data.store.has_text(config.split):
+        raise LogitcacheError(f"{data.path} records no text for split '{config.split}' (a teacher with a tokenizer "
+                              "of its own reads the chunks' text): re-run `logitcache prepare` on it")
+    texts = ChunkTexts(data.store, config.split, indices, data.seq_len)
+    student = vocabulary(load_tokenizer(data.tokenizer_path), data.special_ids)
+    aligners = [Aligner(folder_vocabulary(Path(info["path"])), student, texts, teacher_context(model) or 1 << 30)
+                if own_tokenizer(info) else None for model, info in zip(models, infos)]
+    return MixedEnsemble(list(zip(models, aligners)), config.temperature, device, vocab_size=data.vocab_size)
+
+
+@torch.no_grad()
+def mixed_teacher_metrics(model, rows: np.ndarray, ensemble, batch_size: int, device: torch.device) -> dict:
+    """Agreement and KL with a MixedEnsemble over (N, T) rows (row keys 0..N-1), at the positions where at
+    least one teacher is aligned. There the teachers' combined distribution p over the data's ids sums to
+    1 - u, u being the mass on teacher tokens with no counterpart in the data's vocabulary; the KL is over
+    the ids p reaches plus one bucket, holding u against the model's probability on the ids p gives 0 (the
+    training loss's tail bucket with every nonzero id kept): KL = sum_{p_v > 0} p_v log(p_v / q_v) +
+    u log(u / q_rest). Top-1 agreement: the model's argmax is the argmax of p."""
+    was_training = model.training
+    model.eval()
+    agree = kl_sum = covered = total = 0.0
+    for start in range(0, rows.shape[0], batch_size):
+        ids = torch.from_numpy(rows[start:start + batch_size].astype(np.int64)).to(device)  # (B, T)
+        teacher, count = ensemble.targets(ids, np.arange(start, start + ids.shape[0]))  # (B, T, V), (B, T)
+        logits = model(input_ids=ids).logits.float()[..., :teacher.shape[-1]]  # (B, T, V)
+        here = count > 0  # (B, T)
+        p, z = teacher[here], logits[here]  # (n, V) at the covered positions
+        log_q = F.log_softmax(z / ensemble.temperature, dim=-1)
+        reached = p > 0
+        unmapped = (1.0 - p.sum(-1)).clamp(min=0)  # (n,)
+        log_q_rest = torch.logsumexp(log_q.masked_fill(reached, float("-inf")), dim=-1)  # (n,)
+        kl = torch.where(reached, p * (torch.log(p.clamp(min=1e-30)) - log_q), torch.zeros_like(p)).sum(-1)
+        kl = kl + torch.where(unmapped > 0, unmapped * (torch.log(unmapped.clamp(min=1e-30)) - log_q_rest.clamp(min=-69.0)),
+                              torch.zeros_like(unmapped))
+        agree += float((z.argmax(-1) == p.argmax(-1)).sum())
+        kl_sum += float(kl.double().sum())
+        covered += float(here.sum())
+        total += here.numel()
+    model.train(was_training)
+    return {"teacher_top1_agreement": agree / max(covered, 1.0), "teacher_kl": kl_sum / max(covered, 1.0),
+            "teacher_positions_covered": covered / max(total, 1.0)}
+
+
 def evaluate(config: EvalConfig, progress: ProgressHook = NULL_PROGRESS) -> dict:
     device = D.pick_device(config.device, D.DistEnv())
     data = load_data(config.data)
     tokenizer = load_tokenizer(data.tokenizer_path)
     rows = data.store.split(config.split)
-    rows = rows[spread_indices(rows.shape[0], config.max_chunks)]
+    indices = spread_indices(rows.shape[0], config.max_chunks)
+    rows = rows[indices]
     bytes_of = byte_counts(tokenizer)
-    ensemble = None
+    ensemble = mixed = None
     if config.teachers:
-        teachers, _ = load_teachers(list(config.teachers), device, data)
-        ensemble = Ensemble(teachers, config.combine, config.temperature, device, vocab_size=data.vocab_size)
+        from .cross_dump import own_tokenizer
+
+        teachers, infos = load_teachers(list(config.teachers), device, data, own_tokenizers=True)
+        if any(own_tokenizer(i) for i in infos):
+            mixed = mixed_eval_ensemble(config, data, indices, teachers, infos, device)
+        else:
+            ensemble = Ensemble(teachers, config.combine, config.temperature, device, vocab_size=data.vocab_size)
     paradigms = load_blimp(config.blimp, config.blimp_max_pairs) if config.blimp else None
     prefix = blimp_prefix(data) if paradigms is not None else None
     pad = next(v for v in (data.special_ids["pad"], data.special_ids["eos"], 0) if v is not None)
@@ -139,6 +208,11 @@ def evaluate(config: EvalConfig, progress: ProgressHook = NULL_PROGRESS) -> dict
         entry = {"path": str(path), "params": sum(p.numel() for p in model.parameters()), "split": config.split}
         entry.update(lm_metrics(model, rows, config.batch_size, device, bytes_of=bytes_of, ensemble=ensemble,
                                 progress=progress))
+        if mixed is not None:
+            mixed.stats[:] = 0  # coverage of this model's pass only
+            entry.update(mixed_teacher_metrics(model, rows, mixed, config.batch_size, device))
+            entry["teacher_coverage"] = [{"teacher": Path(info["path"]).name, **c}
+                                         for info, c in zip(infos, mixed.coverage())]
         if paradigms is not None:
             entry["blimp"] = blimp_accuracy(model, tokenizer, paradigms, device, progress, prefix, pad)
         results.append(entry)

@@ -23,6 +23,8 @@ def _model_entry(name: str, path: Path, results: dict) -> dict:
     if "teacher_kl" in dev:  # KL(teachers || model) and top-1 agreement with the teachers' ensemble
         entry["dev_teacher_kl"] = dev["teacher_kl"]
         entry["dev_teacher_top1_agreement"] = dev["teacher_top1_agreement"]
+    if "teacher_positions_covered" in dev:  # teachers on tokenizers of their own: KL over the covered positions
+        entry["dev_teacher_positions_covered"] = dev["teacher_positions_covered"]
     if "blimp" in dev:
         entry["blimp"] = dev["blimp"]["strict"]
         entry["blimp_official"] = dev["blimp"]["official"]
@@ -75,7 +77,10 @@ def write_report(work: Path, config, teacher_dirs: list[Path], students: dict, c
 
 def markdown(report: dict) -> str:
     has_blimp = all("blimp" in m for m in report["teachers"])
-    has_kl = all("dev_teacher_kl" in m for m in report["teachers"])
+    # KL columns whenever some model has them: a teacher on a tokenizer of its own is scored on its own data,
+    # without KL to the teachers, and its row shows "-" there
+    models = report["teachers"] + list(report["students"].values())
+    has_kl = any("dev_teacher_kl" in m for m in models)
     head = "| model | params | dev CE | dev ppl | test CE | test ppl | dev bits/byte |" + (
         " dev KL to teachers | dev top-1 agreement |" if has_kl else "") + (
         " BLiMP strict | BLiMP official |" if has_blimp else "")
@@ -85,7 +90,8 @@ def markdown(report: dict) -> str:
         cells = [name, f"{m['params'] / 1e6:.2f}M", f"{m['dev_ce']:.4f}", f"{m['dev_ppl']:.1f}", f"{m['test_ce']:.4f}",
                  f"{m['test_ppl']:.1f}", f"{m['dev_bits_per_byte']:.4f}"]
         if has_kl:
-            cells += [f"{m['dev_teacher_kl']:.4f}", f"{m['dev_teacher_top1_agreement']:.3f}"]
+            cells += [f"{m['dev_teacher_kl']:.4f}", f"{m['dev_teacher_top1_agreement']:.3f}"] if "dev_teacher_kl" in m \
+                else ["-", "-"]
         if has_blimp:
             cells += [f"{m.get('blimp', float('nan')):.3f}", f"{m.get('blimp_official', float('nan')):.3f}"]
         return "| " + " | ".join(cells) + " |"
@@ -114,6 +120,9 @@ def markdown(report: dict) -> str:
         for d, b in zip(d_group["seeds"], b_group["seeds"]):
             lines.append(f"| {d['name'].split('seed')[-1].rstrip(')')} | {d['dev_ce']:.4f} | {b['dev_ce']:.4f} | "
                          f"{d['test_ce']:.4f} | {b['test_ce']:.4f} |")
+    if has_kl and not all("dev_teacher_kl" in m for m in models):
+        lines += ["", "KL and top-1 agreement: to the ensemble of the teachers on the data's tokenizer, on the dev "
+                  "split; \"-\": a model scored without them (a teacher on a tokenizer of its own, on its own data)."]
     c = report["cache"]
     gain = report["distillation_gain_dev_ce"]
     lines += [

@@ -238,3 +238,116 @@ def test_train_student_on_a_counted_cache(tmp_path, mixed, which):
     assert records and all(math.isfinite(r["kl"]) for r in records)
     if which == "cache":  # the top-k KL is a KL; the sampled one an unbiased estimate, of either sign
         assert all(r["kl"] >= -1e-4 for r in records)
+
+
+# --- eval --teacher with a teacher on a tokenizer of its own --------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def student_dir(mixed):
+    """A random-init student on the data's tokenizer, saved as eval loads models."""
+    import shutil
+
+    from logitcache.data import load_data
+    from logitcache.models import build_model, get_preset
+
+    data = load_data(mixed["data"])
+    out = mixed["root"] / "student"
+    build_model(get_preset("llama-tiny"), data.vocab_size, seed=4, specials=data.special_ids).save_pretrained(out)
+    shutil.copy(mixed["data"] / "tokenizer.json", out / "tokenizer.json")
+    return out
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_eval_against_a_teacher_on_its_own_tokenizer_equals_its_cache(tmp_path, mixed, student_dir, temperature):
+    """eval --teacher (Metaspace teacher, dev split) against a float32 top-k = V dump of the same teacher over the
+    same chunks (that cache is checked against a plain-loop reference in test_cross_tokenizer): KL over the
+    covered positions (the data's ids plus the unmapped-mass bucket), top-1 agreement, coverage."""
+    from conftest import dump_config
+    from logitcache import open_cache
+    from logitcache.dump import dump
+    from logitcache.evaluate import EvalConfig, evaluate
+    from logitcache.models import load_model
+
+    n = 12
+    cache = tmp_path / "dev.zarr"
+    dump(dump_config(mixed["data"], [mixed["teacher"]], cache, split="dev", max_chunks=n, top_k=300,
+                     prob_dtype="float32", combine="mean-probs", min_coverage=0.2, temperature=temperature))
+    reader = open_cache(cache)
+    tokens, ids, probs = reader.read(0, n)
+    count = reader.read_teacher_count(0, n)
+    dense = np.zeros((n, tokens.shape[1], 300), np.float64)
+    np.put_along_axis(dense, ids, probs.astype(np.float64), -1)
+    with torch.no_grad():
+        logits = load_model(student_dir)(input_ids=torch.from_numpy(tokens)).logits.double().numpy()
+    kls, agree = [], []
+    for i, j in zip(*np.nonzero(count)):
+        z = logits[i, j] / temperature
+        log_q = z - np.log(np.exp(z - z.max()).sum()) - z.max()
+        p = dense[i, j]
+        reached = p > 0
+        u = 1 - p.sum()
+        kl = float((p[reached] * (np.log(p[reached]) - log_q[reached])).sum())
+        if u > 1e-6:
+            kl += u * (math.log(u) - math.log(np.exp(log_q[~reached]).sum()))
+        kls.append(kl)
+        agree.append(int(np.argmax(logits[i, j]) == np.argmax(p)))
+    result = evaluate(EvalConfig(models=(student_dir,), data=mixed["data"], split="dev", max_chunks=n, device="cpu",
+                                 teachers=(mixed["teacher"],), combine="mean-probs", temperature=temperature))
+    entry = result["models"][0]
+    assert entry["teacher_kl"] == pytest.approx(np.mean(kls), rel=1e-4)
+    assert entry["teacher_top1_agreement"] == pytest.approx(np.mean(agree), abs=1e-9)
+    assert entry["teacher_positions_covered"] == pytest.approx((count > 0).mean(), abs=1e-9)
+    assert 0 < entry["teacher_positions_covered"] < 1
+    [coverage] = entry["teacher_coverage"]
+    assert coverage["teacher"] == "llama-metaspace" and coverage["positions"] == pytest.approx((count > 0).mean())
+    covered_mass = dense.sum(-1)[count > 0]
+    assert coverage["mass"] == pytest.approx(covered_mass.mean(), abs=1e-4) and coverage["mass"] < 1
+
+
+def test_eval_with_a_teacher_on_its_own_tokenizer_needs_mean_probs(mixed, student_dir):
+    from logitcache.errors import LogitcacheError
+    from logitcache.evaluate import EvalConfig, evaluate
+
+    with pytest.raises(LogitcacheError, match="use --combine mean-probs"):
+        evaluate(EvalConfig(models=(student_dir,), data=mixed["data"], max_chunks=4, device="cpu",
+                            teachers=(mixed["teacher"],)))
+
+
+def test_eval_cli_prints_coverage(mixed, student_dir):
+    import json
+
+    from typer.testing import CliRunner
+
+    from logitcache_cli.app import app
+
+    result = CliRunner().invoke(app, ["eval", str(student_dir), "--data", str(mixed["data"]), "--max-chunks", "4",
+                                      "--device", "cpu", "--teacher", str(mixed["teacher"]), "--combine", "mean-probs",
+                                      "--json", "-"])
+    assert result.exit_code == 0, result.output
+    entry = json.loads(result.stdout)["models"][0]
+    assert 0 < entry["teacher_positions_covered"] < 1 and "teacher coverage" in result.stderr and "llama-metaspace" in result.stderr
+    refused = CliRunner().invoke(app, ["eval", str(student_dir), "--data", str(mixed["data"]), "--max-chunks", "4",
+                                       "--device", "cpu", "--teacher", str(mixed["teacher"])])
+    assert refused.exit_code == 2 and "use --combine mean-probs" in refused.output and "Traceback" not in refused.output
+
+
+def test_the_report_shows_kl_for_the_models_that_have_it():
+    """A mixed run: the teacher on its own tokenizer has no KL to the teachers, the others do; the KL columns stay
+    and that teacher's cells read '-'."""
+    from logitcache.report import markdown
+
+    def model(ce, kl=None):
+        m = {"params": 1e6, "dev_ce": ce, "dev_ppl": math.exp(ce), "test_ce": ce + 0.01, "test_ppl": math.exp(ce),
+             "dev_bits_per_byte": 1.5}
+        return m | ({"dev_teacher_kl": kl, "dev_teacher_top1_agreement": 0.25} if kl is not None else {})
+
+    student = lambda ce, kl: model(ce, kl) | {"seeds": [{"name": "x (seed0)"} | model(ce, kl)]}  # noqa: E731
+    report = {"teachers": [model(5.0, 0.0) | {"name": "llama"}, model(5.2) | {"name": "gpt2"}],
+              "students": {"distilled": student(5.5, 0.4321), "baseline": student(5.6, 0.9876)},
+              "cache": {"k": 32, "temperature": 1.0, "prob_dtype": "sqrt-u7", "bytes_per_token": 20.0,
+                        "full_logit_bytes_per_token": 32000.0, "bytes_on_disk": 1e6, "full_logit_bytes": 1e9},
+              "distillation_gain_dev_ce": 0.1, "stages": {}, "stages_ran": [], "stages_reused": [], "plots": []}
+    text = markdown(report)
+    assert "dev KL to teachers" in text and "0.4321" in text and "0.9876" in text
+    gpt2_row = next(line for line in text.splitlines() if line.startswith("| teacher gpt2"))
+    assert gpt2_row.rstrip(" |").endswith("- | -")
