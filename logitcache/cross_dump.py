@@ -122,8 +122,8 @@ class CrossTeaching:
 def batch_targets(ensemble: MixedEnsemble, config, input_ids: torch.Tensor, cache_rows: np.ndarray,
                   generator: torch.Generator) -> list[torch.Tensor]:
     """One batch of a mixed ensemble: [ids, probs(, weights), teacher_count] as block_targets gathers them."""
-    if config.targets == "topk":
-        return list(ensemble.topk(input_ids, config.top_k, cache_rows))
+    if config.targets in ("topk", "mass"):  # mass: the top max_k, which dump.block_targets cuts by mass
+        return list(ensemble.topk(input_ids, config.width, cache_rows))
     from .dump import sample_targets
 
     probs, count = ensemble.targets(input_ids, cache_rows)

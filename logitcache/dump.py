@@ -55,7 +55,7 @@ class DumpReport:
 def cache_attrs(config: DumpConfig, data, teacher_infos: list[dict], n_rows: int, device: torch.device) -> dict:
     """The attributes that define a cache; a resume must find these (resume_differences says which count).
     `device` and `precision`: what `auto` resolved to on the device the blocks are computed on."""
-    return {
+    attrs = {
         "kind": "cache", "package_version": __version__, "targets": config.targets,
         "teachers": teacher_infos, "combine": config.combine, "temperature": config.temperature,
         "samples": config.samples if config.targets == "sample" else None,
@@ -67,6 +67,9 @@ def cache_attrs(config: DumpConfig, data, teacher_infos: list[dict], n_rows: int
                                         "count": n_rows, "of": data.store.num_rows(config.split)},
         "device": device.type, "precision": D.resolve_precision(device, config.precision), "config": to_dict(config),
     }
+    if config.targets == "mass":  # only then: the other caches' attributes are as they always were
+        attrs.update(mass=config.mass, max_k=config.max_k)
+    return attrs
 
 
 def select_rows(split_rows: np.ndarray, config: DumpConfig) -> np.ndarray:
@@ -106,6 +109,15 @@ def sample_targets(probs: torch.Tensor, n_samples: int, proposal_temperature: fl
     return ids.reshape(b, t, -1), p_i.reshape(b, t, -1), weights.reshape(b, t, -1)
 
 
+def mass_targets(ids: torch.Tensor, probs: torch.Tensor, mass: float) -> list[torch.Tensor]:
+    """Mass targets from the top max-k: ids and probs (B, T, K) by decreasing probability -> [ids, probs,
+    count (B, T) int32], count the fewest leading ids whose probabilities sum to at least `mass` (all K when
+    they never do). Only the first count slots are stored; the rest go to the tail."""
+    below = probs.cumsum(-1) < mass  # (B, T, K): the running sum before it reaches the mass
+    count = (below.sum(-1) + 1).clamp(max=ids.shape[-1]).to(torch.int32)  # (B, T)
+    return [ids, probs, count]
+
+
 class HostCopy:
     """A block's (rows, T, K) results on their way to the host. On CUDA: non-blocking copies into pinned
     host tensors (torch's caching host allocator recycles them, so successive blocks double-buffer
@@ -113,6 +125,7 @@ class HostCopy:
     loop never synchronises with the device per batch or per block. On CPU the tensors are already there."""
 
     counted = False  # the last tensor is the block's teacher_count (rows, T) (teachers with tokenizers of their own)
+    ragged = False  # mass targets: after ids and probs comes the block's mass count (rows, T)
 
     def __init__(self, tensors: list[torch.Tensor]):
         self.event = None
@@ -133,14 +146,14 @@ class HostCopy:
         return [t.numpy() for t in self.tensors]
 
 
-def gather_block(parts: list[list[torch.Tensor]], counted: bool = False) -> HostCopy:
-    """Per-batch device results [[ids, probs(, weights)(, teacher_count)], ...] -> one HostCopy of the block's
-    arrays (`counted`: the last column is teacher_count). ids become int32 on the device first
-    (vocabularies < 2^31): half the bytes across the bus."""
+def gather_block(parts: list[list[torch.Tensor]], counted: bool = False, ragged: bool = False) -> HostCopy:
+    """Per-batch device results [[ids, probs(, weights | mass count)(, teacher_count)], ...] -> one HostCopy of
+    the block's arrays (`counted`: the last column is teacher_count; `ragged`: the third is the mass count).
+    ids become int32 on the device first (vocabularies < 2^31): half the bytes across the bus."""
     columns = [torch.cat(column) for column in zip(*parts)]
     columns[0] = columns[0].to(torch.int32)
     copy = HostCopy(columns)
-    copy.counted = counted
+    copy.counted, copy.ragged = counted, ragged
     return copy
 
 
@@ -162,7 +175,7 @@ def block_targets(ensemble: Ensemble, config: DumpConfig, block: int, block_toke
     """One block's targets, computed in fixed batches of `config.batch_size` rows (the same batches on
     every engine, so a block's bytes do not depend on who computes it); the device-to-host copy is
     started, not awaited. `block_tokens`: (rows, T) ids."""
-    parts = []  # per batch: [ids, probs(, weights)] (b, T, K) (, teacher_count (b, T)), still on the device
+    parts = []  # per batch: [ids, probs(, weights)] (b, T, K) (, mass count (b, T)) (, teacher_count (b, T)), on the device
     generator = torch.Generator(device=device).manual_seed(config.seed * 1_000_003 + block)
     mixed = getattr(ensemble, "cross", False)  # teachers with tokenizers of their own (cross_dump.py)
     for b0 in range(0, block_tokens.shape[0], config.batch_size):
@@ -171,7 +184,13 @@ def block_targets(ensemble: Ensemble, config: DumpConfig, block: int, block_toke
             from .cross_dump import batch_targets
 
             cache_rows = np.arange(input_ids.shape[0]) + block * config.block_rows + b0
-            parts.append(batch_targets(ensemble, config, input_ids, cache_rows, generator))
+            part = batch_targets(ensemble, config, input_ids, cache_rows, generator)
+            if config.targets == "mass":  # no ids where no teacher is aligned (teacher_count 0)
+                *selected, count = mass_targets(part[0], part[1], config.mass)
+                part = selected + [torch.where(part[-1] > 0, count, torch.zeros_like(count)), part[-1]]
+            parts.append(part)
+        elif config.targets == "mass":
+            parts.append(mass_targets(*ensemble.topk(input_ids, config.max_k), config.mass))  # (b, T, K) x2, (b, T)
         elif config.targets == "topk":
             parts.append(list(ensemble.topk(input_ids, config.top_k)))  # (b, T, K) each
         else:
@@ -180,16 +199,17 @@ def block_targets(ensemble: Ensemble, config: DumpConfig, block: int, block_toke
         on_rows(input_ids.shape[0])
     if mixed and not ensemble.counted:  # --teacher-weight alone: every teacher everywhere, no teacher_count
         parts = [part[:-1] for part in parts]
-    return gather_block(parts, counted=mixed and ensemble.counted)
+    return gather_block(parts, counted=mixed and ensemble.counted, ragged=config.targets == "mass")
 
 
 def write_host_block(store: CacheStore, block: int, tokens: np.ndarray, copy: HostCopy) -> None:
     """Runs on a writer thread: wait for the block's device-to-host copy, then encode and commit it."""
     arrays = copy.wait()
     count = arrays.pop() if copy.counted else None
+    mass_count = arrays.pop() if copy.ragged else None
     if len(arrays) > 2:
         check_weights_fit(block, arrays[2])
-    store.write_block(block, tokens, *arrays, teacher_count=count)
+    store.write_block(block, tokens, *arrays, teacher_count=count, mass_count=mass_count)
 
 
 class BlockWriter:
@@ -245,7 +265,7 @@ class BlockWriter:
 
 # attributes create_cache adds from the layout (compared as a CacheLayout instead)
 LAYOUT_ATTRS = ("n_rows", "seq_len", "k", "vocab_size", "block_rows", "n_blocks", "prob_dtype", "with_weights",
-                "with_teacher_count", "encodings", "schema_version")
+                "with_teacher_count", "ragged", "encodings", "schema_version")
 
 
 # compared as what they resolved to (attributes of the same names) where the cache records them: `auto` is
@@ -370,7 +390,8 @@ def load_teaching(config: DumpConfig, device: torch.device, with_ensemble: bool 
     rows = select_rows(data.store.split(config.split), config)
     check(rows.shape[0] > 0, f"split '{config.split}' has no chunks")
     models, infos = load_teachers(list(config.teachers), device, data, own_tokenizers=True)
-    check(config.width <= data.vocab_size, f"top_k {config.width} is larger than the vocabulary ({data.vocab_size})")
+    check(config.width <= data.vocab_size, f"{'max_k' if config.targets == 'mass' else 'top_k'} {config.width} is "
+                                           f"larger than the vocabulary ({data.vocab_size})")
     cross = None  # teachers with tokenizers of their own, or --teacher-weight: cross_dump.py
     if config.teacher_weights or any(info.get("tokenizer") == "own" for info in infos):
         from .cross_dump import CrossTeaching
@@ -385,7 +406,8 @@ def load_teaching(config: DumpConfig, device: torch.device, with_ensemble: bool 
                             logit_budget=config.logit_budget_mb << 20)
     counted = cross is not None and bool(cross.coverage)
     layout = CacheLayout(rows.shape[0], data.seq_len, config.width, data.vocab_size, config.block_rows,
-                         config.prob_dtype, with_weights=config.targets == "sample", with_teacher_count=counted)
+                         config.prob_dtype, with_weights=config.targets == "sample", with_teacher_count=counted,
+                         ragged=config.targets == "mass")
     attrs = cache_attrs(config, data, infos, rows.shape[0], device)
     if counted:
         attrs["coverage"] = cross.coverage

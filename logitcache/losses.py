@@ -8,6 +8,11 @@ Positions without a teacher target (a cache's teacher_count == 0: no teacher wit
 aligned there) take `mask` (B, T) = 0: their KL is left out of the sum and of the count, so with
 kl_reduction "token" the KL is the mean over the positions that have a target, with "paper" the sum over
 them / B; the CE term is every position's, unchanged. At a masked position the student trains with CE only.
+
+A slot with p = 0 belongs to the tail (bucket) or to nothing (renormalize): an id whose code rounded it to 0
+(its mass is in p_tail), or the padding of a mass-target cache (id 0, p 0 past a position's count). Such
+slots are left out of the student's kept mass and keep the tail's gradient, so padding changes no loss,
+even where a padding id repeats or equals a kept id.
 """
 from __future__ import annotations
 
@@ -60,7 +65,7 @@ def sparse_kl(
     kept = student_logits.gather(-1, topk_ids).float() / temperature  # (B, T, K): no (B, T, V) copy
     p = topk_probs.float().clamp(min=0)
     if tail == "renormalize":
-        kl = _renormalized_kl(kept, p)
+        kl = _renormalized_kl(kept, p, p > 0)
     else:
         lse_all = log_normalizer(student_logits, temperature)  # (B, T)
         kl, _ = _bucket_kl(kept - lse_all.unsqueeze(-1), p)  # log q at the kept ids (B, T, K)
@@ -201,7 +206,7 @@ def _bucket_kl(log_q_kept: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor,
     kl = _xlogy_ratio(p, torch.log(p.clamp(min=1e-30)), log_q_kept).sum(-1)  # (B, T)
     p_tail = (1.0 - p.sum(-1)).clamp(min=0)
     # log q_tail = log(1 - q_kept mass); guarded where the kept ids hold (numerically) everything
-    gap = torch.logsumexp(log_q_kept, dim=-1).clamp(max=0)
+    gap = torch.logsumexp(log_q_kept.masked_fill(p <= 0, float("-inf")), dim=-1).clamp(max=0)  # p = 0: tail
     has_tail = (p_tail > 0) & (gap < -1e-6)
     log_q_tail = torch.log(-torch.expm1(torch.where(has_tail, gap, torch.full_like(gap, -1.0))))
     # if the teacher puts mass in the tail but the student puts (numerically) none there, the KL is
@@ -267,7 +272,9 @@ class _FusedDistill(torch.autograd.Function):
                 g.mul_(scale)
                 kept_grad[:, :-1] += b * q1[:, :-1].gather(-1, ids[:, :-1])
                 g[:, :-1].add_(q1[:, :-1], alpha=b)
-            g.scatter_(-1, ids, kept_grad)
+            # added as differences from the tail gradient already there, and none at p = 0 slots (the tail's):
+            # a padding id repeated, or equal to a kept id, leaves every id its own gradient
+            g.scatter_add_(-1, ids, torch.where(p > 0, kept_grad - g.gather(-1, ids), torch.zeros_like(kept_grad)))
             g[:, :-1].scatter_add_(-1, nxt, torch.full(nxt.shape, -b, dtype=g.dtype, device=g.device))
             del q1, qt
         kl = temperature**2 * kl_sum / kl_count

@@ -24,7 +24,7 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Combine = Literal["mean-logits", "mean-probs"]
 ProbDtype = Literal["sqrt-u7", "sqrt-u8", "log-u8", "log-u7", "log-u6", "log-u9", "log-u10", "log-u11", "log-u12",
                    "log-u13", "float16", "float32"]  # store/codecs PROB_CODES (test_config checks they agree)
-Targets = Literal["topk", "sample"]
+Targets = Literal["topk", "sample", "mass"]
 RowSelection = Literal["spread", "first"]
 Arch = Literal["llama", "gpt2"]
 Tail = Literal["bucket", "renormalize"]
@@ -137,7 +137,11 @@ class DumpConfig:
     combine: Combine = setting("mean-logits", help="Ensemble rule: mean-logits (the paper's code) or mean-probs.")
     prob_dtype: ProbDtype = setting("sqrt-u7", help="Probability code: sqrt-u7 (7-bit codes of sqrt p), sqrt-u8, "
                                                "log-u8/u7/u6 (codes of log p), log-u9..u13 (16-bit, finer), float16 or float32.")
-    targets: Targets = setting("topk", help="topk, or sample (importance-sampled unique ids).")
+    targets: Targets = setting("topk", help="topk, sample (importance-sampled unique ids), or mass (per position the "
+                                            "fewest top ids whose probability reaches --mass, at most --max-k, "
+                                            "stored without padding).")
+    mass: float = setting(0.95, help="Mass targets: keep top ids until their probability reaches this (0 < mass <= 1).")
+    max_k: int = setting(64, help="Mass targets: at most this many ids per position.")
     samples: int = setting(16, help="Sampled targets: draws per position.")
     proposal_temperature: float = setting(1.0, help="Sampled targets: draw from p^(1/this), renormalised.")
     batch_size: int = setting(16, help="Chunks per teacher forward pass.")
@@ -186,6 +190,8 @@ class DumpConfig:
         _in(self.prob_dtype, ProbDtype, "prob_dtype")
         _in(self.targets, Targets, "targets")
         check(0 < self.samples <= 255, f"samples must be in 1..255, got {self.samples}")
+        check(0.0 < self.mass <= 1.0, f"mass must be in (0, 1], got {self.mass}")
+        check(self.max_k > 0, f"max_k must be positive, got {self.max_k}")
         check(self.proposal_temperature > 0, "proposal_temperature must be positive")
         check(self.batch_size > 0, f"batch_size must be positive, got {self.batch_size}")
         check(self.block_rows > 0, f"block_rows must be positive, got {self.block_rows}")
@@ -196,8 +202,9 @@ class DumpConfig:
 
     @property
     def width(self) -> int:
-        """K: kept ids per position (top-k), or the padded number of unique sampled ids."""
-        return self.top_k if self.targets == "topk" else self.samples
+        """K: kept ids per position (top-k), the padded number of unique sampled ids, or the most ids a mass
+        target keeps (max_k)."""
+        return {"topk": self.top_k, "sample": self.samples, "mass": self.max_k}[self.targets]
 
     def output_settings(self) -> dict:
         """The settings that can change the cache's bytes (JSON values), as `dump --resume` compares them."""
@@ -218,9 +225,11 @@ def worker_range(text: str) -> tuple[int, int]:
 def dump_output_settings(values: dict) -> dict:
     """The output-affecting settings (affects_output) of a DumpConfig given as a dict (a cache's recorded
     `config`), less those the dump does not read: the sampling settings of a top-k dump, top_k of a
-    sampled one, row_selection without max_chunks. A setting missing from `values` (a recorded config
-    without it) reads as its default."""
-    unused = {"samples", "proposal_temperature", "seed"} if values.get("targets", "topk") == "topk" else {"top_k"}
+    sampled one, mass and max_k of both, row_selection without max_chunks. A setting missing from `values`
+    (a recorded config without it) reads as its default."""
+    targets = values.get("targets", "topk")
+    unused = {"samples", "proposal_temperature", "seed"} if targets in ("topk", "mass") else {"top_k"}
+    unused |= {"top_k"} if targets == "mass" else {"mass", "max_k"}
     if not values.get("max_chunks"):
         unused.add("row_selection")
     return {f.name: values.get(f.name, field_default(f)) for f in dataclasses.fields(DumpConfig)

@@ -48,7 +48,7 @@ class DistillObjective:
         if self.retemper_from is not None:
             probs = retemper(probs, self.retemper_from, self.temperature)
         mask = target_mask(batch)  # (B, T) or None: positions no teacher aligned train with CE only
-        if self.targets == "topk" and self.tail == "bucket":  # the fused path: one (B, T, V) gradient buffer
+        if self.targets in ("topk", "mass") and self.tail == "bucket":  # fused: one (B, T, V) gradient buffer
             loss, kl, ce = fused_distill_loss(logits, batch["topk_ids"], probs, input_ids, self.temperature,
                                               self.alpha, self.reduction, mask)
             return loss, {"ce": ce, "kl": kl}

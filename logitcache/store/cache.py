@@ -5,6 +5,12 @@ One Zarr v3 group, rows = chunks, T = positions, K = kept ids (docs/architecture
   topk_ids    (N, T, K) uint16/uint32      ids sorted ascending per position, stored as gaps (ids.py)
   topk_probs  (N, T, K) float | uint8      probabilities in the same id order, one code (codecs/)
   sample_weights (N, T, K) float16         sampled targets only: importance weights
+  Mass targets (`ragged`: a per-position number of ids, at most K = max_k) store instead of topk_ids/topk_probs:
+  mass_count  (N, T)    uint8/uint16/uint32 ids kept at each position (0..K)
+  mass_ids    (B, C)    uint16/uint32      block b's kept ids, flat: position after position (row-major over
+                                           (rows, T)), each position's ids ascending as gaps; C = block_rows * T * K
+  mass_probs  (B, C)    float | uint8      their probabilities in the same order, one code
+                                           Past a block's sum(mass_count) the flat rows hold the fill value 0.
   teacher_count (N, T)  uint8              only when a teacher has a tokenizer of its own: the teachers
                                            aligned at each position (0: no target; the student trains it
                                            with CE only). A cache without it: every teacher everywhere.
@@ -35,6 +41,7 @@ from .location import Location, as_location
 SCHEMA_VERSION = 1
 ATTRS_KEY = "logitcache"
 TARGET_ARRAYS = ("tokens", "topk_ids", "topk_probs")
+MASS_ARRAYS = ("tokens", "mass_count", "mass_ids", "mass_probs")  # ragged (mass) targets
 CREATING = "cache-creating"  # the root's kind while creation is under way (the claim); "cache" once committed
 
 
@@ -48,6 +55,7 @@ class CacheLayout:
     prob_dtype: str
     with_weights: bool = False  # sampled targets: importance weights (float16) in `sample_weights`
     with_teacher_count: bool = False  # a teacher with a tokenizer of its own: `teacher_count` (N, T) uint8
+    ragged: bool = False  # mass targets: per-position counts and flat ids/codes (MASS_ARRAYS), K = the most ids kept
 
     @property
     def n_blocks(self) -> int:
@@ -58,9 +66,14 @@ class CacheLayout:
         return start, min(start + self.block_rows, self.n_rows)
 
     @property
+    def capacity(self) -> int:
+        """C: entries of one block's flat mass_ids / mass_probs row (every position at its most, K ids)."""
+        return self.block_rows * self.seq_len * self.k
+
+    @property
     def block_arrays(self) -> tuple[str, ...]:
         """The arrays a block's checksum covers, in checksum order."""
-        return (TARGET_ARRAYS + (("sample_weights",) if self.with_weights else ())
+        return ((MASS_ARRAYS if self.ragged else TARGET_ARRAYS) + (("sample_weights",) if self.with_weights else ())
                 + (("teacher_count",) if self.with_teacher_count else ()))
 
     @classmethod
@@ -68,11 +81,18 @@ class CacheLayout:
         return cls(n_rows=attrs["n_rows"], seq_len=attrs["seq_len"], k=attrs["k"], vocab_size=attrs["vocab_size"],
                    block_rows=attrs["block_rows"], prob_dtype=attrs["prob_dtype"],
                    with_weights=attrs.get("with_weights", False),
-                   with_teacher_count=attrs.get("with_teacher_count", False))
+                   with_teacher_count=attrs.get("with_teacher_count", False), ragged=attrs.get("ragged", False))
 
 
-def decode_recipe(prob_dtype: str) -> dict:
+def count_dtype(k: int):
+    """mass_count's dtype: the smallest unsigned integer that holds 0..k."""
+    return np.uint8 if k <= 255 else np.uint16 if k <= 65535 else np.uint32
+
+
+def decode_recipe(prob_dtype: str, ragged: bool = False) -> dict:
     """How to decode the stored arrays without this package (saved in the attributes)."""
+    if ragged:
+        return mass_recipe(prob_dtype)
     return {
         "topk_ids": "ids = cumsum(topk_ids, axis=-1)  # ids ascending per position",
         "topk_probs": prob_code(prob_dtype).recipe() + "  # same order as ids",
@@ -80,6 +100,51 @@ def decode_recipe(prob_dtype: str) -> dict:
         "tail": "p_tail = 1 - sum(p, axis=-1)  # after normalise: >= 0",
         "order": "open_cache sorts each position by decreasing p (stable); the stored order is by id",
     }
+
+
+def mass_recipe(prob_dtype: str) -> dict:
+    """The decode recipe of a mass-target (ragged) cache."""
+    return {
+        "mass_count": "c = mass_count[rows of block b]  # (n, T) ids kept per position",
+        "mass_ids": "g = mass_ids[b][:sum(c)]; split g after each position's c entries (row-major over (n, T)); "
+                    "ids = cumsum of each piece  # ids ascending per position",
+        "mass_probs": prob_code(prob_dtype).recipe().replace("topk_probs", "mass_probs[b][:sum(c)]")
+                      + "  # split as the ids, same order",
+        "pad": "open_cache returns (n, T, K) arrays: slot j < c holds the j-th id and p, slots j >= c id 0 and p 0",
+        "normalise": "s = sum(p, axis=-1); where s > 1 (quantisation rounding), p /= s  # what open_cache returns",
+        "tail": "p_tail = 1 - sum(p, axis=-1)  # after normalise: >= 0",
+        "order": "open_cache sorts each position by decreasing p (stable); the stored order is by id",
+    }
+
+
+def encode_ragged(ids: np.ndarray, probs: np.ndarray, counts: np.ndarray, vocab_size: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Mass targets (n, T, K) ids and probs whose first counts[n, t] slots are kept (n, T) -> the kept ids as
+    flat ascending gaps and their probabilities in the same order (each (sum(counts),)), position after
+    position. The slots past a position's count sort last (keyed by the id `vocab_size`), so the kept ones
+    stay a prefix of every sorted position."""
+    k = ids.shape[-1]
+    kept = np.arange(k) < counts[..., None].astype(np.int64)  # (n, T, K) a prefix of each position
+    keyed = np.where(kept, ids, vocab_size)  # (n, T, K)
+    gaps, order = encode_ids(keyed, vocab_size + 1)  # sorted ascending: the kept slots first
+    flat_probs = np.take_along_axis(probs, order, axis=-1)[kept]  # (M,)
+    return gaps[kept].astype(token_dtype(vocab_size)), flat_probs
+
+
+def decode_ragged(counts: np.ndarray, flat_gaps: np.ndarray, flat_probs: np.ndarray, k: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """counts (n, T), a block's flat gaps and decoded probabilities (at least sum(counts) each) -> ids (n, T, K)
+    int64 ascending per position and probs (n, T, K) float32; the slots past a position's count hold id 0
+    and p 0 (the losses count p = 0 slots in the tail, so the padding changes no loss)."""
+    kept = np.arange(k) < counts[..., None].astype(np.int64)  # (n, T, K)
+    total = int(counts.sum(dtype=np.int64))
+    ids = np.zeros(kept.shape, dtype=np.int64)
+    ids[kept] = flat_gaps[:total]
+    ids = np.cumsum(ids, axis=-1)
+    ids[~kept] = 0
+    probs = np.zeros(kept.shape, dtype=np.float32)
+    probs[kept] = flat_probs[:total]
+    return ids, probs
 
 
 def normalise_topk(probs: np.ndarray) -> np.ndarray:
@@ -157,11 +222,14 @@ def _metadata_objects(layout: CacheLayout, attrs: dict, compression: Compression
     group.create_array("tokens", shape=(n, t), chunks=(r, t), dtype=id_dtype,
                        compressors=ZstdCodec(level=3), fill_value=0)
     chunk = (r, t, k)
-    group.create_array("topk_ids", shape=(n, t, k), chunks=chunk, dtype=id_dtype,
-                       compressors=_compressor(compression.ids, id_dtype, chunk), fill_value=0)
     prob_dtype = prob_code(layout.prob_dtype).storage_dtype
-    group.create_array("topk_probs", shape=(n, t, k), chunks=chunk, dtype=prob_dtype,
-                       compressors=_compressor(compression.probs_for(prob_dtype), prob_dtype, chunk), fill_value=0)
+    if layout.ragged:
+        _mass_arrays(group, layout, compression)
+    else:
+        group.create_array("topk_ids", shape=(n, t, k), chunks=chunk, dtype=id_dtype,
+                           compressors=_compressor(compression.ids, id_dtype, chunk), fill_value=0)
+        group.create_array("topk_probs", shape=(n, t, k), chunks=chunk, dtype=prob_dtype,
+                           compressors=_compressor(compression.probs_for(prob_dtype), prob_dtype, chunk), fill_value=0)
     if layout.with_weights:
         group.create_array("sample_weights", shape=(n, t, k), chunks=chunk, dtype=np.float16,
                            compressors=_compressor(compression.ids, np.float16, chunk), fill_value=0)
@@ -174,10 +242,12 @@ def _metadata_objects(layout: CacheLayout, attrs: dict, compression: Compression
     full.update(
         schema_version=SCHEMA_VERSION, n_rows=n, seq_len=t, k=k, vocab_size=layout.vocab_size,
         block_rows=r, n_blocks=layout.n_blocks, prob_dtype=layout.prob_dtype,
-        with_weights=layout.with_weights, encodings=decode_recipe(layout.prob_dtype),
+        with_weights=layout.with_weights, encodings=decode_recipe(layout.prob_dtype, layout.ragged),
     )
     if layout.with_teacher_count:  # only then: a same-tokenizer cache's metadata is as it always was
         full["with_teacher_count"] = True
+    if layout.ragged:  # only then, as with_teacher_count
+        full["ragged"] = True
     group.attrs.update({ATTRS_KEY: full})
 
     async def collect() -> dict[str, bytes]:
@@ -185,6 +255,20 @@ def _metadata_objects(layout: CacheLayout, attrs: dict, compression: Compression
         return {key: (await memory.get(key, prototype=default_buffer_prototype())).to_bytes() for key in keys}
 
     return sync(collect())
+
+
+def _mass_arrays(group, layout: CacheLayout, compression: Compression) -> None:
+    """The arrays of mass targets: counts (N, T) chunked by block, flat ids and codes (B, C), one row a block."""
+    n, t, r, c = layout.n_rows, layout.seq_len, layout.block_rows, layout.capacity
+    counts = count_dtype(layout.k)
+    group.create_array("mass_count", shape=(n, t), chunks=(r, t), dtype=counts,
+                       compressors=_compressor(compression.ids, counts, (r, t)), fill_value=0)
+    id_dtype = token_dtype(layout.vocab_size)
+    group.create_array("mass_ids", shape=(layout.n_blocks, c), chunks=(1, c), dtype=id_dtype,
+                       compressors=_compressor(compression.ids, id_dtype, (1, c)), fill_value=0)
+    prob_dtype = prob_code(layout.prob_dtype).storage_dtype
+    group.create_array("mass_probs", shape=(layout.n_blocks, c), chunks=(1, c), dtype=prob_dtype,
+                       compressors=_compressor(compression.probs_for(prob_dtype), prob_dtype, (1, c)), fill_value=0)
 
 
 def _with_kind(root_json: bytes, kind: str) -> bytes:
@@ -286,18 +370,37 @@ class CacheStore:
             return mask
 
     def write_block(self, block: int, tokens: np.ndarray, topk_ids: np.ndarray, topk_probs: np.ndarray,
-                    weights: np.ndarray | None = None, teacher_count: np.ndarray | None = None) -> None:
-        """Encode and write one block, then its checksum, then its `done` marker (in that order)."""
+                    weights: np.ndarray | None = None, teacher_count: np.ndarray | None = None,
+                    mass_count: np.ndarray | None = None) -> None:
+        """Encode and write one block, then its checksum, then its `done` marker (in that order). Mass targets
+        (a ragged layout) take `mass_count` (n, T): the first mass_count[i, t] slots of each position are kept."""
         start, stop = self.layout.block_range(block)
         assert tokens.shape[0] == stop - start
-        id_gaps, order = encode_ids(topk_ids, self.layout.vocab_size)
-        stored_probs = self.code.encode(np.take_along_axis(topk_probs, order, axis=-1))
-        stored = [tokens.astype(token_dtype(self.layout.vocab_size)), id_gaps, stored_probs]
+        if self.layout.ragged:
+            stored = [tokens.astype(token_dtype(self.layout.vocab_size)), *self._ragged_arrays(topk_ids, topk_probs, mass_count)]
+        else:
+            id_gaps, order = encode_ids(topk_ids, self.layout.vocab_size)
+            stored_probs = self.code.encode(np.take_along_axis(topk_probs, order, axis=-1))
+            stored = [tokens.astype(token_dtype(self.layout.vocab_size)), id_gaps, stored_probs]
         if self.layout.with_weights:
             stored.append(np.take_along_axis(weights, order, axis=-1).astype(np.float16))
         if self.layout.with_teacher_count:
             stored.append(np.asarray(teacher_count, dtype=np.uint8))  # (n, T)
         self.write_stored_block(block, stored, block_checksum(stored))
+
+    def _ragged_arrays(self, ids: np.ndarray, probs: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
+        """A block's stored mass arrays: counts (n, T) and the flat gaps and codes, each one (1, C) row whose
+        entries past sum(counts) are 0 (the whole row is written: a chunk is never read back to be patched)."""
+        layout = self.layout
+        counts = np.asarray(counts)
+        if counts.shape != ids.shape[:2] or counts.min(initial=0) < 0 or counts.max(initial=0) > layout.k:
+            raise LogitcacheError(f"mass counts must be (n, T) in 0..{layout.k}")
+        gaps, flat_probs = encode_ragged(ids, probs, counts, layout.vocab_size)
+        id_row = np.zeros((1, layout.capacity), dtype=token_dtype(layout.vocab_size))
+        id_row[0, :gaps.size] = gaps
+        prob_row = np.zeros((1, layout.capacity), dtype=self.code.storage_dtype)
+        prob_row[0, :gaps.size] = self.code.encode(flat_probs)
+        return [counts.astype(count_dtype(layout.k)), id_row, prob_row]
 
     def write_stored_block(self, block: int, stored: list[np.ndarray], checksum: int) -> None:
         """Commit one block's stored (encoded) arrays: the data and the checksum (concurrently: one round
@@ -305,8 +408,7 @@ class CacheStore:
         `done` is never there without its data and checksum."""
         from zarr.core.sync import sync
 
-        start, stop = self.layout.block_range(block)
-        writes = [(name, slice(start, stop), stored[i]) for i, name in enumerate(self.layout.block_arrays)]
+        writes = [(name, self._block_selection(name, block), stored[i]) for i, name in enumerate(self.layout.block_arrays)]
         writes.append(("checksum", slice(block, block + 1), np.array([checksum], dtype=np.uint32)))
 
         async def put_all():
@@ -332,8 +434,7 @@ class CacheStore:
     def read_stored_block(self, block: int, with_checksum: bool = False) -> list[np.ndarray]:
         """The block's stored (encoded) arrays (and its stored checksum last, as a 0-d array, when
         `with_checksum`); raises CacheCorruptError if a chunk cannot be decoded."""
-        start, stop = self.layout.block_range(block)
-        selections = [(name, slice(start, stop)) for name in self.layout.block_arrays]
+        selections = [(name, self._block_selection(name, block)) for name in self.layout.block_arrays]
         selections += [("checksum", slice(block, block + 1))] if with_checksum else []
         try:
             return self._fetch(selections)
@@ -341,6 +442,12 @@ class CacheStore:
             raise
         except Exception as exc:
             raise CacheCorruptError(f"block {block}: stored data cannot be decoded ({exc})", block) from None
+
+    def _block_selection(self, name: str, block: int) -> slice:
+        """Block b's part of an array: its rows, or for the flat mass arrays their row b."""
+        if name in ("mass_ids", "mass_probs"):
+            return slice(block, block + 1)
+        return slice(*self.layout.block_range(block))
 
     def read_checked_block(self, block: int) -> list[np.ndarray]:
         """The block's stored arrays, checksum-verified (data and checksum fetched together)."""
@@ -351,7 +458,15 @@ class CacheStore:
 
     def decode_raw(self, stored: list[np.ndarray]) -> tuple[np.ndarray, ...]:
         """Stored block -> tokens (n, T) int64, ids (n, T, K) int64, probs (n, T, K) float32 [, weights],
-        exactly as the recipe's decode lines say (ascending id order, no normalisation)."""
+        exactly as the recipe's decode lines say (ascending id order, no normalisation). Mass targets come
+        padded to K (decode_ragged: id 0, p 0 past each position's count)."""
+        if self.layout.ragged:
+            counts, gaps, codes = stored[1], stored[2][0], stored[3][0]
+            total = int(counts.sum(dtype=np.int64))
+            if int(counts.max(initial=0)) > self.layout.k or total > gaps.size:
+                raise CacheCorruptError(f"mass counts above {self.layout.k} or beyond the block's {gaps.size} entries")
+            ids, probs = decode_ragged(counts, gaps, self.code.decode(codes[:total]), self.layout.k)
+            return stored[0].astype(np.int64), ids, probs
         out = [stored[0].astype(np.int64), decode_ids(stored[1]), self.code.decode(stored[2])]
         if self.layout.with_weights:
             out.append(stored[3].astype(np.float32))
@@ -393,7 +508,8 @@ def same_attrs(a: dict, b: dict, ignore: tuple[str, ...] = ("package_version", "
 
 def block_chunk_key(array: str, block: int) -> str:
     """The storage key of one block of one array (Zarr v3 default chunk keys: <array>/c/<block>/0/...)."""
-    ndim = {"tokens": 2, "teacher_count": 2, "done": 1, "checksum": 1}.get(array, 3)
+    ndim = {"tokens": 2, "teacher_count": 2, "mass_count": 2, "mass_ids": 2, "mass_probs": 2, "done": 1,
+            "checksum": 1}.get(array, 3)
     return "/".join([array, "c", str(block)] + ["0"] * (ndim - 1))
 
 

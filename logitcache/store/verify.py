@@ -14,18 +14,37 @@ from .location import as_location
 from .tokens import TokenStore
 
 
-def check_decoded(block: int, ids: np.ndarray, probs: np.ndarray, vocab_size: int, sum_bound: float) -> str | None:
+def check_decoded(block: int, ids: np.ndarray, probs: np.ndarray, vocab_size: int, sum_bound: float,
+                  kept: np.ndarray | None = None) -> str | None:
     """A problem with a block's raw decoded values (ids (n, T, K), probs (n, T, K) before any
-    normalisation), or None. `sum_bound` is the code's largest honest raw sum (codecs: sum_bound)."""
+    normalisation), or None. `sum_bound` is the code's largest honest raw sum (codecs: sum_bound). `kept`
+    (n, T, K): the slots that hold an id (mass targets; the padding after them is id 0, p 0)."""
     if ids.min(initial=0) < 0 or ids.max(initial=0) >= vocab_size:
         return f"block {block}: id outside the vocabulary"
-    if (np.diff(ids, axis=-1) < 0).any():
+    descending = np.diff(ids, axis=-1) < 0  # (n, T, K - 1)
+    if kept is not None:
+        descending &= kept[..., 1:]
+    if descending.any():
         return f"block {block}: ids not ascending after decode"
     if not np.isfinite(probs).all() or (probs < 0).any():
         return f"block {block}: non-finite or negative probability"
     worst = float(probs.sum(-1).max(initial=0.0))
     if worst > sum_bound:
         return f"block {block}: a position's decoded probabilities sum to {worst:.4f}, above {sum_bound:.4f} (the code's bound)"
+    return None
+
+
+def check_ragged(block: int, stored: list[np.ndarray], k: int) -> str | None:
+    """A problem with a mass-target block's counts and flat rows (stored: tokens, counts (n, T), ids (1, C),
+    codes (1, C)), or None: each count at most K, their sum within the row, the row's rest the fill value 0."""
+    counts, id_row, code_row = stored[1], stored[2][0], stored[3][0]
+    total = int(counts.sum(dtype=np.int64))
+    if int(counts.max(initial=0)) > k:
+        return f"block {block}: a mass count above max_k {k}"
+    if total > id_row.size:
+        return f"block {block}: mass counts sum to {total}, beyond the block's {id_row.size} entries"
+    if id_row[total:].any() or code_row[total:].any():
+        return f"block {block}: entries past the block's {total} kept ids are not the fill value 0"
     return None
 
 
@@ -57,9 +76,12 @@ def verify_cache(path, progress=None, ahead: int = 8) -> list[str]:
             problems[block] = str(stored)
         elif isinstance(stored, Exception):
             raise stored
+        elif layout.ragged and (problem := check_ragged(block, stored, layout.k)):
+            problems[block] = problem
         else:
             _, ids, probs, *weights = store.decode_raw(stored)
-            problem = check_decoded(block, ids, probs, layout.vocab_size, sum_bound) or \
+            kept = np.arange(layout.k) < stored[1][..., None].astype(np.int64) if layout.ragged else None
+            problem = check_decoded(block, ids, probs, layout.vocab_size, sum_bound, kept) or \
                 (check_weights(block, weights[0]) if weights else None)
             if problem:
                 problems[block] = problem
@@ -154,7 +176,12 @@ def cache_summary(path) -> dict:
         np.dtype(token_dtype(layout.vocab_size)).itemsize + store.code.storage_dtype.itemsize
         + (2 if layout.with_weights else 0)
     )
-    return {
+    extra = {}
+    if layout.ragged:  # the ids actually kept: raw bytes of those and of the counts
+        mean_ids = mean_mass_count(store)
+        raw_per_token = mean_ids * (raw_per_token / layout.k) + store.arrays["mass_count"].dtype.itemsize
+        extra["mean_ids_per_position"] = mean_ids
+    return extra | {
         "path": store.path,
         "attrs": attrs,
         "blocks_done": int(store.done_mask().sum()),
@@ -166,3 +193,15 @@ def cache_summary(path) -> dict:
         "full_logit_bytes_per_token": 4.0 * layout.vocab_size,
         "sizes": sizes,
     }
+
+
+def mean_mass_count(store: CacheStore) -> float:
+    """Mass targets: the mean number of ids kept per position over the done blocks (0.0 when none is done)."""
+    done = store.done_mask()
+    total = positions = 0
+    for block in np.flatnonzero(done).tolist():
+        start, stop = store.layout.block_range(block)
+        counts = store.arrays["mass_count"][start:stop]
+        total += int(counts.sum(dtype=np.int64))
+        positions += counts.size
+    return total / max(positions, 1)
