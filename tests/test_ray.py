@@ -112,7 +112,7 @@ def run_with_a_worker_killed(out, tiny_data, tiny_teachers, tmp_path, monkeypatc
     killer.join(timeout=1)
     check_kill_and_retry(events, killer.killed)
     assert report.restarts >= 1  # Ray's actor table: the killed actor was restarted
-    assert report.blocks_written == 5 and len(report.worker_pids) >= 2
+    assert report.blocks_written == 5  # every block once (the killed task's block by whichever worker retried it)
     return report
 
 
