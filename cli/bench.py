@@ -24,4 +24,8 @@ def cache_size_command(config: CacheSizeConfig, json_out: C.JsonOut = None, stor
     C.print_table("cache size vs accuracy", ["targets", "k/N", "prob dtype", "bytes/token", "raw", "ratio", "mass kept",
                                              "KL", "top-1", "dump tok/s", "student CE"], rows,
                   caption=f"written to {config.out}/cache_size.json, .md, .png")
+    if payload.get("coverage"):  # teachers with a tokenizer of their own
+        C.print_table("coverage (teachers with a tokenizer of their own)", ["teacher", "positions aligned",
+                                                                            "next tokens mapped"],
+                      [[c["teacher"], c["positions"], c["next_tokens_mapped"]] for c in payload["coverage"]])
     C.write_json(json_out, payload)

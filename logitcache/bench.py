@@ -4,6 +4,13 @@ Every row is dumped from the same teachers over the same chunks, then compared p
 position with the full ensemble distribution: probability mass kept, KL(full || cached target)
 where the cached target spreads its tail mass uniformly over the ids it did not keep (so the KL
 counts both truncation and quantisation, and is 0 at k = vocab), and top-1 agreement.
+
+With a teacher on a tokenizer of its own the full distribution is the dump's mixed ensemble (align.py,
+mixed.py) over the data's ids, which holds 1 - u of the mass, u being the mass on teacher tokens with no
+counterpart in the data's vocabulary. The comparison is then over the positions some teacher aligns
+(`positions_covered` of them) and over the data's ids plus one more outcome, "unmapped", holding u: the
+cached tail spreads uniformly over the ids it did not keep and that outcome, so the KL is again 0 at
+k = vocab up to quantisation. `mass_kept` is the cached mass out of the teachers' whole mass (mapped and not).
 """
 from __future__ import annotations
 
@@ -18,7 +25,9 @@ from .store import CacheReader, cache_summary
 from .configs import to_dict, write_json_atomic
 from .data import load_data, spread_indices
 from .dump import DumpConfig, dump
+from .cross_dump import own_tokenizer
 from .ensemble import Ensemble, load_teachers
+from .evaluate import mixed_ensemble_over
 from .progress import NULL_PROGRESS, ProgressHook
 from .stage_configs import CacheSizeConfig  # noqa: F401  (re-exported)
 from .student import StudentConfig, train_student
@@ -27,29 +36,45 @@ from .train import TrainConfig
 log = logging.getLogger(__name__)
 
 
-def target_accuracy(reader: CacheReader, ensemble: Ensemble, rows: np.ndarray, batch_size: int = 8) -> dict:
-    """mass kept, KL(full || cached with uniform tail) and top-1 agreement, averaged over positions."""
+def target_accuracy(reader: CacheReader, ensemble, rows: np.ndarray, batch_size: int = 8) -> dict:
+    """mass kept, KL(full || cached with uniform tail) and top-1 agreement, averaged over positions (those some
+    teacher aligns, for a MixedEnsemble: module docstring)."""
     vocab = ensemble.vocab_size
-    mass, kl, agree, count = 0.0, 0.0, 0, 0
+    mixed = getattr(ensemble, "cross", False)
+    mass, kl, agree, count, total = 0.0, 0.0, 0, 0, 0
     weights_kind = reader.layout.with_weights
     for start in range(0, rows.shape[0], batch_size):
         stop = min(start + batch_size, rows.shape[0])
-        full = ensemble.probs(torch.from_numpy(rows[start:stop].astype(np.int64)))  # (B, T, V)
+        tokens = torch.from_numpy(rows[start:stop].astype(np.int64))
         blocks = reader.read(start, stop) if not weights_kind else _read_weighted(reader, start, stop)
         _, ids, probs = (torch.from_numpy(a) for a in blocks[:3])
         target_probs = probs if not weights_kind else torch.from_numpy(blocks[3])  # sampled: the weights
-        kept = target_probs.sum(-1, keepdim=True).clamp(max=1.0)  # (B, T, 1)
+        if mixed:
+            full, covered = ensemble.targets(tokens, np.arange(start, stop))  # (B, T, V), (B, T)
+            here = covered > 0
+            total += here.numel()
+            full, ids, probs, target_probs = full[here], ids[here], probs[here], target_probs[here]  # (n, ...)
+            unmapped = (1.0 - full.sum(-1, keepdim=True)).clamp(min=0)  # (n, 1)
+            full = torch.cat([full, unmapped], dim=-1)  # (n, V + 1): the last outcome is "unmapped"
+        else:
+            full = ensemble.probs(tokens)  # (B, T, V)
+            total += full.shape[0] * full.shape[1]
+        kept = target_probs.sum(-1, keepdim=True).clamp(max=1.0)  # (..., 1)
         k_eff = ids.shape[-1]
-        tail = (1.0 - kept).clamp(min=1e-12) / max(vocab - k_eff, 1)
+        outcomes = full.shape[-1]
+        tail = (1.0 - kept).clamp(min=1e-12) / max(outcomes - k_eff, 1)
         approx = tail.expand(*full.shape).clone()
         approx.scatter_(-1, ids, torch.zeros_like(target_probs))
         approx.scatter_add_(-1, ids, target_probs)  # padded duplicates add 0
         approx = approx.clamp(min=1e-12)
         kl += float((torch.xlogy(full, full) - full * torch.log(approx)).sum())
         mass += float(full.gather(-1, ids).mul(target_probs > 0).sum()) if weights_kind else float(probs.sum())
-        agree += int((approx.argmax(-1) == full.argmax(-1)).sum())
-        count += full.shape[0] * full.shape[1]
-    return {"mass_kept": mass / count, "kl": kl / count, "top1_agreement": agree / count}
+        agree += int((approx[..., :vocab].argmax(-1) == full[..., :vocab].argmax(-1)).sum())
+        count += full[..., 0].numel()
+    out = {"mass_kept": mass / max(count, 1), "kl": kl / max(count, 1), "top1_agreement": agree / max(count, 1)}
+    if mixed:
+        out["positions_covered"] = count / max(total, 1)
+    return out
 
 
 def _read_weighted(reader: CacheReader, start: int, stop: int):
@@ -73,9 +98,14 @@ def cache_size(config: CacheSizeConfig, progress: ProgressHook = NULL_PROGRESS) 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     data = load_data(config.data)
-    rows = data.store.split("train")[spread_indices(data.store.num_rows("train"), config.chunks)]
-    teachers, _ = load_teachers(list(config.teachers), torch.device("cpu"), data)
-    ensemble = Ensemble(teachers, config.combine, config.temperature, torch.device("cpu"), vocab_size=data.vocab_size)
+    indices = spread_indices(data.store.num_rows("train"), config.chunks)  # the rows each dump caches (spread)
+    rows = data.store.split("train")[indices]
+    teachers, infos = load_teachers(list(config.teachers), torch.device("cpu"), data, own_tokenizers=True)
+    if any(own_tokenizer(i) for i in infos):  # the dump's mixed ensemble as the full distribution
+        ensemble = mixed_ensemble_over(data, "train", indices, teachers, infos, config.temperature, config.combine,
+                                       torch.device("cpu"))
+    else:
+        ensemble = Ensemble(teachers, config.combine, config.temperature, torch.device("cpu"), vocab_size=data.vocab_size)
     variants = [("topk", k, dtype) for dtype in config.prob_dtypes for k in config.ks if k <= data.vocab_size]
     variants += [("sample", n, dtype) for dtype in config.prob_dtypes for n in config.samples]
     result_rows = []
@@ -100,10 +130,15 @@ def cache_size(config: CacheSizeConfig, progress: ProgressHook = NULL_PROGRESS) 
     payload = {"rows": result_rows, "vocab_size": data.vocab_size, "chunks": int(rows.shape[0]),
                "temperature": config.temperature, "full_logit_bytes_per_token": 4.0 * data.vocab_size,
                "config": to_dict(config)}
+    coverage = CacheReader(out / "caches" / f"{result_rows[0]['targets']}{result_rows[0]['k']}-{result_rows[0]['prob_dtype']}.zarr",
+                           require_complete=False).attrs.get("coverage") if result_rows else None
+    if coverage:  # teachers with a tokenizer of their own: positions aligned, next tokens mapped (the dump's)
+        payload["coverage"] = coverage
     if config.train_steps:
         reference = out / "caches" / next(f"{t}{w}-{d}.zarr" for t, w, d in variants)
-        payload["online_full_ce"] = _student_ce(config, reference, out / "students" / "online-full", config.alpha,
-                                                tuple(config.teachers))
+        if not getattr(ensemble, "cross", False):  # online teachers read the data's tokens: one tokenizer only
+            payload["online_full_ce"] = _student_ce(config, reference, out / "students" / "online-full", config.alpha,
+                                                    tuple(config.teachers))
         payload["baseline_ce"] = _student_ce(config, reference, out / "students" / "ce-only", 1.0)
     write_json_atomic(out / "cache_size.json", payload)
     (out / "cache_size.md").write_text(markdown_table(payload))
@@ -127,6 +162,10 @@ def markdown_table(payload: dict) -> str:
     if any(r["targets"] == "sample" for r in payload["rows"]):
         extra.append("sampled rows: KL and top-1 compare the full ensemble with one draw's weighted target, which "
                      "is unbiased only in expectation (its KL is large by construction); compare them by student CE.")
+    for entry in payload.get("coverage") or []:
+        extra.append(f"teacher {entry['teacher']} (a tokenizer of its own): {entry['positions']:.1%} of positions aligned, "
+                     f"{entry['next_tokens_mapped']:.1%} of its next tokens mapped onto the data's ids; mass kept, KL and "
+                     "top-1 are over the positions some teacher aligns, the unmapped mass one more outcome")
     extra.append(f"full fp32 logits: {payload['full_logit_bytes_per_token']:.0f} bytes/token; T = {payload['temperature']}, "
                  f"{payload['chunks']} chunks")
     return "\n".join(lines) + "\n\n" + "\n\n".join(extra) + "\n"

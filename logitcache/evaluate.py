@@ -126,26 +126,27 @@ def blimp_accuracy(model, tokenizer, paradigms: dict[str, list[dict]], device: t
             "terms": {c: v["strict"] for c, v in categories.items()}}
 
 
-def mixed_eval_ensemble(config: EvalConfig, data, indices: np.ndarray, models: list, infos: list[dict],
-                        device: torch.device):
-    """The MixedEnsemble of eval's teachers over split rows `indices` (its row keys are positions in them):
-    the dump's aligners (align.py) for the teachers on a tokenizer of their own, None for the others."""
+def mixed_ensemble_over(data, split: str, indices: np.ndarray, models: list, infos: list[dict], temperature: float,
+                        combine: str, device: torch.device):
+    """The MixedEnsemble of teachers (some on a tokenizer of their own) over split rows `indices` (its row keys
+    are positions in them): the dump's aligners (align.py) for those teachers, None for the others. Shared by
+    eval and bench cache-size."""
     from .align import Aligner, ChunkTexts, folder_vocabulary, vocabulary
     from .cross_dump import own_tokenizer, teacher_context
     from .mixed import MixedEnsemble
 
     own = [Path(i["path"]).name for i in infos if own_tokenizer(i)]
-    if config.combine != "mean-probs":
+    if combine != "mean-probs":
         raise LogitcacheError(f"teacher {own[0]} has a different tokenizer than the data (a tokenizer of its own), "
                               "and --combine mean-logits averages logits over one vocabulary: use --combine mean-probs")
-    if not data.store.has_text(config.split):
-        raise LogitcacheError(f"{data.path} records no text for split '{config.split}' (a teacher with a tokenizer "
+    if not data.store.has_text(split):
+        raise LogitcacheError(f"{data.path} records no text for split '{split}' (a teacher with a tokenizer "
                               "of its own reads the chunks' text): re-run `logitcache prepare` on it")
-    texts = ChunkTexts(data.store, config.split, indices, data.seq_len)
+    texts = ChunkTexts(data.store, split, indices, data.seq_len)
     student = vocabulary(load_tokenizer(data.tokenizer_path), data.special_ids)
     aligners = [Aligner(folder_vocabulary(Path(info["path"])), student, texts, teacher_context(model) or 1 << 30)
                 if own_tokenizer(info) else None for model, info in zip(models, infos)]
-    return MixedEnsemble(list(zip(models, aligners)), config.temperature, device, vocab_size=data.vocab_size)
+    return MixedEnsemble(list(zip(models, aligners)), temperature, device, vocab_size=data.vocab_size)
 
 
 @torch.no_grad()
@@ -195,7 +196,8 @@ def evaluate(config: EvalConfig, progress: ProgressHook = NULL_PROGRESS) -> dict
 
         teachers, infos = load_teachers(list(config.teachers), device, data, own_tokenizers=True)
         if any(own_tokenizer(i) for i in infos):
-            mixed = mixed_eval_ensemble(config, data, indices, teachers, infos, device)
+            mixed = mixed_ensemble_over(data, config.split, indices, teachers, infos, config.temperature,
+                                        config.combine, device)
         else:
             ensemble = Ensemble(teachers, config.combine, config.temperature, device, vocab_size=data.vocab_size)
     paradigms = load_blimp(config.blimp, config.blimp_max_pairs) if config.blimp else None

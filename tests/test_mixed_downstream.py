@@ -351,3 +351,123 @@ def test_the_report_shows_kl_for_the_models_that_have_it():
     assert "dev KL to teachers" in text and "0.4321" in text and "0.9876" in text
     gpt2_row = next(line for line in text.splitlines() if line.startswith("| teacher gpt2"))
     assert gpt2_row.rstrip(" |").endswith("- | -")
+
+
+# --- bench cache-size, verify, copy, inspect --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def byte_level_teacher(mixed):
+    """A tiny GPT-2 with a byte-level BPE smaller than the data's (280 ids against 300): its finer tokens align
+    with enough positions for dump's default --min-coverage (bench cache-size dumps with the defaults)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from test_cross_tokenizer import TRAIN_TEXT, teacher_folder
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.train_from_iterator(TRAIN_TEXT, trainers.BpeTrainer(
+        vocab_size=280, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    return teacher_folder(mixed["root"], "gpt2-bytes", tokenizer, "gpt2", 1)
+
+
+def test_bench_cache_size_with_a_teacher_on_its_own_tokenizer(tmp_path, mixed, byte_level_teacher):
+    """k = V float32 keeps everything (KL 0 up to rounding, agreement 1); the mass kept at k = 4 is the top-4 mass
+    of that full cache at the covered positions, computed here with numpy; coverage is in the payload."""
+    from logitcache import open_cache
+    from logitcache.bench import cache_size
+    from logitcache.stage_configs import CacheSizeConfig
+
+    n = 16
+    payload = cache_size(CacheSizeConfig(data=mixed["data"], teachers=(byte_level_teacher,), out=tmp_path, ks=(4, 300),
+                                         prob_dtypes=("float32",), chunks=n, temperature=1.0, combine="mean-probs"))
+    small, full = payload["rows"]
+    assert full["kl"] < 1e-4 and full["top1_agreement"] == 1.0
+    reader = open_cache(tmp_path / "caches" / "topk300-float32.zarr")
+    _, _, probs = reader.read(0, n)
+    covered = reader.read_teacher_count(0, n) > 0
+    assert small["positions_covered"] == pytest.approx(covered.mean()) and 0 < covered.mean() < 1
+    assert full["mass_kept"] == pytest.approx(probs.sum(-1)[covered].mean(), abs=1e-5) and full["mass_kept"] < 1
+    top4 = -np.sort(-probs, axis=-1)[..., :4].sum(-1)
+    assert small["mass_kept"] == pytest.approx(top4[covered].mean(), abs=1e-5)
+    assert small["kl"] > full["kl"] + 1e-3
+    [entry] = payload["coverage"]
+    assert entry["teacher"] == "gpt2-bytes" and entry["positions"] > 0.5
+    assert "gpt2-bytes (a tokenizer of its own)" in (tmp_path / "cache_size.md").read_text()
+
+
+def test_verify_copy_and_inspect_take_a_counted_cache(tmp_path, mixed):
+    """verify checks teacher_count with the rest of each block (a flipped byte in it is found), copy carries it
+    object for object, inspect shows the coverage."""
+    import json
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from logitcache import open_cache
+    from logitcache.store import block_chunk_path, verify_cache
+    from logitcache_cli.app import app
+
+    cli = CliRunner()
+    cache = mixed["cache"]
+    copied = tmp_path / "copied.zarr"
+    result = cli.invoke(app, ["copy", str(cache), str(copied)])
+    assert result.exit_code == 0, result.output
+    files = lambda root: {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}  # noqa: E731
+    assert files(copied) == files(cache) and any(str(p).startswith("teacher_count") for p in files(copied))
+    assert np.array_equal(open_cache(copied).read_teacher_count(0, 48), open_cache(cache).read_teacher_count(0, 48))
+    assert verify_cache(copied) == []
+    assert cli.invoke(app, ["verify", str(copied)]).exit_code == 0
+    result = cli.invoke(app, ["inspect", str(copied), "--json", "-"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["attrs"]["with_teacher_count"] and "coverage llama-metaspace" in result.stderr
+    broken = tmp_path / "broken.zarr"
+    shutil.copytree(cache, broken)
+    chunk = block_chunk_path(broken, "teacher_count", 1)
+    raw = bytearray(chunk.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(raw))
+    assert [p.split(":")[0] for p in verify_cache(broken)] == ["block 1"]
+    assert cli.invoke(app, ["verify", str(broken)]).exit_code == 1
+
+
+# --- the loader's other paths: object storage, torchrun -------------------------------------------------------------
+
+def test_batches_from_a_bucket_carry_the_same_teacher_count(s3, mixed):
+    """The counted cache copied to S3 (moto): CacheRows over the URL yields the batches it yields from disk,
+    teacher_count included."""
+    from typer.testing import CliRunner
+
+    from logitcache.distributed import DistEnv
+    from logitcache.loader import CacheRows
+    from logitcache.store import CacheReader
+    from logitcache_cli.app import app
+
+    url = f"{s3}/mixed/cache.zarr"
+    assert CliRunner().invoke(app, ["copy", str(mixed["cache"]), url]).exit_code == 0
+    remote = list(CacheRows(CacheReader(url), seed=2, buffer_rows=16, workers=4).batches(0, 0, 8, DistEnv()))
+    local = list(CacheRows(CacheReader(mixed["cache"]), seed=2, buffer_rows=16).batches(0, 0, 8, DistEnv()))
+    assert len(remote) == len(local) > 0
+    for a, b in zip(remote, local):
+        assert list(a) == list(b) and "teacher_count" in a
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_torchrun_two_ranks_train_on_a_counted_cache(tmp_path, mixed):
+    """Two ranks (gloo on CPU) split each batch, each masking its own rows' uncovered positions."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "s"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+               "logitcache_cli", "train-student", "--cache", str(mixed["cache"]), "--data", str(mixed["data"]),
+               "--out", str(out), "--preset", "llama-tiny", "--max-steps", "4", "--batch-size", "8", "--lr", "3e-3",
+               "--warmup-steps", "1", "--val-chunks", "8", "--device", "cpu"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=240, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in steps if "kl" in r]
+    assert len(steps) == 4 and all(math.isfinite(r["kl"]) and r["kl"] > 0 for r in steps)
