@@ -73,6 +73,7 @@ def run_only_toml_keys() -> set[str]:
 
 BASE_DUMP = dict(max_chunks=16)  # 2 blocks of 8 rows, two teachers, top-8, sqrt-u7, T = 2 (conftest.dump_config)
 SAMPLED = dict(max_chunks=16, targets="sample", samples=8)
+MASSED = dict(max_chunks=16, targets="mass", mass=0.1, max_k=24, temperature=1.0)  # counts 5..13, some capped at 6
 
 
 @pytest.fixture(scope="module")
@@ -299,6 +300,8 @@ EFFECT = {
     "dump --samples": dump_differs("samples", 4, base=SAMPLED),
     "dump --proposal-temperature": dump_differs("proposal_temperature", 2.0, base=SAMPLED),
     "dump --seed": dump_differs("seed", 1, base=SAMPLED),
+    "dump --mass": dump_differs("mass", 0.2, base=MASSED),
+    "dump --max-k": dump_differs("max_k", 6, base=MASSED),
     "dump --block-rows": check_block_rows,
     "dump --max-chunks": dump_differs("max_chunks", 8),
     "dump --row-selection": dump_differs("row_selection", "first"),
@@ -651,7 +654,7 @@ TOML_VALUES = {("teachers", "arch"): None, ("teachers", "preset"): "llama-tiny",
                ("dump", "ray_address"): "auto", ("dump", "workers"): "2", ("eval", "blimp"): "/x/blimp",
                ("data", "tokenizer"): "/x/tokenizer.json", ("data", "source_field"): "source",
                ("student", "init_from"): "/x/model", ("student", "preset"): "llama-tiny",
-               ("teachers", "train.grad_accum"): 2, ("student", "train.grad_accum"): 2}
+               ("teachers", "train.grad_accum"): 2, ("student", "train.grad_accum"): 2, ("dump", "mass"): 0.5}
 
 
 def other_value(f, annotation, default):
