@@ -177,7 +177,8 @@ def test_verify_data_dir_names_the_one_bad_chunk_among_many(tmp_path, tiny_data,
     data = copy_of(tiny_data)
     store = load_data(data).store
     splits = {name: store.split(name) for name in ("train", "dev", "test")}
-    write_token_store(data / "tokens.zarr", splits, store.attrs, rows_per_chunk=64)  # same tokens, 64-row chunks
+    texts = {name: tuple(array[:] for _, array in store.text_arrays(name)) for name in splits if store.has_text(name)}
+    write_token_store(data / "tokens.zarr", splits, store.attrs, rows_per_chunk=64, texts=texts)  # same data, 64-row chunks
     assert zarr.open_group(str(data / "tokens.zarr"), mode="r")["train"].chunks == (64, 32)
     result = verify_cli(data)
     assert result.exit_code == 0 and "every chunk intact" in result.output, result.output
