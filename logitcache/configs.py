@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import json
 import types
 import typing
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LogitcacheError
+from .files import prepare_output, recover_dir, replace_dir, sha256_file, write_json_atomic  # noqa: F401  (re-exported)
 
 
 def setting(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = None, argument: bool = False,
@@ -150,35 +152,3 @@ def check(condition: bool, message: str) -> None:
         raise LogitcacheError(message)
 
 
-def write_json_atomic(path: Path, payload) -> None:
-    """Write then rename, so a reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def prepare_output(path: Path, resume: bool = False, overwrite: bool = False) -> None:
-    """Refuse to write into a path that already holds something, unless resuming or --overwrite."""
-    import shutil
-
-    path = Path(path)
-    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
-        return
-    if resume:
-        return
-    if not overwrite:
-        raise LogitcacheError(f"{path} already exists and is not empty; pass --overwrite to replace it"
-                              + (" or --resume to continue it" if path.is_dir() else ""))
-    if path.is_dir():
-        shutil.rmtree(path)
-    else:
-        path.unlink()

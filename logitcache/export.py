@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 from .configs import prepare_output
+from .files import replace_dir
 from .errors import LogitcacheError
 from .stage_configs import ExportConfig  # noqa: F401  (re-exported)
 
@@ -145,8 +146,6 @@ def export(config: ExportConfig, overwrite: bool = False) -> Path:
     (tmp / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2) + "\n")
     (tmp / "README.md").write_text(model_card(src, bos))
     readable_by_all(tmp)
-    if dst.exists():
-        shutil.rmtree(dst)
-    os.replace(tmp, dst)
+    replace_dir(tmp, dst)
     log.info("exported %s to %s", src, dst)
     return dst

@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from . import distributed as D
 from .checkpoint import CHECKPOINT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .configs import check, write_json_atomic
+from .files import recover_dir, replace_dir
 from .errors import LogitcacheError
 from .progress import NULL_PROGRESS, ProgressHook
 from .stage_configs import TrainConfig  # noqa: F401  (re-exported)
@@ -340,13 +341,13 @@ def save_model(model, folder: Path, save_extra=None) -> None:
     model.save_pretrained(str(tmp))
     if save_extra:
         save_extra(tmp)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    replace_dir(tmp, folder)
 
 
 def finalize(out: Path, save_extra=None) -> None:
     """Copy the best model's files to `out` itself, so `from_pretrained(out)` loads the best."""
     best = out / "best"
+    recover_dir(best)
     for f in best.iterdir():
         shutil.copy2(f, out / f.name)
     (out / "COMPLETE").write_text("ok\n")

@@ -23,6 +23,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from ..errors import LogitcacheError
+from ..files import replace_dir
 from .ids import token_dtype  # noqa: F401  (re-exported: the token store's id width)
 from .location import Location, as_location
 
@@ -74,8 +75,7 @@ def write_token_store(path: Path, splits: dict[str, np.ndarray], attrs: dict, ro
             _checked_array(text_group, f"{name}_bytes", text, TEXT_CHUNK_BYTES, ZstdCodec(level=3, checksum=True))
             _checked_array(text_group, f"{name}_ends", ends, rows_per_chunk * seq_len, ZstdCodec(level=3, checksum=True))
     group.attrs.update({ATTRS_KEY: attrs})
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
+    replace_dir(tmp, path)
 
 
 class TokenStore:
