@@ -13,7 +13,6 @@ covers bytes ends[i-1]..ends[i] (ends[-1] = 0). Both arrays carry per-chunk crc3
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from pathlib import Path
 
