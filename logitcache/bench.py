@@ -11,9 +11,16 @@ counterpart in the data's vocabulary. The comparison is then over the positions 
 (`positions_covered` of them) and over the data's ids plus one more outcome, "unmapped", holding u: the
 cached tail spreads uniformly over the ids it did not keep and that outcome, so the KL is again 0 at
 k = vocab up to quantisation. `mass_kept` is the cached mass out of the teachers' whole mass (mapped and not).
+
+Mass-target rows (`--mass`: dump --targets mass) keep a different number of ids per position; their tail
+spreads over the ids each position did not keep, and their "k" is the mean number kept. With
+`--train-steps` every cache trains one student per `--student-seeds` seed at the same steps, and the
+equal-bytes summary names the smallest mass-target cache whose mean student CE is within 0.005 of the
+top-32 student's (equal_bytes).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 from pathlib import Path
@@ -61,8 +68,10 @@ def target_accuracy(reader: CacheReader, ensemble, rows: np.ndarray, batch_size:
             total += full.shape[0] * full.shape[1]
         kept = target_probs.sum(-1, keepdim=True).clamp(max=1.0)  # (..., 1)
         k_eff = ids.shape[-1]
+        if reader.layout.ragged:  # mass targets: each position's own number of ids
+            ids, k_eff = ragged_slots(ids, probs)
         outcomes = full.shape[-1]
-        tail = (1.0 - kept).clamp(min=1e-12) / max(outcomes - k_eff, 1)
+        tail = (1.0 - kept).clamp(min=1e-12) / (outcomes - torch.as_tensor(k_eff)).clamp(min=1)  # k_eff: int or (..., 1)
         approx = tail.expand(*full.shape).clone()
         approx.scatter_(-1, ids, torch.zeros_like(target_probs))
         approx.scatter_add_(-1, ids, target_probs)  # padded duplicates add 0
@@ -77,6 +86,16 @@ def target_accuracy(reader: CacheReader, ensemble, rows: np.ndarray, batch_size:
     return out
 
 
+def ragged_slots(ids: torch.Tensor, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mass targets (..., K) with id 0, p 0 past each position's count -> ids whose p = 0 slots point at the
+    position's most probable id (so the scatters in target_accuracy add 0 there and the id keeps its p),
+    and the ids kept per position (..., 1), the tail's share of the vocabulary being V minus those.
+    A kept id whose code rounded it to 0 counts in the tail, as in the losses."""
+    kept = probs > 0  # (..., K)
+    first = ids.gather(-1, probs.argmax(-1, keepdim=True))  # (..., 1)
+    return torch.where(kept, ids, first), kept.sum(-1, keepdim=True)
+
+
 def _read_weighted(reader: CacheReader, start: int, stop: int):
     """Sampled caches: (tokens, ids, p_i, weights) rows start:stop."""
     r = reader.layout.block_rows
@@ -84,6 +103,13 @@ def _read_weighted(reader: CacheReader, start: int, stop: int):
     arrays = [np.concatenate([p[i] for p in parts]) for i in range(4)]
     offset = (start // r) * r
     return [a[start - offset:stop - offset] for a in arrays]
+
+
+def _student_ces(config: CacheSizeConfig, cache: Path, out: Path, alpha: float, online: tuple = ()) -> list[float]:
+    """The best dev CE of one student per seed (--student-seeds, else --seed), the same steps each."""
+    seeds = config.student_seeds or (config.seed,)
+    return [_student_ce(dataclasses.replace(config, seed=seed), cache, out / f"seed{seed}" if config.student_seeds else out,
+                        alpha, online) for seed in seeds]
 
 
 def _student_ce(config: CacheSizeConfig, cache: Path, out: Path, alpha: float, online: tuple = ()) -> float:
@@ -108,6 +134,7 @@ def cache_size(config: CacheSizeConfig, progress: ProgressHook = NULL_PROGRESS) 
         ensemble = Ensemble(teachers, config.combine, config.temperature, torch.device("cpu"), vocab_size=data.vocab_size)
     variants = [("topk", k, dtype) for dtype in config.prob_dtypes for k in config.ks if k <= data.vocab_size]
     variants += [("sample", n, dtype) for dtype in config.prob_dtypes for n in config.samples]
+    variants += [("mass", m, dtype) for dtype in config.prob_dtypes for m in config.masses]
     result_rows = []
     for targets, width, dtype in variants:
         name = f"{targets}{width}-{dtype}"
@@ -116,15 +143,18 @@ def cache_size(config: CacheSizeConfig, progress: ProgressHook = NULL_PROGRESS) 
         dump_cfg = DumpConfig(data=config.data, teachers=config.teachers, out=cache_path, top_k=width if targets == "topk" else 1,
                               samples=width if targets == "sample" else 16, targets=targets, temperature=config.temperature,
                               combine=config.combine, prob_dtype=dtype, max_chunks=config.chunks, block_rows=64,
-                              seed=config.seed, device="cpu")
+                              seed=config.seed, device="cpu", **mass_settings(config, targets, width))
         report = dump(dump_cfg, progress=progress)
         summary = cache_summary(cache_path)
         accuracy = target_accuracy(CacheReader(cache_path), ensemble, rows)
         row = {"k": width, "targets": targets, "prob_dtype": dtype, "bytes_per_token": summary["bytes_per_token"],
                "raw_bytes_per_token": summary["raw_bytes_per_token"], "compression_ratio": summary["compression_ratio"],
                **accuracy, "dump_tokens_per_s": report.tokens_per_s, "student_ce": None}
+        if targets == "mass":
+            row.update(mass_row(config, width, summary))
         if config.train_steps:
-            row["student_ce"] = _student_ce(config, cache_path, out / "students" / name, config.alpha)
+            row["student_ces"] = _student_ces(config, cache_path, out / "students" / name, config.alpha)
+            row["student_ce"] = float(np.mean(row["student_ces"]))
         log.info("%s: %s", name, row)
         result_rows.append(row)
     payload = {"rows": result_rows, "vocab_size": data.vocab_size, "chunks": int(rows.shape[0]),
@@ -137,13 +167,70 @@ def cache_size(config: CacheSizeConfig, progress: ProgressHook = NULL_PROGRESS) 
     if config.train_steps:
         reference = out / "caches" / next(f"{t}{w}-{d}.zarr" for t, w, d in variants)
         if not getattr(ensemble, "cross", False):  # online teachers read the data's tokens: one tokenizer only
-            payload["online_full_ce"] = _student_ce(config, reference, out / "students" / "online-full", config.alpha,
-                                                    tuple(config.teachers))
-        payload["baseline_ce"] = _student_ce(config, reference, out / "students" / "ce-only", 1.0)
+            payload["online_full_ce"] = float(np.mean(_student_ces(config, reference, out / "students" / "online-full",
+                                                                   config.alpha, tuple(config.teachers))))
+        payload["baseline_ce"] = float(np.mean(_student_ces(config, reference, out / "students" / "ce-only", 1.0)))
+        payload["equal_bytes"] = equal_bytes(result_rows)
     write_json_atomic(out / "cache_size.json", payload)
     (out / "cache_size.md").write_text(markdown_table(payload))
     plot_cache_size(payload, out / "cache_size.png")
     return payload
+
+
+def mass_settings(config: CacheSizeConfig, targets: str, width) -> dict:
+    """The DumpConfig settings of a mass-target row (none for the other rows)."""
+    return {"mass": float(width), "max_k": config.max_k} if targets == "mass" else {}
+
+
+def mass_row(config: CacheSizeConfig, mass: float, summary: dict) -> dict:
+    """A mass-target row's own fields: its "k" is the mean number of ids kept per position."""
+    return {"k": summary["mean_ids_per_position"], "mass": float(mass), "max_k": config.max_k}
+
+
+def row_label(row: dict) -> str:
+    """k / N column: k, N, or "M (mean k, <= max_k)" for a mass-target row."""
+    if row["targets"] == "mass":
+        return f"{row['mass']:g} ({row['k']:.1f} ids, <= {row['max_k']})"
+    return str(row["k"])
+
+
+def equal_bytes(rows: list[dict], reference_k: int = 32, within: float = 0.005) -> dict | None:
+    """The smallest mass-target cache whose student CE is within `within` of the top-`reference_k` student's
+    (the first prob dtype that has that row), or the frontier when none is: every mass row's bytes and CE."""
+    reference = next((r for r in rows if r["targets"] == "topk" and r["k"] == reference_k
+                      and r["student_ce"] is not None), None)
+    masses = sorted((r for r in rows if r["targets"] == "mass" and r["student_ce"] is not None),
+                    key=lambda r: r["bytes_per_token"])
+    if reference is None or not masses:
+        return None
+    goal = reference["student_ce"] + within
+    found = next((r for r in masses if r["student_ce"] <= goal), None)
+    return {"reference": {"k": reference_k, "bytes_per_token": reference["bytes_per_token"],
+                          "student_ce": reference["student_ce"], "student_ces": reference.get("student_ces")},
+            "within": within, "reached": found is not None,
+            "smallest": None if found is None else {key: found[key] for key in ("mass", "max_k", "k", "bytes_per_token",
+                                                                                "student_ce", "kl", "mass_kept")},
+            "frontier": [{key: r[key] for key in ("mass", "k", "bytes_per_token", "student_ce")} for r in masses]}
+
+
+def equal_bytes_lines(summary: dict | None) -> list[str]:
+    """The equal-bytes summary as Markdown paragraphs (none without a top-32 row and mass rows with students)."""
+    if not summary:
+        return []
+    ref = summary["reference"]
+    head = (f"equal bytes: top-{ref['k']} students reach CE {ref['student_ce']:.4f} at {ref['bytes_per_token']:.2f} "
+            f"bytes/token; goal: within {summary['within']} ({ref['student_ce'] + summary['within']:.4f})")
+    if summary["reached"]:
+        best = summary["smallest"]
+        head += (f". Smallest mass-target cache within it: mass {best['mass']:g} (<= {best['max_k']} ids, "
+                 f"{best['k']:.1f} on average) at **{best['bytes_per_token']:.2f} bytes/token**, CE "
+                 f"{best['student_ce']:.4f}, {best['bytes_per_token'] / ref['bytes_per_token']:.2f}x the top-{ref['k']} bytes")
+    else:
+        head += ". No mass-target row reaches it; the frontier below"
+    lines = ["| mass | mean ids | bytes/token | student CE | vs top-%d CE |" % ref["k"], "|---|---|---|---|---|"]
+    lines += [f"| {r['mass']:g} | {r['k']:.1f} | {r['bytes_per_token']:.2f} | {r['student_ce']:.4f} | "
+              f"{r['student_ce'] - ref['student_ce']:+.4f} |" for r in summary["frontier"]]
+    return [head, "\n".join(lines)]
 
 
 def markdown_table(payload: dict) -> str:
@@ -151,7 +238,7 @@ def markdown_table(payload: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in payload["rows"]:
         ce = f"{r['student_ce']:.4f}" if r["student_ce"] is not None else "-"
-        lines.append(f"| {r['targets']} | {r['k']} | {r['prob_dtype']} | {r['bytes_per_token']:.2f} | {r['raw_bytes_per_token']:.0f} | "
+        lines.append(f"| {r['targets']} | {row_label(r)} | {r['prob_dtype']} | {r['bytes_per_token']:.2f} | {r['raw_bytes_per_token']:.0f} | "
                      f"{r['compression_ratio']:.1f} | {r['mass_kept']:.4f} | {r['kl']:.4f} | {r['top1_agreement']:.4f} | "
                      f"{r['dump_tokens_per_s']:.0f} | {ce} |")
     extra = []
@@ -166,9 +253,18 @@ def markdown_table(payload: dict) -> str:
         extra.append(f"teacher {entry['teacher']} (a tokenizer of its own): {entry['positions']:.1%} of positions aligned, "
                      f"{entry['next_tokens_mapped']:.1%} of its next tokens mapped onto the data's ids; mass kept, KL and "
                      "top-1 are over the positions some teacher aligns, the unmapped mass one more outcome")
+    seeds = (payload.get("config") or {}).get("student_seeds") or []
+    if len(seeds) > 1 and any(r["student_ce"] is not None for r in payload["rows"]):
+        extra.append(f"student CE: the mean over seeds {', '.join(map(str, seeds))} (student_ces in the JSON), the same "
+                     "steps for every cache")
+    extra += equal_bytes_lines(payload.get("equal_bytes"))
     extra.append(f"full fp32 logits: {payload['full_logit_bytes_per_token']:.0f} bytes/token; T = {payload['temperature']}, "
                  f"{payload['chunks']} chunks")
     return "\n".join(lines) + "\n\n" + "\n\n".join(extra) + "\n"
+
+
+FAMILY_LABELS = {"topk": lambda r: "top-k", "sample": lambda r: "sampled (N draws)",
+                 "mass": lambda r: f"mass M (k by position, <= {r['max_k']}; mean k plotted)"}
 
 
 def plot_cache_size(payload: dict, path: Path) -> None:
@@ -179,20 +275,21 @@ def plot_cache_size(payload: dict, path: Path) -> None:
 
     has_ce = any(r["student_ce"] is not None for r in payload["rows"])
     fig, axes = plt.subplots(1, 3 if has_ce else 2, figsize=(15 if has_ce else 10, 4.2))
-    for targets, marker in (("topk", "o"), ("sample", "s")):
+    for targets, marker in (("topk", "o"), ("sample", "s"), ("mass", "^")):
         for dtype in sorted({r["prob_dtype"] for r in payload["rows"]}):
             rows = [r for r in payload["rows"] if r["targets"] == targets and r["prob_dtype"] == dtype]
             if not rows:
                 continue
-            label = f"{'top-k' if targets == 'topk' else 'sampled (N draws)'}, {dtype}"
+            label = f"{FAMILY_LABELS[targets](rows[0])}, {dtype}"
             axes[0].plot([r["k"] for r in rows], [r["bytes_per_token"] for r in rows], marker=marker, label=label)
             axes[1].plot([r["bytes_per_token"] for r in rows], [max(r["kl"], 1e-6) for r in rows], marker=marker, label=label)
             for r in rows:
-                axes[1].annotate(str(r["k"]), (r["bytes_per_token"], max(r["kl"], 1e-6)), fontsize=7,
-                                 textcoords="offset points", xytext=(3, 3))
+                axes[1].annotate(f"{r['mass']:g}" if targets == "mass" else str(r["k"]),
+                                 (r["bytes_per_token"], max(r["kl"], 1e-6)), fontsize=7, textcoords="offset points",
+                                 xytext=(3, 3))
             if has_ce:
                 axes[2].plot([r["bytes_per_token"] for r in rows], [r["student_ce"] for r in rows], marker=marker, label=label)
-    axes[0].set(xscale="log", yscale="log", xlabel="k (ids kept per token) / N (draws)", ylabel="cache bytes per token (on disk)",
+    axes[0].set(xscale="log", yscale="log", xlabel="k (ids kept per token; mass: the mean) / N (draws)", ylabel="cache bytes per token (on disk)",
                 title="cache size")
     axes[0].set_xscale("log", base=2)
     axes[1].set(xscale="log", yscale="log", xlabel="cache bytes per token (on disk)", ylabel="KL(full ensemble || cached target), nats/token",

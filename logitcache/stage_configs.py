@@ -304,6 +304,9 @@ class CacheSizeConfig:
     ks: tuple[int, ...] = setting((1, 2, 4, 8, 16, 32, 64, 128, 256), help="Comma-separated k values.", flag="--k")
     prob_dtypes: tuple[ProbDtype, ...] = setting(("sqrt-u7",), help="Comma-separated probability codes.", flag="--prob-dtype")
     samples: tuple[int, ...] = setting((), help="Comma-separated draw counts for sampled-target rows (empty: none).")
+    masses: tuple[float, ...] = setting((), help="Comma-separated masses for mass-target rows (dump --targets mass; "
+                                                 "empty: none).", flag="--mass")
+    max_k: int = setting(64, help="Mass-target rows: at most this many ids per position (dump --max-k).")
     chunks: int = setting(256, help="Number of train chunks to dump for each row.")
     temperature: float = setting(2.0, help="Distillation temperature T.")
     combine: Combine = setting("mean-logits", help="Ensemble rule: mean-logits or mean-probs.")
@@ -313,10 +316,14 @@ class CacheSizeConfig:
     student_lr: float = setting(2e-3, help="Student learning rate for --train-steps.")
     alpha: float = setting(0.5, help="Student alpha for --train-steps.")
     seed: int = setting(0, help="Seed of sampled targets and students.")
+    student_seeds: tuple[int, ...] = setting((), help="Comma-separated seeds: with --train-steps, one student per seed "
+                                                      "for every cache, student CE their mean (empty: --seed only).")
 
     def __post_init__(self):
         check(len(self.teachers) > 0, "give at least one --teacher")
-        check(len(self.ks) + len(self.samples) > 0, "give at least one --k or --samples value")
+        check(len(self.ks) + len(self.samples) + len(self.masses) > 0, "give at least one --k, --samples or --mass value")
+        check(all(0.0 < m <= 1.0 for m in self.masses), "every mass must be in (0, 1]")
+        check(self.max_k > 0, f"max_k must be positive, got {self.max_k}")
         check(all(k > 0 for k in self.ks), "every k must be positive")
         check(all(0 < n <= 255 for n in self.samples), "every sample count must be in 1..255")
         for dtype in self.prob_dtypes:

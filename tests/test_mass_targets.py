@@ -353,3 +353,44 @@ def test_torchrun_and_s3_mass_dumps_equal_one_process(tmp_path, tiny_data, tiny_
 
     copy_cache(url, back)
     assert json.loads((back / "zarr.json").read_text()) == json.loads(Location(url).read_bytes("zarr.json"))
+
+
+def test_cache_size_sweeps_mass_targets_beside_top_k_with_two_student_seeds(tmp_path, tiny_data, tiny_teachers):
+    """bench cache-size --mass: each mass row's KL recomputed here per position from the reader and the full
+    distribution (tail spread over the ids that position did not keep), its k the mean count, one student per
+    seed, and the equal-bytes summary recomputed from the rows."""
+    from logitcache.bench import CacheSizeConfig, cache_size
+
+    config = CacheSizeConfig(data=tiny_data, teachers=tiny_teachers, out=tmp_path / "b", ks=(4, 32), masses=(0.1, 0.2),
+                             max_k=24, chunks=16, temperature=1.0, train_steps=2, student_preset="llama-tiny",
+                             student_batch_size=8, student_seeds=(0, 1))
+    payload = cache_size(config)
+    rows = {(r["targets"], r.get("mass", r["k"])): r for r in payload["rows"]}
+    assert set(rows) == {("topk", 4), ("topk", 32), ("mass", 0.1), ("mass", 0.2)}
+    _, full = full_distribution(tiny_data, tiny_teachers, 16, 1.0)
+    for mass in (0.1, 0.2):
+        row = rows[("mass", mass)]
+        cache = tmp_path / "b" / "caches" / f"mass{mass}-sqrt-u7.zarr"
+        _, ids, probs = open_cache(cache).read(0, 16)
+        counts = zarr.open_group(str(cache), mode="r")["mass_count"][:]
+        kl = []
+        for i, t in np.ndindex(*counts.shape):
+            c = int(counts[i, t])
+            approx = np.full(300, (1 - probs[i, t, :c].sum()) / (300 - c))
+            approx[ids[i, t, :c]] = probs[i, t, :c]
+            kl.append(float((full[i, t] * np.log(full[i, t] / np.maximum(approx, 1e-12))).sum()))
+        assert row["kl"] == pytest.approx(np.mean(kl), rel=1e-3, abs=1e-5)
+        assert row["k"] == pytest.approx(counts.mean()) and row["max_k"] == 24
+        assert row["mass_kept"] == pytest.approx(probs.sum(-1).mean(), rel=1e-4)
+        assert len(row["student_ces"]) == 2 and row["student_ces"][0] != row["student_ces"][1]
+        assert row["student_ce"] == pytest.approx(np.mean(row["student_ces"]))
+    assert rows[("mass", 0.1)]["kl"] > rows[("mass", 0.2)]["kl"] and rows[("mass", 0.1)]["k"] < rows[("mass", 0.2)]["k"]
+    summary = payload["equal_bytes"]
+    reference = rows[("topk", 32)]["student_ce"]
+    within = [r for r in (rows[("mass", 0.1)], rows[("mass", 0.2)]) if r["student_ce"] <= reference + 0.005]
+    expected = min(within, key=lambda r: r["bytes_per_token"]) if within else None
+    assert summary["reached"] == bool(within)
+    assert (summary["smallest"] or {}).get("mass") == (expected or {}).get("mass")
+    text = (tmp_path / "b" / "cache_size.md").read_text()
+    assert "| mass | 0.1 (" in text and "equal bytes: top-32" in text
+    assert (tmp_path / "b" / "cache_size.png").stat().st_size > 10_000

@@ -419,6 +419,9 @@ ELSEWHERE = {
     "bench cache-size --samples": "test_eval.py::test_cache_size_rows",
     "bench cache-size --chunks": "test_eval.py::test_cache_size_rows",
     "bench cache-size --temperature": "test_eval.py::test_cache_size_rows",
+    "bench cache-size --mass": "test_mass_targets.py::test_cache_size_sweeps_mass_targets_beside_top_k_with_two_student_seeds",
+    "bench cache-size --max-k": "test_mass_targets.py::test_cache_size_sweeps_mass_targets_beside_top_k_with_two_student_seeds",
+    "bench cache-size --student-seeds": "test_mass_targets.py::test_cache_size_sweeps_mass_targets_beside_top_k_with_two_student_seeds",
     "run [data] raw_dir": ("test_run.py::test_run_end_to_end_and_rerun_skips", "tiny_raw"),  # the TOML's raw_dir
     "run [teachers] name": "test_config.py::test_run_set_overrides_any_field",
     "run [student] seeds": "test_run.py::test_train_seed_beside_student_seeds_is_refused_by_name",
