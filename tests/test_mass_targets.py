@@ -26,6 +26,7 @@ from logitcache.ensemble import Ensemble
 from logitcache.errors import CacheCorruptError, LogitcacheError, ResumeMismatchError
 from logitcache.models import load_model
 from logitcache.store import CacheStore, block_chunk_path, verify_cache
+from test_cross_tokenizer import odd_data, teachers  # noqa: F401  (fixtures: data with odd text, teachers on their own tokenizers)
 
 MASS = dict(targets="mass", mass=0.2, max_k=24, temperature=1.0)  # the tiny teachers at T = 1: counts 12..24
 ARRAYS = ("tokens", "mass_count", "mass_ids", "mass_probs", "done", "checksum")
@@ -180,13 +181,14 @@ def test_verify_refuses_counts_and_rows_that_do_not_agree(mass_cache, tmp_path):
         assert ("max_k" in problems[0]) if case == "count above max_k" else ("fill value" in problems[0])
 
 
-def test_padding_changes_no_loss_and_no_gradient():
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_padding_changes_no_loss_and_no_gradient(temperature):
     """The fused loss and sparse_kl on padded mass targets (id 0, p 0 past the count, id 0 also kept at some
     positions) against a per-position loop over the kept ids only: KL over them plus the tail bucket."""
     from logitcache.losses import fused_distill_loss, sparse_kl
 
     torch.manual_seed(0)
-    b, t, v, k, temperature = 2, 5, 40, 6, 2.0
+    b, t, v, k = 2, 5, 40, 6
     logits = torch.randn(b, t, v) * 2  # float32, as the student's
     counts = torch.tensor([[1, 6, 3, 0, 2], [4, 6, 1, 5, 2]])
     ids = torch.zeros(b, t, k, dtype=torch.int64)
@@ -394,3 +396,52 @@ def test_cache_size_sweeps_mass_targets_beside_top_k_with_two_student_seeds(tmp_
     text = (tmp_path / "b" / "cache_size.md").read_text()
     assert "| mass | 0.1 (" in text and "equal bytes: top-32" in text
     assert (tmp_path / "b" / "cache_size.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_ray_engine_writes_the_same_mass_cache(tmp_path, tiny_data, tiny_teachers, mass_cache):
+    """dump --engine ray (a local cluster, 2 workers) computes each block through the same block_targets: every
+    stored chunk equals the one-process mass cache's."""
+    ray = pytest.importorskip("ray")
+    from logitcache.store.location import Location
+
+    ray.init(address="local", num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    try:
+        out = tmp_path / "ray.zarr"
+        dump(dump_config(tiny_data, tiny_teachers, out, engine="ray", workers="2", **MASS))
+    finally:
+        ray.shutdown()
+    theirs, ours = Location(out), Location(mass_cache)
+    chunks = sorted(k for k in ours.sizes() if "/c/" in k)
+    assert chunks == sorted(k for k in theirs.sizes() if "/c/" in k)
+    assert all(theirs.read_bytes(k) == ours.read_bytes(k) for k in chunks)
+    assert verify_cache(out) == []
+
+
+def test_mass_targets_from_teachers_with_tokenizers_of_their_own(tmp_path, odd_data, teachers):
+    """The cross-tokenizer path: counts are 0 where no teacher is aligned (teacher_count 0, kept beside them),
+    and elsewhere the fewest top ids of the mixed distribution (the float32 top-k = V cache of the same
+    teachers) that reach the mass, with its probabilities."""
+    dirs = [teachers["metaspace"], teachers["byte-level"]]
+    settings = dict(combine="mean-probs", prob_dtype="float32", max_chunks=16, min_coverage=0.2, temperature=1.0)
+    dump(dump_config(odd_data, dirs, tmp_path / "full.zarr", top_k=300, **settings))
+    dump(dump_config(odd_data, dirs, tmp_path / "mass.zarr", targets="mass", mass=0.05, max_k=24, **settings))
+    full = open_cache(tmp_path / "full.zarr")
+    _, ids, probs = full.read(0, 16)
+    dense = np.zeros((*ids.shape[:2], 300))
+    np.put_along_axis(dense, ids, probs, -1)
+    reader = open_cache(tmp_path / "mass.zarr")
+    _, m_ids, m_probs = reader.read(0, 16)
+    count = reader.read_teacher_count(0, 16)
+    assert np.array_equal(count, full.read_teacher_count(0, 16)) and (count == 0).any() and (count > 0).any()
+    kept = zarr.open_group(str(tmp_path / "mass.zarr"), mode="r")["mass_count"][:].astype(int)
+    assert (kept[count == 0] == 0).all() and (kept[count > 0] > 0).all()
+    running = np.cumsum(-np.sort(-dense, -1), -1)
+    expected = np.minimum((running < 0.05).sum(-1) + 1, 24)
+    assert np.abs(kept - expected)[count > 0].max() <= 1 and (kept == expected)[count > 0].mean() > 0.99
+    assert len(np.unique(kept[count > 0])) > 1
+    for i, t in zip(*np.nonzero(count > 0)):
+        c = kept[i, t]
+        assert np.allclose(m_probs[i, t, :c], dense[i, t, m_ids[i, t, :c]], atol=1e-6)
+        assert (m_probs[i, t, c:] == 0).all()
