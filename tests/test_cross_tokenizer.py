@@ -577,8 +577,8 @@ def test_a_data_dir_without_text_serves_same_tokenizer_dumps_only(tmp_path, odd_
 
 # --- parity: every teacher on the data's tokenizer ---------------------------------------------------------------
 
-def todays_cache(out: Path, config) -> None:
-    """A same-tokenizer cache written the way dump always has, from its parts: the ensemble (Ensemble) over
+def single_tokenizer_cache(out: Path, config) -> None:
+    """A same-tokenizer cache written from the single-tokenizer parts alone: the ensemble (Ensemble) over
     the stored tokens in fixed batches, top-k or sampled targets, CacheStore.write_block per block."""
     import torch
 
@@ -623,10 +623,10 @@ def stored_objects(path: Path) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("combine", ["mean-logits", "mean-probs"])
 @pytest.mark.parametrize("targets", ["topk", "sample"])
-def test_same_tokenizer_teachers_give_todays_cache_byte_for_byte(tmp_path, odd_data, teachers, combine, targets):
+def test_same_tokenizer_teachers_give_the_single_tokenizer_cache_byte_for_byte(tmp_path, odd_data, teachers, combine, targets):
     """Every teacher on the data's tokenizer (one folder re-saved by another writer: other bytes, the same
-    identity) reads the stored tokens: every stored object equals the cache written the way dump always
-    has, no teacher_count array, no coverage attribute."""
+    identity) reads the stored tokens: every stored object equals the cache the single-tokenizer parts
+    write, no teacher_count array, no coverage attribute."""
     import shutil
 
     from conftest import dump_config
@@ -637,16 +637,16 @@ def test_same_tokenizer_teachers_give_todays_cache_byte_for_byte(tmp_path, odd_d
     shutil.copytree(teachers["same"], resaved)
     load_tokenizer(resaved / "tokenizer.json").save(str(resaved / "tokenizer.json"), pretty=False)
     assert (resaved / "tokenizer.json").read_bytes() != (odd_data / "tokenizer.json").read_bytes()
-    config = dump_config(odd_data, [teachers["same"], resaved], tmp_path / "now.zarr", combine=combine,
+    config = dump_config(odd_data, [teachers["same"], resaved], tmp_path / "dumped.zarr", combine=combine,
                          targets=targets, samples=8, max_chunks=20)
     dump(config)
-    todays_cache(tmp_path / "today.zarr", config)
-    now, today = stored_objects(tmp_path / "now.zarr"), stored_objects(tmp_path / "today.zarr")
-    assert now.keys() == today.keys() and not any(k.startswith("teacher_count") for k in now)
-    for key in now:
+    single_tokenizer_cache(tmp_path / "reference.zarr", config)
+    dumped, reference = stored_objects(tmp_path / "dumped.zarr"), stored_objects(tmp_path / "reference.zarr")
+    assert dumped.keys() == reference.keys() and not any(k.startswith("teacher_count") for k in dumped)
+    for key in dumped:
         if key != "zarr.json":
-            assert now[key] == today[key], key
-    attrs = [json.loads(objects["zarr.json"])["attributes"]["logitcache"] for objects in (now, today)]
+            assert dumped[key] == reference[key], key
+    attrs = [json.loads(objects["zarr.json"])["attributes"]["logitcache"] for objects in (dumped, reference)]
     for a in attrs:
         a.pop("created", None)
     assert attrs[0].keys() == attrs[1].keys() and "coverage" not in attrs[0] and "with_teacher_count" not in attrs[0]

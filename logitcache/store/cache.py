@@ -167,7 +167,7 @@ class Compression:
     shuffle and zstd see the whole block). Blosc runs zstd at level 2 * clevel - 1 (clevel < 9).
 
     The default, measured on T = 1 and T = 2 blocks of the demo teachers' top-32 sqrt-u7 targets (dev split;
-    benchmarks/bench_dump.py --writer, README): ids byte-shuffled over the whole chunk then zstd-7 (the gaps'
+    benchmarks/bench_dump.py --writer, docs/benchmarks.md): ids byte-shuffled over the whole chunk then zstd-7 (the gaps'
     high bytes are mostly zero and zstd drops them: 5.6 bytes/token at 2.2M tokens per CPU-second, against
     plain zstd-10's 5.8 at 1.1M), probabilities (uint8 codes, nothing to shuffle) plain zstd-8: at T = 2 the
     codes repeat more and zstd's deeper match search pays (7.2 bytes/token against zstd-5's 8.0; at T = 1
