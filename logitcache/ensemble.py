@@ -1,8 +1,9 @@
 """The teacher ensemble at temperature T: full distributions (online reference) and top-k targets.
 
-Per teacher i, p_i = softmax(z_i / T). combine = mean-logits: softmax(mean_i z_i / T) (the paper's
-code); mean-probs: mean_i p_i. The (B, T, V) work buffers are allocated once and reused in place:
-at vocab 16,000 they dominate memory traffic, and re-allocating them costs page faults every step.
+Per teacher i, p_i = softmax(z_i / T); the combine modes (combines.py: mean-logits, mean-probs) turn
+the teachers' logits into the ensemble distribution. The (B, T, V) work buffers are allocated once and
+reused in place: at vocab 16,000 they dominate memory traffic, and re-allocating them costs page faults
+every step.
 """
 from __future__ import annotations
 
@@ -14,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .combines import COMBINES
 from .errors import LogitcacheError
-from .stage_configs import Combine, choices
 
-COMBINES = choices(Combine)
 log = logging.getLogger(__name__)
 
 
@@ -101,6 +101,7 @@ class Ensemble:
             raise LogitcacheError(f"the tokenizer has {self.vocab_size} ids but the teachers only {self.model_vocab_size}")
         self.models = [m.to(device).eval() for m in models]
         self.combine = combine
+        self._mode = COMBINES[combine]
         self.temperature = float(temperature)
         self.device = device
         self.autocast = autocast or contextlib.nullcontext
@@ -112,7 +113,8 @@ class Ensemble:
                        for m, fast in zip(self.models, self._fast)]
         self._biases = [_head_bias(m, self.vocab_size) if fast else None for m, fast in zip(self.models, self._fast)]
 
-    def _buffer(self, name: str, shape) -> torch.Tensor:
+    def buffer(self, name: str, shape) -> torch.Tensor:
+        """The reusable float32 buffer `name` of this shape (reallocated only when the shape changes)."""
         buf = self._buffers.get(name)
         if buf is None or buf.shape != torch.Size(shape):
             self._buffers.pop(name, None)  # free the old one before allocating: at V = 256k they are GBs
@@ -121,14 +123,15 @@ class Ensemble:
         return buf
 
     def rows_per_pass(self, seq_len: int) -> int:
-        """Rows whose (rows, T, V) float32 buffers fit the logit budget; at least 1. mean-logits over fast
-        heads needs one (the GEMMs accumulate into it); mean-probs, or a model's own forward, two."""
-        buffers = 1 if self.combine == "mean-logits" and all(self._fast) else 2
+        """Rows whose (rows, T, V) float32 buffers fit the logit budget; at least 1. The combine mode says how
+        many buffers a row needs: mean-logits over fast heads one (the GEMMs accumulate into it); mean-probs,
+        or a model's own forward, two."""
+        buffers = self._mode.buffers_per_row(all(self._fast))
         return max(1, self.logit_budget // (buffers * 4 * seq_len * self.vocab_size))
 
     @torch.no_grad()
-    def _logits_into(self, i: int, input_ids: torch.Tensor, out: torch.Tensor, scale: float,
-                     accumulate: bool = False) -> torch.Tensor:
+    def logits_into(self, i: int, input_ids: torch.Tensor, out: torch.Tensor, scale: float,
+                    accumulate: bool = False) -> torch.Tensor:
         """out = (out if accumulate else 0) + scale * teacher i's logits over the tokenizer's ids, (B, T, V).
         On the fast head the scale and the sum happen inside the fp32 GEMM (BLAS alpha/beta): no zero, add
         or scale pass over (B, T, V), so mean-logits needs no second buffer."""
@@ -148,21 +151,9 @@ class Ensemble:
         return out
 
     @torch.no_grad()
-    def _combined(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, bool]:
-        """(B, T, V) buffer holding mean-logits / T (is_prob False) or mean-probs (is_prob True)."""
-        shape = (*input_ids.shape, self.vocab_size)
-        acc = self._buffer("acc", shape)
-        if self.combine == "mean-logits":
-            scale = 1.0 / (len(self.models) * self.temperature)
-            for i in range(len(self.models)):
-                self._logits_into(i, input_ids, acc, scale, accumulate=i > 0)
-            return acc, False
-        work = self._buffer("work", shape)
-        acc.zero_()
-        for i in range(len(self.models)):
-            acc.add_(_softmax_(self._logits_into(i, input_ids, work, 1.0 / self.temperature)))
-        acc.mul_(1.0 / len(self.models))
-        return acc, True
+    def _combined(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The ensemble distribution (B, T, V) float32, in a reused buffer."""
+        return self._mode.combine(self, input_ids)
 
     @torch.no_grad()
     def topk(self, input_ids: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,10 +166,7 @@ class Ensemble:
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def _topk_slice(self, input_ids: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        acc, is_prob = self._combined(input_ids)
-        if not is_prob:
-            _softmax_(acc)  # one fused pass; the top-k of the probabilities is the top-k of the logits
-        top_probs, top_ids = topk_decreasing(acc, k)  # (b, T, K), fresh tensors (acc is reused)
+        top_probs, top_ids = topk_decreasing(self._combined(input_ids), k)  # (b, T, K), fresh tensors (acc is reused)
         return top_ids, top_probs
 
     @torch.no_grad()
@@ -188,10 +176,7 @@ class Ensemble:
         step = self.rows_per_pass(input_ids.shape[1])
         out = torch.empty((*input_ids.shape, self.vocab_size), dtype=torch.float32, device=self.device)  # (B, T, V)
         for r in range(0, input_ids.shape[0], step):
-            acc, is_prob = self._combined(input_ids[r:r + step])  # (b, T, V), b <= step
-            if not is_prob:
-                _softmax_(acc)
-            out[r:r + step].copy_(acc)
+            out[r:r + step].copy_(self._combined(input_ids[r:r + step]))  # (b, T, V), b <= step
         return out
 
 
@@ -235,12 +220,6 @@ def _selection_pool():
 def _head_bias(model, vocab_size: int):
     bias = getattr(model.get_output_embeddings(), "bias", None)
     return None if bias is None else bias.detach().float()[:vocab_size]
-
-
-def _softmax_(x: torch.Tensor) -> torch.Tensor:
-    """In-place softmax over the last dim: torch's fused kernel (max, then exp-sum, then one write per row),
-    2x faster on CPU than sub_/exp_/div_ passes over (B, T, V)."""
-    return torch.softmax(x, dim=-1, out=x)
 
 
 def load_teachers(paths: list[Path], device: torch.device, data=None, own_tokenizers: bool = False) -> tuple[list, list[dict]]:

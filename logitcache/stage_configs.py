@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
+from .combines import COMBINES, combines_help
 from .configs import check, field_default, setting, to_dict
 from .presets import ARCHS, get_preset
 
 Split = Literal["train", "dev", "test"]
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
-Combine = Literal["mean-logits", "mean-probs"]
+Combine = Literal[tuple(COMBINES)]  # the combine modes' registry (combines.py)
 ProbDtype = Literal["sqrt-u7", "sqrt-u8", "log-u8", "log-u7", "log-u6", "log-u9", "log-u10", "log-u11", "log-u12",
                    "log-u13", "float16", "float32"]  # store/codecs PROB_CODES (test_config checks they agree)
 Targets = Literal["topk", "sample", "mass"]
@@ -134,7 +135,7 @@ class DumpConfig:
     split: Split = setting("train", help="Which split to cache.", in_run=False)
     top_k: int = setting(32, help="Ids kept per position (top-k targets).")
     temperature: float = setting(2.0, help="Distillation temperature T of the stored probabilities.")
-    combine: Combine = setting("mean-logits", help="Ensemble rule: mean-logits (the paper's code) or mean-probs.")
+    combine: Combine = setting("mean-logits", help=f"Ensemble rule: {combines_help()}.")
     prob_dtype: ProbDtype = setting("sqrt-u7", help="Probability code: sqrt-u7 (7-bit codes of sqrt p), sqrt-u8, "
                                                "log-u8/u7/u6 (codes of log p), log-u9..u13 (16-bit, finer), float16 or float32.")
     targets: Targets = setting("topk", help="topk, sample (importance-sampled unique ids), or mass (per position the "
@@ -281,7 +282,7 @@ class EvalConfig:
     teachers: tuple[Path, ...] = setting((), help="Teacher dir(s): report top-1 agreement and KL to their ensemble.",
                                          flag="--teacher", in_run=False)
     temperature: float = setting(1.0, help="Temperature of the teacher ensemble for agreement and KL.")
-    combine: Combine = setting("mean-logits", help="Ensemble rule of the teachers for agreement and KL.")
+    combine: Combine = setting("mean-logits", help=f"Ensemble rule of the teachers for agreement and KL: {combines_help()}.")
     max_chunks: int = setting(0, help="Evaluate N chunks spread evenly over the split (0: all).")
     batch_size: int = setting(32, help="Chunks per forward pass.")
     device: Device = setting("auto", help="auto, cpu or cuda.")
@@ -309,7 +310,7 @@ class CacheSizeConfig:
     max_k: int = setting(64, help="Mass-target rows: at most this many ids per position (dump --max-k).")
     chunks: int = setting(256, help="Number of train chunks to dump for each row.")
     temperature: float = setting(2.0, help="Distillation temperature T.")
-    combine: Combine = setting("mean-logits", help="Ensemble rule: mean-logits or mean-probs.")
+    combine: Combine = setting("mean-logits", help=f"Ensemble rule: {combines_help()}.")
     train_steps: int = setting(0, help="Also distil a student from each cache for S steps (0: off).")
     student_preset: str = setting("llama-student-small", help="Student preset for --train-steps.")
     student_batch_size: int = setting(16, help="Student batch size for --train-steps.")

@@ -14,6 +14,7 @@ import transformers
 
 from conftest import dump_config
 from logitcache import open_cache
+from logitcache.combines import COMBINES
 from logitcache.data import load_data
 from logitcache.dump import dump
 from logitcache.ensemble import Ensemble, fast_head_is_exact
@@ -62,8 +63,19 @@ def own_forward(path, tokens: np.ndarray, vocab: int) -> torch.Tensor:
                           for row in tokens])
 
 
+# each combine mode's distribution from the teachers' logits / T, each (N, T, V): the independent reference
+COMBINE_REFERENCES = {
+    "mean-logits": lambda logits: torch.softmax(sum(logits) / len(logits), dim=-1),
+    "mean-probs": lambda logits: sum(torch.softmax(z, dim=-1) for z in logits) / len(logits),
+}
+
+
+def test_every_combine_mode_has_a_reference():
+    assert set(COMBINE_REFERENCES) == set(COMBINES)
+
+
 @pytest.mark.parametrize("arch", list(ARCHS))
-@pytest.mark.parametrize("combine", ["mean-logits", "mean-probs"])
+@pytest.mark.parametrize("combine", list(COMBINES))
 def test_dump_equals_the_models_own_forward(tmp_path, tiny_data, teacher_dirs, arch, combine):
     temperature, k = 2.0, 8
     teachers = [teacher_dirs[arch], teacher_dirs["llama" if arch != "llama" else "gpt2"]]
@@ -73,10 +85,7 @@ def test_dump_equals_the_models_own_forward(tmp_path, tiny_data, teacher_dirs, a
     tokens, ids, probs = open_cache(out).read(0, 8)
     vocab = load_data(tiny_data).vocab_size
     logits = [own_forward(t, tokens, vocab) / temperature for t in teachers]  # each (N, T, V)
-    if combine == "mean-logits":
-        expected = torch.softmax(sum(logits) / len(logits), dim=-1)
-    else:
-        expected = sum(torch.softmax(z, dim=-1) for z in logits) / len(logits)
+    expected = COMBINE_REFERENCES[combine](logits)
     top_p, top_i = expected.topk(k, dim=-1)
     assert np.allclose(probs, top_p.numpy(), atol=1e-5)
     # ids equal wherever the k-th and (k+1)-th probabilities are not tied
@@ -113,7 +122,7 @@ def test_logit_budget_bounds_the_buffers_and_keeps_the_targets(tiny_data, teache
     assert list(one_buffer._buffers) == ["acc"]
 
 
-@pytest.mark.parametrize("combine", ["mean-logits", "mean-probs"])
+@pytest.mark.parametrize("combine", list(COMBINES))
 def test_logit_budget_splits_the_full_distributions_too(teacher_dirs, combine):
     """Ensemble.probs (sampled dumps, eval's teacher KL, online students) runs in the same row slices as topk:
     the work buffers never hold more rows than the budget allows, and the result equals the unsplit one."""
