@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from .configs import check
 from .errors import LogitcacheError
 
-ARCHS = ("gpt2", "llama")
+ARCHS = ("llama", "gpt2")  # the architectures a preset may have; stage_configs.Arch derives from it
 
 
 @dataclass(frozen=True)

@@ -18,16 +18,16 @@ from typing import Literal, Optional
 from .combines import COMBINES, combines_help
 from .configs import check, field_default, setting, to_dict
 from .presets import ARCHS, get_preset
+from .store.codecs import PROB_CODES, prob_codes_help
 
 Split = Literal["train", "dev", "test"]
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Combine = Literal[tuple(COMBINES)]  # the combine modes' registry (combines.py)
-ProbDtype = Literal["sqrt-u7", "sqrt-u8", "log-u8", "log-u7", "log-u6", "log-u9", "log-u10", "log-u11", "log-u12",
-                   "log-u13", "float16", "float32"]  # store/codecs PROB_CODES (test_config checks they agree)
+ProbDtype = Literal[tuple(PROB_CODES)]  # the probability codes' registry (store/codecs)
 Targets = Literal["topk", "sample", "mass"]
 RowSelection = Literal["spread", "first"]
-Arch = Literal["llama", "gpt2"]
+Arch = Literal[ARCHS]  # the presets' architectures (presets.py)
 Tail = Literal["bucket", "renormalize"]
 Engine = Literal["local", "ray"]
 KLReduction = Literal["token", "paper"]
@@ -115,7 +115,7 @@ class TeacherConfig:
     train: TrainConfig = setting(default_factory=TrainConfig, help="Training loop settings.")
 
     def __post_init__(self):
-        check(self.arch in ARCHS, f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        _in(self.arch, Arch, "arch")
         preset = get_preset(self.preset)
         check(preset.arch == self.arch, f"preset '{self.preset}' is a {preset.arch} model, not {self.arch}")
         check(self.vocab_size >= 0, "vocab_size must be >= 0")
@@ -136,8 +136,7 @@ class DumpConfig:
     top_k: int = setting(32, help="Ids kept per position (top-k targets).")
     temperature: float = setting(2.0, help="Distillation temperature T of the stored probabilities.")
     combine: Combine = setting("mean-logits", help=f"Ensemble rule: {combines_help()}.")
-    prob_dtype: ProbDtype = setting("sqrt-u7", help="Probability code: sqrt-u7 (7-bit codes of sqrt p), sqrt-u8, "
-                                               "log-u8/u7/u6 (codes of log p), log-u9..u13 (16-bit, finer), float16 or float32.")
+    prob_dtype: ProbDtype = setting("sqrt-u7", help=f"Probability code: {prob_codes_help()}.")
     targets: Targets = setting("topk", help="topk, sample (importance-sampled unique ids), or mass (per position the "
                                             "fewest top ids whose probability reaches --mass, at most --max-k, "
                                             "stored without padding).")
@@ -303,7 +302,8 @@ class CacheSizeConfig:
     teachers: tuple[Path, ...] = setting(help="Teacher dir (repeat for an ensemble).", flag="--teacher")
     out: Path = setting(help="Output dir: cache_size.json/.md/.png and the caches.")
     ks: tuple[int, ...] = setting((1, 2, 4, 8, 16, 32, 64, 128, 256), help="Comma-separated k values.", flag="--k")
-    prob_dtypes: tuple[ProbDtype, ...] = setting(("sqrt-u7",), help="Comma-separated probability codes.", flag="--prob-dtype")
+    prob_dtypes: tuple[ProbDtype, ...] = setting(("sqrt-u7",), help=f"Comma-separated probability codes: {prob_codes_help()}.",
+                                                     flag="--prob-dtype")
     samples: tuple[int, ...] = setting((), help="Comma-separated draw counts for sampled-target rows (empty: none).")
     masses: tuple[float, ...] = setting((), help="Comma-separated masses for mass-target rows (dump --targets mass; "
                                                  "empty: none).", flag="--mass")

@@ -1,6 +1,7 @@
 """One definition per setting: every stage config field is a CLI option and a key of run's TOML,
 with the same default in all three places; `run --set` overrides any of them."""
 import dataclasses
+import re
 import typing
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from logitcache.errors import LogitcacheError
 from logitcache.run import RunConfig, load_run_config, stage_configs
 from logitcache.stage_configs import (CacheSizeConfig, DumpConfig, EvalConfig, ExportConfig, PrepareConfig, ProbDtype,
                                       StudentConfig, TeacherConfig, TrainConfig, choices)
-from logitcache.store import PROB_DTYPES
+from logitcache.store import PROB_CODES, PROB_DTYPES
 from logitcache_cli.app import app
 
 CLI = typer.main.get_command(app)
@@ -95,6 +96,22 @@ def test_choices_are_listed_and_match_the_codecs():
     assert "|".join(choices(ProbDtype)) in result.output  # --help lists the choices
     result = CliRunner().invoke(app, ["dump", "--data", "d", "--teacher", "t", "--out", "o", "--prob-dtype", "int4"])
     assert result.exit_code == 2 and "int4" in result.output
+
+
+def test_registries_give_the_choices_and_describe_each_once():
+    """Combine, ProbDtype and Arch come from their registries; the help names every combine mode with its
+    description, and every code name once."""
+    from logitcache.combines import COMBINES
+    from logitcache.presets import ARCHS
+    from logitcache.stage_configs import Arch, Combine
+
+    assert choices(Combine) == tuple(COMBINES) and choices(ProbDtype) == tuple(PROB_CODES)
+    assert choices(Arch) == tuple(ARCHS)
+    fields = {f.name: f.metadata["help"] for f in dataclasses.fields(DumpConfig)}
+    for mode in COMBINES.values():
+        assert fields["combine"].count(mode.help) == 1
+    for name in PROB_CODES:
+        assert re.findall(rf"(?<![\w-]){re.escape(name)}(?![\w-])", fields["prob_dtype"]) == [name]
 
 
 def test_run_sections_expose_what_run_could_not_express_before(tmp_path):

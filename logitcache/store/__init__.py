@@ -7,13 +7,20 @@
   reader.py   the public reader (open_cache)
   verify.py   verify (a cache or a data dir) and the inspect summary
 """
-from .cache import (ATTRS_KEY, BASELINE_COMPRESSION, SCHEMA_VERSION, CacheLayout, Compression, CacheStore, block_checksum, block_chunk_path, create_cache,
-                    decode_recipe, normalise_topk, same_attrs)
-from .codecs import PROB_CODES, PROB_DTYPES, prob_code
-from .ids import decode_ids, encode_ids, token_dtype
-from .reader import CacheReader, open_cache
-from .tokens import TokenStore, write_token_store
-from .verify import cache_summary, check_decoded, is_data_location, verify_cache, verify_data
+import importlib
+
+# name -> the submodule defining it, imported on first use (PEP 562): `logitcache.store.codecs` (whose
+# names the CLI's choices derive from) then loads without zarr, and `logitcache --help` never pays for it
+_EXPORTS = {
+    "cache": ("ATTRS_KEY", "BASELINE_COMPRESSION", "SCHEMA_VERSION", "CacheLayout", "Compression", "CacheStore",
+              "block_checksum", "block_chunk_path", "create_cache", "decode_recipe", "normalise_topk", "same_attrs"),
+    "codecs": ("PROB_CODES", "PROB_DTYPES", "prob_code"),
+    "ids": ("decode_ids", "encode_ids", "token_dtype"),
+    "reader": ("CacheReader", "open_cache"),
+    "tokens": ("TokenStore", "write_token_store"),
+    "verify": ("cache_summary", "check_decoded", "is_data_location", "verify_cache", "verify_data"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
     "ATTRS_KEY", "BASELINE_COMPRESSION", "Compression", "PROB_CODES", "PROB_DTYPES", "SCHEMA_VERSION", "CacheLayout", "CacheReader", "CacheStore", "TokenStore",
@@ -21,3 +28,16 @@ __all__ = [
     "decode_recipe", "encode_ids", "normalise_topk", "open_cache", "prob_code", "same_attrs", "token_dtype",
     "verify_cache", "verify_data", "is_data_location", "write_token_store",
 ]
+
+
+def __getattr__(name: str):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -26,10 +26,21 @@ PROB_CODES: dict[str, ProbCode] = {
 PROB_DTYPES = tuple(PROB_CODES)
 
 
+def prob_codes_help() -> str:
+    """'a, b (what they store); c (...)': the codes in registry order, neighbours that store alike together."""
+    groups: list[tuple[str, list[str]]] = []
+    for name, code in PROB_CODES.items():
+        if groups and groups[-1][0] == code.help:
+            groups[-1][1].append(name)
+        else:
+            groups.append((code.help, [name]))
+    return "; ".join(f"{', '.join(names)} ({help})" for help, names in groups)
+
+
 def prob_code(name: str) -> ProbCode:
     if name not in PROB_CODES:
         raise LogitcacheError(f"unknown prob dtype '{name}' (choose from {', '.join(PROB_DTYPES)})")
     return PROB_CODES[name]
 
 
-__all__ = ["LOG_RANGE_NATS", "PROB_CODES", "PROB_DTYPES", "FloatCode", "LogCode", "ProbCode", "SqrtCode", "prob_code"]
+__all__ = ["LOG_RANGE_NATS", "PROB_CODES", "PROB_DTYPES", "FloatCode", "LogCode", "ProbCode", "SqrtCode", "prob_code", "prob_codes_help"]

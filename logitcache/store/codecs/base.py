@@ -10,6 +10,11 @@ class ProbCode:
     name: str
     storage_dtype: np.dtype
 
+    @property
+    def help(self) -> str:
+        """What the code stores, for the options' help (codes that say the same are listed together)."""
+        raise NotImplementedError
+
     def encode(self, probs: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 

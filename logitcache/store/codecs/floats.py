@@ -10,6 +10,10 @@ class FloatCode(ProbCode):
     def __init__(self, name: str, dtype):
         self.name, self.storage_dtype = name, np.dtype(dtype)
 
+    @property
+    def help(self) -> str:
+        return "p as floats"
+
     def encode(self, probs: np.ndarray) -> np.ndarray:
         return probs.astype(self.storage_dtype)
 

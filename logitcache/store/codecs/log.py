@@ -24,6 +24,10 @@ class LogCode(ProbCode):
         self.step = LOG_RANGE_NATS / (levels - 1)
         self.storage_dtype = np.dtype(np.uint8 if levels <= 256 else np.uint16)
 
+    @property
+    def help(self) -> str:
+        return "codes of log p, 1 byte" if self.storage_dtype.itemsize == 1 else "codes of log p, 2 bytes: finer"
+
     def encode(self, probs: np.ndarray) -> np.ndarray:
         top = self.levels - 1
         with np.errstate(divide="ignore"):

@@ -20,6 +20,10 @@ class SqrtCode(ProbCode):
     def __init__(self, name: str, levels: int):
         self.name, self.levels = name, levels
 
+    @property
+    def help(self) -> str:
+        return "codes of sqrt p, 1 byte"
+
     def encode(self, probs: np.ndarray) -> np.ndarray:
         # float32 is exact enough: a code boundary moves by < 1e-5 of a step, and it is 2x faster than float64
         scaled = np.sqrt(np.clip(probs.astype(np.float32, copy=False), 0, 1)) * np.float32(self.levels)
