@@ -21,10 +21,9 @@ from typing import Callable
 
 from .configs import check, sha256_file
 from .errors import LogitcacheError
+from .stage_configs import SPLITS
 
 log = logging.getLogger(__name__)
-
-SPLITS = ("train", "dev", "test")
 
 
 @dataclass(frozen=True)

@@ -22,15 +22,14 @@ from .configs import sha256_file, to_dict, write_json_atomic
 from .errors import LogitcacheError
 from .memory import default_heap
 from .progress import NULL_PROGRESS, ProgressHook
-from .stage_configs import PrepareConfig  # noqa: F401  (re-exported)
+from .stage_configs import SPLITS, PrepareConfig  # noqa: F401  (PrepareConfig re-exported)
 from .inputs import read_documents
 from .tokenizer import (BOS_ID, EOS_ID, PAD_ID, find_tokenizer, load_tokenizer, special_ids,
                         tokenizer_file_identity, tokenizer_identity, train_tokenizer)
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "dev", "test")
-_RAW_NAME = re.compile(r"^(?P<source>[^.]+)\.(?P<split>train|dev|test)$")
+_RAW_NAME = re.compile(rf"^(?P<source>[^.]+)\.(?P<split>{'|'.join(SPLITS)})$")
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """Documents from the text people have: .txt, .jsonl, .jsonl.gz, .parquet files, folders of them, and
-folders written by `datasets.save_to_disk`.
+folders written by `datasets.save_to_disk`. `READERS` maps each file suffix to its reader.
 
 A document is (source, text). A .txt file is one document; a JSONL line, a Parquet row or a dataset
 row is one document, its text in `text_field`; `source_field` (optional) names the column whose value
@@ -11,16 +11,18 @@ from __future__ import annotations
 import gzip
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .errors import LogitcacheError
 
-SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".parquet")
+# a reader: (file, text_field, source_field) -> (source, text) per document; the table is at the end
+Reader = Callable[[Path, str, "str | None"], Iterator[tuple[str, str]]]
 
 
 def _suffix(path: Path) -> str | None:
+    """The longest suffix in READERS that the name ends with (".jsonl.gz" before ".gz"), or None."""
     name = path.name.lower()
-    return next((s for s in sorted(SUFFIXES, key=len, reverse=True) if name.endswith(s)), None)
+    return next((s for s in sorted(READERS, key=len, reverse=True) if name.endswith(s)), None)
 
 
 def is_saved_dataset(folder: Path) -> bool:
@@ -36,11 +38,11 @@ def input_files(path: Path) -> list[Path]:
         raise LogitcacheError(f"{path} does not exist")
     if path.is_file():
         if _suffix(path) is None:
-            raise LogitcacheError(f"{path}: not a {', '.join(SUFFIXES)} file")
+            raise LogitcacheError(f"{path}: not a {', '.join(READERS)} file")
         return [path]
     files = sorted(p for p in path.rglob("*") if p.is_file() and _suffix(p) is not None)
     if not files:
-        raise LogitcacheError(f"{path} holds no {', '.join(SUFFIXES)} files (nor a saved dataset)")
+        raise LogitcacheError(f"{path} holds no {', '.join(READERS)} files (nor a saved dataset)")
     return files
 
 
@@ -51,13 +53,7 @@ def read_documents(path: Path, text_field: str = "text", source_field: str | Non
         yield from _dataset_rows(path, text_field, source_field)
         return
     for file in input_files(path):
-        kind = _suffix(file)
-        if kind == ".txt":
-            yield "", file.read_bytes().decode("utf-8", errors="replace")
-        elif kind == ".parquet":
-            yield from _parquet_rows(file, text_field, source_field)
-        else:
-            yield from _jsonl_rows(file, text_field, source_field)
+        yield from READERS[_suffix(file)](file, text_field, source_field)
 
 
 def _field(record: dict, name: str, where: str) -> str:
@@ -68,6 +64,11 @@ def _field(record: dict, name: str, where: str) -> str:
     if not isinstance(value, str):
         raise LogitcacheError(f"{where}: field '{name}' is {type(value).__name__}, not text")
     return value
+
+
+def _txt_rows(file: Path, text_field: str, source_field: str | None) -> Iterator[tuple[str, str]]:
+    """The whole file, one document (no fields)."""
+    yield "", file.read_bytes().decode("utf-8", errors="replace")
 
 
 def _jsonl_rows(file: Path, text_field: str, source_field: str | None) -> Iterator[tuple[str, str]]:
@@ -122,3 +123,11 @@ def _dataset_rows(folder: Path, text_field: str, source_field: str | None) -> It
     for row in dataset.select_columns([text_field] + ([source_field] if source_field else [])):
         if row[text_field] is not None:
             yield str(row[source_field] or "") if source_field else "", str(row[text_field])
+
+
+READERS: dict[str, Reader] = {
+    ".txt": _txt_rows,
+    ".jsonl": _jsonl_rows,
+    ".jsonl.gz": _jsonl_rows,
+    ".parquet": _parquet_rows,
+}

@@ -20,7 +20,8 @@ from .configs import check, field_default, setting, to_dict
 from .presets import ARCHS, get_preset
 from .store.codecs import PROB_CODES, prob_codes_help
 
-Split = Literal["train", "dev", "test"]
+SPLITS = ("train", "dev", "test")
+Split = Literal[SPLITS]
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Combine = Literal[tuple(COMBINES)]  # the combine modes' registry (combines.py)

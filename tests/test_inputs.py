@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from conftest import synthetic_lines
 from logitcache.data import PrepareConfig, load_data, prepare
 from logitcache.errors import LogitcacheError
-from logitcache.inputs import read_documents
+from logitcache.inputs import READERS, read_documents
 from logitcache.tokenizer import load_tokenizer, tokenizer_identity
 from logitcache_cli.app import app
 
@@ -51,6 +51,11 @@ WRITERS = {"jsonl": lambda p, r: write_jsonl(p.with_suffix(".jsonl"), r),
            "jsonl.gz": lambda p, r: write_jsonl(p.with_suffix(".jsonl.gz"), r, gz=True),
            "parquet": lambda p, r: write_parquet(p.with_suffix(".parquet"), r),
            "saved dataset": write_saved_dataset}
+
+
+def test_every_reader_has_a_writer_here():
+    """Each suffix of inputs.READERS is read back below (.txt, one document per file, in the folder test)."""
+    assert {suffix.lstrip(".") for suffix in READERS} - {"txt"} == set(WRITERS) - {"saved dataset"}
 
 
 @pytest.mark.parametrize("kind", list(WRITERS))

@@ -37,9 +37,9 @@ from ..faults import fault_pause
 from .codecs import prob_code
 from .ids import decode_ids, encode_ids, token_dtype
 from .location import Location, as_location
+from .tokens import ATTRS_KEY  # the one key both stores keep their attributes under
 
 SCHEMA_VERSION = 1
-ATTRS_KEY = "logitcache"
 TARGET_ARRAYS = ("tokens", "topk_ids", "topk_probs")
 MASS_ARRAYS = ("tokens", "mass_count", "mass_ids", "mass_probs")  # ragged (mass) targets
 CREATING = "cache-creating"  # the root's kind while creation is under way (the claim); "cache" once committed

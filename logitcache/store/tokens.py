@@ -28,7 +28,7 @@ from .location import Location, as_location
 
 log = logging.getLogger(__name__)
 
-ATTRS_KEY = "logitcache"
+ATTRS_KEY = "logitcache"  # the zarr attribute holding logitcache's own, in tokens.zarr and cache.zarr
 CHECKSUMS_KEY = "chunk_crc32c"
 
 
