@@ -54,8 +54,7 @@ def section_of(cls, name: str, extra: list[tuple] = ()) -> type:
 
 def settings_of(section) -> dict:
     """The field values of a run section that belong to the stage config (no run-only extras)."""
-    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section) if "help" in f.metadata
-            and not f.metadata.get("run_only", False)}
+    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section) if not f.metadata.get("run_only", False)}
 
 
 def to_dict(config) -> dict:
@@ -88,7 +87,7 @@ def _coerce(key: str, annotation, value):
                 return _coerce(key, arg, value)
             except LogitcacheError as exc:
                 errors.append(str(exc))
-        raise LogitcacheError(errors[0] if errors else f"config key '{key}': bad value {value!r}")
+        raise LogitcacheError(errors[0])  # a union holds a type besides None, so one error at least
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, dict):
             raise LogitcacheError(f"config key '{key}' must be a table, got {type(value).__name__}")

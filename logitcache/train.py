@@ -298,7 +298,7 @@ class Trainer:
         if self.tensorboard is not None:
             self.tensorboard.close()
         if self.env.is_main:
-            finalize(self.out, self.save_extra)
+            finalize(self.out)
         D.barrier()
         return report
 
@@ -344,7 +344,7 @@ def save_model(model, folder: Path, save_extra=None) -> None:
     replace_dir(tmp, folder)
 
 
-def finalize(out: Path, save_extra=None) -> None:
+def finalize(out: Path) -> None:
     """Copy the best model's files to `out` itself, so `from_pretrained(out)` loads the best."""
     best = out / "best"
     recover_dir(best)
