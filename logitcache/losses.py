@@ -19,11 +19,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .stage_configs import KLReduction, Tail, choices
-
-TAILS = choices(Tail)
-REDUCTIONS = choices(KLReduction)
-
 
 def log_normalizer(student_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """logsumexp(s / T) over the vocabulary, (B, T)."""
