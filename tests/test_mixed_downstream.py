@@ -471,3 +471,32 @@ def test_torchrun_two_ranks_train_on_a_counted_cache(tmp_path, mixed):
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in steps if "kl" in r]
     assert len(steps) == 4 and all(math.isfinite(r["kl"]) and r["kl"] > 0 for r in steps)
+
+
+@pytest.mark.parametrize("fault", ["count above teachers", "target where none aligned"])
+def test_verify_checks_teacher_count_against_the_teachers_and_the_targets(tmp_path, mixed, fault):
+    """Under a valid checksum (rewritten with the block): a count above the cache's teachers, or a count
+    of 0 where the block holds probabilities, is reported by verify; the sound cache passes."""
+    import shutil
+
+    from logitcache.store import CacheStore, verify_cache
+    from logitcache.store.cache import block_checksum
+
+    broken = tmp_path / "broken.zarr"
+    shutil.copytree(mixed["cache"], broken)
+    assert verify_cache(broken) == []
+    store = CacheStore(broken, mode="r+")
+    stored = store.read_checked_block(1)
+    at = store.layout.block_arrays.index("teacher_count")
+    count = stored[at].copy()
+    n_teachers = len(store.attrs["teachers"])
+    if fault == "count above teachers":
+        count[0, 0] = n_teachers + 1
+        expected = f"block 1: a teacher_count of {n_teachers + 1}, above the cache's {n_teachers} teachers"
+    else:
+        covered = np.argwhere(count > 0)[0]
+        count[tuple(covered)] = 0
+        expected = "block 1: probability stored at a position no teacher aligned (teacher_count 0)"
+    stored[at] = count
+    store.write_stored_block(1, stored, block_checksum(stored))
+    assert verify_cache(broken) == [expected]

@@ -48,6 +48,17 @@ def check_ragged(block: int, stored: list[np.ndarray], k: int) -> str | None:
     return None
 
 
+def check_teacher_count(block: int, count: np.ndarray, probs: np.ndarray, n_teachers: int) -> str | None:
+    """A problem with a block's teacher_count (n, T) against its decoded probs (n, T, K), or None: no count
+    above the number of teachers, and no probability where no teacher is aligned (the student trains
+    those positions with CE only, so a target there would be read as one)."""
+    if int(count.max(initial=0)) > n_teachers:
+        return f"block {block}: a teacher_count of {int(count.max())}, above the cache's {n_teachers} teachers"
+    if (probs[count == 0] != 0).any():
+        return f"block {block}: probability stored at a position no teacher aligned (teacher_count 0)"
+    return None
+
+
 def check_weights(block: int, weights: np.ndarray) -> str | None:
     """A problem with a sampled block's decoded importance weights (n, T, K), or None: each finite and >= 0
     (a weight p/q above float16's range is stored as inf)."""
@@ -64,6 +75,7 @@ def verify_cache(path, progress=None, ahead: int = 8) -> list[str]:
     store = CacheStore(path)
     layout = store.layout
     sum_bound = store.code.sum_bound(layout.k)
+    n_teachers = len(store.attrs.get("teachers") or [])
     done = store.done_mask()
     problems = {b: f"block {b}: not done" for b in range(layout.n_blocks) if not done[b]}  # block -> message
     if progress:
@@ -82,7 +94,9 @@ def verify_cache(path, progress=None, ahead: int = 8) -> list[str]:
             _, ids, probs, *weights = store.decode_raw(stored)
             kept = np.arange(layout.k) < stored[1][..., None].astype(np.int64) if layout.ragged else None
             problem = check_decoded(block, ids, probs, layout.vocab_size, sum_bound, kept) or \
-                (check_weights(block, weights[0]) if weights else None)
+                (check_weights(block, weights[0]) if weights else None) or \
+                (check_teacher_count(block, store.teacher_count(stored), probs, n_teachers)
+                 if layout.with_teacher_count else None)
             if problem:
                 problems[block] = problem
     if progress:
