@@ -385,11 +385,12 @@ class Teaching:
 def load_teaching(config: DumpConfig, device: torch.device, with_ensemble: bool = True) -> Teaching:
     """Load the data and the teachers (checked against the data) and describe the cache they make on
     `device` (cache_attrs: the device type and precision, so a writer of another is refused by the resume
-    check). Every engine's writers call this, so their blocks and attributes are the same."""
+    check). Every engine's writers call this, so their blocks and attributes are the same. Without the
+    ensemble (a Ray driver) the teachers are described from their architectures on the meta device."""
     data = load_data(config.data)
     rows = select_rows(data.store.split(config.split), config)
     check(rows.shape[0] > 0, f"split '{config.split}' has no chunks")
-    models, infos = load_teachers(list(config.teachers), device, data, own_tokenizers=True)
+    models, infos = load_teachers(list(config.teachers), device, data, own_tokenizers=True, weights=with_ensemble)
     check(config.width <= data.vocab_size, f"{'max_k' if config.targets == 'mass' else 'top_k'} {config.width} is "
                                            f"larger than the vocabulary ({data.vocab_size})")
     cross = None  # teachers with tokenizers of their own, or --teacher-weight: cross_dump.py

@@ -222,13 +222,15 @@ def _head_bias(model, vocab_size: int):
     return None if bias is None else bias.detach().float()[:vocab_size]
 
 
-def load_teachers(paths: list[Path], device: torch.device, data=None, own_tokenizers: bool = False) -> tuple[list, list[dict]]:
+def load_teachers(paths: list[Path], device: torch.device, data=None, own_tokenizers: bool = False,
+                  weights: bool = True) -> tuple[list, list[dict]]:
     """Load teacher dirs; refuse, before any work, teachers that disagree on their vocabulary or whose
     tokenizer does something other than the data's (compared by behaviour, not file bytes). A teacher
     without a tokenizer is accepted when its vocabulary covers the data's, with a warning. With
     `own_tokenizers` (dump), a teacher whose folder holds another tokenizer is accepted as a teacher with a
     tokenizer of its own: its info says "tokenizer": "own" and only the teachers on the data's tokenizer
-    must agree on their vocabulary."""
+    must agree on their vocabulary. `weights=False`: the architectures alone on the meta device (what
+    describing the cache needs: a Ray driver never runs a teacher)."""
     from .models import describe, load_model
     from .tokenizer import check_model_tokenizer, folder_tokenizer_identity, has_own_tokenizer
 
@@ -237,7 +239,7 @@ def load_teachers(paths: list[Path], device: torch.device, data=None, own_tokeni
     models, infos = [], []
     for path in paths:
         path = Path(path)
-        model = load_model(path)
+        model = load_model(path, weights=weights)
         info = describe(path, model)
         if data is not None and own_tokenizers and has_own_tokenizer(path, data):
             info |= {"tokenizer": "own", "tokenizer_identity": folder_tokenizer_identity(path)}

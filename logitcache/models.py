@@ -42,17 +42,21 @@ def count_params(preset: ModelPreset, vocab_size: int = 16000) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def load_model(path: Path, dtype=torch.float32) -> PreTrainedModel:
-    """A local Hugging Face causal LM; one clear error if the dir is not one."""
+def load_model(path: Path, dtype=torch.float32, weights: bool = True) -> PreTrainedModel:
+    """A local Hugging Face causal LM; one clear error if the dir is not one. `weights=False`: the
+    architecture alone on the meta device (no memory, no weights read), for describing a teacher."""
     path = Path(path)
     if not (path / "config.json").is_file():
         raise LogitcacheError(f"{path} is not a Hugging Face model directory (no config.json)")
     try:
         config = AutoConfig.from_pretrained(str(path), local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=dtype)
+        if weights:
+            model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=dtype)
+        else:
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     except (ValueError, OSError, KeyError) as exc:
         raise LogitcacheError(f"{path} is not a loadable causal LM ({str(exc).splitlines()[0]})") from None
-    del config
     model.eval()
     return model
 

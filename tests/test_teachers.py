@@ -200,3 +200,19 @@ def test_teacher_without_tokenizer_is_checked_by_vocabulary_only(tmp_path, tiny_
     transformers.AutoModelForCausalLM.from_config(transformers.LlamaConfig(**(SMALL | {"vocab_size": 200}))).save_pretrained(small)
     with pytest.raises(LogitcacheError, match="smaller than the data's"):
         dump(dump_config(tiny_data, [small], tmp_path / "c2.zarr", max_chunks=8))
+
+
+def test_describing_teachers_reads_no_weights_and_gives_the_same_infos(teacher_dirs, tiny_data):
+    """load_teachers(weights=False), as the Ray driver describes the cache: the architecture on the meta
+    device (nothing allocated), and the same infos (params, sha256, vocabulary, tokenizer) as a full load."""
+    import torch
+
+    from logitcache.data import load_data
+    from logitcache.ensemble import load_teachers
+
+    data, dirs = load_data(tiny_data), list(teacher_dirs.values())  # every architecture
+    full_models, full = load_teachers(dirs, torch.device("cpu"), data, own_tokenizers=True)
+    meta_models, meta = load_teachers(dirs, torch.device("cpu"), data, own_tokenizers=True, weights=False)
+    assert meta == full
+    assert all(p.device.type == "meta" for m in meta_models for p in m.parameters())
+    assert all(p.device.type == "cpu" for m in full_models for p in m.parameters())
