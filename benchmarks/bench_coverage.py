@@ -53,24 +53,9 @@ def byte_level(lines: list[str], size: int):
 
 def metaspace_byte_fallback(lines: list[str], size: int):
     """(b) Llama-2 style: BPE over ▁-words, <0xNN> byte fallback, Prepend/Replace normalizer, <s> in front."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from logitcache.tokenizer import train_metaspace_bpe
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
-    tokenizer.train_from_iterator(lines, trainers.BpeTrainer(vocab_size=size - 256, show_progress=False,
-                                                             special_tokens=["<unk>", "<s>", "</s>"]))
-    spec = json.loads(tokenizer.to_str())
-    vocab = spec["model"]["vocab"]
-    for b in range(256):
-        vocab.setdefault(f"<0x{b:02X}>", len(vocab))
-    spec["model"]["byte_fallback"] = True
-    tokenizer = Tokenizer.from_str(json.dumps(spec))
-    tokenizer.pre_tokenizer = None
-    tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                           decoders.Strip(" ", 1, 0)])
-    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    return tokenizer
+    return train_metaspace_bpe(lines, size - 256)
 
 
 def unigram(lines: list[str], size: int):

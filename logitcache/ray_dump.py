@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .configs import check
+from .dump import DumpReport
 from .errors import LogitcacheError
 from .progress import NULL_PROGRESS, ProgressHook
 from .stage_configs import DumpConfig, worker_range
@@ -49,19 +50,8 @@ def import_ray():
 
 
 @dataclass
-class RayDumpReport:
-    """dump.DumpReport's fields plus what the cluster did."""
-    path: str = ""
-    n_rows: int = 0
-    blocks_written: int = 0
-    blocks_skipped: int = 0
-    tokens: int = 0
-    seconds: float = 0.0
-    teacher_seconds: float = 0.0  # summed over workers
-    tokens_per_s: float = 0.0
-    rank: int = 0
-    world: int = 1
-    summary: dict = field(default_factory=dict)
+class RayDumpReport(DumpReport):
+    """dump.DumpReport (teacher_seconds: summed over workers) plus what the cluster did."""
     engine: str = "ray"
     worker_pids: list[int] = field(default_factory=list)  # every process that committed a block
     restarts: int = 0  # actor restarts Ray reports for this job's workers

@@ -37,6 +37,37 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     return tokenizer
 
 
+def train_metaspace_bpe(texts: Iterable[str], merges_vocab_size: int, special_tokens=("<unk>", "<s>", "</s>"),
+                        llama2_style: bool = True) -> Tokenizer:
+    """A sentencepiece-style BPE (a Llama-2 tokenizer's kind): ▁ for spaces, trained to `merges_vocab_size`
+    ids, then 256 <0xNN> byte-fallback ids for characters it never saw. `llama2_style`: Llama-2's
+    Prepend/Replace normalizer, Replace/ByteFallback/Fuse/Strip decoder and `<s> $A` template (the
+    second special must be <s>); else the Metaspace pre-tokenizer and decoder, no template."""
+    import json
+
+    from tokenizers import normalizers, processors
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=merges_vocab_size, show_progress=False,
+                                                             special_tokens=list(special_tokens)))
+    spec = json.loads(tokenizer.to_str())
+    vocab = spec["model"]["vocab"]
+    for b in range(256):
+        vocab.setdefault(f"<0x{b:02X}>", len(vocab))
+    spec["model"]["byte_fallback"] = True
+    tokenizer = Tokenizer.from_str(json.dumps(spec))
+    if not llama2_style:
+        tokenizer.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace()])
+        return tokenizer
+    tokenizer.pre_tokenizer = None
+    tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                           decoders.Strip(" ", 1, 0)])
+    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return tokenizer
+
+
 def load_tokenizer(path: Path) -> Tokenizer:
     """A tokenizers JSON file, with any truncation or padding it ships turned off: documents are encoded
     whole and unpadded here, and a file's `max_length` would cut every document short."""

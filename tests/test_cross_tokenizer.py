@@ -53,24 +53,9 @@ def teacher_byte_level():
 
 def teacher_metaspace():
     """(b) Llama-2 style: BPE over ▁-words with <0xNN> byte fallback, Prepend/Replace normalizer, <s> template."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from logitcache.tokenizer import train_metaspace_bpe
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
-    tokenizer.train_from_iterator([t for t in TRAIN_TEXT if "東" not in t], trainers.BpeTrainer(
-        vocab_size=200, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False))
-    spec = json.loads(tokenizer.to_str())
-    vocab = spec["model"]["vocab"]
-    for b in range(256):
-        vocab.setdefault(f"<0x{b:02X}>", len(vocab))
-    spec["model"]["byte_fallback"] = True
-    tokenizer = Tokenizer.from_str(json.dumps(spec))
-    tokenizer.pre_tokenizer = None
-    tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                           decoders.Strip(" ", 1, 0)])
-    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    return tokenizer
+    return train_metaspace_bpe([t for t in TRAIN_TEXT if "東" not in t], 200)
 
 
 def teacher_unigram():
@@ -549,7 +534,6 @@ def test_a_lossy_teacher_tokenizer_is_refused_below_min_coverage(tmp_path, odd_d
     assert "teacher gpt2-lower" in lines[0] and "below --min-coverage 0.5" in lines[0], lines[0]
     assert not out.exists()
     measured = float(lines[0].split("aligns with ")[1].split("%")[0]) / 100
-    from logitcache.cross_dump import CrossTeaching  # noqa: F401  (the same measure, on the lossless teacher)
 
     result = CliRunner().invoke(app, args[:4] + [str(teachers["byte-level"])] + args[5:] + ["--min-coverage", "0.2"])
     assert result.exit_code == 0, result.output
