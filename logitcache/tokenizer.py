@@ -38,11 +38,11 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
 
 
 def train_metaspace_bpe(texts: Iterable[str], merges_vocab_size: int, special_tokens=("<unk>", "<s>", "</s>"),
-                        llama2_style: bool = True) -> Tokenizer:
+                        llama2_style: bool = True, template: bool = True) -> Tokenizer:
     """A sentencepiece-style BPE (a Llama-2 tokenizer's kind): ▁ for spaces, trained to `merges_vocab_size`
     ids, then 256 <0xNN> byte-fallback ids for characters it never saw. `llama2_style`: Llama-2's
-    Prepend/Replace normalizer, Replace/ByteFallback/Fuse/Strip decoder and `<s> $A` template (the
-    second special must be <s>); else the Metaspace pre-tokenizer and decoder, no template."""
+    Prepend/Replace normalizer, Replace/ByteFallback/Fuse/Strip decoder and, with `template`, the `<s> $A`
+    template (the second special must be <s>); else the Metaspace pre-tokenizer and decoder, no template."""
     import json
 
     from tokenizers import normalizers, processors
@@ -64,7 +64,8 @@ def train_metaspace_bpe(texts: Iterable[str], merges_vocab_size: int, special_to
     tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
     tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
                                            decoders.Strip(" ", 1, 0)])
-    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    if template:
+        tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     return tokenizer
 
 

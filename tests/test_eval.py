@@ -222,28 +222,10 @@ def byte_level_bpe():
 def metaspace_bpe_with_byte_fallback(llama2_style: bool):
     """A sentencepiece-style BPE: ▁ for spaces, <0xNN> tokens for characters it never saw (the CJK here).
     Metaspace pre-tokenizer and decoder, or Llama-2's Prepend/Replace normalizer and Replace/Strip decoder."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from logitcache.tokenizer import train_metaspace_bpe
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
-    tokenizer.train_from_iterator(TRAIN_LINES + ["Crème brûlée, naïve café, té"],
-                                  trainers.BpeTrainer(vocab_size=200, special_tokens=["<pad>", "<s>", "</s>"],
-                                                      show_progress=False))
-    spec = json.loads(tokenizer.to_str())
-    vocab = spec["model"]["vocab"]
-    for b in range(256):
-        vocab.setdefault(f"<0x{b:02X}>", len(vocab))
-    spec["model"]["byte_fallback"] = True
-    tokenizer = Tokenizer.from_str(json.dumps(spec))
-    if llama2_style:
-        tokenizer.pre_tokenizer = None
-        tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-        tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                               decoders.Strip(" ", 1, 0)])
-    else:
-        tokenizer.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace()])
-    return tokenizer
-
+    return train_metaspace_bpe(TRAIN_LINES + ["Crème brûlée, naïve café, té"], 200, ("<pad>", "<s>", "</s>"),
+                               llama2_style=llama2_style, template=False)
 
 def unigram():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
