@@ -101,7 +101,7 @@ def main() -> None:
     import torch
 
     from logitcache.cross_dump import CrossTeaching
-    from logitcache.data import load_data
+    from logitcache.prepared import load_data
     from logitcache.dump import DumpConfig
     from logitcache.models import load_model
 

@@ -47,8 +47,8 @@ def word_level_data(out: Path, vocab_size: int, chunks: int, seq_len: int = 128)
     """A prepared data dir whose tokenizer has exactly `vocab_size` ids (a word-level vocabulary)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    from logitcache.configs import sha256_file
-    from logitcache.data import fingerprint
+    from logitcache.files import sha256_file
+    from logitcache.prepared import fingerprint
     from logitcache.store import token_dtype, write_token_store
 
     out.mkdir(parents=True, exist_ok=True)
@@ -100,10 +100,12 @@ def writer_frontier(data_dir: Path, teacher_dirs: list[Path], chunks: int, tmp: 
     per CPU-second of this process (which other processes' load on a shared machine does not inflate)."""
     import dataclasses
 
-    from logitcache.data import load_data
-    from logitcache.dump import BlockWriter, HostCopy
+    from logitcache.prepared import load_data
+    from logitcache.store.writers import BlockWriter
+    from logitcache.targets import HostCopy
     from logitcache.stage_configs import DumpConfig
-    from logitcache.store import BASELINE_COMPRESSION, CacheLayout, CacheStore, Compression, cache_summary, create_cache
+    from logitcache.store import (BASELINE_COMPRESSION, CacheLayout, CacheStore, Compression, cache_summary,
+        create_cache)
 
     vocab_size = load_data(data_dir).vocab_size
     blocks_by_t = {t: writer_blocks(data_dir, teacher_dirs, chunks, t) for t in WRITER_TEMPERATURES}
@@ -226,7 +228,7 @@ from logitcache.memory import tune_process
 tune_process()  # as the CLI does, before torch is imported: both processes run under the same heap and OpenMP settings
 import numpy as np, torch
 torch.set_num_threads(int(sys.argv[3]))
-from logitcache.data import load_data
+from logitcache.prepared import load_data
 from logitcache.models import load_model
 rows = load_data(sys.argv[1]).store.split("train")[: int(sys.argv[2])]
 models = [load_model(p) for p in sys.argv[5:]]
@@ -329,7 +331,7 @@ def main() -> None:
         data, teacher, out, chunks, budget = sys.argv[2:7]
         torch.set_num_threads(2)
         return child_dump(Path(data), Path(teacher), Path(out), int(chunks), int(budget))
-    from logitcache.data import load_data
+    from logitcache.prepared import load_data
     from logitcache.dump import DumpConfig, dump
     from logitcache.models import build_model, get_preset, load_model
 

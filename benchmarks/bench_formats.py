@@ -129,7 +129,7 @@ def equal_fidelity(rows: list[dict], kl: float, bytes_per_token: float) -> dict 
 
 
 def main() -> None:
-    from logitcache.data import load_data
+    from logitcache.prepared import load_data
     from targets import teacher_targets
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -31,7 +31,7 @@ def sha256(path: Path) -> str:
 
 def llama_alone(work: Path) -> Path:
     """Arm (b): dump with the demo's LLaMA alone, three distilled students, dev and test eval."""
-    from logitcache.configs import write_json_atomic
+    from logitcache.files import write_json_atomic
     from logitcache.dump import dump
     from logitcache.evaluate import evaluate
     from logitcache.run import load_run_config, stage_configs

@@ -58,7 +58,7 @@ def arm_student(kind: str, work: Path, args) -> dict:
 
 
 def arm_forward(work: Path, args) -> dict:
-    from logitcache.data import load_data
+    from logitcache.prepared import load_data
     from logitcache.models import load_model
 
     rows = load_data(work / "data").store.split("train")[: args.chunks]

@@ -41,7 +41,7 @@ PRESETS = ("llama-small", "gpt2-small")
 
 
 def build_inputs(work: Path, chunks: int, vocab_size: int) -> tuple[Path, list[Path]]:
-    from logitcache.data import load_data
+    from logitcache.prepared import load_data
     from logitcache.models import build_model, get_preset
 
     data = synthetic_data(work / "data", vocab_size, chunks)

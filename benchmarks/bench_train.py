@@ -35,7 +35,7 @@ def steady_tokens_per_s(records: list[dict], tokens_per_step: int) -> float:
 
 def arm_bare(preset: str, work: Path, args) -> float:
     """The reference: model forward, CE, backward, AdamW step, and nothing else."""
-    from logitcache.data import load_data
+    from logitcache.prepared import load_data
     from logitcache.models import build_model, get_preset
     from logitcache.train import make_optimizer, next_token_ce, TrainConfig
 

@@ -14,14 +14,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def synthetic_data(out: Path, vocab_size: int, chunks: int, seq_len: int = 128, seed: int = 0) -> Path:
     """A prepared data dir with random tokens (throughput does not depend on the text)."""
     from logitcache.store import write_token_store
-    from logitcache.data import fingerprint
+    from logitcache.prepared import fingerprint
     from logitcache.tokenizer import train_tokenizer
 
     out.mkdir(parents=True, exist_ok=True)
     words = [f"w{i}" for i in range(vocab_size)]
     tokenizer = train_tokenizer((" ".join(words[i:i + 50]) for i in range(0, len(words), 50)), vocab_size)
     tokenizer.save(str(out / "tokenizer.json"))
-    from logitcache.configs import sha256_file
+    from logitcache.files import sha256_file
 
     rng = np.random.default_rng(seed)
     v = tokenizer.get_vocab_size()

@@ -8,7 +8,7 @@ from .options import config_command
 @config_command(PrepareConfig)
 def command(config: PrepareConfig, overwrite: C.Overwrite = False, json_out: C.JsonOut = None) -> None:
     """Clean each source, train the BPE tokenizer on train, cut every split into chunks."""
-    from logitcache.configs import prepare_output
+    from logitcache.files import prepare_output
     from logitcache.data import prepare
 
     C.json_to_stdout(json_out)

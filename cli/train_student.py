@@ -9,7 +9,7 @@ from .options import config_command
 def command(config: StudentConfig, resume: C.Resume = False, overwrite: C.Overwrite = False,
             storage_option: C.StorageOption = None) -> None:
     """Train the student on the cache's chunks with alpha*CE + (1-alpha)*T^2*KL over the cached targets."""
-    from logitcache.configs import prepare_output
+    from logitcache.files import prepare_output
     from logitcache.student import train_student
 
     C.use_storage_options(storage_option)

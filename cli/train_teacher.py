@@ -8,7 +8,7 @@ from .options import config_command
 @config_command(TeacherConfig)
 def command(config: TeacherConfig, resume: C.Resume = False, overwrite: C.Overwrite = False) -> None:
     """Train a teacher with AdamW, warmup + cosine, validation at epoch ends; the best is kept."""
-    from logitcache.configs import prepare_output
+    from logitcache.files import prepare_output
     from logitcache.teacher import train_teacher
 
     prepare_output(config.out, resume=resume, overwrite=overwrite)

@@ -29,8 +29,9 @@ import numpy as np
 import torch
 
 from .store import CacheReader, cache_summary
-from .configs import to_dict, write_json_atomic
-from .data import load_data, spread_indices
+from .configs import to_dict
+from .files import write_json_atomic
+from .prepared import load_data, spread_indices
 from .dump import DumpConfig, dump
 from .cross_dump import own_tokenizer
 from .ensemble import Ensemble, load_teachers

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LogitcacheError
-from .files import prepare_output, recover_dir, replace_dir, sha256_file, write_json_atomic  # noqa: F401  (re-exported)
 
 
 def setting(default: Any = dataclasses.MISSING, *, help: str, flag: str | None = None, argument: bool = False,

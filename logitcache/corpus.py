@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .configs import check, sha256_file
+from .configs import check
+from .files import sha256_file
 from .errors import LogitcacheError
 from .stage_configs import SPLITS
 

@@ -12,7 +12,7 @@ import torch
 from . import distributed as D
 from .align import Aligner, ChunkTexts, folder_vocabulary, vocabulary
 from .configs import check
-from .data import spread_indices
+from .prepared import spread_indices
 from .errors import LogitcacheError
 from .mixed import MixedEnsemble, mixed_sample_inputs, zero_unaligned
 from .tokenizer import load_tokenizer
@@ -124,7 +124,7 @@ def batch_targets(ensemble: MixedEnsemble, config, input_ids: torch.Tensor, cach
     """One batch of a mixed ensemble: [ids, probs(, weights), teacher_count] as block_targets gathers them."""
     if config.targets in ("topk", "mass"):  # mass: the top max_k, which dump.block_targets cuts by mass
         return list(ensemble.topk(input_ids, config.width, cache_rows))
-    from .dump import sample_targets
+    from .targets import sample_targets
 
     probs, count = ensemble.targets(input_ids, cache_rows)
     drawn = sample_targets(mixed_sample_inputs(probs, count), config.samples, config.proposal_temperature, generator)

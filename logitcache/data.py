@@ -1,31 +1,26 @@
 """`prepare`: raw text -> cleaned text -> BPE tokenizer (train split) -> 128-token chunk store."""
 from __future__ import annotations
 
-import atexit
-import functools
-import hashlib
 import logging
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
-from .store import TokenStore, token_dtype, write_token_store
+from .store import token_dtype, write_token_store
 from .store.tokens import text_ends_dtype
-from .store.location import as_location
 from .cleaners import CLEANERS_BY_NAME, clean_basic, cleaner_for
-from .configs import sha256_file, to_dict, write_json_atomic
+from .files import sha256_file, write_json_atomic
+from .configs import to_dict
 from .errors import LogitcacheError
 from .memory import default_heap
+from .prepared import document_prefix, fingerprint
 from .progress import NULL_PROGRESS, ProgressHook
 from .stage_configs import SPLITS, PrepareConfig  # noqa: F401  (PrepareConfig re-exported)
 from .inputs import read_documents
-from .tokenizer import (BOS_ID, EOS_ID, PAD_ID, find_tokenizer, load_tokenizer, special_ids,
-                        tokenizer_file_identity, tokenizer_identity, train_tokenizer)
+from .tokenizer import BOS_ID, EOS_ID, PAD_ID, find_tokenizer, special_ids, tokenizer_identity, train_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -107,37 +102,6 @@ def chunk(ids: np.ndarray, seq_len: int) -> np.ndarray:
     return ids[: n * seq_len].reshape(n, seq_len)
 
 
-def fingerprint(tokenizer_sha: str, splits: dict[str, np.ndarray],
-                texts: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> str:
-    """sha256 over the tokenizer's sha256, every split's tokens (split names in order), then every split's
-    text record (text bytes, token ends as stored), as verify_data recomputes it."""
-    digest = hashlib.sha256(tokenizer_sha.encode())
-    for name in sorted(splits):
-        digest.update(name.encode())
-        digest.update(np.ascontiguousarray(splits[name]).tobytes())
-    for name in sorted(texts or {}):
-        for label, values in zip(("bytes", "ends"), texts[name]):
-            digest.update(f"text/{name}_{label}".encode())
-            digest.update(np.ascontiguousarray(values).tobytes())
-    return digest.hexdigest()
-
-
-def spread_indices(n_rows: int, count: int) -> np.ndarray:
-    """`count` row indices spread evenly over `n_rows` (all rows when count is 0 or too large).
-
-    Splits are stored in source order, so the first N chunks would all come from one source."""
-    if count <= 0 or count >= n_rows:
-        return np.arange(n_rows)
-    return np.linspace(0, n_rows - 1, count).round().astype(np.int64)
-
-
-def validation_indices(n_dev: int, count: int = 8192, seed: int = 0) -> np.ndarray:
-    """The fixed, seeded validation subset of dev (all of dev if it is smaller)."""
-    if n_dev <= count:
-        return np.arange(n_dev)
-    return np.sort(np.random.default_rng(seed).choice(n_dev, size=count, replace=False))
-
-
 # Sources whose lines are verse or hard-wrapped prose: a document is a blank-line-separated block (a speech).
 BLOCK_SOURCES = frozenset({"shakespeare"})
 
@@ -148,15 +112,6 @@ def raw_documents(source: str, text: str) -> list[str]:
     paragraph and a chapter), or one per blank-line-separated block for BLOCK_SOURCES; edges stripped."""
     parts = re.split(r"\n[ \t]*\n", text) if source in BLOCK_SOURCES else text.split("\n")
     return [part.strip() for part in parts if part.strip()]
-
-
-def document_prefix(tokenizer, specials: dict) -> int | None:
-    """The id in front of every document of a prepared split (tokenize_split): the BOS the tokenizer's
-    template prepends, else the EOS that ends the document before (GPT-2 style); None without either.
-    BLiMP scoring (evaluate.py) and the exported tokenizer (export.py) prefix sentences with it."""
-    if specials.get("bos") is not None and tokenizer.encode("a", add_special_tokens=True).ids[:1] == [specials["bos"]]:
-        return specials["bos"]
-    return specials.get("eos")
 
 
 def with_bos_template(tokenizer):
@@ -393,70 +348,3 @@ def prepare(config: PrepareConfig, progress: ProgressHook = NULL_PROGRESS) -> Pr
     return report
 
 
-@dataclass(frozen=True)
-class PreparedData:
-    """A prepared data dir: the token store, its tokenizer path and the attributes."""
-
-    path: "Path | str"  # a local folder, or the URL of a remote one
-    store: TokenStore
-    tokenizer_path: Path
-
-    @property
-    def attrs(self) -> dict:
-        return self.store.attrs
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self.store.attrs["vocab_size"])
-
-    @property
-    def seq_len(self) -> int:
-        return int(self.store.attrs["seq_len"])
-
-    @property
-    def fingerprint(self) -> str:
-        return self.store.attrs["fingerprint"]
-
-    @functools.cached_property
-    def tokenizer_identity(self) -> str:
-        """What the data's tokenizer does (tokenizer.tokenizer_identity), for comparing teachers' tokenizers."""
-        return tokenizer_file_identity(self.tokenizer_path)
-
-    @property
-    def special_ids(self) -> dict:
-        """{"bos", "eos", "pad"}: the ids prepare recorded (older stores: logitcache's own BPE's)."""
-        return dict(self.store.attrs.get("special_ids") or {"bos": BOS_ID, "eos": EOS_ID, "pad": PAD_ID})
-
-    def validation_rows(self, split: str = "dev", count: int = 8192, seed: int = 0) -> np.ndarray:
-        rows = self.store.split(split)
-        if split == "dev":
-            rows = rows[validation_indices(rows.shape[0], count, seed)]
-        return rows
-
-
-def load_data(path) -> PreparedData:
-    """A prepared data dir: a local folder or a URL (s3://bucket/prefix/data); a remote tokenizer.json
-    is fetched into a temporary folder (removed at exit)."""
-    location = as_location(path)
-    if location.is_remote:
-        location.check_reachable()
-        tokenizer_bytes = location.read_bytes("tokenizer.json")
-        if tokenizer_bytes is None:
-            raise LogitcacheError(f"{location} has no tokenizer.json (is it a prepared data dir?)")
-        folder = Path(tempfile.mkdtemp(prefix="logitcache-data-"))
-        atexit.register(shutil.rmtree, folder, True)
-        tokenizer_path = folder / "tokenizer.json"
-        tokenizer_path.write_bytes(tokenizer_bytes)
-        path = location.url
-    else:
-        path = location.local_path
-        if not path.is_dir():
-            raise LogitcacheError(f"data directory {path} does not exist (run `logitcache prepare`)")
-        tokenizer_path = path / "tokenizer.json"
-        if not tokenizer_path.is_file():
-            raise LogitcacheError(f"{path} has no tokenizer.json (is it a prepared data dir?)")
-    store = TokenStore(location.child("tokens.zarr"))
-    if sha256_file(tokenizer_path) != store.attrs.get("tokenizer_sha256"):
-        raise LogitcacheError(f"{tokenizer_path} does not match the tokenizer recorded in {path}/tokens.zarr")
-    load_tokenizer(tokenizer_path)
-    return PreparedData(path, store, tokenizer_path)

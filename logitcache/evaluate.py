@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed as D
-from .data import load_data, spread_indices
+from .prepared import load_data, spread_indices
 from .ensemble import Ensemble, load_teachers
 from .errors import LogitcacheError
 from .metrics import byte_counts, lm_metrics

@@ -17,7 +17,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .configs import prepare_output
+from .files import prepare_output
 from .files import replace_dir
 from .errors import LogitcacheError
 from .stage_configs import ExportConfig  # noqa: F401  (re-exported)
@@ -32,7 +32,7 @@ def bos_tokenizer(src: Path):
     already does): the BOS that starts every training document, or the EOS that ends the one before."""
     from tokenizers import processors
 
-    from .data import document_prefix
+    from .prepared import document_prefix
     from .tokenizer import load_tokenizer, special_ids
 
     tokenizer = load_tokenizer(src / "tokenizer.json")

@@ -136,7 +136,8 @@ class BlockWorker:
 
     def commit(self, block: int) -> float:
         """Compute and commit one block; its teacher seconds (0 for a block another task committed)."""
-        from .dump import block_targets, write_host_block
+        from .targets import block_targets
+        from .store.writers import write_host_block
 
         write_event("start", block)
         if self.store.arrays["done"][block] == 1:  # a duplicate of a task that already committed

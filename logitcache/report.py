@@ -6,7 +6,7 @@ import statistics
 from pathlib import Path
 
 from .store import cache_summary
-from .configs import write_json_atomic
+from .files import write_json_atomic
 from .train import read_metrics
 
 log = logging.getLogger(__name__)

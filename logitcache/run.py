@@ -23,7 +23,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .configs import check, config_hash, from_dict, section_of, settings_of, to_dict, write_json_atomic
+from .configs import check, config_hash, from_dict, section_of, settings_of, to_dict
+from .files import write_json_atomic
 from .store.cache import root_attrs
 from .store.location import Location
 from .errors import LogitcacheError, ResumeMismatchError
@@ -445,7 +446,7 @@ def run_pipeline(config: RunConfig, work: Path, force: tuple[str, ...] = (), pro
 
 def _lacks_text(data_dir: Path, split: str) -> bool:
     """Whether a prepared data dir records no text for `split` (data prepared before prepare recorded it)."""
-    from .data import load_data
+    from .prepared import load_data
 
     lacks = not load_data(data_dir).store.has_text(split)
     if lacks:

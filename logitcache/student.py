@@ -15,15 +15,15 @@ import torch
 from . import distributed as D
 from .store import CacheReader
 from .configs import to_dict
-from .data import load_data
+from .prepared import load_data
 from .ensemble import Ensemble, load_teachers
 from .errors import LogitcacheError
 from .losses import (dense_kl, fused_distill_loss, fused_next_token_ce, retemper, sampled_kl,
-                     sampled_renormalized_kl, sparse_kl)
+    sampled_renormalized_kl, sparse_kl)
 from .models import build_model, get_preset
 from .progress import NULL_PROGRESS, ProgressHook
 from .stage_configs import StudentConfig  # noqa: F401  (re-exported)
-from .teacher import tokenizer_saver
+from .prepared import tokenizer_saver
 from .train import TrainReport, fit
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed as D
 from .checkpoint import CHECKPOINT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .configs import check, write_json_atomic
+from .configs import check
+from .files import write_json_atomic
 from .files import recover_dir, replace_dir
 from .errors import LogitcacheError
 from .progress import NULL_PROGRESS, ProgressHook

@@ -5,8 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from logitcache import open_cache
-from logitcache.store import (PROB_CODES, CacheLayout, CacheStore, block_chunk_path, create_cache, decode_ids, encode_ids,
-                              prob_code, verify_cache)
+from logitcache.store import (PROB_CODES, CacheLayout, CacheStore, block_chunk_path, create_cache, decode_ids,
+    encode_ids, prob_code, verify_cache)
 from logitcache.store.codecs import LogCode, SqrtCode
 from logitcache.errors import LogitcacheError
 

@@ -210,13 +210,11 @@ def test_a_sharp_proposal_overflows_float16_weights_and_dump_refuses(tmp_path, t
     """At --proposal-temperature < 1 a weight count/N * p/q grows without bound; over 2M positions of
     p = (0.6, 0.4) at proposal temperature 1/30 the rare draws of the 0.4 id weigh ~1e5, which float16
     stores as inf. dump refuses such a block in one line (exit 2) instead of writing it."""
-    import importlib
-
     import torch
 
-    from logitcache.dump import check_weights_fit, sample_targets
-
-    dump_module = importlib.import_module("logitcache.dump")
+    import logitcache.targets as targets_module
+    from logitcache.store.writers import check_weights_fit
+    from logitcache.targets import sample_targets
 
     probs = torch.tensor([0.6, 0.4]).expand(1, 2_000_000, 2)
     _, _, weights = sample_targets(probs, 1, 1 / 30, torch.Generator().manual_seed(0))
@@ -228,7 +226,7 @@ def test_a_sharp_proposal_overflows_float16_weights_and_dump_refuses(tmp_path, t
     check_weights_fit(0, np.clip(weights.numpy(), 0, 65504))  # what float16 holds passes
 
     # in a dump: the same scale of weight (a real draw's weights, at most 1, times 1e6) in the second batch's block
-    real = dump_module.sample_targets
+    real = targets_module.sample_targets
     calls = []
 
     def heavy(*args, **kwargs):
@@ -236,7 +234,7 @@ def test_a_sharp_proposal_overflows_float16_weights_and_dump_refuses(tmp_path, t
         calls.append(1)
         return ids, p, w * 1e6 if len(calls) == 3 else w
 
-    monkeypatch.setattr(dump_module, "sample_targets", heavy)
+    monkeypatch.setattr(targets_module, "sample_targets", heavy)
     out = tmp_path / "c.zarr"
     result = invoke("dump", "--data", tiny_data, "--teacher", tiny_teachers[0], "--out", out, "--targets", "sample",
                     "--samples", 8, "--max-chunks", 16, "--block-rows", 8, "--batch-size", 4, "--device", "cpu")

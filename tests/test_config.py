@@ -11,8 +11,8 @@ import typer
 from logitcache.configs import field_default
 from logitcache.errors import LogitcacheError
 from logitcache.run import RunConfig, load_run_config, stage_configs
-from logitcache.stage_configs import (CacheSizeConfig, DumpConfig, EvalConfig, ExportConfig, PrepareConfig, ProbDtype,
-                                      StudentConfig, TeacherConfig, TrainConfig, choices)
+from logitcache.stage_configs import (CacheSizeConfig, DumpConfig, EvalConfig, ExportConfig, PrepareConfig,
+    ProbDtype, StudentConfig, TeacherConfig, TrainConfig, choices)
 from logitcache.store import PROB_CODES, PROB_DTYPES
 from logitcache_cli.app import app
 

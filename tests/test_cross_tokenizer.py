@@ -96,7 +96,7 @@ def odd_data(tmp_path_factory) -> Path:
 
 def token_pieces(data_dir: Path, split: str) -> tuple[np.ndarray, list[bytes]]:
     """The split's tokens (N*T,) and the bytes of the text record each one covers."""
-    from logitcache.data import load_data
+    from logitcache.prepared import load_data
 
     store = load_data(data_dir).store
     text, ends = store.split_text(split)
@@ -126,7 +126,7 @@ def test_the_record_spells_each_token_of_the_trained_bpe(odd_data):
             expected = b"" if token_id in specials else byte_level_bytes(tokenizer.id_to_token(token_id))
             assert piece == expected, (split, token_id, piece)
     raw = (odd_data.parent / "raw" / "shakespeare.train").read_text()
-    from logitcache.data import load_data
+    from logitcache.prepared import load_data
 
     text, _ = load_data(odd_data).store.split_text("train")
     assert "Crème brûlée,\tnaïve café.".encode() in bytes(text) and "\n" in raw
@@ -166,7 +166,7 @@ def test_verify_data_checks_the_text_record(tmp_path, odd_data):
 
     import zarr
 
-    from logitcache.data import load_data
+    from logitcache.prepared import load_data
     from logitcache.store import verify_data
 
     assert verify_data(odd_data)["problems"] == []
@@ -301,7 +301,7 @@ def reference_targets(data_dir: Path, teacher_dirs: list[Path], temperature: flo
     teacher counts (N, T), by plain loops over model(x).logits."""
     import torch
 
-    from logitcache.data import load_data, spread_indices
+    from logitcache.prepared import load_data, spread_indices
     from logitcache.models import load_model
     from logitcache.tokenizer import find_tokenizer, load_tokenizer
 
@@ -435,7 +435,7 @@ def test_the_mixed_path_splits_batches_by_the_logit_budget(tmp_path, odd_data, t
     assert caches[0].keys() == caches[1].keys()
     differ = [k for k in caches[0] if caches[0][k] != caches[1][k] and not k.endswith("zarr.json")]
     assert differ == []
-    from logitcache.data import load_data
+    from logitcache.prepared import load_data
 
     data = load_data(odd_data)
     probe = MixedEnsemble([], 1.0, None, vocab_size=data.vocab_size, logit_budget=1 << 20)
@@ -566,8 +566,9 @@ def single_tokenizer_cache(out: Path, config) -> None:
     the stored tokens in fixed batches, top-k or sampled targets, CacheStore.write_block per block."""
     import torch
 
-    from logitcache.data import load_data
-    from logitcache.dump import cache_attrs, sample_targets, select_rows
+    from logitcache.prepared import load_data
+    from logitcache.dump import cache_attrs, select_rows
+    from logitcache.targets import sample_targets
     from logitcache.ensemble import Ensemble
     from logitcache.models import describe, load_model
     from logitcache.store import CacheLayout, CacheStore, create_cache

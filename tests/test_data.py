@@ -5,7 +5,8 @@ import pytest
 from transformers import PreTrainedTokenizerFast
 
 from logitcache.cleaners import cleaner_for
-from logitcache.data import PrepareConfig, chunk, load_data, prepare, validation_indices
+from logitcache.data import PrepareConfig, chunk, prepare
+from logitcache.prepared import load_data, validation_indices
 from logitcache.errors import LogitcacheError
 from logitcache.tokenizer import EOS_ID, load_tokenizer
 

@@ -10,7 +10,7 @@ import zarr
 from conftest import dump_config
 from logitcache import open_cache
 from logitcache.store import CacheStore, verify_cache
-from logitcache.data import load_data, spread_indices
+from logitcache.prepared import load_data, spread_indices
 from logitcache.dump import dump
 from logitcache.ensemble import Ensemble
 from logitcache.errors import LogitcacheError, ResumeMismatchError
@@ -288,7 +288,7 @@ def test_parallel_writer_is_byte_identical_to_one_thread(tmp_path, tiny_data, ti
 def test_gather_block_hands_the_writer_the_batches_in_order(device):
     """A block's per-batch results reach the writer concatenated in batch order, ids as int32 (CUDA: through
     pinned host tensors and one event, checked against a plain synchronous copy)."""
-    from logitcache.dump import gather_block
+    from logitcache.targets import gather_block
 
     gen = torch.Generator().manual_seed(0)
     batches = [[torch.randint(0, 50_000, (b, 4, 3), generator=gen), torch.rand(b, 4, 3, generator=gen)] for b in (2, 3, 1)]

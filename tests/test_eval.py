@@ -96,7 +96,7 @@ def test_cache_size_rows(tmp_path, tiny_data, tiny_teachers):
 def test_bits_per_byte_leaves_special_tokens_out_of_both_sums(tiny_data, tiny_teachers):
     """An independent count: nats of every target that stands for text, over the UTF-8 bytes of those
     targets' text; `</s>` targets (document ends) add neither nats nor bytes."""
-    from logitcache.data import load_data
+    from logitcache.prepared import load_data
 
     data = load_data(tiny_data)
     tokenizer = load_tokenizer(data.tokenizer_path)
@@ -122,7 +122,7 @@ def test_bits_per_byte_leaves_special_tokens_out_of_both_sums(tiny_data, tiny_te
 
 def test_validation_and_eval_share_one_path(tmp_path, tiny_data):
     """The val_ce a training run logs for its best model is the CE `eval` reports for it on the same rows."""
-    from logitcache.data import load_data
+    from logitcache.prepared import load_data
     from logitcache.teacher import TeacherConfig, train_teacher
     from conftest import tiny_train
 
@@ -143,7 +143,7 @@ def test_blimp_prefix_starts_every_training_document_and_the_export_prepends_it(
     import transformers
 
     from logitcache.cleaners import cleaner_for
-    from logitcache.data import load_data
+    from logitcache.prepared import load_data
     from logitcache.export import ExportConfig, export
 
     data = load_data(tiny_data)
@@ -167,7 +167,8 @@ def test_blimp_prefix_without_a_bos_template_is_the_eos_that_ends_each_document(
     """A GPT-2-style tokenizer (its template adds nothing): documents are joined by EOS, so EOS is the prefix."""
     from test_inputs import documents, write_jsonl
 
-    from logitcache.data import PrepareConfig, load_data, prepare
+    from logitcache.data import PrepareConfig, prepare
+    from logitcache.prepared import load_data
 
     tokenizer = load_tokenizer(tiny_data / "tokenizer.json")
     spec = json.loads(tokenizer.to_str())

@@ -41,8 +41,8 @@ def test_export_loads_in_plain_transformers_with_bos(tmp_path, tiny_data, tiny_c
 
 def finished_run(folder, model, data):
     """A model folder as train-student leaves it (weights, config, the data's tokenizer, COMPLETE)."""
-    from logitcache.data import load_data
-    from logitcache.teacher import tokenizer_saver
+    from logitcache.prepared import load_data
+    from logitcache.prepared import tokenizer_saver
 
     model.save_pretrained(folder)
     tokenizer_saver(load_data(data))(folder)

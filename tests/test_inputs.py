@@ -8,7 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import synthetic_lines
-from logitcache.data import PrepareConfig, load_data, prepare
+from logitcache.data import PrepareConfig, prepare
+from logitcache.prepared import load_data
 from logitcache.errors import LogitcacheError
 from logitcache.inputs import READERS, read_documents
 from logitcache.tokenizer import load_tokenizer, tokenizer_identity

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from logitcache.dump import sample_targets
+from logitcache.targets import sample_targets
 from logitcache.losses import dense_kl, sampled_kl, sparse_kl
 
 torch.manual_seed(0)

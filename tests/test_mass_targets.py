@@ -20,7 +20,7 @@ import zarr
 
 from conftest import dump_config
 from logitcache import open_cache
-from logitcache.data import load_data, spread_indices
+from logitcache.prepared import load_data, spread_indices
 from logitcache.dump import dump
 from logitcache.ensemble import Ensemble
 from logitcache.errors import CacheCorruptError, LogitcacheError, ResumeMismatchError

@@ -203,7 +203,7 @@ def test_every_batch_carries_each_rows_teacher_count(mixed, which, world):
 def test_the_objective_masks_what_the_loader_carries(mixed):
     """DistillObjective on a loader batch (through the trainer's move to the device) equals the plain loop
     with that batch's counts; the same batch without its count gives a different (unmasked) loss."""
-    from logitcache.data import load_data
+    from logitcache.prepared import load_data
     from logitcache.distributed import DistEnv
     from logitcache.loader import CacheRows
     from logitcache.models import build_model, get_preset
@@ -247,7 +247,7 @@ def student_dir(mixed):
     """A random-init student on the data's tokenizer, saved as eval loads models."""
     import shutil
 
-    from logitcache.data import load_data
+    from logitcache.prepared import load_data
     from logitcache.models import build_model, get_preset
 
     data = load_data(mixed["data"])

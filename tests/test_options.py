@@ -173,7 +173,7 @@ def train_differs(key: str, value):
 
 
 def check_epochs(trained, tiny_data):
-    from logitcache.data import load_data
+    from logitcache.prepared import load_data
 
     rows = load_data(tiny_data).store.split("train").shape[0]
     report, _, _ = trained(max_steps=0, epochs=1)

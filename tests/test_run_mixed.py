@@ -66,7 +66,7 @@ def other_tokenizer(folder: Path, lines: list[str], vocab_size: int) -> Path:
 def documents(data_dir: Path) -> list[str]:
     """The train split's documents decoded from the stored tokens: the stream cut at every BOS, each piece
     without its BOS/EOS decoded alone; the last piece (cut by chunking) dropped."""
-    from logitcache.data import load_data
+    from logitcache.prepared import load_data
     from logitcache.tokenizer import load_tokenizer
 
     data = load_data(data_dir)
@@ -150,7 +150,7 @@ def test_teacher_trains_on_its_own_data_with_its_own_tokenizer(tmp_path, tiny_ra
     """WORK/data-gpt2 holds the same documents as WORK/data (decoded from each one's train tokens), in other
     ids; the gpt2 teacher's folder holds that tokenizer (identity unlike the data's) and a model of its
     vocabulary; the llama teacher's folder holds the data's."""
-    from logitcache.data import load_data
+    from logitcache.prepared import load_data
     from logitcache.models import load_model
     from logitcache.tokenizer import folder_tokenizer_identity, tokenizer_file_identity
 
@@ -294,7 +294,7 @@ def test_data_without_its_text_is_prepared_again_for_a_teacher_on_its_own_tokeni
     same fingerprint, so the teachers are reused."""
     import shutil
 
-    from logitcache.data import load_data
+    from logitcache.prepared import load_data
 
     config, work = write_config(tmp_path, mixed_toml(tiny_raw, tmp_path)), tmp_path / "work"
     run_until_dump(config, work)

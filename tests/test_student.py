@@ -7,7 +7,8 @@ import torch
 from conftest import dump_config, tiny_train
 from logitcache import open_cache
 from logitcache.store import CacheReader
-from logitcache.data import PrepareConfig, load_data, prepare
+from logitcache.data import PrepareConfig, prepare
+from logitcache.prepared import load_data
 from logitcache.dump import dump
 from logitcache.ensemble import Ensemble
 from logitcache.errors import LogitcacheError
@@ -190,7 +191,7 @@ def test_tail_renormalize_on_sampled_targets_renormalises_over_the_drawn_ids():
     """DistillObjective with --tail renormalize on a sampled batch: the KL is the teacher's and the
     student's distributions renormalised over each position's drawn ids (computed here per position),
     and differs from the default importance-weighted estimate."""
-    from logitcache.dump import sample_targets
+    from logitcache.targets import sample_targets
 
     g = torch.Generator().manual_seed(2)
     tokens = torch.randint(0, 300, (2, 32), generator=g)

@@ -15,7 +15,7 @@ import transformers
 from conftest import dump_config
 from logitcache import open_cache
 from logitcache.combines import COMBINES
-from logitcache.data import load_data
+from logitcache.prepared import load_data
 from logitcache.dump import dump
 from logitcache.ensemble import Ensemble, fast_head_is_exact
 from logitcache.errors import LogitcacheError
@@ -207,7 +207,7 @@ def test_describing_teachers_reads_no_weights_and_gives_the_same_infos(teacher_d
     device (nothing allocated), and the same infos (params, sha256, vocabulary, tokenizer) as a full load."""
     import torch
 
-    from logitcache.data import load_data
+    from logitcache.prepared import load_data
     from logitcache.ensemble import load_teachers
 
     data, dirs = load_data(tiny_data), list(teacher_dirs.values())  # every architecture

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from conftest import synthetic_lines
 from logitcache.errors import LogitcacheError
 from logitcache.tokenizer import (find_tokenizer, folder_tokenizer_identity, load_tokenizer, special_ids,
-                                  tokenizer_file_identity, tokenizer_identity, train_tokenizer)
+    tokenizer_file_identity, tokenizer_identity, train_tokenizer)
 from logitcache_cli.app import app
 
 SAMPLE = synthetic_lines(30, 5) + [
@@ -252,9 +252,9 @@ def other_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model_folders(tmp_path_factory, tiny_data):
     """A tiny llama saved with the tiny data's tokenizer (as logitcache saves models), and a copy without it."""
-    from logitcache.data import load_data
+    from logitcache.prepared import load_data
     from logitcache.models import build_model, get_preset
-    from logitcache.teacher import tokenizer_saver
+    from logitcache.prepared import tokenizer_saver
 
     root = tmp_path_factory.mktemp("models")
     data = load_data(tiny_data)
@@ -303,7 +303,7 @@ def test_eval_refuses_a_model_whose_tokenizer_files_do_not_load(tmp_path, tiny_d
 
 
 def test_init_from_refuses_a_model_with_another_tokenizer(tmp_path, tiny_data, other_data, model_folders, caplog):
-    from logitcache.data import load_data
+    from logitcache.prepared import load_data
     from logitcache.stage_configs import StudentConfig
     from logitcache.student import student_model
 

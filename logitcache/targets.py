@@ -1,0 +1,119 @@
+"""A block's targets from the teachers: top-k, importance-sampled or mass (ragged) ids and probabilities,
+computed on the device in fixed batches (the same batches on every engine, so a block's bytes never
+depend on who computes it) and started on their way to the host."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .ensemble import Ensemble
+from .stage_configs import DumpConfig
+
+
+
+def sample_targets(probs: torch.Tensor, n_samples: int, proposal_temperature: float,
+                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draw N ids per position from q and keep the unique ones.
+
+    probs (B, T, V) ensemble p at T. Returns ids (B, T, N) (unique, padded with 0), p_i (B, T, N)
+    (0 at padding) and weights w_i = (count_i / N) * p_i / q_i (B, T, N) (0 at padding), so
+    E[sum_i w_i f(i)] = sum_v p_v f(v) for any f.
+    """
+    b, t, v = probs.shape
+    flat = probs.reshape(b * t, v)
+    if proposal_temperature == 1.0:
+        proposal = flat
+    else:
+        proposal = torch.softmax(torch.log(flat.clamp(min=1e-30)) / proposal_temperature, dim=-1)
+    draws = torch.multinomial(proposal, n_samples, replacement=True, generator=generator)  # (M, N)
+    draws, _ = draws.sort(dim=-1)
+    is_new = torch.ones_like(draws, dtype=torch.bool)
+    is_new[:, 1:] = draws[:, 1:] != draws[:, :-1]
+    slot = is_new.long().cumsum(-1) - 1  # (M, N) index of each draw's unique id
+    ids = torch.zeros_like(draws).scatter_(1, slot, draws)
+    counts = torch.zeros_like(draws, dtype=torch.float32).scatter_add_(1, slot, torch.ones_like(draws, dtype=torch.float32))
+    valid = counts > 0
+    p_i = torch.where(valid, flat.gather(1, ids), torch.zeros_like(counts))
+    q_i = proposal.gather(1, ids).clamp(min=1e-30)
+    weights = torch.where(valid, counts / n_samples * p_i / q_i, torch.zeros_like(counts))
+    return ids.reshape(b, t, -1), p_i.reshape(b, t, -1), weights.reshape(b, t, -1)
+
+
+def mass_targets(ids: torch.Tensor, probs: torch.Tensor, mass: float) -> list[torch.Tensor]:
+    """Mass targets from the top max-k: ids and probs (B, T, K) by decreasing probability -> [ids, probs,
+    count (B, T) int32], count the fewest leading ids whose probabilities sum to at least `mass` (all K when
+    they never do). Only the first count slots are stored; the rest go to the tail."""
+    below = probs.cumsum(-1) < mass  # (B, T, K): the running sum before it reaches the mass
+    count = (below.sum(-1) + 1).clamp(max=ids.shape[-1]).to(torch.int32)  # (B, T)
+    return [ids, probs, count]
+
+
+class HostCopy:
+    """A block's (rows, T, K) results on their way to the host. On CUDA: non-blocking copies into pinned
+    host tensors (torch's caching host allocator recycles them, so successive blocks double-buffer
+    without a cudaHostAlloc each) and one event; the writer thread waits on that event, so the teachers'
+    loop never synchronises with the device per batch or per block. On CPU the tensors are already there."""
+
+    counted = False  # the last tensor is the block's teacher_count (rows, T) (teachers with tokenizers of their own)
+    ragged = False  # mass targets: after ids and probs comes the block's mass count (rows, T)
+
+    def __init__(self, tensors: list[torch.Tensor]):
+        self.event = None
+        if tensors and tensors[0].device.type == "cuda":
+            hosts = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in tensors]
+            for host, tensor in zip(hosts, tensors):
+                host.copy_(tensor, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+            tensors = hosts
+        elif tensors and tensors[0].device.type != "cpu":  # other accelerators (mps): a plain copy, here
+            tensors = [t.cpu() for t in tensors]
+        self.tensors = tensors
+
+    def wait(self) -> list[np.ndarray]:
+        if self.event is not None:
+            self.event.synchronize()
+        return [t.numpy() for t in self.tensors]
+
+
+def gather_block(parts: list[list[torch.Tensor]], counted: bool = False, ragged: bool = False) -> HostCopy:
+    """Per-batch device results [[ids, probs(, weights | mass count)(, teacher_count)], ...] -> one HostCopy of
+    the block's arrays (`counted`: the last column is teacher_count; `ragged`: the third is the mass count).
+    ids become int32 on the device first (vocabularies < 2^31): half the bytes across the bus."""
+    columns = [torch.cat(column) for column in zip(*parts)]
+    columns[0] = columns[0].to(torch.int32)
+    copy = HostCopy(columns)
+    copy.counted, copy.ragged = counted, ragged
+    return copy
+
+
+def block_targets(ensemble: Ensemble, config: DumpConfig, block: int, block_tokens: np.ndarray,
+                  device: torch.device, on_rows=lambda n: None) -> HostCopy:
+    """One block's targets, computed in fixed batches of `config.batch_size` rows (the same batches on
+    every engine, so a block's bytes do not depend on who computes it); the device-to-host copy is
+    started, not awaited. `block_tokens`: (rows, T) ids."""
+    parts = []  # per batch: [ids, probs(, weights)] (b, T, K) (, mass count (b, T)) (, teacher_count (b, T)), on the device
+    generator = torch.Generator(device=device).manual_seed(config.seed * 1_000_003 + block)
+    mixed = getattr(ensemble, "cross", False)  # teachers with tokenizers of their own (cross_dump.py)
+    for b0 in range(0, block_tokens.shape[0], config.batch_size):
+        input_ids = torch.from_numpy(block_tokens[b0:b0 + config.batch_size].astype(np.int64)).to(device)
+        if mixed:  # they read the text of these cache rows
+            from .cross_dump import batch_targets
+
+            cache_rows = np.arange(input_ids.shape[0]) + block * config.block_rows + b0
+            part = batch_targets(ensemble, config, input_ids, cache_rows, generator)
+            if config.targets == "mass":  # no ids where no teacher is aligned (teacher_count 0)
+                *selected, count = mass_targets(part[0], part[1], config.mass)
+                part = selected + [torch.where(part[-1] > 0, count, torch.zeros_like(count)), part[-1]]
+            parts.append(part)
+        elif config.targets == "mass":
+            parts.append(mass_targets(*ensemble.topk(input_ids, config.max_k), config.mass))  # (b, T, K) x2, (b, T)
+        elif config.targets == "topk":
+            parts.append(list(ensemble.topk(input_ids, config.top_k)))  # (b, T, K) each
+        else:
+            parts.append(list(sample_targets(ensemble.probs(input_ids), config.samples,
+                                             config.proposal_temperature, generator)))
+        on_rows(input_ids.shape[0])
+    if mixed and not ensemble.counted:  # --teacher-weight alone: every teacher everywhere, no teacher_count
+        parts = [part[:-1] for part in parts]
+    return gather_block(parts, counted=mixed and ensemble.counted, ragged=config.targets == "mass")
