@@ -7,8 +7,8 @@ train text: (a) logitcache's byte-level BPE of another size (6,000 as configs/de
 16,000), (b) Llama-2-style BPE over Metaspace words with <0xNN> byte fallback (8,000), (c) a unigram over
 Metaspace words (8,000).
 
-Per teacher, over chunks spread over the train split (the dump's own code: cross_dump.CrossTeaching, with
---min-coverage 0, and align.py's id map):
+Per teacher, over chunks spread over the train split (the dump's own code: teachers.cross.CrossTeaching, with
+--min-coverage 0, and teachers/align.py's id map):
   positions           the fraction of the data's positions the teacher aligns with (tokenization only)
   next_tokens_mapped  at aligned positions, the fraction of the teacher's own next tokens (the text's) that
                       have a counterpart among the data's ids: the mass mapped of a teacher that predicts the
@@ -46,14 +46,14 @@ def train_text(data) -> list[str]:
 
 def byte_level(lines: list[str], size: int):
     """(a) logitcache's own byte-level BPE (prepare's, and run's tokenizer_vocab_size)."""
-    from logitcache.tokenizer import train_tokenizer
+    from logitcache.data.tokenizer import train_tokenizer
 
     return train_tokenizer(iter(lines), size)
 
 
 def metaspace_byte_fallback(lines: list[str], size: int):
     """(b) Llama-2 style: BPE over ▁-words, <0xNN> byte fallback, Prepend/Replace normalizer, <s> in front."""
-    from logitcache.tokenizer import train_metaspace_bpe
+    from logitcache.data.tokenizer import train_metaspace_bpe
 
     return train_metaspace_bpe(lines, size - 256)
 
@@ -76,8 +76,8 @@ PAIRS = [("byte-level BPE 6000", byte_level, 6000), ("byte-level BPE 16000", byt
 
 def teacher_folder(root: Path, name: str, tokenizer, seed: int) -> Path:
     """A random-init llama-tiny on `tokenizer`, saved with its tokenizer.json."""
-    from logitcache.models import build_model, get_preset
-    from logitcache.tokenizer import special_ids
+    from logitcache.teachers.models import build_model, get_preset
+    from logitcache.data.tokenizer import special_ids
 
     folder = root / name
     specials = special_ids(tokenizer)
@@ -89,8 +89,8 @@ def teacher_folder(root: Path, name: str, tokenizer, seed: int) -> Path:
 
 
 def prepared_demo(root: Path) -> Path:
-    from logitcache.corpus import build_demo_corpus
-    from logitcache.data import PrepareConfig, prepare
+    from logitcache.data.corpus import build_demo_corpus
+    from logitcache.prepare import PrepareConfig, prepare
 
     build_demo_corpus(root / "raw")
     prepare(PrepareConfig(data=root / "raw", out=root / "data", vocab_size=8000, seq_len=128))
@@ -100,10 +100,10 @@ def prepared_demo(root: Path) -> Path:
 def main() -> None:
     import torch
 
-    from logitcache.cross_dump import CrossTeaching
-    from logitcache.prepared import load_data
+    from logitcache.teachers.cross import CrossTeaching
+    from logitcache.data.prepared import load_data
     from logitcache.dump import DumpConfig
-    from logitcache.models import load_model
+    from logitcache.teachers.models import load_model
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, help="a prepared demo data dir (default: prepare one in a temp dir)")
@@ -124,7 +124,7 @@ def main() -> None:
             model = load_model(folder)
             config = DumpConfig(data=data_dir, teachers=(folder,), out=root / "unused.zarr", combine="mean-probs",
                                 min_coverage=0.0, max_chunks=args.chunks, device="cpu", temperature=1.0)
-            from logitcache.cross_dump import selected_indices
+            from logitcache.teachers.cross import selected_indices
 
             indices = selected_indices(rows_all.shape[0], config)
             rows = rows_all[indices]

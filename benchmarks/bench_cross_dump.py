@@ -25,14 +25,14 @@ sys.path.insert(0, str(ROOT))
 def prepared(raw: Path, work: Path, vocab: int) -> Path:
     data = work / "data"
     if not (data / "tokens.zarr").is_dir():
-        from logitcache.data import PrepareConfig, prepare
+        from logitcache.prepare import PrepareConfig, prepare
 
         prepare(PrepareConfig(data=raw, out=data, vocab_size=vocab, seq_len=128))
     return data
 
 
 def teacher(work: Path, name: str, tokenizer, preset: str) -> Path:
-    from logitcache.models import build_model, get_preset
+    from logitcache.teachers.models import build_model, get_preset
 
     folder = work / name
     if not (folder / "config.json").is_file():
@@ -44,8 +44,8 @@ def teacher(work: Path, name: str, tokenizer, preset: str) -> Path:
 
 def own_tokenizer(raw: Path, vocab: int):
     """A byte-level BPE of the data's size on every other training document (the data's template)."""
-    from logitcache.data import find_raw_files, raw_documents, read_text, with_bos_template
-    from logitcache.tokenizer import train_tokenizer
+    from logitcache.prepare import find_raw_files, raw_documents, read_text, with_bos_template
+    from logitcache.data.tokenizer import train_tokenizer
 
     docs = []
     for (source, split), paths in sorted(find_raw_files(raw).items()):
@@ -72,12 +72,12 @@ def main() -> None:
     parser.add_argument("--preset", default="llama-small")
     args = parser.parse_args()
     if not args.raw.is_dir():
-        from logitcache.corpus import build_demo_corpus
+        from logitcache.data.corpus import build_demo_corpus
 
         build_demo_corpus(args.raw)
     args.work.mkdir(parents=True, exist_ok=True)
     data = prepared(args.raw, args.work, args.vocab)
-    from logitcache.tokenizer import load_tokenizer
+    from logitcache.data.tokenizer import load_tokenizer
 
     same = teacher(args.work, "teacher-same", load_tokenizer(data / "tokenizer.json"), args.preset)
     own = teacher(args.work, "teacher-own", own_tokenizer(args.raw, args.vocab), args.preset)

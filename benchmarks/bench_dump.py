@@ -16,9 +16,9 @@ slices) and once unbounded (the whole batch of 16 x 128 x V at once), so the tab
 """
 from __future__ import annotations
 
-from logitcache.memory import tune_process
+from logitcache.training.memory import tune_process
 
-tune_process()  # before torch is imported (logitcache/memory.py)
+tune_process()  # before torch is imported (logitcache/training/memory.py)
 
 import argparse  # noqa: E402
 import shutil
@@ -48,7 +48,7 @@ def word_level_data(out: Path, vocab_size: int, chunks: int, seq_len: int = 128)
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     from logitcache.files import sha256_file
-    from logitcache.prepared import fingerprint
+    from logitcache.data.prepared import fingerprint
     from logitcache.store import token_dtype, write_token_store
 
     out.mkdir(parents=True, exist_ok=True)
@@ -100,10 +100,10 @@ def writer_frontier(data_dir: Path, teacher_dirs: list[Path], chunks: int, tmp: 
     per CPU-second of this process (which other processes' load on a shared machine does not inflate)."""
     import dataclasses
 
-    from logitcache.prepared import load_data
+    from logitcache.data.prepared import load_data
     from logitcache.store.writers import BlockWriter
-    from logitcache.targets import HostCopy
-    from logitcache.stage_configs import DumpConfig
+    from logitcache.teachers.targets import HostCopy
+    from logitcache.config import DumpConfig
     from logitcache.store import (BASELINE_COMPRESSION, CacheLayout, CacheStore, Compression, cache_summary,
         create_cache)
 
@@ -224,12 +224,12 @@ def writer_stages(blocks_by_t: dict, vocab_size: int, repeats: int) -> None:
 
 BARE_FORWARD = """
 import sys
-from logitcache.memory import tune_process
+from logitcache.training.memory import tune_process
 tune_process()  # as the CLI does, before torch is imported: both processes run under the same heap and OpenMP settings
 import numpy as np, torch
 torch.set_num_threads(int(sys.argv[3]))
-from logitcache.prepared import load_data
-from logitcache.models import load_model
+from logitcache.data.prepared import load_data
+from logitcache.teachers.models import load_model
 rows = load_data(sys.argv[1]).store.split("train")[: int(sys.argv[2])]
 models = [load_model(p) for p in sys.argv[5:]]
 batch = int(sys.argv[4])
@@ -331,9 +331,9 @@ def main() -> None:
         data, teacher, out, chunks, budget = sys.argv[2:7]
         torch.set_num_threads(2)
         return child_dump(Path(data), Path(teacher), Path(out), int(chunks), int(budget))
-    from logitcache.prepared import load_data
+    from logitcache.data.prepared import load_data
     from logitcache.dump import DumpConfig, dump
-    from logitcache.models import build_model, get_preset, load_model
+    from logitcache.teachers.models import build_model, get_preset, load_model
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path)

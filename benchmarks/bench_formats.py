@@ -23,9 +23,9 @@ and its ratio to theirs.
 """
 from __future__ import annotations
 
-from logitcache.memory import tune_process
+from logitcache.training.memory import tune_process
 
-tune_process()  # before torch is imported (logitcache/memory.py)
+tune_process()  # before torch is imported (logitcache/training/memory.py)
 
 import argparse  # noqa: E402
 import io  # noqa: E402
@@ -129,7 +129,7 @@ def equal_fidelity(rows: list[dict], kl: float, bytes_per_token: float) -> dict 
 
 
 def main() -> None:
-    from logitcache.prepared import load_data
+    from logitcache.data.prepared import load_data
     from targets import teacher_targets
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -7,7 +7,7 @@ Needs both runs first (each ~12-20 min on 2 cores):
   logitcache run --config demo-mixed --out work/demo-mixed
 (a) and (c) are work/demo's students, (d) work/demo-mixed's distilled ones (its LLaMA is byte-identical to
 work/demo's: same config, same data, checked here). (b) is made here, in WORK/demo-llama: run's own stage
-configs for the demo (logitcache.run.stage_configs) with the dump's teachers reduced to the LLaMA; each
+configs for the demo (logitcache.run.build_stage_configs) with the dump's teachers reduced to the LLaMA; each
 student's seed is its arm (a)/(c) counterpart's. Then prints the table of dev and test CE per seed and one
 JSON line.
 
@@ -34,11 +34,11 @@ def llama_alone(work: Path) -> Path:
     from logitcache.files import write_json_atomic
     from logitcache.dump import dump
     from logitcache.evaluate import evaluate
-    from logitcache.run import load_run_config, stage_configs
-    from logitcache.student import train_student
+    from logitcache.run import load_run_config, build_stage_configs
+    from logitcache.train_student import train_student
 
     demo, out = (work / "demo").resolve(), (work / "demo-llama").resolve()
-    configs = stage_configs(load_run_config(Path("demo")), demo)
+    configs = build_stage_configs(load_run_config(Path("demo")), demo)
     llama = configs["teachers"]["llama"].out
     cache = out / "cache.zarr"
     if not (out / "dump.done").exists():

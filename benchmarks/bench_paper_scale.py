@@ -15,9 +15,9 @@ and dump_vs_forward.
 """
 from __future__ import annotations
 
-from logitcache.memory import tune_process
+from logitcache.training.memory import tune_process
 
-tune_process()  # before torch is imported (logitcache/memory.py)
+tune_process()  # before torch is imported (logitcache/training/memory.py)
 
 import argparse  # noqa: E402
 import shutil  # noqa: E402
@@ -36,7 +36,7 @@ WARMUP = 2
 
 
 def step_seconds(out: Path) -> float:
-    from logitcache.train import read_metrics
+    from logitcache.training.loop import read_metrics
 
     steps = [r for r in read_metrics(out) if "elapsed_s" in r]
     times = np.diff([0.0] + [r["elapsed_s"] for r in steps])[WARMUP:]
@@ -44,8 +44,8 @@ def step_seconds(out: Path) -> float:
 
 
 def arm_student(kind: str, work: Path, args) -> dict:
-    from logitcache.stage_configs import StudentConfig, TrainConfig
-    from logitcache.student import train_student
+    from logitcache.config import StudentConfig, TrainConfig
+    from logitcache.train_student import train_student
 
     out = work / f"student-{kind}"
     shutil.rmtree(out, ignore_errors=True)
@@ -58,8 +58,8 @@ def arm_student(kind: str, work: Path, args) -> dict:
 
 
 def arm_forward(work: Path, args) -> dict:
-    from logitcache.prepared import load_data
-    from logitcache.models import load_model
+    from logitcache.data.prepared import load_data
+    from logitcache.teachers.models import load_model
 
     rows = load_data(work / "data").store.split("train")[: args.chunks]
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
@@ -78,7 +78,7 @@ def arm_forward(work: Path, args) -> dict:
 
 def arm_dump(work: Path, args) -> dict:
     from logitcache.dump import dump
-    from logitcache.stage_configs import DumpConfig
+    from logitcache.config import DumpConfig
 
     out = work / "cache-bench.zarr"
     shutil.rmtree(out, ignore_errors=True)
@@ -104,8 +104,8 @@ def run_arm(arm: str, work: Path, args) -> dict:
 def setup(work: Path, args) -> float:
     """Data, the two teachers (saved), and the cache the student arms read. Returns the teachers' GB (fp32)."""
     from logitcache.dump import dump
-    from logitcache.models import build_model, get_preset
-    from logitcache.stage_configs import DumpConfig
+    from logitcache.teachers.models import build_model, get_preset
+    from logitcache.config import DumpConfig
 
     synthetic_data(work / "data", 16000, max(args.chunks, args.batch_size * (args.steps + 1)))
     weights = 0

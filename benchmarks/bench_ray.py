@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from logitcache.memory import tune_process  # noqa: E402
+from logitcache.training.memory import tune_process  # noqa: E402
 
 tune_process()  # before torch is imported, as the CLI does (the Ray workers get the same in their runtime env)
 
@@ -41,8 +41,8 @@ PRESETS = ("llama-small", "gpt2-small")
 
 
 def build_inputs(work: Path, chunks: int, vocab_size: int) -> tuple[Path, list[Path]]:
-    from logitcache.prepared import load_data
-    from logitcache.models import build_model, get_preset
+    from logitcache.data.prepared import load_data
+    from logitcache.teachers.models import build_model, get_preset
 
     data = synthetic_data(work / "data", vocab_size, chunks)
     teachers = []

@@ -10,9 +10,9 @@ filling the shuffle buffer). Prints a table, then one JSON line.
 """
 from __future__ import annotations
 
-from logitcache.memory import tune_process
+from logitcache.training.memory import tune_process
 
-tune_process()  # before torch is imported (logitcache/memory.py)
+tune_process()  # before torch is imported (logitcache/training/memory.py)
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -60,8 +60,8 @@ def place(where: str, work: Path, name: str) -> str:
 
 
 def arm_student(where: str, work: Path, args) -> dict:
-    from logitcache.student import StudentConfig, train_student
-    from logitcache.train import TrainConfig, read_metrics
+    from logitcache.train_student import StudentConfig, train_student
+    from logitcache.training.loop import TrainConfig, read_metrics
 
     cache = place(where, work, "cache.zarr")
     out = work / f"student-{where.replace('@', '-')}"
@@ -150,8 +150,8 @@ def run_arm(arm: str, work: Path, args) -> dict:
 def setup(work: Path, args) -> None:
     from logitcache.dump import DumpConfig, dump
     from logitcache.store.copy import copy_cache
-    from logitcache.teacher import TeacherConfig, train_teacher
-    from logitcache.train import TrainConfig
+    from logitcache.train_teacher import TeacherConfig, train_teacher
+    from logitcache.training.loop import TrainConfig
 
     synthetic_data(work / "data", args.vocab, args.chunks)
     for arch in ("llama", "gpt2"):

@@ -9,9 +9,9 @@ one JSON line.
 """
 from __future__ import annotations
 
-from logitcache.memory import tune_process
+from logitcache.training.memory import tune_process
 
-tune_process()  # before torch is imported (logitcache/memory.py)
+tune_process()  # before torch is imported (logitcache/training/memory.py)
 
 import argparse  # noqa: E402
 import shutil
@@ -35,9 +35,9 @@ def steady_tokens_per_s(records: list[dict], tokens_per_step: int) -> float:
 
 def arm_bare(preset: str, work: Path, args) -> float:
     """The reference: model forward, CE, backward, AdamW step, and nothing else."""
-    from logitcache.prepared import load_data
-    from logitcache.models import build_model, get_preset
-    from logitcache.train import make_optimizer, next_token_ce, TrainConfig
+    from logitcache.data.prepared import load_data
+    from logitcache.teachers.models import build_model, get_preset
+    from logitcache.training.loop import make_optimizer, next_token_ce, TrainConfig
 
     data = load_data(work / "data")
     rows = data.store.split("train")
@@ -57,15 +57,15 @@ def arm_bare(preset: str, work: Path, args) -> float:
 
 
 def arm_fit(kind: str, preset: str, work: Path, args) -> float:
-    from logitcache.student import StudentConfig, train_student
-    from logitcache.teacher import TeacherConfig, train_teacher
-    from logitcache.train import TrainConfig, read_metrics
+    from logitcache.train_student import StudentConfig, train_student
+    from logitcache.train_teacher import TeacherConfig, train_teacher
+    from logitcache.training.loop import TrainConfig, read_metrics
 
     out = work / f"out-{kind}-{preset}"
     shutil.rmtree(out, ignore_errors=True)
     train = TrainConfig(batch_size=args.batch_size, max_steps=args.steps, warmup_steps=2, val_chunks=8, device="cpu")
     if kind == "loop":
-        from logitcache.models import get_preset
+        from logitcache.teachers.models import get_preset
 
         train_teacher(TeacherConfig(data=work / "data", out=out, arch=get_preset(preset).arch, preset=preset, train=train))
     else:
@@ -87,7 +87,7 @@ def run_arm(arm: str, work: Path, args) -> dict:
 
 def setup(work: Path, args) -> None:
     from logitcache.dump import DumpConfig, dump
-    from logitcache.models import build_model, get_preset
+    from logitcache.teachers.models import build_model, get_preset
 
     synthetic_data(work / "data", args.vocab_size, args.chunks)
     teachers = []

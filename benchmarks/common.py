@@ -14,8 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def synthetic_data(out: Path, vocab_size: int, chunks: int, seq_len: int = 128, seed: int = 0) -> Path:
     """A prepared data dir with random tokens (throughput does not depend on the text)."""
     from logitcache.store import write_token_store
-    from logitcache.prepared import fingerprint
-    from logitcache.tokenizer import train_tokenizer
+    from logitcache.data.prepared import fingerprint
+    from logitcache.data.tokenizer import train_tokenizer
 
     out.mkdir(parents=True, exist_ok=True)
     words = [f"w{i}" for i in range(vocab_size)]

@@ -24,8 +24,8 @@ import sys
 from pathlib import Path
 sys.path.insert(0, "tests")
 from conftest import write_tiny_corpus, tiny_train
-from logitcache.data import PrepareConfig, prepare
-from logitcache.teacher import TeacherConfig, train_teacher
+from logitcache.prepare import PrepareConfig, prepare
+from logitcache.train_teacher import TeacherConfig, train_teacher
 out = Path(sys.argv[1])
 raw = write_tiny_corpus(out / "raw", {"train": 2400, "dev": 200, "test": 80})
 prepare(PrepareConfig(data=raw, out=out / "data", vocab_size=300, seq_len=32))

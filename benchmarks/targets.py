@@ -24,7 +24,7 @@ DEFAULT_CACHE_DIR = Path(__file__).resolve().parents[1] / "work" / "bench_target
 
 def _key(data_dir: Path, teacher_dirs: list[Path], split: str, temperature: float, k: int, chunks: int) -> str:
     """A name that changes when the teachers' weights, the data or a setting change."""
-    from logitcache.prepared import load_data
+    from logitcache.data.prepared import load_data
 
     parts = {"fingerprint": load_data(data_dir).fingerprint, "split": split, "T": temperature, "k": k, "chunks": chunks,
              "teachers": [sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns)
@@ -38,8 +38,8 @@ def teacher_targets(data_dir: Path, teacher_dirs: list[Path], split: str = "dev"
     """tokens (N, T) uint16/32, top-k ids (N, T, K) int32, probabilities (N, T, K) float32 (decreasing)."""
     import torch
 
-    from logitcache.prepared import load_data
-    from logitcache.ensemble import Ensemble, load_teachers
+    from logitcache.data.prepared import load_data
+    from logitcache.teachers.ensemble import Ensemble, load_teachers
 
     path = Path(cache_dir) / f"{split}-T{temperature:g}-k{k}-{_key(data_dir, teacher_dirs, split, temperature, k, chunks)}.npz"
     if path.exists():

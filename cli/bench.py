@@ -1,7 +1,7 @@
 """`logitcache bench cache-size`: cache size against top-k accuracy."""
 import typer
 
-from logitcache.stage_configs import CacheSizeConfig
+from logitcache.config import CacheSizeConfig
 
 from . import common as C
 from .options import config_command

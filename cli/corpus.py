@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from logitcache.corpus import SOURCES, build_demo_corpus
+from logitcache.data.corpus import SOURCES, build_demo_corpus
 
 from .common import handle_errors, print_table
 

@@ -1,5 +1,5 @@
 """`logitcache dump`: the teacher-inference job that writes the compressed cache."""
-from logitcache.stage_configs import DumpConfig
+from logitcache.config import DumpConfig
 
 from . import common as C
 from .options import config_command

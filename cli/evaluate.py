@@ -1,7 +1,7 @@
 """`logitcache eval`: metrics of one or more models side by side."""
 from pathlib import Path
 
-from logitcache.stage_configs import EvalConfig
+from logitcache.config import EvalConfig
 
 from . import common as C
 from .options import config_command

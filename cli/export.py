@@ -1,5 +1,5 @@
 """`logitcache export SRC DST`: a model folder ready for the BabyLM pipelines and the Hub."""
-from logitcache.stage_configs import ExportConfig
+from logitcache.config import ExportConfig
 
 from . import common as C
 from .options import config_command

@@ -1,4 +1,4 @@
-"""Typer options derived from the stage config dataclasses (logitcache/stage_configs.py).
+"""Typer options derived from the stage config dataclasses (logitcache/config.py).
 
 `@config_command(DumpConfig)` turns `def command(config: DumpConfig, resume: ...)` into a Typer
 command whose options are the config's fields (flag, type, choices, default and help all come from
@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from logitcache.configs import field_default
+from logitcache._settings import field_default
 from logitcache.errors import LogitcacheError
 
 from .common import handle_errors

@@ -1,5 +1,5 @@
 """`logitcache prepare`: cleaning, tokenizer, chunked token store."""
-from logitcache.stage_configs import PrepareConfig
+from logitcache.config import PrepareConfig
 
 from . import common as C
 from .options import config_command
@@ -9,7 +9,7 @@ from .options import config_command
 def command(config: PrepareConfig, overwrite: C.Overwrite = False, json_out: C.JsonOut = None) -> None:
     """Clean each source, train the BPE tokenizer on train, cut every split into chunks."""
     from logitcache.files import prepare_output
-    from logitcache.data import prepare
+    from logitcache.prepare import prepare
 
     C.json_to_stdout(json_out)
     prepare_output(config.out, overwrite=overwrite)

@@ -1,5 +1,5 @@
 """`logitcache train-student`: distillation from the cache, no teacher in memory."""
-from logitcache.stage_configs import StudentConfig
+from logitcache.config import StudentConfig
 
 from . import common as C
 from .options import config_command
@@ -10,7 +10,7 @@ def command(config: StudentConfig, resume: C.Resume = False, overwrite: C.Overwr
             storage_option: C.StorageOption = None) -> None:
     """Train the student on the cache's chunks with alpha*CE + (1-alpha)*T^2*KL over the cached targets."""
     from logitcache.files import prepare_output
-    from logitcache.student import train_student
+    from logitcache.train_student import train_student
 
     C.use_storage_options(storage_option)
 

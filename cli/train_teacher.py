@@ -1,5 +1,5 @@
 """`logitcache train-teacher`: one GPT-2 or LLaMA teacher, saved in Hugging Face format."""
-from logitcache.stage_configs import TeacherConfig
+from logitcache.config import TeacherConfig
 
 from . import common as C
 from .options import config_command
@@ -9,7 +9,7 @@ from .options import config_command
 def command(config: TeacherConfig, resume: C.Resume = False, overwrite: C.Overwrite = False) -> None:
     """Train a teacher with AdamW, warmup + cosine, validation at epoch ends; the best is kept."""
     from logitcache.files import prepare_output
-    from logitcache.teacher import train_teacher
+    from logitcache.train_teacher import train_teacher
 
     prepare_output(config.out, resume=resume, overwrite=overwrite)
     report = train_teacher(config, resume=resume, progress=C.progress_hook())

@@ -5,8 +5,8 @@ position with the full ensemble distribution: probability mass kept, KL(full || 
 where the cached target spreads its tail mass uniformly over the ids it did not keep (so the KL
 counts both truncation and quantisation, and is 0 at k = vocab), and top-1 agreement.
 
-With a teacher on a tokenizer of its own the full distribution is the dump's mixed ensemble (align.py,
-mixed.py) over the data's ids, which holds 1 - u of the mass, u being the mass on teacher tokens with no
+With a teacher on a tokenizer of its own the full distribution is the dump's mixed ensemble (teachers/align.py,
+teachers/mixed.py) over the data's ids, which holds 1 - u of the mass, u being the mass on teacher tokens with no
 counterpart in the data's vocabulary. The comparison is then over the positions some teacher aligns
 (`positions_covered` of them) and over the data's ids plus one more outcome, "unmapped", holding u: the
 cached tail spreads uniformly over the ids it did not keep and that outcome, so the KL is again 0 at
@@ -29,17 +29,17 @@ import numpy as np
 import torch
 
 from .store import CacheReader, cache_summary
-from .configs import to_dict
+from ._settings import to_dict
 from .files import write_json_atomic
-from .prepared import load_data, spread_indices
+from .data.prepared import load_data, spread_indices
 from .dump import DumpConfig, dump
-from .cross_dump import own_tokenizer
-from .ensemble import Ensemble, load_teachers
+from .teachers.cross import own_tokenizer
+from .teachers.ensemble import Ensemble, load_teachers
 from .evaluate import mixed_ensemble_over
 from .progress import NULL_PROGRESS, ProgressHook
-from .stage_configs import CacheSizeConfig  # noqa: F401  (re-exported)
-from .student import StudentConfig, train_student
-from .train import TrainConfig
+from .config import CacheSizeConfig  # noqa: F401  (re-exported)
+from .train_student import StudentConfig, train_student
+from .training.loop import TrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -20,19 +20,19 @@ import numpy as np
 import torch
 
 from . import __version__
-from . import distributed as D
+from .training import distributed as D
 from .store import CacheLayout, CacheStore, cache_summary, create_cache, same_attrs
 from .store.cache import CREATING, root_attrs
 from .store.writers import device_kind, record_writer
 from .store.location import Location
-from .configs import check, to_dict
-from .prepared import load_data, spread_indices
-from .ensemble import Ensemble, load_teachers
+from ._settings import check, to_dict
+from .data.prepared import load_data, spread_indices
+from .teachers.ensemble import Ensemble, load_teachers
 from .errors import LogitcacheError, ResumeMismatchError
 from .progress import NULL_PROGRESS, ProgressHook
 from .store.writers import BlockWriter
-from .targets import block_targets
-from .stage_configs import DumpConfig, dump_output_settings  # noqa: F401  (DumpConfig re-exported)
+from .teachers.targets import block_targets
+from .config import DumpConfig, dump_output_settings  # noqa: F401  (DumpConfig re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -211,9 +211,9 @@ def load_teaching(config: DumpConfig, device: torch.device, with_ensemble: bool 
     models, infos = load_teachers(list(config.teachers), device, data, own_tokenizers=True, weights=with_ensemble)
     check(config.width <= data.vocab_size, f"{'max_k' if config.targets == 'mass' else 'top_k'} {config.width} is "
                                            f"larger than the vocabulary ({data.vocab_size})")
-    cross = None  # teachers with tokenizers of their own, or --teacher-weight: cross_dump.py
+    cross = None  # teachers with tokenizers of their own, or --teacher-weight: teachers/cross.py
     if config.teacher_weights or any(info.get("tokenizer") == "own" for info in infos):
-        from .cross_dump import CrossTeaching
+        from .teachers.cross import CrossTeaching
 
         cross = CrossTeaching(config, data, rows, models, infos)  # refuses low coverage before anything is written
     ensemble = None
@@ -239,8 +239,8 @@ def dump(config: DumpConfig, resume: bool = False, overwrite: bool = False,
     """Write (or, with `resume`, finish) the cache of `config`. Under torchrun the ranks meet twice: after
     rank 0 has prepared the output, and at the end, so the report describes the whole cache."""
     env = D.dist_env()
-    if config.engine == "ray":  # the driver of Ray workers (ray_dump.py); it computes no block itself
-        from .ray_dump import dump_ray
+    if config.engine == "ray":  # the driver of Ray workers (dump_ray.py); it computes no block itself
+        from .dump_ray import dump_ray
 
         check(env.world == 1, "--engine ray runs one driver; start it without torchrun")
         return dump_ray(config, resume=resume, overwrite=overwrite, progress=progress)

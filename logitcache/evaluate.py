@@ -1,8 +1,8 @@
-"""`eval`: CE / perplexity / bits per byte (metrics.py, shared with validation), BLiMP minimal pairs,
+"""`eval`: CE / perplexity / bits per byte (training/metrics.py, shared with validation), BLiMP minimal pairs,
 agreement with the teachers.
 
 Teachers with a tokenizer of their own (`--teacher` folders holding another tokenizer) are read as a dump
-reads them (align.py, mixed.py: each chunk's text in the teacher's tokens, aligned and mapped onto the
+reads them (teachers/align.py, teachers/mixed.py: each chunk's text in the teacher's tokens, aligned and mapped onto the
 data's ids, mean of probabilities over the teachers aligned at each position). KL and top-1 agreement are
 then over the positions where at least one teacher is aligned, and `teacher_positions_covered` says which
 fraction that is; `teacher_coverage` gives each teacher's fraction of positions aligned and of its
@@ -23,15 +23,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import distributed as D
-from .prepared import load_data, spread_indices
-from .ensemble import Ensemble, load_teachers
+from .training import distributed as D
+from .data.prepared import load_data, spread_indices
+from .teachers.ensemble import Ensemble, load_teachers
 from .errors import LogitcacheError
-from .metrics import byte_counts, lm_metrics
-from .models import load_model
+from .training.metrics import byte_counts, lm_metrics
+from .teachers.models import load_model
 from .progress import NULL_PROGRESS, ProgressHook
-from .stage_configs import EvalConfig  # noqa: F401  (re-exported)
-from .tokenizer import BOS_ID, PAD_ID, check_model_tokenizer, load_tokenizer
+from .config import EvalConfig  # noqa: F401  (re-exported)
+from .data.tokenizer import BOS_ID, PAD_ID, check_model_tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +129,11 @@ def blimp_accuracy(model, tokenizer, paradigms: dict[str, list[dict]], device: t
 def mixed_ensemble_over(data, split: str, indices: np.ndarray, models: list, infos: list[dict], temperature: float,
                         combine: str, device: torch.device):
     """The MixedEnsemble of teachers (some on a tokenizer of their own) over split rows `indices` (its row keys
-    are positions in them): the dump's aligners (align.py) for those teachers, None for the others. Shared by
+    are positions in them): the dump's aligners (teachers/align.py) for those teachers, None for the others. Shared by
     eval and bench cache-size."""
-    from .align import Aligner, ChunkTexts, folder_vocabulary, vocabulary
-    from .cross_dump import own_tokenizer, teacher_context
-    from .mixed import MixedEnsemble
+    from .teachers.align import Aligner, ChunkTexts, folder_vocabulary, vocabulary
+    from .teachers.cross import own_tokenizer, teacher_context
+    from .teachers.mixed import MixedEnsemble
 
     own = [Path(i["path"]).name for i in infos if own_tokenizer(i)]
     if combine != "mean-probs":
@@ -192,7 +192,7 @@ def evaluate(config: EvalConfig, progress: ProgressHook = NULL_PROGRESS) -> dict
     bytes_of = byte_counts(tokenizer)
     ensemble = mixed = None
     if config.teachers:
-        from .cross_dump import own_tokenizer
+        from .teachers.cross import own_tokenizer
 
         teachers, infos = load_teachers(list(config.teachers), device, data, own_tokenizers=True)
         if any(own_tokenizer(i) for i in infos):

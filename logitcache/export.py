@@ -20,7 +20,7 @@ from pathlib import Path
 from .files import prepare_output
 from .files import replace_dir
 from .errors import LogitcacheError
-from .stage_configs import ExportConfig  # noqa: F401  (re-exported)
+from .config import ExportConfig  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,8 @@ def bos_tokenizer(src: Path):
     already does): the BOS that starts every training document, or the EOS that ends the one before."""
     from tokenizers import processors
 
-    from .prepared import document_prefix
-    from .tokenizer import load_tokenizer, special_ids
+    from .data.prepared import document_prefix
+    from .data.tokenizer import load_tokenizer, special_ids
 
     tokenizer = load_tokenizer(src / "tokenizer.json")
     config = json.loads((src / "tokenizer_config.json").read_text()) if (src / "tokenizer_config.json").is_file() else {}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .store import cache_summary
 from .files import write_json_atomic
-from .train import read_metrics
+from .training.loop import read_metrics
 
 log = logging.getLogger(__name__)
 

@@ -23,13 +23,13 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .configs import check, config_hash, from_dict, section_of, settings_of, to_dict
+from ._settings import check, config_hash, from_dict, section_of, settings_of, to_dict
 from .files import write_json_atomic
 from .store.cache import root_attrs
 from .store.location import Location
 from .errors import LogitcacheError, ResumeMismatchError
 from .progress import NULL_PROGRESS, ProgressHook
-from .stage_configs import DumpConfig, EvalConfig, PrepareConfig, StudentConfig, TeacherConfig
+from .config import DumpConfig, EvalConfig, PrepareConfig, StudentConfig, TeacherConfig
 
 log = logging.getLogger(__name__)
 
@@ -108,15 +108,16 @@ def own_tokenizer(teacher) -> bool:
 
 
 def shipped_configs() -> dict[str, Path]:
-    """{name: path} of the configs shipped inside the package as `logitcache.run_configs` (configs/*.toml)."""
+    """{name: path} of the recipes shipped inside the package (logitcache/recipes/*.toml; `configs/` in the
+    repository is a link to that folder)."""
     from importlib.resources import files
 
-    folder = Path(str(files("logitcache.run_configs")))
+    folder = Path(str(files("logitcache.recipes")))
     return {p.stem: p for p in sorted(folder.glob("*.toml"))}
 
 
 def default_config_path() -> Path:
-    """configs/demo.toml, shipped inside the package as `logitcache.run_configs`."""
+    """The demo recipe, logitcache/recipes/demo.toml."""
     return shipped_configs()["demo"]
 
 
@@ -181,13 +182,13 @@ def load_run_config(path: Path | None, overrides: tuple[str, ...] = ()) -> RunCo
                               "instead, or student.seeds=[] to train once with student.train.seed")
     config = from_dict(RunConfig, raw)
     check_teacher_tokenizers(config)
-    stage_configs(config, Path("WORK"))
+    build_stage_configs(config, Path("WORK"))
     return config
 
 
 def check_teacher_tokenizers(config: RunConfig) -> None:
     """Refuse, by key, a teacher `tokenizer` path that does not exist or holds no tokenizer."""
-    from .tokenizer import find_tokenizer
+    from .data.tokenizer import find_tokenizer
 
     for teacher in config.teachers:
         if not teacher.tokenizer:
@@ -204,7 +205,7 @@ def check_teacher_tokenizers(config: RunConfig) -> None:
                                   "files transformers loads as a fast tokenizer)")
 
 
-def stage_configs(config: RunConfig, work: Path) -> dict:
+def build_stage_configs(config: RunConfig, work: Path) -> dict:
     """Every stage's config, wired to its place under `work`: the one place sections become stage configs."""
     data_dir, cache = work / "data", config.dump.cache or work / "cache.zarr"
     raw = Path(config.data.raw_dir).resolve() if config.data.raw_dir else work / "raw"
@@ -252,7 +253,7 @@ def _tokenizer_settings(teacher) -> dict:
 def prepare_key(pcfg: PrepareConfig):
     """What a prepare stage's stamp hashes: its config and, for an existing tokenizer, what that tokenizer
     does (tokenizer identity), so a tokenizer replaced at the same path prepares again."""
-    from .tokenizer import folder_tokenizer_identity
+    from .data.tokenizer import folder_tokenizer_identity
 
     return pcfg if pcfg.tokenizer is None else (pcfg, folder_tokenizer_identity(pcfg.tokenizer))
 
@@ -373,19 +374,19 @@ def check_force(config: RunConfig, force: tuple[str, ...]) -> None:
 
 
 def run_pipeline(config: RunConfig, work: Path, force: tuple[str, ...] = (), progress: ProgressHook = NULL_PROGRESS) -> dict:
-    from .corpus import build_demo_corpus
-    from .data import prepare
+    from .data.corpus import build_demo_corpus
+    from .prepare import prepare
     from .evaluate import evaluate
     from .report import write_report
-    from .student import train_student
-    from .teacher import train_teacher
+    from .train_student import train_student
+    from .train_teacher import train_teacher
 
     check_force(config, force)
     work = Path(work).resolve()  # stage stamps hash paths: `work/demo` and its absolute form are one WORK
     work.mkdir(parents=True, exist_ok=True)
     write_json_atomic(work / "config.json", to_dict(config))
     stages = Stages(work, force, progress)
-    configs = stage_configs(config, work)
+    configs = build_stage_configs(config, work)
 
     raw = configs["raw"]
     upstream: tuple[str, ...] = ()
@@ -446,7 +447,7 @@ def run_pipeline(config: RunConfig, work: Path, force: tuple[str, ...] = (), pro
 
 def _lacks_text(data_dir: Path, split: str) -> bool:
     """Whether a prepared data dir records no text for `split` (data prepared before prepare recorded it)."""
-    from .prepared import load_data
+    from .data.prepared import load_data
 
     lacks = not load_data(data_dir).store.has_text(split)
     if lacks:

@@ -11,7 +11,7 @@ import random
 import shutil
 from pathlib import Path
 
-from logitcache.memory import tune_process
+from logitcache.training.memory import tune_process
 
 tune_process()  # as the CLI does, before torch is imported
 
@@ -51,7 +51,7 @@ def tiny_raw(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory, tiny_raw) -> Path:
-    from logitcache.data import PrepareConfig, prepare
+    from logitcache.prepare import PrepareConfig, prepare
 
     out = tmp_path_factory.mktemp("work") / "data"
     prepare(PrepareConfig(data=tiny_raw, out=out, vocab_size=300, seq_len=32))
@@ -59,7 +59,7 @@ def tiny_data(tmp_path_factory, tiny_raw) -> Path:
 
 
 def tiny_train(max_steps: int = 12, **overrides):
-    from logitcache.train import TrainConfig
+    from logitcache.training.loop import TrainConfig
 
     settings = dict(lr=3e-3, batch_size=8, max_steps=max_steps, warmup_steps=2, val_chunks=16, device="cpu")
     settings.update(overrides)
@@ -68,7 +68,7 @@ def tiny_train(max_steps: int = 12, **overrides):
 
 @pytest.fixture(scope="session")
 def tiny_teachers(tmp_path_factory, tiny_data) -> tuple[Path, Path]:
-    from logitcache.teacher import TeacherConfig, train_teacher
+    from logitcache.train_teacher import TeacherConfig, train_teacher
 
     root = tmp_path_factory.mktemp("teachers")
     dirs = []

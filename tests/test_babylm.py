@@ -33,7 +33,7 @@ def babylm_folder(root, demo):
 def test_paper_config_runs_on_the_babylm_layout(tmp_path):
     from pathlib import Path
 
-    from logitcache.corpus import build_demo_corpus
+    from logitcache.data.corpus import build_demo_corpus
 
     demo = tmp_path / "demo"
     build_demo_corpus(demo)

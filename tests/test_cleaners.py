@@ -1,4 +1,4 @@
-from logitcache.cleaners import (CLEANERS, clean_austen, clean_default, clean_kjv, clean_qed, clean_script,
+from logitcache.data.cleaners import (CLEANERS, clean_austen, clean_default, clean_kjv, clean_qed, clean_script,
     clean_subtitles, clean_transcript, clean_wiki, cleaner_for, fix_ocr_caps)
 
 

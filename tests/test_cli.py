@@ -212,9 +212,9 @@ def test_a_sharp_proposal_overflows_float16_weights_and_dump_refuses(tmp_path, t
     stores as inf. dump refuses such a block in one line (exit 2) instead of writing it."""
     import torch
 
-    import logitcache.targets as targets_module
+    import logitcache.teachers.targets as targets_module
     from logitcache.store.writers import check_weights_fit
-    from logitcache.targets import sample_targets
+    from logitcache.teachers.targets import sample_targets
 
     probs = torch.tensor([0.6, 0.4]).expand(1, 2_000_000, 2)
     _, _, weights = sample_targets(probs, 1, 1 / 30, torch.Generator().manual_seed(0))

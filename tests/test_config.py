@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import typer
 
-from logitcache.configs import field_default
+from logitcache._settings import field_default
 from logitcache.errors import LogitcacheError
-from logitcache.run import RunConfig, load_run_config, stage_configs
-from logitcache.stage_configs import (CacheSizeConfig, DumpConfig, EvalConfig, ExportConfig, PrepareConfig,
-    ProbDtype, StudentConfig, TeacherConfig, TrainConfig, choices)
+from logitcache.run import RunConfig, load_run_config, build_stage_configs
+from logitcache.config import (CacheSizeConfig, DumpConfig, EvalConfig, ExportConfig, PrepareConfig, ProbDtype,
+    StudentConfig, TeacherConfig, TrainConfig, choices)
 from logitcache.store import PROB_CODES, PROB_DTYPES
 from logitcache_cli.app import app
 
@@ -101,9 +101,9 @@ def test_choices_are_listed_and_match_the_codecs():
 def test_registries_give_the_choices_and_describe_each_once():
     """Combine, ProbDtype and Arch come from their registries; the help names every combine mode with its
     description, and every code name once."""
-    from logitcache.combines import COMBINES
-    from logitcache.presets import ARCHS
-    from logitcache.stage_configs import Arch, Combine
+    from logitcache.teachers.combines import COMBINES
+    from logitcache.teachers.presets import ARCHS
+    from logitcache.config import Arch, Combine
 
     assert choices(Combine) == tuple(COMBINES) and choices(ProbDtype) == tuple(PROB_CODES)
     assert choices(Arch) == tuple(ARCHS)
@@ -121,7 +121,7 @@ def test_run_sections_expose_what_run_could_not_express_before(tmp_path):
     config_path.write_text(MINIMAL_TOML + '[dump]\nproposal_temperature = 1.5\nrow_selection = "first"\nseed = 3\n'
                            'device = "cpu"\nprecision = "fp32"\n[student]\ntemperature = 2.0\nretemper = true\n'
                            'shuffle_buffer = 64\nskip_bad_blocks = true\n')
-    configs = stage_configs(load_run_config(config_path), tmp_path / "w")
+    configs = build_stage_configs(load_run_config(config_path), tmp_path / "w")
     d = configs["dump"]
     assert (d.proposal_temperature, d.row_selection, d.seed, d.device, d.precision) == (1.5, "first", 3, "cpu", "fp32")
     s = configs["students"][("distilled", 0)]

@@ -3,7 +3,7 @@
 Tokenizers are trained in-process: the data's byte-level BPE (prepare's), and teachers' (a) byte-level
 BPE of another size, (b) Metaspace BPE with byte fallback (Llama-2 style), (c) unigram. The reference
 test recomputes every target with a plain loop over `model(x).logits` of each teacher's own tokenization,
-deriving boundaries by decoding prefixes, independent of logitcache/align.py.
+deriving boundaries by decoding prefixes, independent of logitcache/teachers/align.py.
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def teacher_byte_level():
 
 def teacher_metaspace():
     """(b) Llama-2 style: BPE over ▁-words with <0xNN> byte fallback, Prepend/Replace normalizer, <s> template."""
-    from logitcache.tokenizer import train_metaspace_bpe
+    from logitcache.data.tokenizer import train_metaspace_bpe
 
     return train_metaspace_bpe([t for t in TRAIN_TEXT if "東" not in t], 200)
 
@@ -86,7 +86,7 @@ TEACHER_TOKENIZERS = {"byte-level": teacher_byte_level, "metaspace": teacher_met
 
 @pytest.fixture(scope="module")
 def odd_data(tmp_path_factory) -> Path:
-    from logitcache.data import PrepareConfig, prepare
+    from logitcache.prepare import PrepareConfig, prepare
 
     root = tmp_path_factory.mktemp("cross")
     out = root / "data"
@@ -96,7 +96,7 @@ def odd_data(tmp_path_factory) -> Path:
 
 def token_pieces(data_dir: Path, split: str) -> tuple[np.ndarray, list[bytes]]:
     """The split's tokens (N*T,) and the bytes of the text record each one covers."""
-    from logitcache.prepared import load_data
+    from logitcache.data.prepared import load_data
 
     store = load_data(data_dir).store
     text, ends = store.split_text(split)
@@ -105,7 +105,7 @@ def token_pieces(data_dir: Path, split: str) -> tuple[np.ndarray, list[bytes]]:
 
 
 def byte_level_bytes(token: str) -> bytes:
-    """GPT-2's bytes_to_unicode inverted, written out here (independent of logitcache.tokenizer)."""
+    """GPT-2's bytes_to_unicode inverted, written out here (independent of logitcache.data.tokenizer)."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
     table, extra = {chr(b): b for b in printable}, 0
     for b in range(256):
@@ -116,7 +116,7 @@ def byte_level_bytes(token: str) -> bytes:
 
 
 def test_the_record_spells_each_token_of_the_trained_bpe(odd_data):
-    from logitcache.tokenizer import load_tokenizer
+    from logitcache.data.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(odd_data / "tokenizer.json")
     for split in ("train", "dev"):
@@ -126,7 +126,7 @@ def test_the_record_spells_each_token_of_the_trained_bpe(odd_data):
             expected = b"" if token_id in specials else byte_level_bytes(tokenizer.id_to_token(token_id))
             assert piece == expected, (split, token_id, piece)
     raw = (odd_data.parent / "raw" / "shakespeare.train").read_text()
-    from logitcache.prepared import load_data
+    from logitcache.data.prepared import load_data
 
     text, _ = load_data(odd_data).store.split_text("train")
     assert "Crème brûlée,\tnaïve café.".encode() in bytes(text) and "\n" in raw
@@ -137,8 +137,8 @@ def test_the_record_of_another_tokenizer_comes_from_its_offsets(tmp_path, odd_da
     """prepare --tokenizer (a Metaspace BPE with byte fallback, a unigram): each token covers the text it
     stands for; the prefix space at a document start is no text; byte pieces of one character: all but the
     last zero-width, the last the whole character."""
-    from logitcache.data import PrepareConfig, prepare
-    from logitcache.tokenizer import token_byte_table
+    from logitcache.prepare import PrepareConfig, prepare
+    from logitcache.data.tokenizer import token_byte_table
 
     tokenizer = TEACHER_TOKENIZERS[kind]()
     tokenizer.save(str(tmp_path / "tokenizer.json"))
@@ -166,7 +166,7 @@ def test_verify_data_checks_the_text_record(tmp_path, odd_data):
 
     import zarr
 
-    from logitcache.prepared import load_data
+    from logitcache.data.prepared import load_data
     from logitcache.store import verify_data
 
     assert verify_data(odd_data)["problems"] == []
@@ -186,8 +186,8 @@ def test_verify_data_checks_the_text_record(tmp_path, odd_data):
 
 def teacher_folder(root: Path, name: str, tokenizer, arch: str = "llama", seed: int = 0) -> Path:
     """A tiny random-init teacher saved with its tokenizer.json (no tokenizer_config: specials by name)."""
-    from logitcache.models import build_model, get_preset
-    from logitcache.tokenizer import special_ids
+    from logitcache.teachers.models import build_model, get_preset
+    from logitcache.data.tokenizer import special_ids
 
     folder = root / name
     vocab = tokenizer.get_vocab_size(with_added_tokens=True)
@@ -201,7 +201,7 @@ def teacher_folder(root: Path, name: str, tokenizer, arch: str = "llama", seed: 
 
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory, odd_data) -> dict[str, Path]:
-    from logitcache.tokenizer import load_tokenizer
+    from logitcache.data.tokenizer import load_tokenizer
 
     root = tmp_path_factory.mktemp("cross-teachers")
     out = {"byte-level": teacher_folder(root, "gpt2-bytes", teacher_byte_level(), "gpt2", 1),
@@ -252,7 +252,7 @@ def reference_teacher_sequence(tokenizer, tokens: list[int], piece_bytes: list[b
     """The teacher's ids of one chunk, each position's (bytes, specials) consumed (None: not spelled), and
     the positions right before a segment whose first token carries the prefix space. Boundaries come from
     decoding prefixes of each segment's ids with the teacher's own decoder."""
-    from logitcache.tokenizer import special_ids
+    from logitcache.data.tokenizer import special_ids
 
     sp = special_ids(tokenizer)
     adds_bos = sp["bos"] is not None and tokenizer.encode("a").ids[:1] == [sp["bos"]]
@@ -301,9 +301,9 @@ def reference_targets(data_dir: Path, teacher_dirs: list[Path], temperature: flo
     teacher counts (N, T), by plain loops over model(x).logits."""
     import torch
 
-    from logitcache.prepared import load_data, spread_indices
-    from logitcache.models import load_model
-    from logitcache.tokenizer import find_tokenizer, load_tokenizer
+    from logitcache.data.prepared import load_data, spread_indices
+    from logitcache.teachers.models import load_model
+    from logitcache.data.tokenizer import find_tokenizer, load_tokenizer
 
     data = load_data(data_dir)
     split = data.store.split("train")
@@ -418,7 +418,7 @@ def test_the_mixed_path_splits_batches_by_the_logit_budget(tmp_path, odd_data, t
     """A 1 MB budget runs each batch in slices of a few rows: the cache is the same bytes as unsplit."""
     from conftest import dump_config
     from logitcache.dump import dump
-    from logitcache.mixed import MixedEnsemble
+    from logitcache.teachers.mixed import MixedEnsemble
 
     dirs = [teachers["same"], teachers["unigram"]]
     caches, slices = [], []
@@ -435,7 +435,7 @@ def test_the_mixed_path_splits_batches_by_the_logit_budget(tmp_path, odd_data, t
     assert caches[0].keys() == caches[1].keys()
     differ = [k for k in caches[0] if caches[0][k] != caches[1][k] and not k.endswith("zarr.json")]
     assert differ == []
-    from logitcache.prepared import load_data
+    from logitcache.data.prepared import load_data
 
     data = load_data(odd_data)
     probe = MixedEnsemble([], 1.0, None, vocab_size=data.vocab_size, logit_budget=1 << 20)
@@ -448,7 +448,7 @@ def test_bf16_runs_a_different_tokenizer_teachers_head_in_fp32(tmp_path, odd_dat
     import contextlib
 
     from conftest import dump_config
-    from logitcache import mixed
+    from logitcache.teachers import mixed
     from logitcache.dump import dump
 
     seen = []
@@ -467,7 +467,7 @@ def test_bf16_runs_a_different_tokenizer_teachers_head_in_fp32(tmp_path, odd_dat
 
 
 def load_student(data_dir: Path):
-    from logitcache.tokenizer import load_tokenizer
+    from logitcache.data.tokenizer import load_tokenizer
 
     return load_tokenizer(data_dir / "tokenizer.json")
 
@@ -500,9 +500,9 @@ def test_padding_does_not_change_a_logit(teachers):
     run alone (mixed.padded), for both architectures."""
     import torch
 
-    from logitcache.align import ChunkAlignment
-    from logitcache.mixed import padded
-    from logitcache.models import load_model
+    from logitcache.teachers.align import ChunkAlignment
+    from logitcache.teachers.mixed import padded
+    from logitcache.teachers.models import load_model
 
     rng = np.random.default_rng(0)
     for kind in ("byte-level", "metaspace"):
@@ -566,13 +566,13 @@ def single_tokenizer_cache(out: Path, config) -> None:
     the stored tokens in fixed batches, top-k or sampled targets, CacheStore.write_block per block."""
     import torch
 
-    from logitcache.prepared import load_data
+    from logitcache.data.prepared import load_data
     from logitcache.dump import cache_attrs, select_rows
-    from logitcache.targets import sample_targets
-    from logitcache.ensemble import Ensemble
-    from logitcache.models import describe, load_model
+    from logitcache.teachers.targets import sample_targets
+    from logitcache.teachers.ensemble import Ensemble
+    from logitcache.teachers.models import describe, load_model
     from logitcache.store import CacheLayout, CacheStore, create_cache
-    from logitcache.tokenizer import folder_tokenizer_identity
+    from logitcache.data.tokenizer import folder_tokenizer_identity
 
     data = load_data(config.data)
     rows = select_rows(data.store.split(config.split), config)
@@ -616,7 +616,7 @@ def test_same_tokenizer_teachers_give_the_single_tokenizer_cache_byte_for_byte(t
 
     from conftest import dump_config
     from logitcache.dump import dump
-    from logitcache.tokenizer import load_tokenizer
+    from logitcache.data.tokenizer import load_tokenizer
 
     resaved = tmp_path / "resaved"
     shutil.copytree(teachers["same"], resaved)

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from transformers import PreTrainedTokenizerFast
 
-from logitcache.cleaners import cleaner_for
-from logitcache.data import PrepareConfig, chunk, prepare
-from logitcache.prepared import load_data, validation_indices
+from logitcache.data.cleaners import cleaner_for
+from logitcache.prepare import PrepareConfig, chunk, prepare
+from logitcache.data.prepared import load_data, validation_indices
 from logitcache.errors import LogitcacheError
-from logitcache.tokenizer import EOS_ID, load_tokenizer
+from logitcache.data.tokenizer import EOS_ID, load_tokenizer
 
 
 def test_chunking_keeps_every_token():
@@ -110,7 +110,7 @@ def test_documents_are_joined_with_eos(tiny_data):
 def test_babylm_layout_takes_the_track_and_its_dev_and_test(tmp_path, names):
     """BabyLM as people have it on disk: the 10M track beside the dev and test folders (and a 100M track
     that must not leak into the 10M run). Before: dev was not found and validation read 0.0."""
-    from logitcache.data import find_raw_files
+    from logitcache.prepare import find_raw_files
 
     train, dev, test = (tmp_path / n for n in names)
     for folder, split in ((train, "train"), (dev, "dev"), (test, "test")):
@@ -175,7 +175,7 @@ def _subtitle_corpus(raw, credit_every: int):
 
 def test_prepare_report_gives_what_each_cleaner_step_removed(tmp_path, caplog):
     credits = _subtitle_corpus(tmp_path / "raw", credit_every=4)
-    with caplog.at_level("WARNING", logger="logitcache.data"):
+    with caplog.at_level("WARNING", logger="logitcache.prepare"):
         prepare(PrepareConfig(data=tmp_path / "raw", out=tmp_path / "d", vocab_size=280, seq_len=8))
     report = json.loads((tmp_path / "d" / "prepare_report.json").read_text())
     subs = report["sources"]["open_subtitles"]["cleaning"]
@@ -213,7 +213,7 @@ def test_every_prepare_setting_is_read_by_prepare():
     import dataclasses
     import inspect
 
-    import logitcache.data as data_module
+    import logitcache.prepare as data_module
 
     source = inspect.getsource(data_module)
     unread = [f.name for f in dataclasses.fields(PrepareConfig) if f"config.{f.name}" not in source]

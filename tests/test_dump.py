@@ -10,11 +10,11 @@ import zarr
 from conftest import dump_config
 from logitcache import open_cache
 from logitcache.store import CacheStore, verify_cache
-from logitcache.prepared import load_data, spread_indices
+from logitcache.data.prepared import load_data, spread_indices
 from logitcache.dump import dump
-from logitcache.ensemble import Ensemble
+from logitcache.teachers.ensemble import Ensemble
 from logitcache.errors import LogitcacheError, ResumeMismatchError
-from logitcache.models import build_model, get_preset, load_model
+from logitcache.teachers.models import build_model, get_preset, load_model
 
 ARRAYS = ("tokens", "topk_ids", "topk_probs", "done", "checksum")
 
@@ -264,7 +264,7 @@ def test_layers_import_only_what_they_use():
 
     code = ("import sys, {module}; bad = [m for m in {forbidden} if m in sys.modules]; print(bad); "
             "sys.exit(1 if bad else 0)")
-    for module, forbidden in (("logitcache.dump", ["logitcache.train", "logitcache.student", "logitcache.checkpoint"]),
+    for module, forbidden in (("logitcache.dump", ["logitcache.training.loop", "logitcache.train_student", "logitcache.training.checkpoint"]),
                               ("logitcache_cli.app", ["torch", "zarr", "transformers", "matplotlib"])):
         proc = subprocess.run([sys.executable, "-c", code.format(module=module, forbidden=forbidden)],
                               capture_output=True, text=True)
@@ -288,7 +288,7 @@ def test_parallel_writer_is_byte_identical_to_one_thread(tmp_path, tiny_data, ti
 def test_gather_block_hands_the_writer_the_batches_in_order(device):
     """A block's per-batch results reach the writer concatenated in batch order, ids as int32 (CUDA: through
     pinned host tensors and one event, checked against a plain synchronous copy)."""
-    from logitcache.targets import gather_block
+    from logitcache.teachers.targets import gather_block
 
     gen = torch.Generator().manual_seed(0)
     batches = [[torch.randint(0, 50_000, (b, 4, 3), generator=gen), torch.rand(b, 4, 3, generator=gen)] for b in (2, 3, 1)]

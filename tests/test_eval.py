@@ -10,9 +10,9 @@ import torch
 from logitcache.bench import CacheSizeConfig, cache_size
 from logitcache.errors import LogitcacheError
 from logitcache.evaluate import EvalConfig, blimp_accuracy, blimp_prefix, evaluate, load_blimp, sentence_logprobs
-from logitcache.metrics import byte_counts, lm_metrics
-from logitcache.models import load_model
-from logitcache.tokenizer import BOS_ID, EOS_ID, load_tokenizer
+from logitcache.training.metrics import byte_counts, lm_metrics
+from logitcache.teachers.models import load_model
+from logitcache.data.tokenizer import BOS_ID, EOS_ID, load_tokenizer
 
 SHARED_BLIMP = Path(os.environ.get("LOGITCACHE_BLIMP_DIR", Path(__file__).resolve().parents[2] / "shared" / "blimp"))
 
@@ -96,7 +96,7 @@ def test_cache_size_rows(tmp_path, tiny_data, tiny_teachers):
 def test_bits_per_byte_leaves_special_tokens_out_of_both_sums(tiny_data, tiny_teachers):
     """An independent count: nats of every target that stands for text, over the UTF-8 bytes of those
     targets' text; `</s>` targets (document ends) add neither nats nor bytes."""
-    from logitcache.prepared import load_data
+    from logitcache.data.prepared import load_data
 
     data = load_data(tiny_data)
     tokenizer = load_tokenizer(data.tokenizer_path)
@@ -122,8 +122,8 @@ def test_bits_per_byte_leaves_special_tokens_out_of_both_sums(tiny_data, tiny_te
 
 def test_validation_and_eval_share_one_path(tmp_path, tiny_data):
     """The val_ce a training run logs for its best model is the CE `eval` reports for it on the same rows."""
-    from logitcache.prepared import load_data
-    from logitcache.teacher import TeacherConfig, train_teacher
+    from logitcache.data.prepared import load_data
+    from logitcache.train_teacher import TeacherConfig, train_teacher
     from conftest import tiny_train
 
     out = tmp_path / "t"
@@ -142,8 +142,8 @@ def test_blimp_prefix_starts_every_training_document_and_the_export_prepends_it(
     front of every document of the train split: each non-empty line of the BabyLM-layout files."""
     import transformers
 
-    from logitcache.cleaners import cleaner_for
-    from logitcache.prepared import load_data
+    from logitcache.data.cleaners import cleaner_for
+    from logitcache.data.prepared import load_data
     from logitcache.export import ExportConfig, export
 
     data = load_data(tiny_data)
@@ -167,8 +167,8 @@ def test_blimp_prefix_without_a_bos_template_is_the_eos_that_ends_each_document(
     """A GPT-2-style tokenizer (its template adds nothing): documents are joined by EOS, so EOS is the prefix."""
     from test_inputs import documents, write_jsonl
 
-    from logitcache.data import PrepareConfig, prepare
-    from logitcache.prepared import load_data
+    from logitcache.prepare import PrepareConfig, prepare
+    from logitcache.data.prepared import load_data
 
     tokenizer = load_tokenizer(tiny_data / "tokenizer.json")
     spec = json.loads(tokenizer.to_str())
@@ -198,7 +198,7 @@ def test_eval_refuses_blimp_on_data_that_records_no_document_prefix(tmp_path, ti
 
 
 def test_raw_documents_are_lines_or_blank_line_blocks():
-    from logitcache.data import raw_documents
+    from logitcache.prepare import raw_documents
 
     text = "First line.\n\n  Second line.\nThird line.\n"
     assert raw_documents("childes", text) == ["First line.", "Second line.", "Third line."]
@@ -215,7 +215,7 @@ TRAIN_LINES = [f"{a} {v} {o}." for a in ("the cat", "a dog", "my mother", "the o
 
 
 def byte_level_bpe():
-    from logitcache.tokenizer import train_tokenizer
+    from logitcache.data.tokenizer import train_tokenizer
 
     return train_tokenizer(TRAIN_LINES + BYTE_TEXTS, 300)
 
@@ -223,7 +223,7 @@ def byte_level_bpe():
 def metaspace_bpe_with_byte_fallback(llama2_style: bool):
     """A sentencepiece-style BPE: ▁ for spaces, <0xNN> tokens for characters it never saw (the CJK here).
     Metaspace pre-tokenizer and decoder, or Llama-2's Prepend/Replace normalizer and Replace/Strip decoder."""
-    from logitcache.tokenizer import train_metaspace_bpe
+    from logitcache.data.tokenizer import train_metaspace_bpe
 
     return train_metaspace_bpe(TRAIN_LINES + ["Crème brûlée, naïve café, té"], 200, ("<pad>", "<s>", "</s>"),
                                llama2_style=llama2_style, template=False)

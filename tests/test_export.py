@@ -9,7 +9,7 @@ import transformers
 from typer.testing import CliRunner
 
 from conftest import tiny_train
-from logitcache.student import StudentConfig, train_student
+from logitcache.train_student import StudentConfig, train_student
 from logitcache_cli.app import app
 
 
@@ -41,8 +41,8 @@ def test_export_loads_in_plain_transformers_with_bos(tmp_path, tiny_data, tiny_c
 
 def finished_run(folder, model, data):
     """A model folder as train-student leaves it (weights, config, the data's tokenizer, COMPLETE)."""
-    from logitcache.prepared import load_data
-    from logitcache.prepared import tokenizer_saver
+    from logitcache.data.prepared import load_data
+    from logitcache.data.prepared import tokenizer_saver
 
     model.save_pretrained(folder)
     tokenizer_saver(load_data(data))(folder)

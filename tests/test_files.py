@@ -52,7 +52,7 @@ def test_a_swap_killed_at_either_rename_leaves_a_whole_folder(tmp_path, monkeypa
 def test_save_model_killed_mid_swap_keeps_the_previous_best(tmp_path, monkeypatch):
     """train.save_model replaces best/ through replace_dir: killed between its renames, finalize still
     finds the previous best."""
-    from logitcache.train import finalize, save_model
+    from logitcache.training.loop import finalize, save_model
 
     class Model:
         def __init__(self, text):

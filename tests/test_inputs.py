@@ -8,11 +8,11 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import synthetic_lines
-from logitcache.data import PrepareConfig, prepare
-from logitcache.prepared import load_data
+from logitcache.prepare import PrepareConfig, prepare
+from logitcache.data.prepared import load_data
 from logitcache.errors import LogitcacheError
-from logitcache.inputs import READERS, read_documents
-from logitcache.tokenizer import load_tokenizer, tokenizer_identity
+from logitcache.data.inputs import READERS, read_documents
+from logitcache.data.tokenizer import load_tokenizer, tokenizer_identity
 from logitcache_cli.app import app
 
 runner = CliRunner()

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from logitcache.targets import sample_targets
-from logitcache.losses import dense_kl, sampled_kl, sparse_kl
+from logitcache.teachers.targets import sample_targets
+from logitcache.training.losses import dense_kl, sampled_kl, sparse_kl
 
 torch.manual_seed(0)
 
@@ -149,12 +149,12 @@ def test_fused_loss_equals_autograd_reference(temperature, reduction, alpha, acc
     """The training path (gradient built in the forward) against sparse_kl + next-token CE through
     autograd: sqrt route (T = 2), pow route (0.7, 3), own softmax (6), gradient accumulation, and
     row slices of 1 and 2 rows (`chunk` entries) against the whole batch at once."""
-    from logitcache import losses
-    from logitcache.losses import fused_distill_loss
+    from logitcache.training import losses
+    from logitcache.training.losses import fused_distill_loss
 
     if chunk:
         monkeypatch.setitem(losses.CHUNK_ELEMENTS, "cpu", chunk)
-    from logitcache.train import next_token_ce
+    from logitcache.training.loop import next_token_ce
 
     g = torch.Generator().manual_seed(11)
     logits = torch.randn(3, 6, 40, generator=g) * 3
@@ -176,8 +176,8 @@ def test_fused_loss_equals_autograd_reference(temperature, reduction, alpha, acc
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_next_token_ce_equals_cross_entropy(dtype):
     """The training CE (gradient built in the forward) against F.cross_entropy through autograd."""
-    from logitcache.losses import fused_next_token_ce
-    from logitcache.train import next_token_ce
+    from logitcache.training.losses import fused_next_token_ce
+    from logitcache.training.loop import next_token_ce
 
     g = torch.Generator().manual_seed(12)
     logits = (torch.randn(4, 9, 50, generator=g) * 4).to(dtype)
@@ -197,8 +197,8 @@ def test_fused_next_token_ce_equals_cross_entropy(dtype):
 def test_reused_gradient_buffer_is_never_shared_by_two_live_losses():
     """The fused losses reuse one (B, T, V) buffer across steps; two losses alive at once (both
     forwards before either backward) must still get their own gradients."""
-    from logitcache.losses import fused_distill_loss, fused_next_token_ce
-    from logitcache.train import next_token_ce
+    from logitcache.training.losses import fused_distill_loss, fused_next_token_ce
+    from logitcache.training.loop import next_token_ce
 
     g = torch.Generator().manual_seed(13)
     head = torch.nn.Linear(8, 30)
@@ -244,7 +244,7 @@ def sampled_batch(B=3, T=4, V=30, n_samples=6, seed=5):
 def test_sampled_renormalize_matches_direct_computation(reduction):
     """--tail renormalize on sampled targets: teacher and student renormalised over each position's
     drawn ids (padding slots excluded), computed here one position at a time."""
-    from logitcache.losses import sampled_renormalized_kl
+    from logitcache.training.losses import sampled_renormalized_kl
 
     _, ids, probs, weights = sampled_batch()
     assert (weights == 0).any()  # some positions drew fewer unique ids than slots: padding is exercised

@@ -20,11 +20,11 @@ import zarr
 
 from conftest import dump_config
 from logitcache import open_cache
-from logitcache.prepared import load_data, spread_indices
+from logitcache.data.prepared import load_data, spread_indices
 from logitcache.dump import dump
-from logitcache.ensemble import Ensemble
+from logitcache.teachers.ensemble import Ensemble
 from logitcache.errors import CacheCorruptError, LogitcacheError, ResumeMismatchError
-from logitcache.models import load_model
+from logitcache.teachers.models import load_model
 from logitcache.store import CacheStore, block_chunk_path, verify_cache
 from test_cross_tokenizer import odd_data, teachers  # noqa: F401  (fixtures: data with odd text, teachers on their own tokenizers)
 
@@ -185,7 +185,7 @@ def test_verify_refuses_counts_and_rows_that_do_not_agree(mass_cache, tmp_path):
 def test_padding_changes_no_loss_and_no_gradient(temperature):
     """The fused loss and sparse_kl on padded mass targets (id 0, p 0 past the count, id 0 also kept at some
     positions) against a per-position loop over the kept ids only: KL over them plus the tail bucket."""
-    from logitcache.losses import fused_distill_loss, sparse_kl
+    from logitcache.training.losses import fused_distill_loss, sparse_kl
 
     torch.manual_seed(0)
     b, t, v, k = 2, 5, 40, 6
@@ -263,7 +263,7 @@ def test_mass_settings_are_recorded_and_top_k_caches_keep_their_attributes(mass_
     assert (attrs["targets"], attrs["mass"], attrs["max_k"], attrs["k"], attrs["ragged"]) == ("mass", 0.2, 24, 24, True)
     plain = open_cache(tiny_cache).attrs
     assert not {"mass", "max_k", "ragged"} & set(plain)
-    from logitcache.stage_configs import dump_output_settings
+    from logitcache.config import dump_output_settings
 
     assert "mass" not in dump_output_settings(plain["config"]) and "top_k" not in dump_output_settings(attrs["config"])
 
@@ -297,8 +297,9 @@ def test_the_rows_past_the_counts_cost_no_bytes(mass_cache):
 
 def test_student_trains_on_mass_targets_through_the_fused_loss(mass_cache, tiny_data, tmp_path, monkeypatch):
     from conftest import tiny_train
-    from logitcache import losses, student
-    from logitcache.student import StudentConfig, train_student
+    from logitcache.training import losses
+    from logitcache import train_student as student
+    from logitcache.train_student import StudentConfig, train_student
 
     calls = []
     fused = losses.fused_distill_loss

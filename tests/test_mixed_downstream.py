@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from logitcache.losses import fused_distill_loss, sampled_kl, sampled_renormalized_kl, sparse_kl
+from logitcache.training.losses import fused_distill_loss, sampled_kl, sampled_renormalized_kl, sparse_kl
 
 
 # --- the losses against a plain loop -------------------------------------------------------------------------------
@@ -83,7 +83,7 @@ def test_fused_loss_masks_uncovered_positions_like_a_plain_loop(temperature, red
 
 def test_a_row_with_no_teacher_trains_with_ce_only():
     """Row 0 has no aligned position: its gradient is exactly the CE term's, alpha * d CE / d logits."""
-    from logitcache.train import next_token_ce
+    from logitcache.training.loop import next_token_ce
 
     logits, ids, probs, tokens, count = masked_targets()
     fused = logits.clone().requires_grad_(True)
@@ -146,7 +146,7 @@ def mixed(tmp_path_factory):
     """{data, teacher, cache, sampled}: the odd corpus (unicode, tabs, runs of spaces), one tiny teacher with a
     Metaspace BPE of its own (so positions it does not align have teacher_count 0), top-k and sampled caches."""
     from conftest import dump_config
-    from logitcache.data import PrepareConfig, prepare
+    from logitcache.prepare import PrepareConfig, prepare
     from logitcache.dump import dump
     from test_cross_tokenizer import odd_corpus, teacher_folder, teacher_metaspace
 
@@ -179,8 +179,8 @@ def test_the_cache_has_covered_and_uncovered_positions(mixed):
 def test_every_batch_carries_each_rows_teacher_count(mixed, which, world):
     """Each row a rank receives comes with its own row's count from the cache (matched by its tokens), on one
     rank and on two ranks splitting each global batch; the CE-only baseline reads no count."""
-    from logitcache.distributed import DistEnv
-    from logitcache.loader import CacheRows
+    from logitcache.training.distributed import DistEnv
+    from logitcache.training.loader import CacheRows
     from logitcache.store import CacheReader
 
     reader = CacheReader(mixed[which])
@@ -203,12 +203,12 @@ def test_every_batch_carries_each_rows_teacher_count(mixed, which, world):
 def test_the_objective_masks_what_the_loader_carries(mixed):
     """DistillObjective on a loader batch (through the trainer's move to the device) equals the plain loop
     with that batch's counts; the same batch without its count gives a different (unmasked) loss."""
-    from logitcache.prepared import load_data
-    from logitcache.distributed import DistEnv
-    from logitcache.loader import CacheRows
-    from logitcache.models import build_model, get_preset
+    from logitcache.data.prepared import load_data
+    from logitcache.training.distributed import DistEnv
+    from logitcache.training.loader import CacheRows
+    from logitcache.teachers.models import build_model, get_preset
     from logitcache.store import CacheReader
-    from logitcache.student import DistillObjective
+    from logitcache.train_student import DistillObjective
 
     data = load_data(mixed["data"])
     batch = next(CacheRows(CacheReader(mixed["cache"]), seed=0).batches(0, 0, 8, DistEnv()))
@@ -228,8 +228,8 @@ def test_the_objective_masks_what_the_loader_carries(mixed):
 @pytest.mark.parametrize("which", ["cache", "sampled"])
 def test_train_student_on_a_counted_cache(tmp_path, mixed, which):
     from conftest import tiny_train
-    from logitcache.student import StudentConfig, train_student
-    from logitcache.train import read_metrics
+    from logitcache.train_student import StudentConfig, train_student
+    from logitcache.training.loop import read_metrics
 
     out = tmp_path / "student"
     train_student(StudentConfig(cache=mixed[which], data=mixed["data"], out=out, preset="llama-tiny",
@@ -247,8 +247,8 @@ def student_dir(mixed):
     """A random-init student on the data's tokenizer, saved as eval loads models."""
     import shutil
 
-    from logitcache.prepared import load_data
-    from logitcache.models import build_model, get_preset
+    from logitcache.data.prepared import load_data
+    from logitcache.teachers.models import build_model, get_preset
 
     data = load_data(mixed["data"])
     out = mixed["root"] / "student"
@@ -266,7 +266,7 @@ def test_eval_against_a_teacher_on_its_own_tokenizer_equals_its_cache(tmp_path, 
     from logitcache import open_cache
     from logitcache.dump import dump
     from logitcache.evaluate import EvalConfig, evaluate
-    from logitcache.models import load_model
+    from logitcache.teachers.models import load_model
 
     n = 12
     cache = tmp_path / "dev.zarr"
@@ -377,7 +377,7 @@ def test_bench_cache_size_with_a_teacher_on_its_own_tokenizer(tmp_path, mixed, b
     of that full cache at the covered positions, computed here with numpy; coverage is in the payload."""
     from logitcache import open_cache
     from logitcache.bench import cache_size
-    from logitcache.stage_configs import CacheSizeConfig
+    from logitcache.config import CacheSizeConfig
 
     n = 16
     payload = cache_size(CacheSizeConfig(data=mixed["data"], teachers=(byte_level_teacher,), out=tmp_path, ks=(4, 300),
@@ -439,8 +439,8 @@ def test_batches_from_a_bucket_carry_the_same_teacher_count(s3, mixed):
     teacher_count included."""
     from typer.testing import CliRunner
 
-    from logitcache.distributed import DistEnv
-    from logitcache.loader import CacheRows
+    from logitcache.training.distributed import DistEnv
+    from logitcache.training.loader import CacheRows
     from logitcache.store import CacheReader
     from logitcache_cli.app import app
 

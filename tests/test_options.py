@@ -1,7 +1,7 @@
 """Every CLI option of every command and every key of run's TOML does something observable.
 
 The settings are enumerated, not listed by hand: the options of every command come from the CLI
-(built from the stage dataclasses in logitcache/stage_configs.py, plus each command's own options),
+(built from the stage dataclasses in logitcache/config.py, plus each command's own options),
 and run's TOML keys from its sections (logitcache/run.py). Each must sit in exactly one category:
 
 - EFFECT: a check in this file that changes the setting and asserts what changes (the output's
@@ -30,7 +30,7 @@ import torch
 import typer
 
 from conftest import dump_config, tiny_train
-from logitcache.configs import field_default
+from logitcache._settings import field_default
 from logitcache.errors import LogitcacheError
 from logitcache_cli.app import app
 
@@ -146,9 +146,9 @@ def check_dump_device(dumped):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_data):
     """trained(**train_overrides) -> (report, metrics rows, final weights) of a 3-step llama-tiny teacher."""
-    from logitcache.models import load_model
-    from logitcache.teacher import TeacherConfig, train_teacher
-    from logitcache.train import read_metrics
+    from logitcache.teachers.models import load_model
+    from logitcache.train_teacher import TeacherConfig, train_teacher
+    from logitcache.training.loop import read_metrics
 
     root = tmp_path_factory.mktemp("trained")
 
@@ -173,7 +173,7 @@ def train_differs(key: str, value):
 
 
 def check_epochs(trained, tiny_data):
-    from logitcache.prepared import load_data
+    from logitcache.data.prepared import load_data
 
     rows = load_data(tiny_data).store.split("train").shape[0]
     report, _, _ = trained(max_steps=0, epochs=1)
@@ -207,8 +207,8 @@ def check_grad_accum_same(trained):
 
 def check_prefetch_same(tiny_cache):
     """prefetch_blocks: how far the loader decodes ahead; the batches are the same."""
-    from logitcache.distributed import DistEnv
-    from logitcache.loader import CacheRows
+    from logitcache.training.distributed import DistEnv
+    from logitcache.training.loader import CacheRows
     from logitcache.store import CacheReader
 
     def rows(prefetch):
@@ -219,8 +219,8 @@ def check_prefetch_same(tiny_cache):
 
 
 def check_shuffle_buffer(tiny_cache):
-    from logitcache.distributed import DistEnv
-    from logitcache.loader import CacheRows
+    from logitcache.training.distributed import DistEnv
+    from logitcache.training.loader import CacheRows
     from logitcache.store import CacheReader
 
     def order(buffer):
@@ -232,8 +232,8 @@ def check_shuffle_buffer(tiny_cache):
 
 def check_kl_reduction(tiny_cache):
     from logitcache import open_cache
-    from logitcache.models import build_model, get_preset
-    from logitcache.student import DistillObjective
+    from logitcache.teachers.models import build_model, get_preset
+    from logitcache.train_student import DistillObjective
 
     tokens, ids, probs = open_cache(tiny_cache).read(0, 4)
     batch = {"input_ids": torch.from_numpy(tokens), "topk_ids": torch.from_numpy(ids), "topk_probs": torch.from_numpy(probs)}
@@ -560,7 +560,7 @@ EFFECT |= {
 
 
 def train_fields() -> list[str]:
-    from logitcache.stage_configs import TrainConfig
+    from logitcache.config import TrainConfig
 
     return [f.name for f in dataclasses.fields(TrainConfig)]
 
@@ -638,8 +638,8 @@ def test_speed_setting_keeps_the_output(key, request, tmp_path):
 def test_student_options_reach_the_loop(tmp_path, tiny_data, tiny_cache):
     """train-student hands its TrainConfig to the same loop as train-teacher: every field, set away from
     its default, is what the saved config records (the loop's effect of each: the train-teacher checks)."""
-    from logitcache.stage_configs import TrainConfig
-    from logitcache.student import StudentConfig, train_student
+    from logitcache.config import TrainConfig
+    from logitcache.train_student import StudentConfig, train_student
 
     train = tiny_train(2, lr=1e-3, grad_accum=2, epochs=3, warmup_steps=1, weight_decay=0.2, eval_every=1,
                        checkpoint_every=1, val_chunks=8, seed=5, precision="fp32", tensorboard=True)
@@ -676,7 +676,7 @@ def other_value(f, annotation, default):
 def test_every_derived_toml_key_reaches_its_stage_config(tmp_path):
     """Each key of run's TOML that a stage config defines, set away from its default with --set, is the
     value of that field in the stage config run builds (so the CLI entry's check is the key's too)."""
-    from logitcache.run import RunConfig, load_run_config, stage_configs
+    from logitcache.run import RunConfig, load_run_config, build_stage_configs
 
     config_path = tmp_path / "c.toml"
     config_path.write_text('[[teachers]]\nname = "a"\n')
@@ -694,7 +694,7 @@ def test_every_derived_toml_key_reaches_its_stage_config(tmp_path):
                 continue  # a choice with one legal value here (arch needs its preset), covered by its CLI entry
             prefix = "teachers.a" if section_field.name == "teachers" else section_field.name
             literal = json.dumps(value)
-            built = stage_configs(load_run_config(config_path, (f"{prefix}.{dotted}={literal}",)), tmp_path / "w")
+            built = build_stage_configs(load_run_config(config_path, (f"{prefix}.{dotted}={literal}",)), tmp_path / "w")
             target = {"data": built["prepare"], "teachers": built["teachers"].get("a"), "dump": built["dump"],
                       "student": next(iter(built["students"].values())), "eval": built["eval"]["dev"]}[section_field.name]
             node = target

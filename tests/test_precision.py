@@ -7,11 +7,11 @@ import transformers
 
 from conftest import dump_config, tiny_train
 from logitcache import open_cache
-from logitcache.distributed import autocast_for, resolve_precision
+from logitcache.training.distributed import autocast_for, resolve_precision
 from logitcache.dump import dump
-from logitcache.ensemble import Ensemble
-from logitcache.student import StudentConfig, train_student
-from logitcache.train import read_metrics
+from logitcache.teachers.ensemble import Ensemble
+from logitcache.train_student import StudentConfig, train_student
+from logitcache.training.loop import read_metrics
 
 CPU = torch.device("cpu")
 

@@ -26,7 +26,7 @@ def invoke(*args):
 def test_distil_from_pretrained_teachers_end_to_end(tmp_path, tiny_data):
     from tokenizers import processors
 
-    from logitcache.tokenizer import load_tokenizer
+    from logitcache.data.tokenizer import load_tokenizer
 
     # a tokenizer folder as a hub checkpoint ships it (its template prepends <s>)
     tokenizer = load_tokenizer(tiny_data / "tokenizer.json")

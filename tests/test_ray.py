@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from conftest import dump_config
 from logitcache.dump import dump
-from logitcache.stage_configs import DumpConfig
+from logitcache.config import DumpConfig
 from logitcache.store import verify_cache
 from logitcache.store.location import Location
 from logitcache.store.writers import writers_of
@@ -142,7 +142,7 @@ def test_a_worker_in_another_precision_is_refused(ray_cluster, tiny_data, tiny_t
     """The cache fixes one precision: a worker whose precision differs refuses before its first block,
     and the driver says so in one line."""
     from logitcache.errors import LogitcacheError
-    from logitcache.ray_dump import BlockWorker
+    from logitcache.dump_ray import BlockWorker
 
     out = tmp_path / "c.zarr"
     dump(dump_config(tiny_data, tiny_teachers, out, max_chunks=16))  # fp32 on the CPU

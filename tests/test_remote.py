@@ -267,7 +267,7 @@ def test_copy_of_a_data_dir_refuses_another_data_dir(s3, tiny_data, tmp_path):
     # an interrupted copy: the tokenizer landed, the token store's root not yet -> no token store, completed
     Location(url).write_bytes("tokenizer.json", (tiny_data / "tokenizer.json").read_bytes())
     with pytest.raises(Exception, match="not a token store"):
-        from logitcache.prepared import load_data
+        from logitcache.data.prepared import load_data
 
         load_data(url)
     assert invoke("copy", tiny_data, url).exit_code == 0

@@ -4,12 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from logitcache.configs import to_dict
+from logitcache._settings import to_dict
 from logitcache.dump import DumpConfig
-from logitcache.models import count_params, get_preset
+from logitcache.teachers.models import count_params, get_preset
 from logitcache.run import load_run_config, run_pipeline
-from logitcache.student import StudentConfig
-from logitcache.teacher import TeacherConfig
+from logitcache.train_student import StudentConfig
+from logitcache.train_teacher import TeacherConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -270,7 +270,7 @@ def test_run_scores_every_model_against_the_teachers_at_eval_temperature(tmp_pat
     """eval.temperature and eval.combine reach `eval`: dev.json holds each model's KL and top-1 agreement
     with the teachers' ensemble, equal to `evaluate` called with the teacher dirs directly."""
     from logitcache.evaluate import evaluate
-    from logitcache.stage_configs import EvalConfig
+    from logitcache.config import EvalConfig
 
     config, work = tiny_config(tmp_path, tiny_raw), tmp_path / "work"
     run_pipeline(load_run_config(config), work)

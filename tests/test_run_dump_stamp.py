@@ -3,7 +3,7 @@ TOML reuses the cache this WORK made, an output setting replaces it."""
 import json
 
 from conftest import dump_config
-from logitcache.configs import config_hash
+from logitcache._settings import config_hash
 from logitcache.progress import NULL_PROGRESS
 from logitcache.run import STAMP, Stages, _dump_resuming
 from logitcache.store.cache import root_attrs

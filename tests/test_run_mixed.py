@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from logitcache.errors import LogitcacheError
-from logitcache.run import load_run_config, run_pipeline, stage_configs, stage_names
+from logitcache.run import load_run_config, run_pipeline, build_stage_configs, stage_names
 from test_run import TINY
 
 TEACHER_VOCAB = 280  # the data's BPE has 300 ids (TINY)
@@ -55,8 +55,8 @@ def stamp(path: Path) -> dict:
 def other_tokenizer(folder: Path, lines: list[str], vocab_size: int) -> Path:
     """A byte-level BPE that is not the data's (another size), with <s> in its template, as an existing
     tokenizer.json a user would point `tokenizer` at."""
-    from logitcache.data import with_bos_template
-    from logitcache.tokenizer import train_tokenizer
+    from logitcache.prepare import with_bos_template
+    from logitcache.data.tokenizer import train_tokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     with_bos_template(train_tokenizer(lines, vocab_size)).save(str(folder / "tokenizer.json"))
@@ -66,8 +66,8 @@ def other_tokenizer(folder: Path, lines: list[str], vocab_size: int) -> Path:
 def documents(data_dir: Path) -> list[str]:
     """The train split's documents decoded from the stored tokens: the stream cut at every BOS, each piece
     without its BOS/EOS decoded alone; the last piece (cut by chunking) dropped."""
-    from logitcache.prepared import load_data
-    from logitcache.tokenizer import load_tokenizer
+    from logitcache.data.prepared import load_data
+    from logitcache.data.tokenizer import load_tokenizer
 
     data = load_data(data_dir)
     tokenizer, bos, eos = load_tokenizer(data.tokenizer_path), data.special_ids["bos"], data.special_ids["eos"]
@@ -82,7 +82,7 @@ def documents(data_dir: Path) -> list[str]:
 
 def test_teacher_tokenizer_keys_build_the_teachers_own_prepare(tmp_path, tiny_raw):
     config = load_run_config(write_config(tmp_path, mixed_toml(tiny_raw, tmp_path)))
-    configs = stage_configs(config, tmp_path / "W")
+    configs = build_stage_configs(config, tmp_path / "W")
     own = configs["teacher_prepare"]["gpt2"]
     assert set(configs["teacher_prepare"]) == {"gpt2"}
     assert own.vocab_size == TEACHER_VOCAB and own.tokenizer is None and own.out == tmp_path / "W" / "data-gpt2"
@@ -96,11 +96,11 @@ def test_teacher_tokenizer_keys_build_the_teachers_own_prepare(tmp_path, tiny_ra
 def test_teacher_tokenizer_path_is_resolved_and_its_vocab_size_unused(tmp_path, tiny_raw, tiny_data, monkeypatch):
     monkeypatch.chdir(tiny_data.parent)
     config = load_run_config(write_config(tmp_path, mixed_toml(tiny_raw, tmp_path, 'tokenizer = "data/tokenizer.json"')))
-    own = stage_configs(config, tmp_path / "W")["teacher_prepare"]["gpt2"]
+    own = build_stage_configs(config, tmp_path / "W")["teacher_prepare"]["gpt2"]
     assert own.tokenizer == tiny_data / "tokenizer.json" and own.tokenizer.is_absolute()
     again = load_run_config(write_config(tmp_path, mixed_toml(tiny_raw, tmp_path, 'tokenizer = "data/tokenizer.json"')),
                             ("data.vocab_size=320",))
-    assert stage_configs(again, tmp_path / "W")["teacher_prepare"]["gpt2"] == own  # data.vocab_size does not reach it
+    assert build_stage_configs(again, tmp_path / "W")["teacher_prepare"]["gpt2"] == own  # data.vocab_size does not reach it
 
 
 @pytest.mark.parametrize("keys, message", [
@@ -150,9 +150,9 @@ def test_teacher_trains_on_its_own_data_with_its_own_tokenizer(tmp_path, tiny_ra
     """WORK/data-gpt2 holds the same documents as WORK/data (decoded from each one's train tokens), in other
     ids; the gpt2 teacher's folder holds that tokenizer (identity unlike the data's) and a model of its
     vocabulary; the llama teacher's folder holds the data's."""
-    from logitcache.prepared import load_data
-    from logitcache.models import load_model
-    from logitcache.tokenizer import folder_tokenizer_identity, tokenizer_file_identity
+    from logitcache.data.prepared import load_data
+    from logitcache.teachers.models import load_model
+    from logitcache.data.tokenizer import folder_tokenizer_identity, tokenizer_file_identity
 
     work = tmp_path / "work"
     run_until_dump(write_config(tmp_path, mixed_toml(tiny_raw, tmp_path)), work)
@@ -174,7 +174,7 @@ def test_teacher_trains_on_its_own_data_with_its_own_tokenizer(tmp_path, tiny_ra
 
 def test_teacher_on_an_existing_tokenizer_reads_the_same_documents(tmp_path, tiny_raw, stop_at_dump):
     from conftest import synthetic_lines
-    from logitcache.tokenizer import folder_tokenizer_identity, tokenizer_file_identity
+    from logitcache.data.tokenizer import folder_tokenizer_identity, tokenizer_file_identity
 
     path = other_tokenizer(tmp_path / "theirs", synthetic_lines(400, 5), 270)
     work = tmp_path / "work"
@@ -224,7 +224,7 @@ def test_a_teacher_on_its_own_tokenizer_is_scored_on_its_own_data(tmp_path, tiny
 
     from logitcache import run as run_module
     from logitcache.evaluate import evaluate
-    from logitcache.stage_configs import EvalConfig
+    from logitcache.config import EvalConfig
 
     real = run_module._dump_resuming
 
@@ -263,7 +263,7 @@ def test_mixed_run_goes_through_dump_students_and_eval_from_the_cli(tmp_path, ti
 
     from logitcache.store.cache import root_attrs
     from logitcache.store.reader import open_cache
-    from logitcache.tokenizer import folder_tokenizer_identity
+    from logitcache.data.tokenizer import folder_tokenizer_identity
 
     config = write_config(tmp_path, mixed_toml(tiny_raw, blimp_dir(tmp_path), "tokenizer_vocab_size = 330"))
     work = tmp_path / "work"
@@ -294,7 +294,7 @@ def test_data_without_its_text_is_prepared_again_for_a_teacher_on_its_own_tokeni
     same fingerprint, so the teachers are reused."""
     import shutil
 
-    from logitcache.prepared import load_data
+    from logitcache.data.prepared import load_data
 
     config, work = write_config(tmp_path, mixed_toml(tiny_raw, tmp_path)), tmp_path / "work"
     run_until_dump(config, work)

@@ -7,17 +7,17 @@ import torch
 from conftest import dump_config, tiny_train
 from logitcache import open_cache
 from logitcache.store import CacheReader
-from logitcache.data import PrepareConfig, prepare
-from logitcache.prepared import load_data
+from logitcache.prepare import PrepareConfig, prepare
+from logitcache.data.prepared import load_data
 from logitcache.dump import dump
-from logitcache.ensemble import Ensemble
+from logitcache.teachers.ensemble import Ensemble
 from logitcache.errors import LogitcacheError
-from logitcache.loader import CacheRows, emission_order
-from logitcache.metrics import lm_metrics
-from logitcache.distributed import DistEnv
-from logitcache.models import build_model, get_preset, load_model
-from logitcache.student import DistillObjective, OnlineObjective, StudentConfig, train_student
-from logitcache.train import read_metrics
+from logitcache.training.loader import CacheRows, emission_order
+from logitcache.training.metrics import lm_metrics
+from logitcache.training.distributed import DistEnv
+from logitcache.teachers.models import build_model, get_preset, load_model
+from logitcache.train_student import DistillObjective, OnlineObjective, StudentConfig, train_student
+from logitcache.training.loop import read_metrics
 
 
 def test_emission_order_is_a_new_permutation_each_epoch():
@@ -82,7 +82,7 @@ def test_student_trains_from_the_cache_and_logs_ce_and_kl(tmp_path, tiny_data, t
 
 
 def test_student_resume_matches_uninterrupted(tmp_path, tiny_data, tiny_cache):
-    import logitcache.train as T
+    import logitcache.training.loop as T
     from transformers import AutoModelForCausalLM
 
     config = dict(cache=tiny_cache, data=tiny_data, preset="llama-tiny", alpha=0.5, shuffle_buffer=16,
@@ -191,7 +191,7 @@ def test_tail_renormalize_on_sampled_targets_renormalises_over_the_drawn_ids():
     """DistillObjective with --tail renormalize on a sampled batch: the KL is the teacher's and the
     student's distributions renormalised over each position's drawn ids (computed here per position),
     and differs from the default importance-weighted estimate."""
-    from logitcache.targets import sample_targets
+    from logitcache.teachers.targets import sample_targets
 
     g = torch.Generator().manual_seed(2)
     tokens = torch.randint(0, 300, (2, 32), generator=g)
@@ -220,7 +220,7 @@ def test_online_teacher_at_another_temperature_needs_no_retemper(tmp_path, tiny_
     trains without --retemper, and the ensemble runs at that T."""
     import json
 
-    from logitcache import student as student_module
+    from logitcache import train_student as student_module
 
     temperatures = []
 

@@ -14,12 +14,12 @@ import transformers
 
 from conftest import dump_config
 from logitcache import open_cache
-from logitcache.combines import COMBINES
-from logitcache.prepared import load_data
+from logitcache.teachers.combines import COMBINES
+from logitcache.data.prepared import load_data
 from logitcache.dump import dump
-from logitcache.ensemble import Ensemble, fast_head_is_exact
+from logitcache.teachers.ensemble import Ensemble, fast_head_is_exact
 from logitcache.errors import LogitcacheError
-from logitcache.tokenizer import load_tokenizer, tokenizer_identity
+from logitcache.data.tokenizer import load_tokenizer, tokenizer_identity
 
 PADDED_VOCAB = 320  # the data's tokenizer has 300 ids; hub checkpoints pad their embeddings like this
 SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -142,7 +142,7 @@ def test_topk_decreasing_equals_torch_topk(vocab, k):
     """Both selection paths (numpy's argpartition where k * 64 > V on CPU, torch's topk elsewhere) give
     torch.topk's values and, where values are distinct, its ids, decreasing; rows of exact ties give the
     same values."""
-    from logitcache.ensemble import topk_decreasing
+    from logitcache.teachers.ensemble import topk_decreasing
 
     torch.manual_seed(vocab + k)
     x = torch.randn(3, 130, vocab) * 4  # 390 rows: several threads' parts
@@ -166,7 +166,7 @@ def test_resaved_tokenizer_is_the_same_and_a_different_one_is_refused(tmp_path, 
     assert (tiny_data / "tokenizer.json").read_bytes() != compact.read_bytes()
     assert tokenizer_identity(resaved) == tokenizer_identity(data_tok)
     # a tokenizer trained on other text: refused before any work
-    from logitcache.tokenizer import train_tokenizer
+    from logitcache.data.tokenizer import train_tokenizer
 
     other = train_tokenizer(["completely different words here"] * 50, 300)
     bad = tmp_path / "bad"
@@ -207,8 +207,8 @@ def test_describing_teachers_reads_no_weights_and_gives_the_same_infos(teacher_d
     device (nothing allocated), and the same infos (params, sha256, vocabulary, tokenizer) as a full load."""
     import torch
 
-    from logitcache.prepared import load_data
-    from logitcache.ensemble import load_teachers
+    from logitcache.data.prepared import load_data
+    from logitcache.teachers.ensemble import load_teachers
 
     data, dirs = load_data(tiny_data), list(teacher_dirs.values())  # every architecture
     full_models, full = load_teachers(dirs, torch.device("cpu"), data, own_tokenizers=True)

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from conftest import synthetic_lines
 from logitcache.errors import LogitcacheError
-from logitcache.tokenizer import (find_tokenizer, folder_tokenizer_identity, load_tokenizer, special_ids,
+from logitcache.data.tokenizer import (find_tokenizer, folder_tokenizer_identity, load_tokenizer, special_ids,
     tokenizer_file_identity, tokenizer_identity, train_tokenizer)
 from logitcache_cli.app import app
 
@@ -237,7 +237,7 @@ def test_tokenizer_files_that_do_not_load_are_an_error(tmp_path, files):
 @pytest.fixture(scope="module")
 def other_data(tmp_path_factory):
     """Data with another 300-id byte-level BPE (trained on other words)."""
-    from logitcache.data import PrepareConfig, prepare
+    from logitcache.prepare import PrepareConfig, prepare
 
     rng = random.Random(0)
     words = ["zebra", "quilt", "vortex", "jumping", "oxygen", "whisky", "fjord", "kazoo", "pyramid", "lynx"]
@@ -252,9 +252,9 @@ def other_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model_folders(tmp_path_factory, tiny_data):
     """A tiny llama saved with the tiny data's tokenizer (as logitcache saves models), and a copy without it."""
-    from logitcache.prepared import load_data
-    from logitcache.models import build_model, get_preset
-    from logitcache.prepared import tokenizer_saver
+    from logitcache.data.prepared import load_data
+    from logitcache.teachers.models import build_model, get_preset
+    from logitcache.data.prepared import tokenizer_saver
 
     root = tmp_path_factory.mktemp("models")
     data = load_data(tiny_data)
@@ -303,9 +303,9 @@ def test_eval_refuses_a_model_whose_tokenizer_files_do_not_load(tmp_path, tiny_d
 
 
 def test_init_from_refuses_a_model_with_another_tokenizer(tmp_path, tiny_data, other_data, model_folders, caplog):
-    from logitcache.prepared import load_data
-    from logitcache.stage_configs import StudentConfig
-    from logitcache.student import student_model
+    from logitcache.data.prepared import load_data
+    from logitcache.config import StudentConfig
+    from logitcache.train_student import student_model
 
     model, bare = model_folders
 

@@ -9,9 +9,9 @@ from transformers import AutoModelForCausalLM
 
 from conftest import tiny_train
 from logitcache.errors import LogitcacheError
-from logitcache.models import PRESETS, count_params
-from logitcache.teacher import TeacherConfig, train_teacher
-from logitcache.train import read_metrics
+from logitcache.teachers.models import PRESETS, count_params
+from logitcache.train_teacher import TeacherConfig, train_teacher
+from logitcache.training.loop import read_metrics
 
 
 def test_paper_presets_match_the_paper():
@@ -41,7 +41,7 @@ def test_resume_gives_the_same_weights_and_losses(tmp_path, tiny_data):
     train = tiny_train(12, checkpoint_every=5)
     train_teacher(TeacherConfig(data=tiny_data, out=full, arch="gpt2", preset="gpt2-tiny", train=train))
     # the interrupted run: same config, stopped after the step-5 checkpoint (state as a kill would leave it)
-    import logitcache.train as T
+    import logitcache.training.loop as T
 
     original = T.save_checkpoint
     calls = []
@@ -112,7 +112,7 @@ def test_ddp_two_processes_follow_the_single_process_curve(tmp_path, tiny_data):
 
 def test_checkpoint_with_python_objects_is_refused_without_running_them(tmp_path, tiny_data):
     """A checkpoint from elsewhere must not execute code on --resume: only tensors and plain containers load."""
-    from logitcache.checkpoint import save_checkpoint
+    from logitcache.training.checkpoint import save_checkpoint
 
     out = tmp_path / "t"
     config = TeacherConfig(data=tiny_data, out=out, arch="llama", preset="llama-tiny", train=tiny_train(2))
@@ -133,7 +133,7 @@ class Exploit:
 
 
 def test_saved_config_records_world_size_and_loads_back(tmp_path, tiny_data):
-    from logitcache.checkpoint import load_checkpoint
+    from logitcache.training.checkpoint import load_checkpoint
 
     out = tmp_path / "t"
     train_teacher(TeacherConfig(data=tiny_data, out=out, arch="llama", preset="llama-tiny", train=tiny_train(2)))
@@ -171,7 +171,7 @@ libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype = MallInfo2
 libc.malloc.restype = ctypes.c_void_p
 if sys.argv[1] == "tuned":
-    from logitcache.memory import tune_heap
+    from logitcache.training.memory import tune_heap
     tune_heap()
 before = libc.mallinfo2().hblkhd
 buffer = libc.malloc(256 << 20)
@@ -186,11 +186,11 @@ print(libc.mallinfo2().hblkhd - before)
 @pytest.mark.parametrize("user_value", [None, "12345"])
 def test_tune_process_sets_the_openmp_spin_and_keeps_the_users(user_value):
     """libgomp reads GOMP_SPINCOUNT when torch loads it: tune_process sets ours unless the user set one."""
-    from logitcache.memory import GOMP_SPINCOUNT
+    from logitcache.training.memory import GOMP_SPINCOUNT
 
     env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
     if user_value:
         env["GOMP_SPINCOUNT"] = user_value
-    script = "from logitcache.memory import tune_process; tune_process(); import os; print(os.environ['GOMP_SPINCOUNT'])"
+    script = "from logitcache.training.memory import tune_process; tune_process(); import os; print(os.environ['GOMP_SPINCOUNT'])"
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env).stdout
     assert out.strip() == (user_value or GOMP_SPINCOUNT)

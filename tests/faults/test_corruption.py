@@ -11,8 +11,8 @@ from conftest import tiny_train
 from logitcache import open_cache
 from logitcache.store import block_chunk_path, verify_cache
 from logitcache.errors import CacheCorruptError, LogitcacheError
-from logitcache.student import StudentConfig, train_student
-from logitcache.teacher import TeacherConfig, train_teacher
+from logitcache.train_student import StudentConfig, train_student
+from logitcache.train_teacher import TeacherConfig, train_teacher
 
 
 def flip(path, offset=None):
@@ -126,7 +126,7 @@ def test_token_store_bit_flips_are_refused_by_every_read_path(tmp_path, tiny_dat
     import numpy as np
 
     from conftest import dump_config
-    from logitcache.prepared import load_data
+    from logitcache.data.prepared import load_data
     from logitcache.dump import dump
 
     chunk = tiny_data / "tokens.zarr" / "train" / "c" / "0" / "0"
@@ -150,7 +150,7 @@ def test_altered_tokens_in_a_valid_chunk_are_refused(tmp_path, tiny_data, tiny_t
     """A chunk rewritten with other tokens decodes cleanly (its zstd frame is valid): only the chunk
     checksum sees it. The loader, dump, eval and verify refuse it."""
     from conftest import dump_config
-    from logitcache.prepared import load_data
+    from logitcache.data.prepared import load_data
     from logitcache.dump import dump
     from logitcache.evaluate import EvalConfig, evaluate
 
@@ -171,7 +171,7 @@ def test_altered_tokens_in_a_valid_chunk_are_refused(tmp_path, tiny_data, tiny_t
 def test_verify_data_dir_names_the_one_bad_chunk_among_many(tmp_path, tiny_data, copy_of):
     import zarr
 
-    from logitcache.prepared import load_data
+    from logitcache.data.prepared import load_data
     from logitcache.store import write_token_store
 
     data = copy_of(tiny_data)
@@ -193,7 +193,7 @@ def test_verify_data_dir_names_the_one_bad_chunk_among_many(tmp_path, tiny_data,
 def test_token_store_without_chunk_checksums_warns_and_verify_checks_its_fingerprint(tmp_path, tiny_data, copy_of, caplog):
     """A store whose split arrays carry no checksums reads with a warning; verify still recomputes
     the data fingerprint and the tokenizer's sha256."""
-    from logitcache.prepared import load_data
+    from logitcache.data.prepared import load_data
 
     data = copy_of(tiny_data)
     for name in ("train", "dev", "test"):
@@ -240,7 +240,7 @@ def test_verify_a_data_dir_in_a_bucket_names_the_flipped_chunk(s3, tiny_data):
     from typer.testing import CliRunner
 
     import s3fs
-    from logitcache.prepared import load_data
+    from logitcache.data.prepared import load_data
     from logitcache_cli.app import app
 
     url = f"{s3}/data"

@@ -66,8 +66,8 @@ def stored(cache: Path) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from logitcache.data import PrepareConfig, prepare
-    from logitcache.teacher import TeacherConfig, train_teacher
+    from logitcache.prepare import PrepareConfig, prepare
+    from logitcache.train_teacher import TeacherConfig, train_teacher
     from conftest import tiny_train
 
     root = tmp_path_factory.mktemp("faults")

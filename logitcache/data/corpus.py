@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .configs import check
-from .files import sha256_file
-from .errors import LogitcacheError
-from .stage_configs import SPLITS
+from .._settings import check
+from ..files import sha256_file
+from ..errors import LogitcacheError
+from ..config import SPLITS
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .combines import COMBINES
-from .errors import LogitcacheError
+from ..errors import LogitcacheError
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ def load_teachers(paths: list[Path], device: torch.device, data=None, own_tokeni
     must agree on their vocabulary. `weights=False`: the architectures alone on the meta device (what
     describing the cache needs: a Ray driver never runs a teacher)."""
     from .models import describe, load_model
-    from .tokenizer import check_model_tokenizer, folder_tokenizer_identity, has_own_tokenizer
+    from ..data.tokenizer import check_model_tokenizer, folder_tokenizer_identity, has_own_tokenizer
 
     if not paths:
         raise LogitcacheError("at least one --teacher is required")

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import logging
 
-from .configs import to_dict
-from .prepared import PreparedData, load_data
+from ._settings import to_dict
+from .data.prepared import PreparedData, load_data
 from .errors import LogitcacheError
-from .models import build_model, get_preset
-from .prepared import tokenizer_saver
+from .teachers.models import build_model, get_preset
+from .data.prepared import tokenizer_saver
 from .progress import NULL_PROGRESS, ProgressHook
-from .stage_configs import TeacherConfig  # noqa: F401  (re-exported)
-from .train import CEObjective, TokenRows, TrainReport, fit
+from .config import TeacherConfig  # noqa: F401  (re-exported)
+from .training.loop import CEObjective, TokenRows, TrainReport, fit
 
 log = logging.getLogger(__name__)
 

@@ -11,16 +11,16 @@ import numpy as np
 from . import __version__
 from .store import token_dtype, write_token_store
 from .store.tokens import text_ends_dtype
-from .cleaners import CLEANERS_BY_NAME, clean_basic, cleaner_for
+from .data.cleaners import CLEANERS_BY_NAME, clean_basic, cleaner_for
 from .files import sha256_file, write_json_atomic
-from .configs import to_dict
+from ._settings import to_dict
 from .errors import LogitcacheError
-from .memory import default_heap
-from .prepared import document_prefix, fingerprint
+from .training.memory import default_heap
+from .data.prepared import document_prefix, fingerprint
 from .progress import NULL_PROGRESS, ProgressHook
-from .stage_configs import SPLITS, PrepareConfig  # noqa: F401  (PrepareConfig re-exported)
-from .inputs import read_documents
-from .tokenizer import BOS_ID, EOS_ID, PAD_ID, find_tokenizer, special_ids, tokenizer_identity, train_tokenizer
+from .config import SPLITS, PrepareConfig  # noqa: F401  (PrepareConfig re-exported)
+from .data.inputs import read_documents
+from .data.tokenizer import BOS_ID, EOS_ID, PAD_ID, find_tokenizer, special_ids, tokenizer_identity, train_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ def own_bpe_byte_ends(tokenizer, flat: np.ndarray) -> np.ndarray:
     """(n,) int64 token ends in the split's text bytes for logitcache's byte-level BPE: each token stands for
     exactly its decoded bytes (no normalizer, no prefix space), specials for none, so the ends are the
     running sum of the tokens' byte lengths."""
-    from .tokenizer import token_byte_table
+    from .data.tokenizer import token_byte_table
 
     lengths = np.array([len(b) if b is not None else 0 for b in token_byte_table(tokenizer)], dtype=np.int64)
     return np.cumsum(lengths[flat])

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .errors import LogitcacheError
+from ..errors import LogitcacheError
 
 # a reader: (file, text_field, source_field) -> (source, text) per document; the table is at the end
 Reader = Callable[[Path, str, "str | None"], Iterator[tuple[str, str]]]

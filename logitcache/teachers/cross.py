@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import distributed as D
+from ..training import distributed as D
 from .align import Aligner, ChunkTexts, folder_vocabulary, vocabulary
-from .configs import check
-from .prepared import spread_indices
-from .errors import LogitcacheError
+from .._settings import check
+from ..data.prepared import spread_indices
+from ..errors import LogitcacheError
 from .mixed import MixedEnsemble, mixed_sample_inputs, zero_unaligned
-from .tokenizer import load_tokenizer
+from ..data.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 

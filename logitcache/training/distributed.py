@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .errors import LogitcacheError
+from ..errors import LogitcacheError
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ import crc32c
 import numpy as np
 import torch
 
-from .errors import LogitcacheError
-from .faults import fault_pause
+from ..errors import LogitcacheError
+from ..faults import fault_pause
 
 CHECKPOINT = "checkpoint"
 CHECKPOINT_MAGIC = b"LCCK"

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from . import distributed as D
-from .store import CacheReader
-from .errors import CacheCorruptError
+from ..store import CacheReader
+from ..errors import CacheCorruptError
 
 log = logging.getLogger(__name__)
 

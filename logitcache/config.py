@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from .combines import COMBINES, combines_help
-from .configs import check, field_default, setting, to_dict
-from .presets import ARCHS, get_preset
+from .teachers.combines import COMBINES, combines_help
+from ._settings import check, field_default, setting, to_dict
+from .teachers.presets import ARCHS, get_preset
 from .store.codecs import PROB_CODES, prob_codes_help
 
 SPLITS = ("train", "dev", "test")

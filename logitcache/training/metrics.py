@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed as D
-from .errors import LogitcacheError
-from .progress import NULL_PROGRESS, ProgressHook
-from .tokenizer import adds_prefix_space, decoded_bytes, spec_steps
+from ..errors import LogitcacheError
+from ..progress import NULL_PROGRESS, ProgressHook
+from ..data.tokenizer import adds_prefix_space, decoded_bytes, spec_steps
 
 
 @dataclass(frozen=True)

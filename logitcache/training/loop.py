@@ -25,12 +25,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed as D
 from .checkpoint import CHECKPOINT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .configs import check
-from .files import write_json_atomic
-from .files import recover_dir, replace_dir
-from .errors import LogitcacheError
-from .progress import NULL_PROGRESS, ProgressHook
-from .stage_configs import TrainConfig  # noqa: F401  (re-exported)
+from .._settings import check
+from ..files import write_json_atomic
+from ..files import recover_dir, replace_dir
+from ..errors import LogitcacheError
+from ..progress import NULL_PROGRESS, ProgressHook
+from ..config import TrainConfig  # noqa: F401  (re-exported)
 from .losses import fused_next_token_ce
 from .metrics import lm_metrics
 

@@ -3,7 +3,7 @@
 Per teacher i, z_i are its logits over the tokenizer's ids and p_i = softmax(z_i / T). A mode fills the
 ensemble's reusable (B, T, V) float32 buffers with the ensemble distribution and says how many such
 buffers a row needs (the ensemble sizes its row slices by that). This module imports no torch at load
-time: stage_configs derives the `Combine` choices and their help from `COMBINES`, and the CLI's start-up
+time: config.py derives the `Combine` choices and their help from `COMBINES`, and the CLI's start-up
 imports neither torch nor zarr.
 """
 from __future__ import annotations

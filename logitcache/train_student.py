@@ -1,6 +1,6 @@
 """`train-student`: distillation from the cache with the shared loop; no teacher in memory.
 
-Loss = alpha * CE + (1 - alpha) * T^2 * KL(teacher || student) (losses.py); CE and KL are logged
+Loss = alpha * CE + (1 - alpha) * T^2 * KL(teacher || student) (training/losses.py); CE and KL are logged
 separately. `online_teachers` computes the same targets on the fly at full vocabulary: the
 reference that offline training is measured against.
 """
@@ -12,19 +12,19 @@ from pathlib import Path
 
 import torch
 
-from . import distributed as D
+from .training import distributed as D
 from .store import CacheReader
-from .configs import to_dict
-from .prepared import load_data
-from .ensemble import Ensemble, load_teachers
+from ._settings import to_dict
+from .data.prepared import load_data
+from .teachers.ensemble import Ensemble, load_teachers
 from .errors import LogitcacheError
-from .losses import (dense_kl, fused_distill_loss, fused_next_token_ce, retemper, sampled_kl,
+from .training.losses import (dense_kl, fused_distill_loss, fused_next_token_ce, retemper, sampled_kl,
     sampled_renormalized_kl, sparse_kl)
-from .models import build_model, get_preset
+from .teachers.models import build_model, get_preset
 from .progress import NULL_PROGRESS, ProgressHook
-from .stage_configs import StudentConfig  # noqa: F401  (re-exported)
-from .prepared import tokenizer_saver
-from .train import TrainReport, fit
+from .config import StudentConfig  # noqa: F401  (re-exported)
+from .data.prepared import tokenizer_saver
+from .training.loop import TrainReport, fit
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def student_model(config: StudentConfig, data):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from .models import load_model
+    from .teachers.models import load_model
 
     path = Path(config.init_from)
     config_file = path if path.is_file() else path / "config.json"
@@ -125,7 +125,7 @@ def student_model(config: StudentConfig, data):
         torch.manual_seed(config.train.seed)
         model = AutoModelForCausalLM.from_config(hf_config)
     if has_weights:  # trained weights: their ids must mean what the data's ids mean
-        from .tokenizer import check_model_tokenizer
+        from .data.tokenizer import check_model_tokenizer
 
         check_model_tokenizer(folder, int(model.config.vocab_size), data, f"--init-from {path}")
     elif int(model.config.vocab_size) < data.vocab_size:
@@ -136,7 +136,7 @@ def student_model(config: StudentConfig, data):
 
 
 def train_student(config: StudentConfig, resume: bool = False, progress: ProgressHook = NULL_PROGRESS) -> TrainReport:
-    from .loader import CacheRows
+    from .training.loader import CacheRows
 
     data = load_data(config.data)
     reader = CacheReader(config.cache, require_complete=True)

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from .ensemble import Ensemble
-from .stage_configs import DumpConfig
+from ..config import DumpConfig
 
 
 
@@ -94,11 +94,11 @@ def block_targets(ensemble: Ensemble, config: DumpConfig, block: int, block_toke
     started, not awaited. `block_tokens`: (rows, T) ids."""
     parts = []  # per batch: [ids, probs(, weights)] (b, T, K) (, mass count (b, T)) (, teacher_count (b, T)), on the device
     generator = torch.Generator(device=device).manual_seed(config.seed * 1_000_003 + block)
-    mixed = getattr(ensemble, "cross", False)  # teachers with tokenizers of their own (cross_dump.py)
+    mixed = getattr(ensemble, "cross", False)  # teachers with tokenizers of their own (cross.py)
     for b0 in range(0, block_tokens.shape[0], config.batch_size):
         input_ids = torch.from_numpy(block_tokens[b0:b0 + config.batch_size].astype(np.int64)).to(device)
         if mixed:  # they read the text of these cache rows
-            from .cross_dump import batch_targets
+            from .cross import batch_targets
 
             cache_rows = np.arange(input_ids.shape[0]) + block * config.block_rows + b0
             part = batch_targets(ensemble, config, input_ids, cache_rows, generator)

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .configs import check
-from .errors import LogitcacheError
+from .._settings import check
+from ..errors import LogitcacheError
 
-ARCHS = ("llama", "gpt2")  # the architectures a preset may have; stage_configs.Arch derives from it
+ARCHS = ("llama", "gpt2")  # the architectures a preset may have; config.Arch derives from it
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@ positions, and the teacher's vocabulary mapped onto the student's (docs/architec
 other tokenizers").
 
 For one chunk the student's tokens split into items: special tokens (BOS, EOS) and segments, the text
-between them, whose exact bytes the data's text record gives (data.py, store/tokens.py). The teacher's
+between them, whose exact bytes the data's text record gives (prepare.py, store/tokens.py). The teacher's
 sequence is the items in order: a student special as the teacher's own (BOS to BOS, EOS to EOS; dropped
 where the teacher has none), each segment as the teacher's tokenizer encodes that text, and the teacher's
 BOS in front of every segment that starts the chunk or follows a special, where the teacher's template
@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import LogitcacheError
-from .tokenizer import adds_prefix_space, find_tokenizer, special_ids, token_byte_table
+from ..errors import LogitcacheError
+from ..data.tokenizer import adds_prefix_space, find_tokenizer, special_ids, token_byte_table
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from .errors import LogitcacheError
+from ..errors import LogitcacheError
 
 log = logging.getLogger(__name__)
 

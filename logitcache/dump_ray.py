@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .configs import check
+from ._settings import check
 from .dump import DumpReport
 from .errors import LogitcacheError
 from .progress import NULL_PROGRESS, ProgressHook
-from .stage_configs import DumpConfig, worker_range
+from .config import DumpConfig, worker_range
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class BlockWorker:
 
     def commit(self, block: int) -> float:
         """Compute and commit one block; its teacher seconds (0 for a block another task committed)."""
-        from .targets import block_targets
+        from .teachers.targets import block_targets
         from .store.writers import write_host_block
 
         write_event("start", block)
@@ -159,7 +159,7 @@ class BlockWorker:
 def worker_env() -> dict[str, str]:
     """The workers' environment: the driver's storage settings, and what memory.tune_process gives this
     process (the heap thresholds, as glibc's variables, and OpenMP's spin), set before the worker starts."""
-    from .memory import _HIGHEST, GOMP_SPINCOUNT
+    from .training.memory import _HIGHEST, GOMP_SPINCOUNT
 
     env = {"MALLOC_MMAP_THRESHOLD_": str(_HIGHEST), "MALLOC_TRIM_THRESHOLD_": str(_HIGHEST),
            "GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT", GOMP_SPINCOUNT)}
@@ -272,7 +272,7 @@ def dump_ray(config: DumpConfig, resume: bool = False, overwrite: bool = False,
     """Write (or, with `resume`, finish) the cache of `config` on a Ray cluster's workers."""
     import torch
 
-    from . import distributed as D
+    from .training import distributed as D
     from .dump import load_teaching, open_or_create
     from .store import CacheStore, cache_summary
     from .store.writers import record_writer, writers_of

@@ -1,1 +1,0 @@
-"""The shipped run configs (demo.toml, babylm-paper.toml), installed as package data."""

@@ -1,0 +1,1 @@
+"""Text to tokens: input readers, cleaners, the demo corpus, tokenizers, and the prepared-data reader."""

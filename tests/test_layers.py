@@ -1,0 +1,116 @@
+"""The package's layering (docs/architecture.md, "The folders"), read from every import statement of
+every module, the ones inside functions included: components never import a stage, the store imports
+nothing above it, and a stage imports no other stage except where it chains them."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "logitcache"
+
+STAGES = {"prepare", "train_teacher", "dump", "dump_ray", "train_student", "evaluate", "bench", "export", "run",
+          "report"}
+BASE = {"errors", "files", "faults", "progress"}  # leaf modules every layer may use
+COMPONENT_FOLDERS = {"data", "teachers", "training", "store"}
+# a stage may import these other stages: run and bench chain stages; the Ray engine is part of the dump stage
+CHAINS = {"run": STAGES, "bench": {"dump", "evaluate", "train_student"}, "dump": {"dump_ray"}, "dump_ray": {"dump"}}
+
+
+def module_name(path: Path, root: Path = PACKAGE.parent) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path, root: Path = PACKAGE.parent) -> set[str]:
+    """Every logitcache module `path` imports (absolute names; `from . import x` names the submodule x)."""
+    name = module_name(path, root)
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.split(".")[0] in ("logitcache", "logitcache_cli")}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            if base.split(".")[0] not in ("logitcache", "logitcache_cli"):
+                continue
+            for alias in node.names:
+                candidate = f"{base}.{alias.name}"
+                folder = root / candidate.replace(".", "/")
+                is_module = folder.with_suffix(".py").exists() or (folder / "__init__.py").exists()
+                found.add(candidate if is_module else base)
+    return found - {name}
+
+
+def layer_of(module: str) -> str:
+    """'stage:NAME', 'component:FOLDER', 'base', 'config' or 'package' for a logitcache module."""
+    parts = module.split(".")[1:]
+    if not parts:
+        return "package"
+    if parts[0] in STAGES:
+        return f"stage:{parts[0]}"
+    if parts[0] in COMPONENT_FOLDERS:
+        return f"component:{parts[0]}"
+    if parts[0] in BASE:
+        return "base"
+    if parts[0] in ("config", "_settings", "recipes"):
+        return "config"
+    raise AssertionError(f"{module} belongs to no layer: add it to tests/test_layers.py and docs/architecture.md")
+
+
+MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+GRAPH = {name: imports_of(path) for name, path in MODULES.items()}
+
+
+def test_every_module_has_a_layer_and_imports_resolve():
+    for name, imported in GRAPH.items():
+        layer_of(name)
+        for target in imported:
+            assert target.startswith("logitcache_cli") or target in MODULES, (name, target)
+
+
+def test_the_library_never_imports_the_cli():
+    assert {name: sorted(t for t in imported if t.startswith("logitcache_cli"))
+            for name, imported in GRAPH.items() if any(t.startswith("logitcache_cli") for t in imported)} == {}
+
+
+@pytest.mark.parametrize("module", sorted(n for n in MODULES if not layer_of(n).startswith("stage:")))
+def test_components_never_import_a_stage(module):
+    stages = sorted(t for t in GRAPH[module] if layer_of(t).startswith("stage:"))
+    assert stages == [], f"{module} (a component) imports the stage(s) {stages}"
+
+
+@pytest.mark.parametrize("module", sorted(n for n in MODULES if layer_of(n) == "component:store"))
+def test_the_store_imports_nothing_above_it(module):
+    above = sorted(t for t in GRAPH[module] if layer_of(t) not in ("component:store", "base"))
+    assert above == [], f"{module} imports {above}; the store uses only itself and {sorted(BASE)}"
+
+
+@pytest.mark.parametrize("module", sorted(n for n in MODULES if layer_of(n) == "base"))
+def test_base_modules_import_only_base_modules(module):
+    assert sorted(t for t in GRAPH[module] if layer_of(t) != "base") == []
+
+
+@pytest.mark.parametrize("module", sorted(n for n in MODULES if layer_of(n).startswith("stage:")))
+def test_a_stage_imports_no_other_stage_unless_it_chains_them(module):
+    stage = module.split(".")[1]
+    others = {t.split(".")[1] for t in GRAPH[module] if layer_of(t).startswith("stage:")} - {stage}
+    assert others <= CHAINS.get(stage, set()), f"{module} imports the stage(s) {sorted(others - CHAINS.get(stage, set()))}"
+
+
+def test_the_checker_sees_a_violation(tmp_path):
+    """The import reader finds relative, absolute and in-function imports (what the rules above rely on)."""
+    for name in ("logitcache/__init__.py", "logitcache/dump.py", "logitcache/teachers/__init__.py",
+                 "logitcache/teachers/models.py", "logitcache/store/__init__.py", "logitcache/store/cache.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("")
+    probe = tmp_path / "logitcache" / "store" / "probe.py"
+    probe.write_text("from ..dump import dump\n\ndef f():\n    from logitcache.teachers import models\n"
+                     "    from . import cache\n    import numpy\n")
+    found = imports_of(probe, tmp_path)
+    assert found == {"logitcache.dump", "logitcache.teachers.models", "logitcache.store.cache"}
+    assert layer_of("logitcache.dump").startswith("stage:")
