@@ -8,12 +8,10 @@ from .options import config_command
 @config_command(PrepareConfig)
 def command(config: PrepareConfig, overwrite: C.Overwrite = False, json_out: C.JsonOut = None) -> None:
     """Clean each source, train the BPE tokenizer on train, cut every split into chunks."""
-    from logitcache.files import prepare_output
     from logitcache.prepare import prepare
 
     C.json_to_stdout(json_out)
-    prepare_output(config.out, overwrite=overwrite)
-    report = prepare(config, progress=C.progress_hook())
+    report = prepare(config, overwrite=overwrite, progress=C.progress_hook())
     rows = [[name, s["words"], s["tokens"], s["replaced_bytes"], _removed(name, s["cleaning"], report.warnings)]
             for name, s in sorted(report.sources.items())]
     caption = (f"! {len(report.warnings)} cleaner step(s) removed more than expected: the warnings above, "

@@ -9,13 +9,10 @@ from .options import config_command
 def command(config: StudentConfig, resume: C.Resume = False, overwrite: C.Overwrite = False,
             storage_option: C.StorageOption = None) -> None:
     """Train the student on the cache's chunks with alpha*CE + (1-alpha)*T^2*KL over the cached targets."""
-    from logitcache.files import prepare_output
     from logitcache.train_student import train_student
 
     C.use_storage_options(storage_option)
-
-    prepare_output(config.out, resume=resume, overwrite=overwrite)
-    report = train_student(config, resume=resume, progress=C.progress_hook())
+    report = train_student(config, resume=resume, overwrite=overwrite, progress=C.progress_hook())
     last = next((r for r in reversed(report.history) if "ce" in r), {})
     C.print_table(f"student {config.out}", ["steps", "best val CE", "at step", "last CE", "last KL", "tokens/s",
                                             "skipped blocks", "skipped steps"],

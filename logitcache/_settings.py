@@ -1,4 +1,5 @@
-"""Helpers shared by the frozen config dataclasses: dict round-trip, strict loading, hashing."""
+"""The field machinery behind the stage dataclasses of config.py: setting(), the TOML sections derived from
+them, dict round-trip, strict loading, hashing."""
 from __future__ import annotations
 
 import dataclasses

@@ -28,16 +28,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .store import CacheReader, cache_summary
 from ._settings import to_dict
-from .files import write_json_atomic
+from .config import CacheSizeConfig  # noqa: F401  (re-exported)
 from .data.prepared import load_data, spread_indices
 from .dump import DumpConfig, dump
+from .evaluate import mixed_ensemble_over
+from .files import write_json_atomic, write_text_atomic
+from .progress import NULL_PROGRESS, ProgressHook
+from .store import CacheReader, cache_summary
 from .teachers.cross import own_tokenizer
 from .teachers.ensemble import Ensemble, load_teachers
-from .evaluate import mixed_ensemble_over
-from .progress import NULL_PROGRESS, ProgressHook
-from .config import CacheSizeConfig  # noqa: F401  (re-exported)
 from .train_student import StudentConfig, train_student
 from .training.loop import TrainConfig
 
@@ -173,7 +173,7 @@ def cache_size(config: CacheSizeConfig, progress: ProgressHook = NULL_PROGRESS) 
         payload["baseline_ce"] = float(np.mean(_student_ces(config, reference, out / "students" / "ce-only", 1.0)))
         payload["equal_bytes"] = equal_bytes(result_rows)
     write_json_atomic(out / "cache_size.json", payload)
-    (out / "cache_size.md").write_text(markdown_table(payload))
+    write_text_atomic(out / "cache_size.md", markdown_table(payload))
     plot_cache_size(payload, out / "cache_size.png")
     return payload
 

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from .teachers.combines import COMBINES, combines_help
 from ._settings import check, field_default, setting, to_dict
-from .teachers.presets import ARCHS, get_preset
 from .store.codecs import PROB_CODES, prob_codes_help
+from .teachers.combines import COMBINES, combines_help
+from .teachers.presets import ARCHS, get_preset
 
 SPLITS = ("train", "dev", "test")
 Split = Literal[SPLITS]

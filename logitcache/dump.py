@@ -20,19 +20,18 @@ import numpy as np
 import torch
 
 from . import __version__
-from .training import distributed as D
-from .store import CacheLayout, CacheStore, cache_summary, create_cache, same_attrs
-from .store.cache import CREATING, root_attrs
-from .store.writers import device_kind, record_writer
-from .store.location import Location
 from ._settings import check, to_dict
+from .config import DumpConfig, dump_output_settings  # noqa: F401  (DumpConfig re-exported)
 from .data.prepared import load_data, spread_indices
-from .teachers.ensemble import Ensemble, load_teachers
 from .errors import LogitcacheError, ResumeMismatchError
 from .progress import NULL_PROGRESS, ProgressHook
-from .store.writers import BlockWriter
+from .store import CacheLayout, CacheStore, cache_summary, create_cache, same_attrs
+from .store.cache import CREATING, root_attrs
+from .store.location import Location
+from .store.writers import device_kind, record_writer, BlockWriter
+from .teachers.ensemble import Ensemble, load_teachers
 from .teachers.targets import block_targets
-from .config import DumpConfig, dump_output_settings  # noqa: F401  (DumpConfig re-exported)
+from .training import distributed as D
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +121,8 @@ def check_resumable(store: CacheStore, layout: CacheLayout, attrs: dict) -> None
     out = store.path
     differs = resume_differences(store.attrs, attrs | {k: store.attrs.get(k) for k in LAYOUT_ATTRS})
     if differs:
-        raise ResumeMismatchError(f"cannot resume {out}: it was made with a different config ({'; '.join(differs)})")
+        raise ResumeMismatchError(f"cannot resume {out}: it was made with a different config ({'; '.join(differs)})",
+                                  differs)
     if store.layout != layout:
         raise ResumeMismatchError(f"cannot resume {out}: its layout differs from this config")
 
@@ -143,7 +143,8 @@ def prepare_store(config: DumpConfig, layout: CacheLayout, attrs: dict, resume: 
                                   "finish it, or --overwrite to replace it")
         differs = resume_differences(found, attrs | {k: found.get(k) for k in LAYOUT_ATTRS + ("kind",)})
         if differs:
-            raise ResumeMismatchError(f"cannot resume {out}: it was made with a different config ({'; '.join(differs)})")
+            raise ResumeMismatchError(f"cannot resume {out}: it was made with a different config "
+                                      f"({'; '.join(differs)})", differs)
         create_cache(out, layout, attrs, finish=True)
         return
     if found is not None or out.exists():

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._settings import check
+from .config import DumpConfig, worker_range
 from .dump import DumpReport
 from .errors import LogitcacheError
 from .progress import NULL_PROGRESS, ProgressHook
-from .config import DumpConfig, worker_range
 
 log = logging.getLogger(__name__)
 

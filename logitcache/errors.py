@@ -6,7 +6,12 @@ class LogitcacheError(Exception):
 
 
 class ResumeMismatchError(LogitcacheError):
-    """An existing cache (or half-created one) was made with another config, so it cannot be resumed."""
+    """An existing cache (or half-created one) was made with another config, so it cannot be resumed.
+    `differences`: each differing setting as "key: old in the cache, new here" (empty for a layout change)."""
+
+    def __init__(self, message: str, differences: list[str] | tuple[str, ...] = ()):
+        super().__init__(message)
+        self.differences = list(differences)
 
 
 class CacheCorruptError(LogitcacheError):

@@ -23,15 +23,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .training import distributed as D
-from .data.prepared import load_data, spread_indices
-from .teachers.ensemble import Ensemble, load_teachers
-from .errors import LogitcacheError
-from .training.metrics import byte_counts, lm_metrics
-from .teachers.models import load_model
-from .progress import NULL_PROGRESS, ProgressHook
 from .config import EvalConfig  # noqa: F401  (re-exported)
+from .data.prepared import load_data, spread_indices
 from .data.tokenizer import BOS_ID, PAD_ID, check_model_tokenizer, load_tokenizer
+from .errors import LogitcacheError
+from .progress import NULL_PROGRESS, ProgressHook
+from .teachers.ensemble import Ensemble, load_teachers
+from .teachers.models import load_model
+from .training import distributed as D
+from .training.metrics import byte_counts, lm_metrics
 
 log = logging.getLogger(__name__)
 

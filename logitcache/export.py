@@ -17,10 +17,9 @@ import os
 import shutil
 from pathlib import Path
 
-from .files import prepare_output
-from .files import replace_dir
-from .errors import LogitcacheError
 from .config import ExportConfig  # noqa: F401  (re-exported)
+from .errors import LogitcacheError
+from .files import atomic_dir, check_output
 
 log = logging.getLogger(__name__)
 
@@ -125,27 +124,28 @@ def model_card(src: Path, prefix: str) -> str:
 
 
 def export(config: ExportConfig, overwrite: bool = False) -> Path:
+    """Write `config.src` as a Hugging Face folder at `config.dst`; a `dst` holding something is refused
+    unless `overwrite`, and then replaced only once the new folder is complete."""
     src, dst = Path(config.src), Path(config.dst)
+    check_output(dst, overwrite=overwrite)
     if not (src / "COMPLETE").is_file():
         raise LogitcacheError(f"{src} is not a finished training run (no COMPLETE marker)")
     missing = [name for name in ("config.json", "model.safetensors", "tokenizer.json") if not (src / name).is_file()]
     if missing:
         raise LogitcacheError(f"{src} has no {', '.join(missing)}")
-    prepare_output(dst, overwrite=overwrite)
-    tmp = dst.with_name(dst.name + ".exporting")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in COPIED_FILES:
-        if (src / name).is_file():
-            shutil.copyfile(src / name, tmp / name)
-    write_config(src, tmp)
-    tokenizer, bos, tok_config = bos_tokenizer(src)
-    tokenizer.save(str(tmp / "tokenizer.json"))
-    tok_config.update(tokenizer_class="PreTrainedTokenizerFast", bos_token=bos, add_bos_token=True,
-                      model_input_names=["input_ids", "attention_mask"])
-    (tmp / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2) + "\n")
-    (tmp / "README.md").write_text(model_card(src, bos))
-    readable_by_all(tmp)
-    replace_dir(tmp, dst)
+    if dst.is_file():
+        dst.unlink()  # --overwrite of a file: the folder takes its place
+    with atomic_dir(dst, suffix=".exporting") as tmp:
+        for name in COPIED_FILES:
+            if (src / name).is_file():
+                shutil.copyfile(src / name, tmp / name)
+        write_config(src, tmp)
+        tokenizer, bos, tok_config = bos_tokenizer(src)
+        tokenizer.save(str(tmp / "tokenizer.json"))
+        tok_config.update(tokenizer_class="PreTrainedTokenizerFast", bos_token=bos, add_bos_token=True,
+                          model_input_names=["input_ids", "attention_mask"])
+        (tmp / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2) + "\n")
+        (tmp / "README.md").write_text(model_card(src, bos))
+        readable_by_all(tmp)
     log.info("exported %s to %s", src, dst)
     return dst

@@ -1,6 +1,10 @@
-"""File helpers: atomic writes and folder swaps, sha256 of a file, an output path checked before writing."""
+"""File helpers: atomic writes of files and folders, sha256 of a file, an output path checked before writing.
+
+Every file or folder logitcache replaces goes through atomic_file or atomic_dir: written as a temp
+sibling, fsynced, then renamed into place, so a reader or a kill never sees half of one."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -10,12 +14,45 @@ from pathlib import Path
 from .errors import LogitcacheError
 
 
-def write_json_atomic(path: Path, payload) -> None:
-    """Write then rename, so a reader never sees half a file."""
+@contextlib.contextmanager
+def atomic_file(path: Path):
+    """Yield a temp sibling of `path` to write; once the block ends, fsync it and rename it over `path`.
+    On an error the temp file is removed and `path` is left as it was."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(dst: Path, suffix: str = ".tmp"):
+    """Yield a fresh temp sibling folder of `dst` to fill; once the block ends, swap it in (replace_dir:
+    a kill at any moment leaves the old folder or the new one). On an error `dst` is left as it was."""
+    dst = Path(dst)
+    tmp = dst.with_name(dst.name + suffix)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_dir(tmp, dst)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(path: Path, payload) -> None:
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def replace_dir(tmp: Path, dst: Path) -> None:
@@ -49,16 +86,24 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def prepare_output(path: Path, resume: bool = False, overwrite: bool = False) -> None:
-    """Refuse to write into a path that already holds something, unless resuming or --overwrite."""
+def check_output(path: Path, resume: bool = False, overwrite: bool = False) -> bool:
+    """Refuse a stage's output path that already holds something, unless resuming or overwriting; True
+    when it holds something. Stages call this before reading any input, and prepare_output just before
+    they write, so bad input never costs the old output."""
     path = Path(path)
     if not path.exists() or (path.is_dir() and not any(path.iterdir())):
-        return
-    if resume:
-        return
-    if not overwrite:
+        return False
+    if not resume and not overwrite:
         raise LogitcacheError(f"{path} already exists and is not empty; pass --overwrite to replace it"
                               + (" or --resume to continue it" if path.is_dir() else ""))
+    return True
+
+
+def prepare_output(path: Path, resume: bool = False, overwrite: bool = False) -> None:
+    """check_output, then with `overwrite` (and not `resume`) delete what the path holds."""
+    path = Path(path)
+    if not check_output(path, resume, overwrite) or resume:
+        return
     if path.is_dir():
         shutil.rmtree(path)
     else:

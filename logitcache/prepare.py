@@ -9,18 +9,18 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from ._settings import to_dict
+from .config import SPLITS, PrepareConfig  # noqa: F401  (PrepareConfig re-exported)
+from .data.cleaners import CLEANERS_BY_NAME, clean_basic, cleaner_for
+from .data.inputs import read_documents
+from .data.prepared import document_prefix, fingerprint
+from .data.tokenizer import BOS_ID, EOS_ID, PAD_ID, find_tokenizer, special_ids, tokenizer_identity, train_tokenizer
+from .errors import LogitcacheError
+from .files import check_output, prepare_output, sha256_file, write_json_atomic
+from .progress import NULL_PROGRESS, ProgressHook
 from .store import token_dtype, write_token_store
 from .store.tokens import text_ends_dtype
-from .data.cleaners import CLEANERS_BY_NAME, clean_basic, cleaner_for
-from .files import sha256_file, write_json_atomic
-from ._settings import to_dict
-from .errors import LogitcacheError
 from .training.memory import default_heap
-from .data.prepared import document_prefix, fingerprint
-from .progress import NULL_PROGRESS, ProgressHook
-from .config import SPLITS, PrepareConfig  # noqa: F401  (PrepareConfig re-exported)
-from .data.inputs import read_documents
-from .data.tokenizer import BOS_ID, EOS_ID, PAD_ID, find_tokenizer, special_ids, tokenizer_identity, train_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -278,18 +278,9 @@ def chunked_text(text: np.ndarray, ends: np.ndarray, n_tokens: int) -> tuple[np.
     return text[:last], ends.astype(text_ends_dtype(last))
 
 
-def prepare(config: PrepareConfig, progress: ProgressHook = NULL_PROGRESS) -> PrepareReport:
-    import time
-
-    report = PrepareReport(vocab_size=config.vocab_size)
-    out = Path(config.out)
-    t0 = time.perf_counter()
-    docs = collect_documents(config, report, progress)
-    if not docs["train"]:
-        raise LogitcacheError("no training text: the train split is empty")
-    report.seconds["clean"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
+def make_tokenizer(config: PrepareConfig, docs: dict, out: Path, progress: ProgressHook):
+    """The tokenizer prepare encodes by, saved as out/tokenizer.json: `--tokenizer`'s, or a byte-level BPE
+    trained on the train split (with `<s>` before every document). Returns it and its special ids."""
     progress.start("tokenizer", None)
     if config.tokenizer is not None:
         tokenizer = find_tokenizer(config.tokenizer)
@@ -304,38 +295,60 @@ def prepare(config: PrepareConfig, progress: ProgressHook = NULL_PROGRESS) -> Pr
                                         config.vocab_size)
         tokenizer = with_bos_template(tokenizer)
         specials = {"bos": BOS_ID, "eos": EOS_ID, "pad": PAD_ID}
-    vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
-    report.vocab_size = vocab_size
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer_path = out / "tokenizer.json"
-    tokenizer.save(str(tokenizer_path))
+    tokenizer.save(str(out / "tokenizer.json"))
     progress.finish()
-    report.seconds["tokenizer"] = time.perf_counter() - t0
+    return tokenizer, specials
 
-    t0 = time.perf_counter()
+
+def tokenize_splits(config: PrepareConfig, tokenizer, docs: dict, eos: int | None, report: PrepareReport,
+                    progress: ProgressHook) -> tuple[dict, dict]:
+    """Every split as (N, seq_len) chunks and its text record: ({split: tokens}, {split: (bytes, ends)})."""
     progress.start("tokenize", sum(len(d) for d in docs.values()))
     split_arrays: dict[str, np.ndarray] = {}
     texts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for split in SPLITS:
-        flat, text, ends = tokenize_split(tokenizer, docs[split], config.tokenizer is None, specials["eos"], report,
-                                          progress)
-        split_arrays[split] = chunk(flat, config.seq_len).astype(token_dtype(vocab_size))
+        flat, text, ends = tokenize_split(tokenizer, docs[split], config.tokenizer is None, eos, report, progress)
+        split_arrays[split] = chunk(flat, config.seq_len).astype(token_dtype(report.vocab_size))
         texts[split] = chunked_text(text, ends, split_arrays[split].size)
         report.splits[split] = {"chunks": int(split_arrays[split].shape[0]),
                                 "tokens": int(split_arrays[split].size)}
     progress.finish()
-    report.seconds["tokenize"] = time.perf_counter() - t0
     if report.splits["dev"]["chunks"] == 0:
         raise LogitcacheError(f"the dev split has no chunk of {config.seq_len} tokens: validation needs dev text "
                               "(<source>.dev files, or --dev)")
     if report.splits["test"]["chunks"] == 0:
         log.warning("the test split is empty: eval --split test will have nothing to score")
+    return split_arrays, texts
 
-    tok_sha = sha256_file(tokenizer_path)
+
+def prepare(config: PrepareConfig, resume: bool = False, overwrite: bool = False,
+            progress: ProgressHook = NULL_PROGRESS) -> PrepareReport:
+    """Clean, tokenize and chunk the raw text into `config.out`. An `out` that holds something is refused
+    unless `overwrite` (it is replaced) or `resume` (prepare is redone into it: it keeps no partial state,
+    tokens.zarr is swapped in whole; `run` resumes its own WORK/data so)."""
+    import time
+
+    check_output(config.out, resume, overwrite)  # refused before anything is read
+    report = PrepareReport(vocab_size=config.vocab_size)
+    out = Path(config.out)
+    t0 = time.perf_counter()
+    docs = collect_documents(config, report, progress)
+    if not docs["train"]:
+        raise LogitcacheError("no training text: the train split is empty")
+    prepare_output(config.out, resume, overwrite)  # replaced only once the new input has been read
+    report.seconds["clean"], t0 = time.perf_counter() - t0, time.perf_counter()
+    tokenizer, specials = make_tokenizer(config, docs, out, progress)
+    report.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+    report.seconds["tokenizer"], t0 = time.perf_counter() - t0, time.perf_counter()
+    split_arrays, texts = tokenize_splits(config, tokenizer, docs, specials["eos"], report, progress)
+    report.seconds["tokenize"] = time.perf_counter() - t0
+
+    tok_sha = sha256_file(out / "tokenizer.json")
     report.fingerprint = fingerprint(tok_sha, split_arrays, texts)
     attrs = {
         "kind": "tokens", "package_version": __version__, "seq_len": config.seq_len,
-        "vocab_size": vocab_size, "sources": report.sources, "tokenizer_sha256": tok_sha,
+        "vocab_size": report.vocab_size, "sources": report.sources, "tokenizer_sha256": tok_sha,
         "tokenizer_identity": tokenizer_identity(tokenizer), "special_ids": specials,
         "document_prefix": document_prefix(tokenizer, specials),
         "tokenizer_source": str(config.tokenizer) if config.tokenizer is not None else "trained (byte-level BPE)",
@@ -346,5 +359,3 @@ def prepare(config: PrepareConfig, progress: ProgressHook = NULL_PROGRESS) -> Pr
     write_json_atomic(out / "prepare_report.json", report.to_json())
     log.info("prepared %s: %s", out, report.splits)
     return report
-
-

@@ -5,8 +5,8 @@ import logging
 import statistics
 from pathlib import Path
 
+from .files import write_json_atomic, write_text_atomic
 from .store import cache_summary
-from .files import write_json_atomic
 from .training.loop import read_metrics
 
 log = logging.getLogger(__name__)
@@ -71,11 +71,12 @@ def write_report(work: Path, config, teacher_dirs: list[Path], students: dict, c
     plots = plot_curves(work, students)
     report["plots"] = [str(p.relative_to(work)) for p in plots]
     write_json_atomic(work / "report.json", report)
-    (work / "report.md").write_text(markdown(report))
+    write_text_atomic(work / "report.md", markdown(report))
     return report
 
 
-def markdown(report: dict) -> str:
+def model_table_lines(report: dict) -> tuple[list[str], bool, list[dict]]:
+    """The title and one row per teacher and student group: CE, perplexity, bits per byte, KL, BLiMP."""
     has_blimp = all("blimp" in m for m in report["teachers"])
     # KL columns whenever some model has them: a teacher on a tokenizer of its own is scored on its own data,
     # without KL to the teachers, and its row shows "-" there
@@ -102,6 +103,13 @@ def markdown(report: dict) -> str:
     for kind in ("distilled", "baseline"):
         label = "student, distilled from the cache" if kind == "distilled" else "student, no distillation (alpha = 1)"
         lines.append(row(f"{label}{f' (mean of {n_seeds} seeds)' if n_seeds > 1 else ''}", report["students"][kind]))
+    return lines, has_kl, models
+
+
+def seed_spread_lines(report: dict) -> list[str]:
+    """With several student seeds: each metric's mean, min .. max and wins, then every seed's CEs."""
+    n_seeds = len(report["students"]["distilled"]["seeds"])
+    lines = []
     if n_seeds > 1:
         d_group, b_group = report["students"]["distilled"], report["students"]["baseline"]
         keys = ["dev_ce", "test_ce"] + (["blimp", "blimp_official"] if "blimp" in d_group["spread"] else [])
@@ -120,12 +128,14 @@ def markdown(report: dict) -> str:
         for d, b in zip(d_group["seeds"], b_group["seeds"]):
             lines.append(f"| {d['name'].split('seed')[-1].rstrip(')')} | {d['dev_ce']:.4f} | {b['dev_ce']:.4f} | "
                          f"{d['test_ce']:.4f} | {b['test_ce']:.4f} |")
-    if has_kl and not all("dev_teacher_kl" in m for m in models):
-        lines += ["", "KL and top-1 agreement: to the ensemble of the teachers on the data's tokenizer, on the dev "
-                  "split; \"-\": a model scored without them (a teacher on a tokenizer of its own, on its own data)."]
+    return lines
+
+
+def cache_and_stages_lines(report: dict) -> list[str]:
+    """The cache's size against full logits, the distillation verdict, and the stages that ran or were reused."""
     c = report["cache"]
     gain = report["distillation_gain_dev_ce"]
-    lines += [
+    lines = [
         "",
         f"Distillation {'helps' if gain > 0 else 'does not help'}: the distilled student's dev CE is "
         f"{abs(gain):.4f} nats/token {'lower' if gain > 0 else 'higher'} than the baseline's.",
@@ -149,6 +159,16 @@ def markdown(report: dict) -> str:
               for name, sec in report["stages"].items()]
     lines += [f"| total | {len(report['stages_ran'])} ran, {len(report['stages_reused'])} reused | "
               f"{sum(report['stages'].values()):.0f} |", ""]
+    return lines
+
+
+def markdown(report: dict) -> str:
+    lines, has_kl, models = model_table_lines(report)
+    lines += seed_spread_lines(report)
+    if has_kl and not all("dev_teacher_kl" in m for m in models):
+        lines += ["", "KL and top-1 agreement: to the ensemble of the teachers on the data's tokenizer, on the dev "
+                  "split; \"-\": a model scored without them (a teacher on a tokenizer of its own, on its own data)."]
+    lines += cache_and_stages_lines(report)
     lines += [f"![{Path(p).stem}]({p})" for p in report["plots"]]
     return "\n".join(lines) + "\n"
 

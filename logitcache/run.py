@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._settings import check, config_hash, from_dict, section_of, settings_of, to_dict
+from .config import DumpConfig, EvalConfig, PrepareConfig, StudentConfig, TeacherConfig
+from .errors import LogitcacheError, ResumeMismatchError
 from .files import write_json_atomic
+from .progress import NULL_PROGRESS, ProgressHook
 from .store.cache import root_attrs
 from .store.location import Location
-from .errors import LogitcacheError, ResumeMismatchError
-from .progress import NULL_PROGRESS, ProgressHook
-from .config import DumpConfig, EvalConfig, PrepareConfig, StudentConfig, TeacherConfig
 
 log = logging.getLogger(__name__)
 
@@ -376,7 +376,6 @@ def check_force(config: RunConfig, force: tuple[str, ...]) -> None:
 def run_pipeline(config: RunConfig, work: Path, force: tuple[str, ...] = (), progress: ProgressHook = NULL_PROGRESS) -> dict:
     from .data.corpus import build_demo_corpus
     from .prepare import prepare
-    from .evaluate import evaluate
     from .report import write_report
     from .train_student import train_student
     from .train_teacher import train_teacher
@@ -400,11 +399,11 @@ def run_pipeline(config: RunConfig, work: Path, force: tuple[str, ...] = (), pro
     # a teacher on its own tokenizer reads the text of the chunks it dumps: data prepared without it is made again
     needs_text = configs["dump"].split if configs["teacher_prepare"] else None
     main = configs["prepare"]
-    stages.run("prepare", main.out, prepare_key(main), lambda: prepare(main, progress), after=upstream,
+    stages.run("prepare", main.out, prepare_key(main), lambda: prepare(main, resume=True, progress=progress), after=upstream,
                fingerprint=lambda: _data_fingerprint(main.out),
                outdated=lambda: needs_text is not None and _lacks_text(main.out, needs_text))
     for name, pcfg in configs["teacher_prepare"].items():
-        stages.run(f"prepare:{name}", pcfg.out, prepare_key(pcfg), lambda pcfg=pcfg: prepare(pcfg, progress),
+        stages.run(f"prepare:{name}", pcfg.out, prepare_key(pcfg), lambda pcfg=pcfg: prepare(pcfg, resume=True, progress=progress),
                    after=upstream, fingerprint=lambda pcfg=pcfg: _data_fingerprint(pcfg.out))
 
     teacher_dirs, teacher_stages = [], tuple(f"teacher:{name}" for name in configs["teachers"])
@@ -425,8 +424,16 @@ def run_pipeline(config: RunConfig, work: Path, force: tuple[str, ...] = (), pro
         students[kind].append(scfg.out)
         student_stages.append(f"student:{kind}:seed{seed}")
 
-    eval_dir = work / "eval"
-    results: dict[str, dict] = {}
+    results = run_eval(stages, configs, work / "eval", teacher_dirs,
+                       after=tuple(prepares) + teacher_stages + tuple(student_stages), progress=progress)
+    return write_report(work, config, teacher_dirs, students, dcfg.out, results, stages.seconds, stages.ran)
+
+
+def run_eval(stages: Stages, configs: dict, eval_dir: Path, teacher_dirs: list[Path], after: tuple[str, ...],
+             progress: ProgressHook) -> dict:
+    """The eval stage: every model on dev and test (a teacher on its own tokenizer on its own data), written
+    to eval_dir/SPLIT.json in teacher-then-student order; returns {split: that json}."""
+    from .evaluate import evaluate
 
     def do_eval():
         for split, ecfg in configs["eval"].items():
@@ -438,11 +445,8 @@ def run_pipeline(config: RunConfig, work: Path, force: tuple[str, ...] = (), pro
 
     eval_key = (tuple(configs["eval"].values()),
                 tuple((name, tuple(own.values())) for name, own in configs["teacher_eval"].items()))
-    stages.run("eval", eval_dir, eval_key if configs["teacher_eval"] else eval_key[0], do_eval,
-               after=tuple(prepares) + teacher_stages + tuple(student_stages))
-    for split in ("dev", "test"):
-        results[split] = json.loads((eval_dir / f"{split}.json").read_text())
-    return write_report(work, config, teacher_dirs, students, dcfg.out, results, stages.seconds, stages.ran)
+    stages.run("eval", eval_dir, eval_key if configs["teacher_eval"] else eval_key[0], do_eval, after=after)
+    return {split: json.loads((eval_dir / f"{split}.json").read_text()) for split in ("dev", "test")}
 
 
 def _lacks_text(data_dir: Path, split: str) -> bool:
@@ -470,20 +474,9 @@ def _dump_resuming(dcfg, progress) -> None:
     try:
         dump(dcfg, resume=Location(dcfg.out).exists(), progress=progress)
     except ResumeMismatchError as exc:
-        differs = _dump_setting_differences(dcfg)
-        what = f"cache {dcfg.out} was made with another config ({differs})" if differs else str(exc)
+        what = (f"cache {dcfg.out} was made with another config ({', '.join(exc.differences)})" if exc.differences
+                else str(exc))
         raise LogitcacheError(f"{what}; run replaces only a cache its own WORK made: pass --force dump to replace "
                               "it, or --cache (dump.cache) to put this run's cache elsewhere") from None
 
 
-def _dump_setting_differences(dcfg) -> str:
-    """'top_k: 8 in the cache, 4 here, teachers' : the dump settings recorded in the cache that differ."""
-    found = (root_attrs(Location(dcfg.out)) or {}).get("config") or {}
-    ours = json.loads(json.dumps(to_dict(dcfg)))
-    speed_only = {f.name for f in dataclasses.fields(dcfg) if not f.metadata.get("affects_output", True)}
-    parts = []
-    for key, value in ours.items():
-        if key in found and found[key] != value and key not in speed_only:
-            short = not isinstance(value, (list, dict)) and len(repr(value)) + len(repr(found[key])) < 60
-            parts.append(f"{key}: {found[key]!r} in the cache, {value!r} here" if short else key)
-    return ", ".join(parts)

@@ -12,19 +12,19 @@ from pathlib import Path
 
 import torch
 
-from .training import distributed as D
-from .store import CacheReader
 from ._settings import to_dict
-from .data.prepared import load_data
-from .teachers.ensemble import Ensemble, load_teachers
+from .config import StudentConfig  # noqa: F401  (re-exported)
+from .data.prepared import load_data, tokenizer_saver
 from .errors import LogitcacheError
+from .files import check_output, prepare_output
+from .progress import NULL_PROGRESS, ProgressHook
+from .store import CacheReader
+from .teachers.ensemble import Ensemble, load_teachers
+from .teachers.models import build_model, get_preset
+from .training import distributed as D
+from .training.loop import TrainReport, fit
 from .training.losses import (dense_kl, fused_distill_loss, fused_next_token_ce, retemper, sampled_kl,
     sampled_renormalized_kl, sparse_kl)
-from .teachers.models import build_model, get_preset
-from .progress import NULL_PROGRESS, ProgressHook
-from .config import StudentConfig  # noqa: F401  (re-exported)
-from .data.prepared import tokenizer_saver
-from .training.loop import TrainReport, fit
 
 log = logging.getLogger(__name__)
 
@@ -135,9 +135,13 @@ def student_model(config: StudentConfig, data):
     return model
 
 
-def train_student(config: StudentConfig, resume: bool = False, progress: ProgressHook = NULL_PROGRESS) -> TrainReport:
+def train_student(config: StudentConfig, resume: bool = False, overwrite: bool = False,
+                  progress: ProgressHook = NULL_PROGRESS) -> TrainReport:
+    """Distil a student from the cache into `config.out`; an `out` holding something is refused unless
+    `resume` (continue its checkpoint) or `overwrite` (replaced once the data and the cache have been checked)."""
     from .training.loader import CacheRows
 
+    check_output(config.out, resume, overwrite)
     data = load_data(config.data)
     reader = CacheReader(config.cache, require_complete=True)
     check_cache_matches(reader, data)
@@ -179,6 +183,7 @@ def train_student(config: StudentConfig, resume: bool = False, progress: Progres
     resolved = dataclasses.replace(config, temperature=temperature)  # saved as used, never as "0: the cache's"
     run_config = to_dict(resolved) | {"data_fingerprint": data.fingerprint, "stage": "train-student",
                                     "cache_created": reader.attrs.get("created")}
+    prepare_output(config.out, resume, overwrite)
     report = fit(model, source, objective, config.train, config.out, data.validation_rows("dev", config.train.val_chunks),
                  run_config, resume=resume, progress=progress, save_extra=tokenizer_saver(data))
     if source.skipped_blocks:

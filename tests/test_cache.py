@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from logitcache import open_cache
-from logitcache.store import (PROB_CODES, CacheLayout, CacheStore, block_chunk_path, create_cache, decode_ids,
+from logitcache.store import (PROB_CODES, Block, CacheLayout, CacheStore, block_chunk_path, create_cache, decode_ids,
     encode_ids, prob_code, verify_cache)
 from logitcache.store.codecs import LogCode, SqrtCode
 from logitcache.errors import LogitcacheError
@@ -28,7 +28,7 @@ def make_cache(path, ids, probs, prob_dtype="float32", block_rows=2, vocab=50):
     tokens = np.arange(n * t).reshape(n, t) % vocab
     for b in range(layout.n_blocks):
         s, e = layout.block_range(b)
-        store.write_block(b, tokens[s:e], ids[s:e], probs[s:e])
+        store.write_block(b, Block(tokens[s:e], ids[s:e], probs[s:e]))
     return tokens
 
 
@@ -197,7 +197,7 @@ def test_read_returns_sampled_weights(tmp_path):
     store = CacheStore(tmp_path / "c.zarr", mode="r+")
     for b in range(layout.n_blocks):
         s, e = layout.block_range(b)
-        store.write_block(b, np.zeros((e - s, t), np.int64), ids[s:e], probs[s:e], weights[s:e])
+        store.write_block(b, Block(np.zeros((e - s, t), np.int64), ids[s:e], probs[s:e], weights[s:e]))
     out = open_cache(tmp_path / "c.zarr").read(0, 3)
     assert len(out) == 4
     _, got_ids, got_probs, got_weights = out

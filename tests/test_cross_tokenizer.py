@@ -571,7 +571,7 @@ def single_tokenizer_cache(out: Path, config) -> None:
     from logitcache.teachers.targets import sample_targets
     from logitcache.teachers.ensemble import Ensemble
     from logitcache.teachers.models import describe, load_model
-    from logitcache.store import CacheLayout, CacheStore, create_cache
+    from logitcache.store import Block, CacheLayout, CacheStore, create_cache
     from logitcache.data.tokenizer import folder_tokenizer_identity
 
     data = load_data(config.data)
@@ -599,7 +599,7 @@ def single_tokenizer_cache(out: Path, config) -> None:
             else:
                 parts.append(sample_targets(ensemble.probs(ids), config.samples, config.proposal_temperature, generator))
         arrays = [torch.cat(column).numpy() for column in zip(*parts)]
-        store.write_block(block, rows[start:stop], *arrays)
+        store.write_block(block, Block(rows[start:stop], *arrays))
 
 
 def stored_objects(path: Path) -> dict[str, bytes]:

@@ -293,9 +293,9 @@ def test_gather_block_hands_the_writer_the_batches_in_order(device):
     gen = torch.Generator().manual_seed(0)
     batches = [[torch.randint(0, 50_000, (b, 4, 3), generator=gen), torch.rand(b, 4, 3, generator=gen)] for b in (2, 3, 1)]
     copy = gather_block([[t.to(device) for t in batch] for batch in batches])
-    ids, probs = copy.wait()
+    ids, probs = copy.wait().values()
     assert ids.dtype == np.int32 and probs.dtype == np.float32 and ids.shape == (6, 4, 3)
     assert np.array_equal(ids, np.concatenate([b[0].numpy() for b in batches]))
     assert np.array_equal(probs, np.concatenate([b[1].numpy() for b in batches]))
     if device == "cuda":
-        assert all(t.is_pinned() for t in copy.tensors)
+        assert all(t.is_pinned() for t in copy.tensors.values())

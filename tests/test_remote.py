@@ -243,7 +243,7 @@ def test_storage_options_parse():
 def test_run_with_the_cache_in_a_bucket(s3, tmp_path, tiny_raw):
     """`run --cache s3://...`: the dump goes to the bucket, the students stream it, the report names it,
     and a rerun finds the stage complete (its stamp stays in WORK) without touching the bucket."""
-    from test_eval import blimp_dir
+    from test_evaluate import blimp_dir
     from test_run import TINY
 
     config = tmp_path / "tiny.toml"

@@ -69,7 +69,7 @@ blimp_max_pairs = 5
 
 
 def test_run_end_to_end_and_rerun_skips(tmp_path, tiny_raw, monkeypatch):
-    from test_eval import blimp_dir
+    from test_evaluate import blimp_dir
 
     config_path = tmp_path / "tiny.toml"
     config_path.write_text(TINY.format(raw=tiny_raw, blimp=blimp_dir(tmp_path)))
@@ -127,7 +127,7 @@ def test_paper_config_parses_and_builds_every_stage():
 # ---- helpers for the stage-stamp tests: one seed, the CLI where the exit code matters ----------------
 
 def tiny_config(tmp_path: Path, raw: Path) -> Path:
-    from test_eval import blimp_dir
+    from test_evaluate import blimp_dir
 
     path = tmp_path / "tiny.toml"
     if not path.exists():

@@ -231,7 +231,7 @@ def test_a_teacher_on_its_own_tokenizer_is_scored_on_its_own_data(tmp_path, tiny
     def shared_teachers_only(dcfg, progress):
         real(dc.replace(dcfg, teachers=tuple(t for t in dcfg.teachers if t.name != "gpt2")), progress)
 
-    from test_eval import blimp_dir
+    from test_evaluate import blimp_dir
 
     monkeypatch.setattr(run_module, "_dump_resuming", shared_teachers_only)
     work = tmp_path / "work"
@@ -258,7 +258,7 @@ def test_mixed_run_goes_through_dump_students_and_eval_from_the_cli(tmp_path, ti
     (its folder's) and its coverage, every position has llama's target and gpt2's where it aligns
     (teacher_count = 1 + aligned, its mean 1 + the recorded coverage), the students train from it, and
     a second run reuses every stage."""
-    from test_eval import blimp_dir
+    from test_evaluate import blimp_dir
     from test_run import run_cli
 
     from logitcache.store.cache import root_attrs

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Callable
 
 from .._settings import check
-from ..files import sha256_file
-from ..errors import LogitcacheError
 from ..config import SPLITS
+from ..errors import LogitcacheError
+from ..files import sha256_file, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -200,9 +200,7 @@ def build_demo_corpus(out: Path, sources: tuple[str, ...] = tuple(SOURCES), grou
         counts[name] = {}
         for split, parts in by_split.items():
             text = "\n\n".join(parts) + "\n"
-            tmp = out / f"{name}.{split}.part"
-            tmp.write_text(text, encoding="utf-8")
-            tmp.replace(out / f"{name}.{split}")
+            write_text_atomic(out / f"{name}.{split}", text)
             counts[name][split] = len(text.split())
         log.info("%s: %s", name, counts[name])
     return counts

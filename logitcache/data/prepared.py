@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..store import TokenStore
-from ..store.location import as_location
 from ..errors import LogitcacheError
 from ..files import sha256_file
+from ..store import TokenStore
+from ..store.location import as_location
 from .tokenizer import BOS_ID, EOS_ID, PAD_ID, load_tokenizer, tokenizer_file_identity
 
 

@@ -26,6 +26,7 @@ import asyncio
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import crc32c
 import numpy as np
@@ -322,6 +323,20 @@ def block_checksum(arrays: list[np.ndarray]) -> int:
     return value
 
 
+class Block(NamedTuple):
+    """One block's arrays on their way into the store. tokens (n, T); ids and probs (n, T, K) (mass targets:
+    the first mass_count[i, t] slots of each position count); weights (n, T, K): the importance weights of
+    sampled targets; mass_count (n, T) of mass targets; teacher_count (n, T) with a teacher on a tokenizer
+    of its own (0: no teacher target at that position)."""
+
+    tokens: np.ndarray
+    ids: np.ndarray
+    probs: np.ndarray
+    weights: np.ndarray | None = None
+    mass_count: np.ndarray | None = None
+    teacher_count: np.ndarray | None = None
+
+
 class CacheStore:
     """Low-level access to a cache group: block writes (dump) and raw block reads (reader, verify)."""
 
@@ -369,11 +384,9 @@ class CacheStore:
                     pass
             return mask
 
-    def write_block(self, block: int, tokens: np.ndarray, topk_ids: np.ndarray, topk_probs: np.ndarray,
-                    weights: np.ndarray | None = None, teacher_count: np.ndarray | None = None,
-                    mass_count: np.ndarray | None = None) -> None:
-        """Encode and write one block, then its checksum, then its `done` marker (in that order). Mass targets
-        (a ragged layout) take `mass_count` (n, T): the first mass_count[i, t] slots of each position are kept."""
+    def write_block(self, block: int, data: Block) -> None:
+        """Encode and write block `block`'s arrays, then its checksum, then its `done` marker (in that order)."""
+        tokens, topk_ids, topk_probs, weights, mass_count, teacher_count = data
         start, stop = self.layout.block_range(block)
         assert tokens.shape[0] == stop - start
         if self.layout.ragged:

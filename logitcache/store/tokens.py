@@ -13,7 +13,6 @@ covers bytes ends[i-1]..ends[i] (ends[-1] = 0). Both arrays carry per-chunk crc3
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import crc32c
@@ -22,7 +21,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from ..errors import LogitcacheError
-from ..files import replace_dir
+from ..files import atomic_dir
 from .ids import token_dtype  # noqa: F401  (re-exported: the token store's id width)
 from .location import Location, as_location
 
@@ -61,20 +60,16 @@ def write_token_store(path: Path, splits: dict[str, np.ndarray], attrs: dict, ro
     """Write `tokens.zarr` (one (N, T) array per split, each chunk's crc32c in its attributes; with `texts`,
     {split: (text bytes (n_bytes,) uint8, token ends (N * T,))} in `text/`) into a temp dir, then rename
     into place."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    group = zarr.open_group(store=str(tmp), mode="w", zarr_format=3)
-    for name, rows in splits.items():
-        _checked_array(group, name, rows, rows_per_chunk, ZstdCodec(level=3, checksum=True))
-    if texts:
-        text_group = group.create_group(TEXT_GROUP)
-        for name, (text, ends) in texts.items():
+    with atomic_dir(path) as tmp:
+        group = zarr.open_group(store=str(tmp), mode="w", zarr_format=3)
+        for name, rows in splits.items():
+            _checked_array(group, name, rows, rows_per_chunk, ZstdCodec(level=3, checksum=True))
+        for name, (text, ends) in (texts or {}).items():
+            text_group = group.require_group(TEXT_GROUP)
             seq_len = splits[name].shape[1]
             _checked_array(text_group, f"{name}_bytes", text, TEXT_CHUNK_BYTES, ZstdCodec(level=3, checksum=True))
             _checked_array(text_group, f"{name}_ends", ends, rows_per_chunk * seq_len, ZstdCodec(level=3, checksum=True))
-    group.attrs.update({ATTRS_KEY: attrs})
-    replace_dir(tmp, path)
+        group.attrs.update({ATTRS_KEY: attrs})
 
 
 class TokenStore:

@@ -77,12 +77,12 @@ def check_weights_fit(block: int, weights: np.ndarray) -> None:
 
 def write_host_block(store: CacheStore, block: int, tokens: np.ndarray, copy) -> None:
     """Runs on a writer thread: wait for the block's device-to-host copy, then encode and commit it."""
-    arrays = copy.wait()
-    count = arrays.pop() if copy.counted else None
-    mass_count = arrays.pop() if copy.ragged else None
-    if len(arrays) > 2:
-        check_weights_fit(block, arrays[2])
-    store.write_block(block, tokens, *arrays, teacher_count=count, mass_count=mass_count)
+    from .cache import Block
+
+    arrays = copy.wait()  # {"ids", "probs", and "weights", "mass_count", "teacher_count" where the cache has them}
+    if arrays.get("weights") is not None:
+        check_weights_fit(block, arrays["weights"])
+    store.write_block(block, Block(tokens, **arrays))
 
 
 class BlockWriter:

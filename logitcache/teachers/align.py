@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import LogitcacheError
 from ..data.tokenizer import adds_prefix_space, find_tokenizer, special_ids, token_byte_table
+from ..errors import LogitcacheError
 
 log = logging.getLogger(__name__)
 

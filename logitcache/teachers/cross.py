@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..training import distributed as D
-from .align import Aligner, ChunkTexts, folder_vocabulary, vocabulary
 from .._settings import check
 from ..data.prepared import spread_indices
-from ..errors import LogitcacheError
-from .mixed import MixedEnsemble, mixed_sample_inputs, zero_unaligned
 from ..data.tokenizer import load_tokenizer
+from ..errors import LogitcacheError
+from ..training import distributed as D
+from .align import Aligner, ChunkTexts, folder_vocabulary, vocabulary
+from .mixed import MixedEnsemble, mixed_sample_inputs, zero_unaligned
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .combines import COMBINES
 from ..errors import LogitcacheError
+from .combines import COMBINES
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedModel
 
-from .presets import ARCHS, PRESETS, ModelPreset, get_preset  # noqa: F401  (re-exported)
-from ..errors import LogitcacheError
 from ..data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from ..errors import LogitcacheError
+from .presets import ARCHS, PRESETS, ModelPreset, get_preset  # noqa: F401  (re-exported)
 
 transformers.utils.logging.disable_progress_bar()  # progress bars belong to the CLI
 

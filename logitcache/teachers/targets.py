@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .ensemble import Ensemble
 from ..config import DumpConfig
+from .ensemble import Ensemble
 
 
 
@@ -49,42 +49,45 @@ def mass_targets(ids: torch.Tensor, probs: torch.Tensor, mass: float) -> list[to
 
 
 class HostCopy:
-    """A block's (rows, T, K) results on their way to the host. On CUDA: non-blocking copies into pinned
-    host tensors (torch's caching host allocator recycles them, so successive blocks double-buffer
-    without a cudaHostAlloc each) and one event; the writer thread waits on that event, so the teachers'
-    loop never synchronises with the device per batch or per block. On CPU the tensors are already there."""
+    """A block's named results ({"ids": (rows, T, K), "probs": ..., ...}, store.Block's fields) on their way to
+    the host. On CUDA: non-blocking copies into pinned host tensors (torch's caching host allocator recycles
+    them, so successive blocks double-buffer without a cudaHostAlloc each) and one event; the writer thread
+    waits on that event, so the teachers' loop never synchronises with the device per batch or per block.
+    On CPU the tensors are already there."""
 
-    counted = False  # the last tensor is the block's teacher_count (rows, T) (teachers with tokenizers of their own)
-    ragged = False  # mass targets: after ids and probs comes the block's mass count (rows, T)
-
-    def __init__(self, tensors: list[torch.Tensor]):
+    def __init__(self, tensors: dict[str, torch.Tensor]):
         self.event = None
-        if tensors and tensors[0].device.type == "cuda":
-            hosts = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in tensors]
-            for host, tensor in zip(hosts, tensors):
-                host.copy_(tensor, non_blocking=True)
+        first = next(iter(tensors.values()), None)
+        if first is not None and first.device.type == "cuda":
+            hosts = {name: torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for name, t in tensors.items()}
+            for name, tensor in tensors.items():
+                hosts[name].copy_(tensor, non_blocking=True)
             self.event = torch.cuda.Event()
             self.event.record()
             tensors = hosts
-        elif tensors and tensors[0].device.type != "cpu":  # other accelerators (mps): a plain copy, here
-            tensors = [t.cpu() for t in tensors]
+        elif first is not None and first.device.type != "cpu":  # other accelerators (mps): a plain copy, here
+            tensors = {name: t.cpu() for name, t in tensors.items()}
         self.tensors = tensors
 
-    def wait(self) -> list[np.ndarray]:
+    def wait(self) -> dict[str, np.ndarray]:
         if self.event is not None:
             self.event.synchronize()
-        return [t.numpy() for t in self.tensors]
+        return {name: t.numpy() for name, t in self.tensors.items()}
 
 
 def gather_block(parts: list[list[torch.Tensor]], counted: bool = False, ragged: bool = False) -> HostCopy:
     """Per-batch device results [[ids, probs(, weights | mass count)(, teacher_count)], ...] -> one HostCopy of
-    the block's arrays (`counted`: the last column is teacher_count; `ragged`: the third is the mass count).
-    ids become int32 on the device first (vocabularies < 2^31): half the bytes across the bus."""
+    the block's named arrays (`counted`: the last column is teacher_count; `ragged`: the third is the mass
+    count, else a third is the sampled targets' weights). ids become int32 on the device first (vocabularies
+    < 2^31): half the bytes across the bus."""
     columns = [torch.cat(column) for column in zip(*parts)]
     columns[0] = columns[0].to(torch.int32)
-    copy = HostCopy(columns)
-    copy.counted, copy.ragged = counted, ragged
-    return copy
+    names = ["ids", "probs"]
+    if len(columns) - counted > 2:
+        names.append("mass_count" if ragged else "weights")
+    names += ["teacher_count"] if counted else []
+    assert len(names) == len(columns), (names, len(columns))
+    return HostCopy(dict(zip(names, columns)))
 
 
 def block_targets(ensemble: Ensemble, config: DumpConfig, block: int, block_tokens: np.ndarray,

@@ -8,7 +8,6 @@ shared bucket, a colleague's run) cannot run code on `--resume`.
 """
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 
 from ..errors import LogitcacheError
 from ..faults import fault_pause
+from ..files import atomic_file
 
 CHECKPOINT = "checkpoint"
 CHECKPOINT_MAGIC = b"LCCK"
@@ -37,17 +37,14 @@ def save_checkpoint(out: Path, state: dict) -> None:
     """torch.save into a temp file, a checksum trailer, fsync, then rename."""
     folder = Path(out) / CHECKPOINT
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / "state.pt.tmp"
-    torch.save(state, tmp)
-    size = tmp.stat().st_size
-    with open(tmp, "r+b") as f:
-        crc = _crc32c_of(f, size)
-        f.seek(size)
-        f.write(CHECKPOINT_MAGIC + crc.to_bytes(4, "little") + size.to_bytes(8, "little"))
-        f.flush()
-        os.fsync(f.fileno())
-    fault_pause("LOGITCACHE_FAULT_CHECKPOINT_PAUSE")  # fault-injection tests: kill between write and rename
-    os.replace(tmp, folder / "state.pt")
+    with atomic_file(folder / "state.pt") as tmp:
+        torch.save(state, tmp)
+        size = tmp.stat().st_size
+        with open(tmp, "r+b") as f:
+            crc = _crc32c_of(f, size)
+            f.seek(size)
+            f.write(CHECKPOINT_MAGIC + crc.to_bytes(4, "little") + size.to_bytes(8, "little"))
+        fault_pause("LOGITCACHE_FAULT_CHECKPOINT_PAUSE")  # fault-injection tests: kill between write and rename
 
 
 def load_checkpoint(out: Path) -> dict | None:

@@ -18,9 +18,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from . import distributed as D
-from ..store import CacheReader
 from ..errors import CacheCorruptError
+from ..store import CacheReader
+from . import distributed as D
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -23,14 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from .._settings import check
+from ..config import TrainConfig  # noqa: F401  (re-exported)
+from ..errors import LogitcacheError
+from ..files import atomic_dir, recover_dir, write_json_atomic, write_text_atomic
+from ..progress import NULL_PROGRESS, ProgressHook
 from . import distributed as D
 from .checkpoint import CHECKPOINT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .._settings import check
-from ..files import write_json_atomic
-from ..files import recover_dir, replace_dir
-from ..errors import LogitcacheError
-from ..progress import NULL_PROGRESS, ProgressHook
-from ..config import TrainConfig  # noqa: F401  (re-exported)
 from .losses import fused_next_token_ce
 from .metrics import lm_metrics
 
@@ -330,19 +328,15 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if not path.exists():
         return
     kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 def save_model(model, folder: Path, save_extra=None) -> None:
     """save_pretrained into a temp folder, then swap it in."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    if save_extra:
-        save_extra(tmp)
-    replace_dir(tmp, folder)
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(str(tmp))
+        if save_extra:
+            save_extra(tmp)
 
 
 def finalize(out: Path) -> None:

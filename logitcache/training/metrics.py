@@ -18,10 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import distributed as D
+from ..data.tokenizer import adds_prefix_space, decoded_bytes, spec_steps
 from ..errors import LogitcacheError
 from ..progress import NULL_PROGRESS, ProgressHook
-from ..data.tokenizer import adds_prefix_space, decoded_bytes, spec_steps
+from . import distributed as D
 
 
 @dataclass(frozen=True)
