@@ -51,7 +51,7 @@ def llama_alone(work: Path) -> Path:
         target = out / "students" / f"distilled-seed{seed}"
         students.append(target)
         if not (target / "done").exists():
-            train_student(dataclasses.replace(cfg, cache=cache, out=target))
+            train_student(dataclasses.replace(cfg, cache=cache, out=target), overwrite=True)
             (target / "done").write_text("ok")
     (out / "eval").mkdir(parents=True, exist_ok=True)
     for split, ecfg in configs["eval"].items():

@@ -116,8 +116,9 @@ def _student_ces(config: CacheSizeConfig, cache: Path, out: Path, alpha: float, 
 def _student_ce(config: CacheSizeConfig, cache: Path, out: Path, alpha: float, online: tuple = ()) -> float:
     train = TrainConfig(lr=config.student_lr, batch_size=config.student_batch_size, max_steps=config.train_steps,
                         warmup_steps=max(1, config.train_steps // 10), val_chunks=256, seed=config.seed)
-    report = train_student(StudentConfig(cache=cache, data=config.data, out=out, preset=config.student_preset,
-                                         alpha=alpha, online_teachers=online, train=train, shuffle_buffer=1024))
+    student = StudentConfig(cache=cache, data=config.data, out=out, preset=config.student_preset, alpha=alpha,
+                            online_teachers=online, train=train, shuffle_buffer=1024)
+    report = train_student(student, overwrite=True)  # bench's own folder: a rerun replaces it
     return report.best_val_ce
 
 

@@ -133,8 +133,6 @@ def export(config: ExportConfig, overwrite: bool = False) -> Path:
     missing = [name for name in ("config.json", "model.safetensors", "tokenizer.json") if not (src / name).is_file()]
     if missing:
         raise LogitcacheError(f"{src} has no {', '.join(missing)}")
-    if dst.is_file():
-        dst.unlink()  # --overwrite of a file: the folder takes its place
     with atomic_dir(dst, suffix=".exporting") as tmp:
         for name in COPIED_FILES:
             if (src / name).is_file():

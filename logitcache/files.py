@@ -1,7 +1,7 @@
 """File helpers: atomic writes of files and folders, sha256 of a file, an output path checked before writing.
 
 Every file or folder logitcache replaces goes through atomic_file or atomic_dir: written as a temp
-sibling, fsynced, then renamed into place, so a reader or a kill never sees half of one."""
+sibling (a file is fsynced), then renamed into place, so a reader or a kill never sees half of one."""
 from __future__ import annotations
 
 import contextlib
@@ -63,11 +63,18 @@ def replace_dir(tmp: Path, dst: Path) -> None:
     tmp, dst = Path(tmp), Path(dst)
     old = dst.with_name(dst.name + ".old")
     recover_dir(dst)
-    shutil.rmtree(old, ignore_errors=True)
-    if dst.exists():
+    _remove(old)
+    if dst.exists():  # a folder, or a file `--overwrite` replaces by a folder
         os.replace(dst, old)
     os.replace(tmp, dst)
-    shutil.rmtree(old, ignore_errors=True)
+    _remove(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def recover_dir(dst: Path) -> None:

@@ -278,9 +278,9 @@ def chunked_text(text: np.ndarray, ends: np.ndarray, n_tokens: int) -> tuple[np.
     return text[:last], ends.astype(text_ends_dtype(last))
 
 
-def make_tokenizer(config: PrepareConfig, docs: dict, out: Path, progress: ProgressHook):
-    """The tokenizer prepare encodes by, saved as out/tokenizer.json: `--tokenizer`'s, or a byte-level BPE
-    trained on the train split (with `<s>` before every document). Returns it and its special ids."""
+def make_tokenizer(config: PrepareConfig, docs: dict, progress: ProgressHook):
+    """The tokenizer prepare encodes by: `--tokenizer`'s, or a byte-level BPE trained on the train split
+    (with `<s>` before every document). Returns it and its special ids."""
     progress.start("tokenizer", None)
     if config.tokenizer is not None:
         tokenizer = find_tokenizer(config.tokenizer)
@@ -295,8 +295,6 @@ def make_tokenizer(config: PrepareConfig, docs: dict, out: Path, progress: Progr
                                         config.vocab_size)
         tokenizer = with_bos_template(tokenizer)
         specials = {"bos": BOS_ID, "eos": EOS_ID, "pad": PAD_ID}
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(out / "tokenizer.json"))
     progress.finish()
     return tokenizer, specials
 
@@ -336,9 +334,11 @@ def prepare(config: PrepareConfig, resume: bool = False, overwrite: bool = False
     docs = collect_documents(config, report, progress)
     if not docs["train"]:
         raise LogitcacheError("no training text: the train split is empty")
-    prepare_output(config.out, resume, overwrite)  # replaced only once the new input has been read
     report.seconds["clean"], t0 = time.perf_counter() - t0, time.perf_counter()
-    tokenizer, specials = make_tokenizer(config, docs, out, progress)
+    tokenizer, specials = make_tokenizer(config, docs, progress)
+    prepare_output(config.out, resume, overwrite)  # replaced only once the text and the tokenizer were read
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(out / "tokenizer.json"))
     report.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
     report.seconds["tokenizer"], t0 = time.perf_counter() - t0, time.perf_counter()
     split_arrays, texts = tokenize_splits(config, tokenizer, docs, specials["eos"], report, progress)

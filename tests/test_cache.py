@@ -257,10 +257,13 @@ WIDE_LOG_CODES = [n for n, c in PROB_CODES.items() if isinstance(c, LogCode) and
 
 
 def test_wide_log_codes_are_registered_as_16_bit():
-    assert WIDE_LOG_CODES == ["log-u9", "log-u10", "log-u11", "log-u12", "log-u13"]
+    assert WIDE_LOG_CODES == ["log-u9", "log-u10", "log-u11", "log-u12", "log-s272", "log-u13"]
     for name in WIDE_LOG_CODES:
         code = prob_code(name)
-        assert code.levels == 2 ** int(name.split("-u")[1]) and code.step == 16.0 / (code.levels - 1)
+        if "-u" in name:  # 2^B levels over 16 nats
+            assert code.levels == 2 ** int(name.split("-u")[1]) and code.step == 16.0 / (code.levels - 1)
+        else:  # a step of 1/N nat
+            assert abs(code.step - 1 / int(name.split("-s")[1])) < 1e-15 and code.levels == 16 * 272 + 1
 
 
 @pytest.mark.parametrize("prob_dtype", WIDE_LOG_CODES)
@@ -287,8 +290,8 @@ def test_wide_log_codes_round_trip_through_plain_zarr(tmp_path, prob_dtype):
     stored = group["topk_probs"][:]
     assert stored.dtype == np.uint16
     assert any(isinstance(c, BloscCodec) and c.shuffle.value == "shuffle" for c in group["topk_probs"].compressors)
-    levels = 2 ** int(prob_dtype.split("-u")[1])
-    independent = np.exp(-stored.astype(np.float64) * (16.0 / (levels - 1)))  # (N, T, K), ascending id order
+    step = 16.0 / (2 ** int(prob_dtype.split("-u")[1]) - 1) if "-u" in prob_dtype else 1 / int(prob_dtype.split("-s")[1])
+    independent = np.exp(-stored.astype(np.float64) * step)  # (N, T, K), ascending id order
     total = independent.sum(-1, keepdims=True)
     independent = np.where(total > 1, independent / total, independent)  # the recipe's normalise step
     id_order = np.cumsum(group["topk_ids"][:].astype(np.int64), axis=-1)
@@ -297,12 +300,11 @@ def test_wide_log_codes_round_trip_through_plain_zarr(tmp_path, prob_dtype):
     assert np.array_equal(np.take_along_axis(got_ids, by_id, -1), id_order)
     assert np.allclose(np.take_along_axis(got_probs, by_id, -1), independent, rtol=1e-5, atol=0)
     written = np.take_along_axis(probs, np.argsort(ids, axis=-1), -1)  # the true p in ascending id order
-    step = 16.0 / (levels - 1)
     assert np.all(np.abs(np.log(independent * np.where(total > 1, total, 1)) - np.log(written)) <= step / 2 + 1e-5)
     assert verify_cache(tmp_path / "c.zarr") == []
 
 
-@pytest.mark.parametrize("prob_dtype", ["log-u9", "log-u12", "log-u13"])
+@pytest.mark.parametrize("prob_dtype", ["log-u9", "log-u12", "log-s272", "log-u13"])
 def test_log_code_kl_after_renormalising_is_about_step_squared_over_24(prob_dtype):
     """The fidelity the README quotes: KL(true top-k renormalised || decoded renormalised) per position is about
     step^2 / 24 (uniform rounding of log p; the common shift cancels), computed here without the code's tables."""

@@ -111,6 +111,10 @@ def test_every_stage_guards_its_own_output(tmp_path, tiny_raw, tiny_data, tiny_c
          lambda **kw: train_student(StudentConfig(cache=tmp_path / "no-cache.zarr", data=tiny_data, out=old,
                                                   preset="llama-tiny", train=tiny_train(2)), **kw)),
     ]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases.append((cases[0][0], lambda **kw: prepare(PrepareConfig(data=tiny_raw, out=old, tokenizer=empty, seq_len=32),
+                                                    **kw)))  # the text is read, then the tokenizer is refused
     for good, bad in cases:
         with pytest.raises(LogitcacheError, match="already exists and is not empty; pass --overwrite"):
             good()

@@ -19,6 +19,7 @@ PROB_CODES: dict[str, ProbCode] = {
     "log-u10": LogCode("log-u10", 1024),
     "log-u11": LogCode("log-u11", 2048),
     "log-u12": LogCode("log-u12", 4096),
+    "log-s272": LogCode("log-s272", 16 * 272 + 1),  # step exactly 1/272 nat: Megatron's fidelity with a margin
     "log-u13": LogCode("log-u13", 8192),
     "float16": FloatCode("float16", np.float16),
     "float32": FloatCode("float32", np.float32),
