@@ -40,7 +40,7 @@ import torch  # noqa: E402
 from common import emit_json, print_table  # noqa: E402
 
 BLOCK_ROWS = 256
-CODES = ("sqrt-u7", "sqrt-u8", "log-u7", "log-u8", "log-u9", "log-u10", "log-u11", "log-u12", "log-u13", "float16", "float32")
+CODES = ("sqrt-u7", "sqrt-u8", "log-u7", "log-u8", "log-u9", "log-u10", "log-u11", "log-u12", "log-s272", "log-u13", "float16", "float32")
 KL_FLOOR = 1e-12
 # DistillKit, not rerun: (k, T or None, bytes/token, mean KL or None, where the figure comes from)
 DISTILLKIT = [(32, 2.0, 89.0, 4.5e-5, "recommended compressed preset, measured on the demo teachers"),
