@@ -89,7 +89,7 @@ class TrainConfig:
     val_chunks: int = setting(8192, help="Size of the fixed validation subset of dev.")
     seed: int = setting(0, help="Seed for initialisation and data order.")
     device: Device = setting("auto", help="Where to train: auto (CUDA when present), cpu or cuda.")
-    precision: Precision = setting("auto", help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16 or fp16.")
+    precision: Precision = setting("auto", help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16 or fp16 (with dynamic loss scaling).")
     tensorboard: bool = setting(False, help="Also write TensorBoard event files to OUT/tensorboard.")
 
     def __post_init__(self):

@@ -36,9 +36,12 @@ def test_loss_falls_and_model_loads_in_plain_transformers(tmp_path, tiny_data):
     assert (out / "tokenizer.json").is_file() and (out / "logitcache_config.json").is_file()
 
 
-def test_resume_gives_the_same_weights_and_losses(tmp_path, tiny_data):
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_resume_gives_the_same_weights_and_losses(tmp_path, tiny_data, precision):
+    """Resumed equals single-shot; under fp16 the checkpoint carries the loss scaler's state (its scale and
+    growth tracker), which the resumed run must restore to take the same steps."""
     full, cut = tmp_path / "full", tmp_path / "cut"
-    train = tiny_train(12, checkpoint_every=5)
+    train = tiny_train(12, checkpoint_every=5, precision=precision)
     train_teacher(TeacherConfig(data=tiny_data, out=full, arch="gpt2", preset="gpt2-tiny", train=train))
     # the interrupted run: same config, stopped after the step-5 checkpoint (state as a kill would leave it)
     import logitcache.training.loop as T
@@ -59,6 +62,12 @@ def test_resume_gives_the_same_weights_and_losses(tmp_path, tiny_data):
     finally:
         T.save_checkpoint = original
     assert calls == [5]
+    from logitcache.training.checkpoint import load_checkpoint
+
+    scaler = load_checkpoint(cut)["scaler"]
+    assert (scaler == {}) == (precision == "fp32")  # fp16: an enabled scaler, its scale saved
+    if precision == "fp16":
+        assert scaler["scale"] > 1 and "_growth_tracker" in scaler
     train_teacher(TeacherConfig(data=tiny_data, out=cut, arch="gpt2", preset="gpt2-tiny", train=train), resume=True)
     a, b = AutoModelForCausalLM.from_pretrained(str(full)), AutoModelForCausalLM.from_pretrained(str(cut))
     for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):

@@ -148,6 +148,10 @@ class Trainer:
         warmup = min(cfg.warmup_steps, self.total_steps // 2)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(warmup, self.total_steps))
         self.autocast = D.autocast_for(self.device, cfg.precision)
+        # fp16 gradients underflow to 0 without loss scaling; bf16 and fp32 need none (a disabled scaler
+        # passes every call through, so their steps are unchanged)
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=D.resolve_precision(self.device, cfg.precision) == "fp16")
         self.wrapped = DistributedDataParallel(model) if self.env.world > 1 else model
         self.metrics_path = self.out / "metrics.jsonl"
         self.tensorboard = None
@@ -169,6 +173,8 @@ class Trainer:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
+            if "scaler" in state:
+                self.scaler.load_state_dict(state["scaler"])
             set_rng_state(state["rng"])
             self.step = state["step"]
             self.report.best_val_ce, self.report.best_step = state["best_val_ce"], state["best_step"]
@@ -190,7 +196,8 @@ class Trainer:
         if self.env.is_main:
             save_checkpoint(self.out, {
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "rng": rng_state(), "step": self.step,
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "rng": rng_state(), "step": self.step,
                 "best_val_ce": self.report.best_val_ce, "best_step": self.report.best_step,
                 "skipped_steps": self.report.skipped_steps, "config": self.run_config,
             })
@@ -216,12 +223,14 @@ class Trainer:
             sync = i == n - 1 or self.env.world == 1
             with (contextlib.nullcontext() if sync else self.wrapped.no_sync()), self.autocast():
                 loss, metrics = self.objective(self.wrapped, part)
-            (loss / n).backward()
+            self.scaler.scale(loss / n).backward()
             for name, value in metrics.items():
                 sums[name] = sums.get(name, 0.0) + value.float() / n
             sums["loss"] = sums.get("loss", 0.0) + loss.detach().float() / n
+        self.scaler.unscale_(self.optimizer)  # clip the true gradients
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # skipped (and the scale lowered) where an fp16 gradient overflowed
+        self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         names = sorted(sums)
