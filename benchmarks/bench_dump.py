@@ -105,7 +105,7 @@ def writer_frontier(data_dir: Path, teacher_dirs: list[Path], chunks: int, tmp: 
     from logitcache.teachers.targets import HostCopy
     from logitcache.config import DumpConfig
     from logitcache.store import (BASELINE_COMPRESSION, Block, CacheLayout, CacheStore, Compression, cache_summary,
-        create_cache)
+                                  create_cache)
 
     vocab_size = load_data(data_dir).vocab_size
     blocks_by_t = {t: writer_blocks(data_dir, teacher_dirs, chunks, t) for t in WRITER_TEMPERATURES}

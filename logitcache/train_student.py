@@ -24,7 +24,7 @@ from .teachers.models import build_model, get_preset
 from .training import distributed as D
 from .training.loop import TrainReport, fit
 from .training.losses import (dense_kl, fused_distill_loss, fused_next_token_ce, retemper, sampled_kl,
-    sampled_renormalized_kl, sparse_kl)
+                              sampled_renormalized_kl, sparse_kl)
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from logitcache import open_cache
 from logitcache.store import (PROB_CODES, Block, CacheLayout, CacheStore, block_chunk_path, create_cache, decode_ids,
-    encode_ids, prob_code, verify_cache)
+                              encode_ids, prob_code, verify_cache)
 from logitcache.store.codecs import LogCode, SqrtCode
 from logitcache.errors import LogitcacheError
 

@@ -1,5 +1,5 @@
 from logitcache.data.cleaners import (CLEANERS, clean_austen, clean_default, clean_kjv, clean_qed, clean_script,
-    clean_subtitles, clean_transcript, clean_wiki, cleaner_for, fix_ocr_caps)
+                                      clean_subtitles, clean_transcript, clean_wiki, cleaner_for, fix_ocr_caps)
 
 
 def test_every_cleaner_survives_odd_input():

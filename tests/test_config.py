@@ -12,7 +12,7 @@ from logitcache._settings import field_default
 from logitcache.errors import LogitcacheError
 from logitcache.run import RunConfig, load_run_config, build_stage_configs
 from logitcache.config import (CacheSizeConfig, DumpConfig, EvalConfig, ExportConfig, PrepareConfig, ProbDtype,
-    StudentConfig, TeacherConfig, TrainConfig, choices)
+                               StudentConfig, TeacherConfig, TrainConfig, choices)
 from logitcache.store import PROB_CODES, PROB_DTYPES
 from logitcache_cli.app import app
 

@@ -25,10 +25,9 @@ from typer.testing import CliRunner
 from conftest import dump_config
 from logitcache.dump import dump
 from logitcache.config import DumpConfig
-from logitcache.store import verify_cache
+from logitcache.store import verify_cache, CacheStore
 from logitcache.store.location import Location
 from logitcache.store.writers import writers_of
-from logitcache.store import CacheStore
 from logitcache_cli.app import app
 
 ray = pytest.importorskip("ray")

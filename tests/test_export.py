@@ -41,8 +41,7 @@ def test_export_loads_in_plain_transformers_with_bos(tmp_path, tiny_data, tiny_c
 
 def finished_run(folder, model, data):
     """A model folder as train-student leaves it (weights, config, the data's tokenizer, COMPLETE)."""
-    from logitcache.data.prepared import load_data
-    from logitcache.data.prepared import tokenizer_saver
+    from logitcache.data.prepared import load_data, tokenizer_saver
 
     model.save_pretrained(folder)
     tokenizer_saver(load_data(data))(folder)

@@ -84,8 +84,6 @@ def test_every_stage_guards_its_own_output(tmp_path, tiny_raw, tiny_data, tiny_c
     """Called as library functions (no CLI in between), prepare, train-teacher, train-student and export
     refuse an output that holds something; with overwrite and an input that fails its check, the old
     output is still there byte for byte."""
-    import dataclasses
-
     from conftest import tiny_train
     from logitcache.config import ExportConfig, PrepareConfig, StudentConfig, TeacherConfig
     from logitcache.errors import LogitcacheError

@@ -10,7 +10,7 @@ import pytest
 
 from logitcache.errors import LogitcacheError
 from logitcache.store.location import (FsspecLocation, LocalLocation, Location, ObstoreLocation, S3FsspecLocation,
-    set_storage_options)
+                                       set_storage_options)
 
 
 @pytest.mark.parametrize("where, env, kind", [

@@ -3,8 +3,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from logitcache.teachers.targets import sample_targets
 from logitcache.training.losses import dense_kl, sampled_kl, sparse_kl

@@ -26,7 +26,7 @@ from logitcache.teachers.ensemble import Ensemble
 from logitcache.errors import CacheCorruptError, LogitcacheError, ResumeMismatchError
 from logitcache.teachers.models import load_model
 from logitcache.store import CacheStore, block_chunk_path, verify_cache
-from test_cross_tokenizer import odd_data, teachers  # noqa: F401  (fixtures: data with odd text, teachers on their own tokenizers)
+from test_cross_tokenizer import (odd_data, teachers)  # noqa: F401  (fixtures: data with odd text, teachers on their own tokenizers)
 
 MASS = dict(targets="mass", mass=0.2, max_k=24, temperature=1.0)  # the tiny teachers at T = 1: counts 12..24
 ARRAYS = ("tokens", "mass_count", "mass_ids", "mass_probs", "done", "checksum")

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from conftest import synthetic_lines
 from logitcache.errors import LogitcacheError
 from logitcache.data.tokenizer import (find_tokenizer, folder_tokenizer_identity, load_tokenizer, special_ids,
-    tokenizer_file_identity, tokenizer_identity, train_tokenizer)
+                                       tokenizer_file_identity, tokenizer_identity, train_tokenizer)
 from logitcache_cli.app import app
 
 SAMPLE = synthetic_lines(30, 5) + [
@@ -252,9 +252,8 @@ def other_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model_folders(tmp_path_factory, tiny_data):
     """A tiny llama saved with the tiny data's tokenizer (as logitcache saves models), and a copy without it."""
-    from logitcache.data.prepared import load_data
+    from logitcache.data.prepared import load_data, tokenizer_saver
     from logitcache.teachers.models import build_model, get_preset
-    from logitcache.data.prepared import tokenizer_saver
 
     root = tmp_path_factory.mktemp("models")
     data = load_data(tiny_data)

@@ -386,19 +386,18 @@ class CacheStore:
 
     def write_block(self, block: int, data: Block) -> None:
         """Encode and write block `block`'s arrays, then its checksum, then its `done` marker (in that order)."""
-        tokens, topk_ids, topk_probs, weights, mass_count, teacher_count = data
         start, stop = self.layout.block_range(block)
-        assert tokens.shape[0] == stop - start
+        assert data.tokens.shape[0] == stop - start
+        tokens = data.tokens.astype(token_dtype(self.layout.vocab_size))
         if self.layout.ragged:
-            stored = [tokens.astype(token_dtype(self.layout.vocab_size)), *self._ragged_arrays(topk_ids, topk_probs, mass_count)]
+            stored = [tokens, *self._ragged_arrays(data.ids, data.probs, data.mass_count)]
         else:
-            id_gaps, order = encode_ids(topk_ids, self.layout.vocab_size)
-            stored_probs = self.code.encode(np.take_along_axis(topk_probs, order, axis=-1))
-            stored = [tokens.astype(token_dtype(self.layout.vocab_size)), id_gaps, stored_probs]
+            id_gaps, order = encode_ids(data.ids, self.layout.vocab_size)
+            stored = [tokens, id_gaps, self.code.encode(np.take_along_axis(data.probs, order, axis=-1))]
         if self.layout.with_weights:
-            stored.append(np.take_along_axis(weights, order, axis=-1).astype(np.float16))
+            stored.append(np.take_along_axis(data.weights, order, axis=-1).astype(np.float16))
         if self.layout.with_teacher_count:
-            stored.append(np.asarray(teacher_count, dtype=np.uint8))  # (n, T)
+            stored.append(np.asarray(data.teacher_count, dtype=np.uint8))  # (n, T)
         self.write_stored_block(block, stored, block_checksum(stored))
 
     def _ragged_arrays(self, ids: np.ndarray, probs: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:

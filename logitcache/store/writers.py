@@ -15,14 +15,11 @@ from __future__ import annotations
 import collections
 import json
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import LogitcacheError
-
-if TYPE_CHECKING:
-    from .cache import CacheStore
+from .cache import Block, CacheStore
 
 WRITERS_KEY = "writers"
 DONE_METADATA = "done/zarr.json"
@@ -77,8 +74,6 @@ def check_weights_fit(block: int, weights: np.ndarray) -> None:
 
 def write_host_block(store: CacheStore, block: int, tokens: np.ndarray, copy) -> None:
     """Runs on a writer thread: wait for the block's device-to-host copy, then encode and commit it."""
-    from .cache import Block
-
     arrays = copy.wait()  # {"ids", "probs", and "weights", "mass_count", "teacher_count" where the cache has them}
     if arrays.get("weights") is not None:
         check_weights_fit(block, arrays["weights"])
