@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=16000)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--arms", default=",".join(ARMS), help="the arms to run (local and ray1 are needed)")
     parser.add_argument("--arm", help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -93,11 +94,12 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_ray_"))
     try:
         build_inputs(work, args.chunks, args.vocab_size)
-        results: dict[str, list[dict]] = {arm: [] for arm in ARMS}
+        arms = [arm for arm in ARMS if arm in args.arms.split(",")]
+        results: dict[str, list[dict]] = {arm: [] for arm in arms}
         options = [f"--chunks={args.chunks}", f"--block-rows={args.block_rows}", f"--vocab-size={args.vocab_size}",
                    f"--threads={args.threads}"]
         for _ in range(args.repeats):
-            for arm in ARMS:
+            for arm in arms:
                 t0 = time.perf_counter()
                 proc = subprocess.run([sys.executable, __file__, *options, "--arm", arm, "--work", str(work)],
                                       capture_output=True, text=True)
@@ -129,7 +131,8 @@ def report(results: dict[str, list[dict]], args) -> None:
           f"{'never' if blocks_for_085 is None else f'{blocks_for_085:.0f} blocks'} of {args.block_rows} rows")
     emit_json({"bench": "ray-dump", "blocks": blocks, "block_rows": args.block_rows, "chunks": args.chunks,
                "per_block_overhead_ms": overhead_ms, "ratio_local_over_ray1": wall["local"] / wall["ray1"],
-               "ratio_local_over_ray2": wall["local"] / wall["ray2"], "wall_s": wall, "loop_s": loop,
+               "ratio_local_over_ray2": wall["local"] / wall["ray2"] if "ray2" in wall else None,
+               "loop_ratio_local_over_ray1": loop["local"] / loop["ray1"], "wall_s": wall, "loop_s": loop,
                "startup_s": fixed, "blocks_for_ratio_085": blocks_for_085,
                "threads": args.threads, "repeats": args.repeats})
 

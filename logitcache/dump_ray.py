@@ -101,7 +101,10 @@ class BlockWorker:
     block is encoded and written while the next is computed (as the local engine's writer threads do),
     yet each call returns only after its own block is committed."""
 
-    def __init__(self, config: DumpConfig, storage_options: dict):
+    def __init__(self, config: DumpConfig, storage_options: dict, env: dict[str, str] | None = None):
+        if env is not None:  # in a Ray worker (None: this process, as it is)
+            apply_worker_env(env)  # before torch is imported here: OpenMP reads its spin setting when it loads
+        write_event("init", -1)  # block -1: the actor's start, then "ready" once the teachers are loaded
         from .dump import check_resumable, load_teaching
         from .store import CacheStore
         from .store.location import set_storage_options
@@ -125,6 +128,7 @@ class BlockWorker:
         self.kind = device_kind(self.device, self.teaching.attrs["precision"])
         self._record_writer = record_writer
         record_writer(self.store, self.kind)
+        write_event("ready", -1)
 
     def __call__(self, batch: dict) -> dict:
         if self.refusal is not None:
@@ -157,13 +161,18 @@ class BlockWorker:
 
 
 def worker_env() -> dict[str, str]:
-    """The workers' environment: the driver's storage settings, and what memory.tune_process gives this
-    process (the heap thresholds, as glibc's variables, and OpenMP's spin), set before the worker starts."""
-    from .training.memory import _HIGHEST, GOMP_SPINCOUNT
+    """The driver's settings the workers need as it has them: storage (LOGITCACHE_*, AWS_*)."""
+    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIXES)}
 
-    env = {"MALLOC_MMAP_THRESHOLD_": str(_HIGHEST), "MALLOC_TRIM_THRESHOLD_": str(_HIGHEST),
-           "GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT", GOMP_SPINCOUNT)}
-    return env | {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIXES)}
+
+def apply_worker_env(env: dict[str, str]) -> None:
+    """In the actor, first thing: the driver's storage settings, and what memory.tune_process gives every
+    logitcache process (the heap thresholds, OpenMP's idle spin). Set here rather than as a Ray runtime_env,
+    which would keep Ray from handing the pool one of the idle workers it starts with the cluster."""
+    from .training.memory import tune_process
+
+    os.environ.update(env)
+    tune_process()
 
 
 def connect(ray, config: DumpConfig) -> bool:
@@ -187,6 +196,7 @@ def quiet_ray_data() -> None:
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     context.max_consecutive_actor_init_deaths = INIT_DEATHS
+    context.memory_usage_poll_interval_s = None  # the driver holds block numbers only: no memory to watch
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # its notes on the settings above
 
 
@@ -237,11 +247,10 @@ def run_blocks(ray, config: DumpConfig, todo: list[int], report: RayDumpReport, 
     calls = 1 + config.writer_threads  # one computing, the others committing
     # the pool grows while its actors' queues are over 175% of their concurrency: queue twice as many
     results = items.map_batches(
-        BlockWorker, batch_size=1, fn_constructor_args=(config, dict(_STORAGE_OPTIONS)),
+        BlockWorker, batch_size=1, fn_constructor_args=(config, dict(_STORAGE_OPTIONS), worker_env()),
         compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high, max_tasks_in_flight_per_actor=2 * calls,
                                            max_concurrent_calls_per_actor=calls, enable_true_multi_threading=True),
-        num_cpus=config.cpus_per_worker, num_gpus=config.gpus_per_worker,
-        runtime_env={"env_vars": worker_env()})
+        num_cpus=config.cpus_per_worker, num_gpus=config.gpus_per_worker)
     kinds, pids = set(), set()
     polled, alive = 0.0, 0
     try:
@@ -267,36 +276,69 @@ def run_blocks(ray, config: DumpConfig, todo: list[int], report: RayDumpReport, 
     return kinds
 
 
-def dump_ray(config: DumpConfig, resume: bool = False, overwrite: bool = False,
-             progress: ProgressHook = NULL_PROGRESS) -> RayDumpReport:
-    """Write (or, with `resume`, finish) the cache of `config` on a Ray cluster's workers."""
+def prepare_store(config: DumpConfig, resume: bool, overwrite: bool):
+    """The driver's part before any block: describe the teachers (no weights) and claim, create or check
+    the store as the local engine does. (layout, store, blocks not done)."""
     import torch
 
     from .training import distributed as D
     from .dump import load_teaching, open_or_create
-    from .store import CacheStore, cache_summary
-    from .store.writers import record_writer, writers_of
 
-    ray = import_ray()
     teaching = load_teaching(config, torch.device("cpu"), with_ensemble=False)  # the attributes; no block here
     # as the workers will resolve them (the driver may have no GPU): a worker that differs is refused
     teaching.attrs["device"] = "cuda" if worker_uses_gpu(config) else "cpu"
     teaching.attrs["precision"] = predicted_precision(config)
-    layout = teaching.layout
-    store = open_or_create(config, layout, teaching.attrs, resume, overwrite, D.dist_env())
+    store = open_or_create(config, teaching.layout, teaching.attrs, resume, overwrite, D.dist_env())
     done = store.done_mask()
-    todo = [b for b in range(layout.n_blocks) if not done[b]]
-    report = RayDumpReport(path=str(config.out), n_rows=layout.n_rows, blocks_skipped=layout.n_blocks - len(todo))
-    t_start = time.perf_counter()
-    progress.start("dump (blocks)", len(todo))
+    return teaching.layout, store, [b for b in range(teaching.layout.n_blocks) if not done[b]]
+
+
+def finished_already(config: DumpConfig, resume: bool) -> bool:
+    """A resume of a cache whose blocks are all done: nothing for a cluster to do (read before Ray starts)."""
+    from .store import CacheStore
+    from .store.cache import root_attrs
+
+    if not resume or (root_attrs(config.out) or {}).get("kind") != "cache":
+        return False
+    try:
+        return bool(CacheStore(config.out).done_mask().all())
+    except Exception:  # anything odd: let prepare_store's checks say what
+        return False
+
+
+def dump_ray(config: DumpConfig, resume: bool = False, overwrite: bool = False,
+             progress: ProgressHook = NULL_PROGRESS) -> RayDumpReport:
+    """Write (or, with `resume`, finish) the cache of `config` on a Ray cluster's workers. The store is
+    prepared on a thread while Ray starts (each takes seconds: the teachers' architectures, the cluster's
+    processes); a refusal of the store still comes first, and stops the cluster this call started."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .store import CacheStore, cache_summary
+    from .store.writers import record_writer, writers_of
+
+    ray = import_ray()
     started = False
     try:
-        if todo:
-            started = connect(ray, config)
-            for kind in run_blocks(ray, config, todo, report, progress):
-                record_writer(store, json.loads(kind))  # a kind two workers raced to list is listed now
+        with ThreadPoolExecutor(1, thread_name_prefix="logitcache-prepare") as pool:
+            prepared = pool.submit(prepare_store, config, resume, overwrite)
+            if not finished_already(config, resume):
+                try:
+                    started = connect(ray, config)
+                except LogitcacheError:
+                    prepared.result()  # the store's refusal, if any, is the one to report
+                    raise
+            layout, store, todo = prepared.result()
+        report = RayDumpReport(path=str(config.out), n_rows=layout.n_rows, blocks_skipped=layout.n_blocks - len(todo))
+        t_start = time.perf_counter()
+        progress.start("dump (blocks)", len(todo))
+        try:
+            if todo:
+                started = connect(ray, config) or started
+                for kind in run_blocks(ray, config, todo, report, progress):
+                    record_writer(store, json.loads(kind))  # a kind two workers raced to list is listed now
+        finally:
+            progress.finish()
     finally:
-        progress.finish()
         if started:
             ray.shutdown()
     report.seconds = time.perf_counter() - t_start
