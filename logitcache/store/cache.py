@@ -35,9 +35,10 @@ from zarr.codecs import BloscCodec, ZstdCodec
 
 from ..errors import CacheCorruptError, LogitcacheError
 from ..faults import fault_pause
+from .chunks import ChunkEncoder
 from .codecs import prob_code
 from .ids import decode_ids, encode_ids, token_dtype
-from .location import Location, as_location
+from .location import Location, _buffer, as_location
 from .tokens import ATTRS_KEY  # the one key both stores keep their attributes under
 
 SCHEMA_VERSION = 1
@@ -368,6 +369,8 @@ class CacheStore:
         self.code = prob_code(self.layout.prob_dtype)
         try:
             self.arrays = {name: self.group[name] for name in self.layout.block_arrays + ("done", "checksum")}
+            # a block's chunks encoded here and stored whole, as zarr would store them (store/chunks.py)
+            self.encoders = {} if mode == "r" else {name: ChunkEncoder.of(self.arrays[name]) for name in self.layout.block_arrays}
         except Exception as exc:
             raise LogitcacheError(f"cache {self.path} is missing an array ({exc})") from None
 
@@ -420,11 +423,18 @@ class CacheStore:
         `done` is never there without its data and checksum."""
         from zarr.core.sync import sync
 
-        writes = [(name, self._block_selection(name, block), stored[i]) for i, name in enumerate(self.layout.block_arrays)]
-        writes.append(("checksum", slice(block, block + 1), np.array([checksum], dtype=np.uint32)))
+        chunks, writes = {}, [("checksum", slice(block, block + 1), np.array([checksum], dtype=np.uint32))]
+        for name, values in zip(self.layout.block_arrays, stored):
+            encoder = self.encoders.get(name)
+            if encoder is not None:
+                chunks[encoder.key(block)] = _buffer(encoder.encode(values))
+            else:
+                writes.append((name, self._block_selection(name, block), values))
+        store = self.group.store
 
         async def put_all():
-            await asyncio.gather(*(self.arrays[name]._async_array.setitem(selection, value)
+            await asyncio.gather(*(store.set(key, data) for key, data in chunks.items()),
+                                 *(self.arrays[name]._async_array.setitem(selection, value)
                                    for name, selection, value in writes))
 
         with self.location.errors():

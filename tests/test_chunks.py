@@ -1,0 +1,81 @@
+"""The writer's own chunk encoding (store/chunks.py) stores exactly what zarr's codec pipeline stores."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from logitcache.store import (BASELINE_COMPRESSION, Block, CacheLayout, CacheStore, Compression, create_cache,
+                              verify_cache)
+from logitcache.store.chunks import ChunkEncoder
+
+LAYOUTS = {  # (layout, compression): every kind of block array, a shorter last block in each
+    "topk sqrt-u7": (CacheLayout(5, 7, 6, 300, 2, "sqrt-u7"), Compression()),
+    "topk log-u12, ids over 65535": (CacheLayout(5, 7, 6, 70_000, 2, "log-u12"), Compression()),
+    "sampled float16 weights": (CacheLayout(5, 7, 6, 300, 2, "float32", with_weights=True), Compression()),
+    "mass": (CacheLayout(5, 7, 6, 300, 2, "sqrt-u7", ragged=True), Compression()),
+    "other tokenizer (teacher_count)": (CacheLayout(5, 7, 6, 300, 2, "sqrt-u8", with_teacher_count=True), Compression()),
+    "baseline blosc small blocks": (CacheLayout(5, 7, 6, 300, 2, "sqrt-u7"), BASELINE_COMPRESSION),
+    "plain zstd": (CacheLayout(5, 7, 6, 300, 2, "float16"), Compression(("zstd", 10), ("zstd", 10), ("zstd", 5))),
+}
+
+
+def block_data(layout: CacheLayout, block: int, rng) -> Block:
+    start, stop = layout.block_range(block)
+    n, t, k = stop - start, layout.seq_len, layout.k
+    ids = np.stack([rng.choice(layout.vocab_size, size=k, replace=False) for _ in range(n * t)]).reshape(n, t, k)
+    probs = rng.dirichlet(np.ones(k) * 0.3, size=(n, t)).astype(np.float32)  # (n, T, K)
+    probs = -np.sort(-probs, axis=-1)
+    tokens = rng.integers(0, layout.vocab_size, size=(n, t))
+    extra = {}
+    if layout.with_weights:
+        extra["weights"] = rng.uniform(0, 2, size=(n, t, k)).astype(np.float32)
+    if layout.ragged:
+        extra["mass_count"] = rng.integers(1, k + 1, size=(n, t))
+    if layout.with_teacher_count:
+        extra["teacher_count"] = rng.integers(1, 3, size=(n, t))  # of the 2 teachers in the attributes
+    return Block(tokens, ids, probs, **extra)
+
+
+def write(path: Path, layout: CacheLayout, compression: Compression, through_zarr: bool) -> None:
+    create_cache(path, layout, {"kind": "cache", "temperature": 1.0, "teachers": ["a", "b"]}, compression=compression)
+    store = CacheStore(path, mode="r+")
+    if through_zarr:  # the reference: zarr's own setitem for every array
+        store.encoders = {}
+    else:
+        assert all(store.encoders[name] is not None for name in layout.block_arrays)
+    rng = np.random.default_rng(0)
+    for block in range(layout.n_blocks):
+        store.write_block(block, block_data(layout, block, rng))
+
+
+def stored_objects(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_every_stored_object_equals_zarrs_own_write(tmp_path, name):
+    layout, compression = LAYOUTS[name]
+    write(tmp_path / "direct.zarr", layout, compression, through_zarr=False)
+    write(tmp_path / "zarr.zarr", layout, compression, through_zarr=True)
+    direct, reference = stored_objects(tmp_path / "direct.zarr"), stored_objects(tmp_path / "zarr.zarr")
+    assert direct.keys() == reference.keys()
+    assert any("/c/" in key for key in direct)  # chunks, not only metadata
+    for key in reference:
+        assert direct[key] == reference[key], key
+    # and plain zarr reads the directly written arrays as they were given (the last block's padding dropped)
+    group = zarr.open_group(str(tmp_path / "direct.zarr"), mode="r")
+    rng = np.random.default_rng(0)  # the same draws as write()
+    tokens = np.concatenate([block_data(layout, b, rng).tokens for b in range(layout.n_blocks)])
+    np.testing.assert_array_equal(group["tokens"][:], tokens)
+    assert verify_cache(tmp_path / "direct.zarr") == []
+
+
+def test_an_array_with_other_codecs_has_no_encoder(tmp_path):
+    """Codecs a cache is never created with (here: a transpose before the bytes) fall back to zarr."""
+    array = zarr.create_array(str(tmp_path / "a.zarr"), shape=(4, 3), chunks=(2, 3), dtype=np.uint16,
+                              filters=[zarr.codecs.TransposeCodec(order=(1, 0))], compressors=zarr.codecs.ZstdCodec())
+    assert ChunkEncoder.of(array) is None
+    plain = zarr.create_array(str(tmp_path / "b.zarr"), shape=(4, 3), chunks=(2, 3), dtype=np.uint16,
+                              compressors=zarr.codecs.ZstdCodec(level=4))
+    assert ChunkEncoder.of(plain) is not None
