@@ -113,11 +113,13 @@ def writer_frontier(data_dir: Path, teacher_dirs: list[Path], chunks: int, tmp: 
     seq_len = blocks_by_t[1.0][0][0].shape[1]
     layout = CacheLayout(n_rows, seq_len, 32, vocab_size, WRITER_BLOCK_ROWS, "sqrt-u7")
 
-    def write_all(temperature: float, threads: int, compression: Compression) -> tuple[float, float]:
+    def write_all(temperature: float, threads: int, compression: Compression, via_zarr: bool = False) -> tuple[float, float]:
         out = tmp / f"w{threads}.zarr"
         shutil.rmtree(out, ignore_errors=True)
         create_cache(out, layout, {"kind": "cache", "temperature": temperature}, compression=compression)
         store = CacheStore(out, mode="r+")
+        if via_zarr:  # every chunk through zarr's setitem instead of the store's own chunk encoder
+            store.encoders = {}
         t0, cpu0 = time.perf_counter(), time.process_time()
         if threads == 0:  # the baseline: the caller's thread, one block after another
             for b, (tokens, ids, probs) in enumerate(blocks_by_t[temperature]):
@@ -170,10 +172,32 @@ def writer_frontier(data_dir: Path, teacher_dirs: list[Path], chunks: int, tmp: 
                                    "default_bytes_ratio": table[default][1] / table[best_any][1]},
             "baseline_tokens_per_s": base_speed, "baseline_bytes_per_token": base_bytes,
         }
+    paths = writer_paths(write_all, threads, repeats)
     writer_stages(blocks_by_t, vocab_size, repeats)
-    emit_json({"bench": "dump-writer", "writer_threads": threads, **summary,
+    emit_json({"bench": "dump-writer", "writer_threads": threads, **summary, "chunk_encoder": paths,
                "frontier": [{"temperature": t, "threads": n, "compression": c.label(), "tokens_per_s": v[0],
                              "tokens_per_cpu_s": v[2], "bytes_per_token": v[1]} for (t, n, c), v in table.items()]})
+
+
+def writer_paths(write_all, threads: int, repeats: int) -> dict:
+    """The default writer with the store's own chunk encoder (store/chunks.py) against every chunk through
+    zarr's setitem, interleaved in one run: the same bytes, the speed ratio."""
+    from logitcache.store import Compression
+
+    runs = {(t, via): [] for t in WRITER_TEMPERATURES for via in (False, True)}
+    for _ in range(repeats):
+        for t, via in runs:
+            runs[(t, via)].append(write_all(t, threads, Compression(), via_zarr=via))
+    rows, out = [], {}
+    for t in WRITER_TEMPERATURES:
+        own, zarr_path = (median([r[0] for r in runs[(t, v)]]) for v in (False, True))
+        assert runs[(t, False)][0][1] == runs[(t, True)][0][1]  # the same stored bytes
+        rows += [[f"{t:g}", "own chunk encoder (default)", own, runs[(t, False)][0][1], own / zarr_path],
+                 [f"{t:g}", "zarr's setitem", zarr_path, runs[(t, True)][0][1], 1.0]]
+        out[f"T{t:g}"] = {"tokens_per_s": own, "via_zarr_tokens_per_s": zarr_path, "speedup": own / zarr_path}
+    print_table(f"the default writer ({threads} threads): chunks encoded by the store against zarr's setitem "
+                f"(medians of {repeats}, interleaved)", ["T", "path", "tokens/s", "bytes/token", "speed vs zarr"], rows)
+    return out
 
 
 def writer_stages(blocks_by_t: dict, vocab_size: int, repeats: int) -> None:

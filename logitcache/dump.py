@@ -98,7 +98,7 @@ def _difference(key: str, old, new) -> str:
 
 def resume_differences(found: dict, attrs: dict) -> list[str]:
     """What differs between the attributes of a cache (`found`) and those this dump writes (`attrs`): every
-    defining attribute (the teachers with their paths: weights sha256 leaves config.json out), and every
+    defining attribute (the teachers with their paths, weights and architecture settings), and every
     recorded setting that can change the bytes (DumpConfig's affects_output: writer_threads, the data's and
     the cache's paths may change), each as "key: old in the cache, new here"."""
     settings = {"old": dump_output_settings(found.get("config") or {}),

@@ -182,7 +182,7 @@ def test_resume_refuses_each_setting_that_changes_the_bytes_by_name(tiny_data, t
 def test_resume_accepts_speed_settings_and_moved_inputs(tmp_path, tiny_data, tiny_teachers, tiny_cache):
     """writer_threads and the paths of the data and the cache (the data compared by its fingerprint) change no
     byte: a resume with all of them changed, and `--device auto` for the cache's cpu, finishes the cache
-    exactly. Teachers are compared with their paths (their weights sha256 leaves config.json out)."""
+    exactly. Teachers are compared with their paths."""
     cache = tmp_path / "moved" / "cache.zarr"
     shutil.copytree(tiny_cache, cache)
     zarr.open_group(str(cache), mode="r+")["done"][2:] = 0
@@ -192,6 +192,37 @@ def test_resume_accepts_speed_settings_and_moved_inputs(tmp_path, tiny_data, tin
         dump(dump_config(data, teachers, cache), resume=True)
     report = dump(dump_config(data, tiny_teachers, cache, writer_threads=3, device="auto"), resume=True)
     assert report.blocks_skipped == 2 and report.blocks_written == 3
+    assert_same_store(cache, tiny_cache)
+
+
+def test_resume_refuses_a_teacher_whose_architecture_settings_changed(tmp_path, tiny_data, tiny_teachers, tiny_cache):
+    """The same weights under another config.json setting compute other logits (here GPT-2's layer-norm
+    epsilon): refused; a config.json that differs only in bookkeeping (the transformers version that saved
+    it) resumes and finishes the cache exactly."""
+    import json
+
+    cache = tmp_path / "cache.zarr"
+    shutil.copytree(tiny_cache, cache)
+    zarr.open_group(str(cache), mode="r+")["done"][3:] = 0
+    teachers = [tmp_path / "teacher-0", tmp_path / "teacher-1"]
+    config_json = teachers[1] / "config.json"
+
+    def rewrite(change):
+        for src, dst in zip(tiny_teachers, teachers):
+            shutil.rmtree(dst, ignore_errors=True)
+            shutil.copytree(src, dst)
+        settings = json.loads(config_json.read_text())
+        change(settings)
+        config_json.write_text(json.dumps(settings))
+
+    set_root_attrs(cache, lambda attrs: attrs.update(teachers=[
+        dict(t, path=str(teachers[i])) for i, t in enumerate(attrs["teachers"])]))  # the copies' paths
+    rewrite(lambda c: c.update(layer_norm_epsilon=c["layer_norm_epsilon"] * 10))
+    with pytest.raises(ResumeMismatchError, match="teachers differs"):
+        dump(dump_config(tiny_data, teachers, cache), resume=True)
+    rewrite(lambda c: c.update(transformers_version="0.0.1"))
+    report = dump(dump_config(tiny_data, teachers, cache), resume=True)
+    assert report.blocks_written == 2
     assert_same_store(cache, tiny_cache)
 
 

@@ -170,10 +170,10 @@ class Compression:
 
     The default, measured on T = 1 and T = 2 blocks of the demo teachers' top-32 sqrt-u7 targets (dev split;
     benchmarks/bench_dump.py --writer, docs/benchmarks.md): ids byte-shuffled over the whole chunk then zstd-7 (the gaps'
-    high bytes are mostly zero and zstd drops them: 5.6 bytes/token at 2.2M tokens per CPU-second, against
-    plain zstd-10's 5.8 at 1.1M), probabilities (uint8 codes, nothing to shuffle) plain zstd-8: at T = 2 the
+    high bytes are mostly zero and zstd drops them: 5.6 bytes/token at 1.6M tokens per CPU-second, against
+    plain zstd-10's 5.8 at 0.86M), probabilities (uint8 codes, nothing to shuffle) plain zstd-8: at T = 2 the
     codes repeat more and zstd's deeper match search pays (7.2 bytes/token against zstd-5's 8.0; at T = 1
-    13.6 against 14.1), at half zstd-5's speed and 1.3x zstd-10's. One setting serves both temperatures:
+    13.6 against 14.1), at 0.4x zstd-5's speed and 1.4x zstd-10's. One setting serves both temperatures:
     within 1.02x of the smallest setting that keeps the writer near the same speed at either T. Blosc's
     default blocks cut a block into pieces too small for zstd's matches. Probabilities of more than one
     byte (the 16-bit log codes, float16, float32) take `wide_probs`: byte-shuffled like the ids, so zstd

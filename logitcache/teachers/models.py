@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import torch
@@ -71,6 +72,19 @@ def weights_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+# config keys that record where and by what a config was saved, not what the model computes
+CONFIG_BOOKKEEPING = ("_name_or_path", "transformers_version", "architectures", "_attn_implementation_autoset",
+                      "torch_dtype", "dtype")
+
+
+def config_sha256(model: PreTrainedModel) -> str:
+    """sha256 of the model's architecture settings (its config as transformers reads it, in canonical JSON,
+    without the bookkeeping keys): the same weights under another rope_theta or norm epsilon compute other
+    logits, so a cache records both hashes."""
+    settings = {k: v for k, v in model.config.to_dict().items() if k not in CONFIG_BOOKKEEPING}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def model_arch(model: PreTrainedModel) -> str:
     return model.config.model_type
 
@@ -78,5 +92,5 @@ def model_arch(model: PreTrainedModel) -> str:
 def describe(path: Path, model: PreTrainedModel) -> dict:
     return {
         "path": str(path), "arch": model_arch(model), "params": sum(p.numel() for p in model.parameters()),
-        "sha256": weights_sha256(path), "vocab_size": int(model.config.vocab_size),
+        "sha256": weights_sha256(path), "config_sha256": config_sha256(model), "vocab_size": int(model.config.vocab_size),
     }
