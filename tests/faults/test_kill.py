@@ -89,9 +89,14 @@ def dump_args(data, teachers, out):
 def test_dump_survives_sigkill_anywhere(setup):
     root, data, teachers = setup
     reference = root / "reference.zarr"
-    t0 = time.perf_counter()
-    run_to_end(dump_args(data, teachers, reference))
-    duration = time.perf_counter() - t0
+    durations = []
+    for out in (root / "first-run.zarr", reference):  # the first process compiles and warms what the others reuse
+        t0 = time.perf_counter()
+        run_to_end(dump_args(data, teachers, out))
+        durations.append(time.perf_counter() - t0)
+    duration = min(durations)  # a warm run: the kill delays below are fractions of it
+    a, b = stored(root / "first-run.zarr"), stored(reference)
+    assert all(np.array_equal(a[name], b[name]) for name in a)  # two clean runs agree
     rng = random.Random(1234)
     kills = 0
     for point in range(KILL_POINTS):
