@@ -296,13 +296,12 @@ def prepare_store(config: DumpConfig, resume: bool, overwrite: bool):
 def finished_already(config: DumpConfig, resume: bool) -> bool:
     """A resume of a cache whose blocks are all done: nothing for a cluster to do (read before Ray starts)."""
     from .store import CacheStore
-    from .store.cache import root_attrs
 
-    if not resume or (root_attrs(config.out) or {}).get("kind") != "cache":
+    if not resume:
         return False
     try:
         return bool(CacheStore(config.out).done_mask().all())
-    except Exception:  # anything odd: let prepare_store's checks say what
+    except LogitcacheError:  # no cache there, or not a whole one: prepare_store's checks say what
         return False
 
 

@@ -81,8 +81,9 @@ def config_sha256(model: PreTrainedModel) -> str:
     """sha256 of the model's architecture settings (its config as transformers reads it, in canonical JSON,
     without the bookkeeping keys): the same weights under another rope_theta or norm epsilon compute other
     logits, so a cache records both hashes."""
-    settings = {k: v for k, v in model.config.to_dict().items() if k not in CONFIG_BOOKKEEPING}
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+    saved = json.loads(model.config.to_json_string(use_diff=False))  # transformers' own serialisation of it
+    settings = {k: v for k, v in saved.items() if k not in CONFIG_BOOKKEEPING}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
 def model_arch(model: PreTrainedModel) -> str:
