@@ -79,3 +79,23 @@ def test_an_array_with_other_codecs_has_no_encoder(tmp_path):
     plain = zarr.create_array(str(tmp_path / "b.zarr"), shape=(4, 3), chunks=(2, 3), dtype=np.uint16,
                               compressors=zarr.codecs.ZstdCodec(level=4))
     assert ChunkEncoder.of(plain) is not None
+
+
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_raw_bytes_per_token_counts_every_target_array(tmp_path, name):
+    """cache_summary's raw size against plain zarr's arrays: every target array's uncompressed bytes (a ragged
+    array's kept entries only, by its stored counts) per token, the same arrays bytes_per_token sums on disk."""
+    from logitcache.store import cache_summary
+
+    layout, compression = LAYOUTS[name]
+    write(tmp_path / "c.zarr", layout, compression, through_zarr=False)
+    group = zarr.open_group(str(tmp_path / "c.zarr"), mode="r")
+    kept = int(group["mass_count"][:].sum()) if layout.ragged else None
+    raw = 0
+    for array_name in set(group.array_keys()) - {"tokens", "done", "checksum"}:
+        array = group[array_name]
+        entries = kept if array_name in ("mass_ids", "mass_probs") else int(np.prod(array.shape))
+        raw += entries * array.dtype.itemsize
+    summary = cache_summary(tmp_path / "c.zarr")
+    assert summary["raw_bytes_per_token"] == pytest.approx(raw / (layout.n_rows * layout.seq_len))
+    assert summary["compression_ratio"] == pytest.approx(summary["raw_bytes_per_token"] / summary["bytes_per_token"])

@@ -186,15 +186,15 @@ def cache_summary(path) -> dict:
     sizes = store.bytes_on_disk()
     tokens = max(1, layout.n_rows * layout.seq_len)
     target_bytes = sum(sizes[n] for n in layout.block_arrays if n != "tokens")
-    raw_per_token = layout.k * (
-        np.dtype(token_dtype(layout.vocab_size)).itemsize + store.code.storage_dtype.itemsize
-        + (2 if layout.with_weights else 0)
-    )
+    bytes_per_id = (np.dtype(token_dtype(layout.vocab_size)).itemsize + store.code.storage_dtype.itemsize
+                    + (2 if layout.with_weights else 0))
+    per_position = [store.arrays[name].dtype.itemsize for name in ("teacher_count", "mass_count") if name in store.arrays]
     extra = {}
     if layout.ragged:  # the ids actually kept: raw bytes of those and of the counts
         mean_ids = mean_mass_count(store)
-        raw_per_token = mean_ids * (raw_per_token / layout.k) + store.arrays["mass_count"].dtype.itemsize
         extra["mean_ids_per_position"] = mean_ids
+    ids_per_position = extra.get("mean_ids_per_position", layout.k)
+    raw_per_token = ids_per_position * bytes_per_id + sum(per_position)  # every target array, as target_bytes
     return extra | {
         "path": store.path,
         "attrs": attrs,
