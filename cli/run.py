@@ -10,7 +10,8 @@ from . import common as C
 
 @C.handle_errors
 def command(
-    out: Annotated[Path, typer.Option("--out", help="Work directory: every stage's output and the report.")] = Path("work/demo"),
+    out: Annotated[Optional[Path], typer.Option("--out", help="Work directory: every stage's output and the report; default "
+                                                "work/<config name> (work/demo, work/demo-mixed, ...).")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="TOML config, or a shipped one by name (demo, demo-mixed, babylm-paper); default: demo, the embedded demo.")] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="Raw text for the run (sets data.raw_dir): the BabyLM folder "
                                                   "(babylm_10M/, babylm_dev/, babylm_test/) or any <source>.<split> layout.")] = None,
@@ -23,12 +24,13 @@ def command(
     force: Annotated[Optional[list[str]], typer.Option("--force", help="Redo this stage even if complete, and every later stage that reads its output (corpus, prepare, teacher or teacher:NAME, dump, student, eval); repeatable. --force dump also replaces a cache this WORK did not make.")] = None,
 ) -> None:
     """corpus -> prepare -> teachers -> dump -> students -> eval -> report; complete stages are skipped."""
-    from logitcache.run import load_run_config, run_pipeline
+    from logitcache.run import default_work_dir, load_run_config, run_pipeline
 
     C.use_storage_options(storage_option)
     overrides = tuple(set_ or ()) + ((f'data.raw_dir="{Path(data).resolve()}"',) if data is not None else ())
     overrides += (f"dump.cache={json.dumps(cache)}",) if cache is not None else ()
     run_config = load_run_config(config, overrides)
+    out = default_work_dir(config) if out is None else out
     report = run_pipeline(run_config, out, tuple(force or ()), progress=C.progress_hook())
     rows = [[f"teacher {t['name']}", t["params"], t["dev_ce"], t["test_ce"]] for t in report["teachers"]]
     rows += [[f"student {k}", s["params"], s["dev_ce"], s["test_ce"]] for k, s in report["students"].items()]

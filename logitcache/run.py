@@ -134,6 +134,12 @@ def find_config(path: Path | None) -> Path:
     raise LogitcacheError(f"config file {path} does not exist (shipped configs, by name: {', '.join(shipped)})")
 
 
+def default_work_dir(config: Path | None) -> Path:
+    """WORK when `run` is given no --out: work/<the config's name>, so two configs never share (and restage)
+    one work dir: work/demo for the demo, work/demo-mixed for `--config demo-mixed`, work/my-run for my-run.toml."""
+    return Path("work") / find_config(config).name.removesuffix(".toml")
+
+
 def parse_override(text: str) -> tuple[list[str], object]:
     """'student.train.max_steps=20' -> (['student', 'train', 'max_steps'], 20); the value is read as
     TOML (numbers, booleans, strings in quotes, [lists]) and otherwise taken as a bare string."""

@@ -7,7 +7,7 @@ import pytest
 from logitcache._settings import to_dict
 from logitcache.dump import DumpConfig
 from logitcache.teachers.models import count_params, get_preset
-from logitcache.run import load_run_config, run_pipeline
+from logitcache.run import find_config, load_run_config, run_pipeline
 from logitcache.train_student import StudentConfig
 from logitcache.train_teacher import TeacherConfig
 
@@ -287,3 +287,19 @@ def test_run_scores_every_model_against_the_teachers_at_eval_temperature(tmp_pat
         assert ran["teacher_kl"] != before["teacher_kl"]
     assert "teacher_kl" not in json.loads((work / "eval" / "test.json").read_text())["models"][0]
     assert report["students"]["distilled"]["dev_teacher_kl"] == pytest.approx(at_2[2]["teacher_kl"])
+
+
+def test_run_without_out_works_in_a_dir_named_after_its_config(tmp_path, monkeypatch):
+    """No --out: work/<config name>, so `run --config demo-mixed` never restages the demo's work/demo."""
+    from typer.testing import CliRunner
+
+    from logitcache_cli.app import app
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.toml").write_text(find_config(None).read_text())
+    for config in ("demo-mixed", "mine.toml"):  # a raw dir that is not there stops the run after WORK/config.json
+        result = CliRunner().invoke(app, ["run", "--config", config, "--data", str(tmp_path / "absent")])
+        assert result.exit_code == 2 and "does not exist" in result.output, result.output
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["demo-mixed", "mine"]
+    mixed = json.loads((tmp_path / "work" / "demo-mixed" / "config.json").read_text())
+    assert mixed == to_dict(load_run_config(Path("demo-mixed"), (f'data.raw_dir="{tmp_path / "absent"}"',)))
