@@ -226,6 +226,35 @@ def check_document_ends(ends: np.ndarray, flat: np.ndarray, eos: int, doc_bytes:
                               "not spell its input back): cannot record the chunks' text")
 
 
+def literal_specials(tokenizer, docs: list[tuple[str, str]]) -> tuple[dict[str, int], tuple[str, int] | None]:
+    """Special tokens whose content appears as plain text in the documents: {content: documents holding it}
+    and (source, document index) of the first such document. The tokenizer matches a special's content in
+    the text and encodes it as that special's id, not as the characters."""
+    contents = [t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special and t.content]
+    counts: dict[str, int] = {}
+    first = None
+    for index, (source, text) in enumerate(docs):
+        for content in contents:
+            if content in text:
+                counts[content] = counts.get(content, 0) + 1
+                first = first or (source, index)
+    return counts, first
+
+
+def check_literal_specials(tokenizer, docs: list[tuple[str, str]], split: str, own_bpe: bool) -> None:
+    """Refuse text that spells one of the trained tokenizer's specials (it would read as an EOS or BOS the text
+    never had); with --tokenizer, that is its convention (e.g. <|endoftext|> between documents): a warning."""
+    counts, first = literal_specials(tokenizer, docs)
+    listed = ", ".join(f"{content!r} in {n} document(s)" for content, n in counts.items())
+    if counts and own_bpe:
+        raise LogitcacheError(f"prepare: the {split} text holds the literal special token(s) {listed} (first: source "
+                              f"{first[0]}, document {first[1] + 1} of the split); the trained tokenizer would read them as "
+                              "its <pad>/<s>/</s> ids, not as text: remove them from the raw text")
+    if counts:
+        log.warning("the %s text holds special tokens as plain text (%s): the tokenizer encodes each as its special id",
+                    split, listed)
+
+
 def tokenize_split(tokenizer, docs: list[tuple[str, str]], own_bpe: bool, eos: int | None, report: PrepareReport,
                    progress: ProgressHook) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The split's token stream: each document as the tokenizer encodes it (its template's BOS where it
@@ -306,6 +335,7 @@ def tokenize_splits(config: PrepareConfig, tokenizer, docs: dict, eos: int | Non
     split_arrays: dict[str, np.ndarray] = {}
     texts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for split in SPLITS:
+        check_literal_specials(tokenizer, docs[split], split, own_bpe=config.tokenizer is None)
         flat, text, ends = tokenize_split(tokenizer, docs[split], config.tokenizer is None, eos, report, progress)
         split_arrays[split] = chunk(flat, config.seq_len).astype(token_dtype(report.vocab_size))
         texts[split] = chunked_text(text, ends, split_arrays[split].size)
@@ -336,13 +366,13 @@ def prepare(config: PrepareConfig, resume: bool = False, overwrite: bool = False
         raise LogitcacheError("no training text: the train split is empty")
     report.seconds["clean"], t0 = time.perf_counter() - t0, time.perf_counter()
     tokenizer, specials = make_tokenizer(config, docs, progress)
-    prepare_output(config.out, resume, overwrite)  # replaced only once the text and the tokenizer were read
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(out / "tokenizer.json"))
     report.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
     report.seconds["tokenizer"], t0 = time.perf_counter() - t0, time.perf_counter()
     split_arrays, texts = tokenize_splits(config, tokenizer, docs, specials["eos"], report, progress)
     report.seconds["tokenize"] = time.perf_counter() - t0
+    prepare_output(config.out, resume, overwrite)  # touched only once every split is tokenized: a refusal keeps it
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(out / "tokenizer.json"))
 
     tok_sha = sha256_file(out / "tokenizer.json")
     report.fingerprint = fingerprint(tok_sha, split_arrays, texts)

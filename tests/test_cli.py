@@ -167,7 +167,7 @@ def test_damaged_checkpoint_is_refused_and_left_alone(tmp_path, tiny_data, damag
 
 
 def test_verify_result_line_is_not_wrapped(tiny_cache, tmp_path):
-    """Before: rich wrapped `OK <long path>: ...` over four lines when stdout was not a terminal."""
+    """The `OK <long path>: ...` line stays one line when stdout is not a terminal (rich would wrap it)."""
     import shutil
 
     long = tmp_path / ("a-long-folder-name-" * 5) / "cache.zarr"

@@ -29,8 +29,8 @@ def dump_args(data, teachers, out):
 
 
 def test_torchrun_dump_overwrite_three_times_leaves_a_complete_cache(tmp_path, tiny_data, tiny_teachers, tiny_cache):
-    """Only rank 0 deletes and recreates the output; the others wait for it. Before: every rank deleted
-    it, and 2 of 3 runs left no cache at all. The summary describes the finished cache."""
+    """Only rank 0 deletes and recreates the output; the others wait for it (were every rank to delete
+    it, runs would end with no cache at all). The summary describes the finished cache."""
     out = tmp_path / "c.zarr"
     reference = open_cache(tiny_cache).read(0, 40)
     for attempt in range(3):

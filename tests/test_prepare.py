@@ -79,7 +79,7 @@ def test_bad_bytes_are_replaced_and_counted(tmp_path):
 
 
 def test_missing_dev_split_is_refused(tmp_path):
-    """Before: validation silently read 0.0 and the first checkpoint stayed best forever."""
+    """No dev chunk is refused: validation would read 0.0 and the first checkpoint would stay best forever."""
     raw = tmp_path / "raw"
     raw.mkdir()
     (raw / "x.train").write_text("hello world\n" * 200)
@@ -109,7 +109,7 @@ def test_documents_are_joined_with_eos(tiny_data):
 @pytest.mark.parametrize("names", [("babylm_10M", "babylm_dev", "babylm_test"), ("train_10M", "dev", "test")])
 def test_babylm_layout_takes_the_track_and_its_dev_and_test(tmp_path, names):
     """BabyLM as people have it on disk: the 10M track beside the dev and test folders (and a 100M track
-    that must not leak into the 10M run). Before: dev was not found and validation read 0.0."""
+    that must not leak into the 10M run); dev is found, so validation never reads 0.0."""
     from logitcache.prepare import find_raw_files
 
     train, dev, test = (tmp_path / n for n in names)
@@ -236,3 +236,48 @@ def test_validation_subset_options_belong_to_training_not_prepare(tmp_path, tiny
         toml.write_text(f'[data]\n{key} = 16\n[[teachers]]\nname = "a"\narch = "llama"\npreset = "llama-tiny"\n')
         with pytest.raises(LogitcacheError, match=f"unknown config key 'data.{key}'"):
             load_run_config(toml)
+
+
+def test_a_literal_special_token_in_the_text_is_refused_and_the_existing_data_is_kept(tmp_path, tiny_raw, tiny_data):
+    """Text spelling `</s>` would become an EOS mid-document with the trained tokenizer: one line naming the
+    token, split and source, exit 2, and an existing data dir (even with --overwrite) byte for byte as it was."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from logitcache_cli.app import app
+
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_raw, raw)
+    with open(raw / "stories.dev", "a") as f:
+        f.write("the story ends here </s> and goes on\n")
+    out = tmp_path / "data"
+    shutil.copytree(tiny_data, out)
+    before = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    result = CliRunner().invoke(app, ["prepare", "--data", str(raw), "--out", str(out), "--vocab-size", "300",
+                                      "--seq-len", "32", "--overwrite"])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "'</s>' in 1 document(s)" in errors[0] and "dev text" in errors[0]
+    assert "source stories" in errors[0] and "Traceback" not in result.output
+    assert {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+
+
+def test_a_pretrained_tokenizer_keeps_its_specials_in_the_text_and_says_so(tmp_path, tiny_raw, tiny_data, caplog):
+    """With --tokenizer a literal special is that tokenizer's convention (<|endoftext|> between documents):
+    encoded as its id, as the tokenizer itself encodes the text, with a warning naming it."""
+    import logging
+    import shutil
+
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_raw, raw)
+    line = "a cat </s> a dog"
+    (raw / "childes.train").write_text(line + "\n" + (raw / "childes.train").read_text())  # the stream's first document
+    with caplog.at_level(logging.WARNING, logger="logitcache.prepare"):
+        prepare(PrepareConfig(data=raw, out=tmp_path / "data", tokenizer=tiny_data / "tokenizer.json", seq_len=32))
+    assert any("'</s>' in 1 document(s)" in r.getMessage() and "train" in r.getMessage() for r in caplog.records)
+    tokenizer = load_tokenizer(tiny_data / "tokenizer.json")
+    ids = tokenizer.encode(line, add_special_tokens=False).ids
+    assert EOS_ID in ids  # the tokenizer's own reading of the line
+    stream = load_data(tmp_path / "data").store.split("train").reshape(-1).tolist()
+    assert stream[:len(ids) + 2] == [1] + ids + [EOS_ID]  # <s>, the line as the tokenizer reads it, </s>

@@ -55,7 +55,7 @@ def objects(where) -> dict[str, bytes]:
 
 
 def test_url_is_not_a_local_folder(tmp_path, monkeypatch):
-    """Before: `dump --out s3://b/c.zarr` wrote a local folder named `s3:`. A URL stays a URL."""
+    """`dump --out s3://b/c.zarr` names a bucket, never a local folder named `s3:`: a URL stays a URL."""
     location = Location("s3://bucket/prefix/cache.zarr")
     assert location.is_remote and location.url == "s3://bucket/prefix/cache.zarr" and location.bucket == "bucket"
     assert Location("file://" + str(tmp_path / "c.zarr")) == Location(tmp_path / "c.zarr")
