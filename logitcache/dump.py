@@ -48,7 +48,7 @@ class DumpReport:
     rank: int = 0
     world: int = 1
     summary: dict = field(default_factory=dict)  # rank 0: cache_summary of the whole cache after every rank finished
-    coverage: list = field(default_factory=list)  # per teacher: positions aligned, mass mapped (this rank's blocks)
+    coverage: list = field(default_factory=list)  # per teacher: positions aligned, mass mapped (this run's blocks, all ranks)
 
 
 def cache_attrs(config: DumpConfig, data, teacher_infos: list[dict], n_rows: int, device: torch.device) -> dict:
@@ -278,8 +278,9 @@ def dump(config: DumpConfig, resume: bool = False, overwrite: bool = False,
         progress.finish()
     report.blocks_written = writer.written
     report.seconds = time.perf_counter() - t_start
-    if getattr(ensemble, "cross", False):
-        report.coverage = ensemble.coverage()
+    if getattr(ensemble, "cross", False):  # every rank's counts summed, as the blocks and tokens below
+        stats = D.all_reduce_sum(torch.from_numpy(ensemble.stats.copy()).to(device))  # (teachers, 3)
+        report.coverage = ensemble.coverage(stats.cpu().numpy())
     log.info("rank %d: wrote %d blocks (%d already done) at %.0f tokens/s", env.rank, report.blocks_written,
              report.blocks_skipped, report.tokens / max(report.seconds, 1e-9))
     # every rank is done before anyone describes the cache; counts and tokens are summed over ranks

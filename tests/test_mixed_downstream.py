@@ -473,6 +473,50 @@ def test_torchrun_two_ranks_train_on_a_counted_cache(tmp_path, mixed):
     assert len(steps) == 4 and all(math.isfinite(r["kl"]) and r["kl"] > 0 for r in steps)
 
 
+TORCHRUN_DUMP = """
+import json, sys
+from pathlib import Path
+from logitcache.dump import dump
+from logitcache.config import DumpConfig
+data, teacher, out = map(Path, sys.argv[1:4])
+report = dump(DumpConfig(data=data, teachers=(teacher,), out=out, top_k=8, temperature=1.0, block_rows=8, batch_size=4,
+                         max_chunks=48, device="cpu", combine="mean-probs", min_coverage=0.2))
+if report.rank == 0:
+    print("REPORT " + json.dumps({"coverage": report.coverage, "tokens": report.tokens}))
+"""
+
+
+def test_torchrun_dump_reports_the_coverage_of_every_ranks_blocks(tmp_path, mixed):
+    """Two ranks each compute half the blocks; the coverage rank 0 reports counts both halves: it equals one
+    process's over the same blocks, and the cache equals that process's stored object for stored object."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from logitcache.dump import dump
+    from conftest import dump_config
+
+    single = dump(dump_config(mixed["data"], [mixed["teacher"]], tmp_path / "one.zarr", combine="mean-probs",
+                              max_chunks=48, min_coverage=0.2, temperature=1.0))
+    script = tmp_path / "dump.py"
+    script.write_text(TORCHRUN_DUMP)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
+               str(mixed["data"]), str(mixed["teacher"]), str(tmp_path / "two.zarr")]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=240, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("REPORT "))[7:])
+    assert report["tokens"] == single.tokens
+    assert len(report["coverage"]) == len(single.coverage) == 1
+    assert report["coverage"][0]["positions"] == single.coverage[0]["positions"]  # counts: exact
+    assert report["coverage"][0]["mass"] == pytest.approx(single.coverage[0]["mass"], rel=1e-6)  # float sums, reordered
+    assert single.coverage[0]["positions"] < 1  # some positions unaligned: a rank's share would differ
+    one, two = tmp_path / "one.zarr", tmp_path / "two.zarr"
+    chunks = lambda root: {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+                           if p.is_file() and "/c/" in str(p.relative_to(root))}
+    assert chunks(one) == chunks(two)
+
+
 @pytest.mark.parametrize("fault", ["count above teachers", "target where none aligned"])
 def test_verify_checks_teacher_count_against_the_teachers_and_the_targets(tmp_path, mixed, fault):
     """Under a valid checksum (rewritten with the block): a count above the cache's teachers, or a count

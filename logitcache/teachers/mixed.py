@@ -131,11 +131,12 @@ class MixedEnsemble:
         top_ids = torch.where(none, torch.arange(k, device=top_ids.device).expand_as(top_ids), top_ids)
         return top_ids, torch.where(none, torch.zeros_like(top_probs), top_probs), count
 
-    def coverage(self) -> list[dict]:
-        """Per teacher, over the positions this process computed: the fraction aligned and the fraction of
-        the teacher's probability at those positions that mapped onto student ids."""
+    def coverage(self, stats: np.ndarray | None = None) -> list[dict]:
+        """Per teacher, over the positions this process computed (or of `stats`, such counts summed over
+        processes): the fraction aligned and the fraction of the teacher's probability at those positions
+        that mapped onto student ids."""
         out = []
-        for (aligned, total, mass) in self.stats.tolist():
+        for (aligned, total, mass) in (self.stats if stats is None else stats).tolist():
             out.append({"positions": aligned / max(total, 1.0), "mass": mass / max(aligned, 1.0)})
         return out
 
