@@ -42,7 +42,8 @@ def is_data_dir(where) -> bool:
 
 
 def copy_data_dir(src, dst, progress=None, workers: int = 8) -> CopyReport:
-    """A prepared data dir, file by file (bytes compared after writing), the token store's root
+    """A prepared data dir, verified first (every chunk's crc32c, the tokenizer's sha256, the fingerprint),
+    then file by file (bytes compared after writing), the token store's root
     `zarr.json` last: until it lands the destination is no token store. A destination holding
     another data dir (another token store root: its fingerprint and attributes) is refused; a
     partial copy (a tokenizer.json, no root yet) is completed."""
@@ -56,6 +57,12 @@ def copy_data_dir(src, dst, progress=None, workers: int = 8) -> CopyReport:
         raise LogitcacheError(f"{target} holds a different prepared data dir; not overwritten")
     if theirs is None and target.sizes() and target.read_bytes("tokenizer.json") is None:
         raise LogitcacheError(f"{target} exists and is not a prepared data dir; not overwritten")
+    from .verify import verify_data
+
+    checked = verify_data(source)  # a corrupt chunk is refused here, as copy_cache refuses a corrupt block
+    if checked["problems"]:
+        raise LogitcacheError(f"copy: {source} fails verify ({len(checked['problems'])} problem(s); first: "
+                                f"{checked['problems'][0]}); nothing copied")
     keys = sorted(k for k in source.sizes() if k != root_key)
     report = CopyReport(src=str(source), dst=str(target), n_blocks=len(keys) + 1)
 
