@@ -19,13 +19,18 @@ def command(
     storage_option: C.StorageOption = None,
 ) -> None:
     """Copy a cache block by block, checking every block's checksum (exit 1 if a source block is corrupt),
-    or a prepared data dir file by file."""
+    or a prepared data dir file by file once it passes verify (exit 1, nothing copied, if it does not)."""
     from logitcache.store.copy import copy_cache, copy_data_dir, is_data_dir
 
     C.json_to_stdout(json_out)
     C.use_storage_options(storage_option)
     if is_data_dir(src):
         report = copy_data_dir(src, dst, progress=C.progress_hook(), workers=workers)
+        if report.problems:
+            for line in report.problems:
+                C.say(f"FAIL {line}")
+            C.say(f"{report.src} fails verify: nothing copied")
+            raise typer.Exit(1)
         C.print_table(f"copy {report.src} -> {report.dst}", ["files", "MB"], [[report.blocks_copied, report.bytes_stored / 1e6]])
         C.write_json(json_out, vars(report))
         return

@@ -14,7 +14,7 @@ from .config import SPLITS, PrepareConfig  # noqa: F401  (PrepareConfig re-expor
 from .data.cleaners import CLEANERS_BY_NAME, clean_basic, cleaner_for
 from .data.inputs import read_documents
 from .data.prepared import document_prefix, fingerprint
-from .data.tokenizer import BOS_ID, EOS_ID, PAD_ID, find_tokenizer, special_ids, tokenizer_identity, train_tokenizer
+from .data.tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, find_tokenizer, special_ids, tokenizer_identity, train_tokenizer
 from .errors import LogitcacheError
 from .files import check_output, prepare_output, sha256_file, write_json_atomic
 from .progress import NULL_PROGRESS, ProgressHook
@@ -226,11 +226,9 @@ def check_document_ends(ends: np.ndarray, flat: np.ndarray, eos: int, doc_bytes:
                               "not spell its input back): cannot record the chunks' text")
 
 
-def literal_specials(tokenizer, docs: list[tuple[str, str]]) -> tuple[dict[str, int], tuple[str, int] | None]:
-    """Special tokens whose content appears as plain text in the documents: {content: documents holding it}
-    and (source, document index) of the first such document. The tokenizer matches a special's content in
-    the text and encodes it as that special's id, not as the characters."""
-    contents = [t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special and t.content]
+def literal_specials(docs: list[tuple[str, str]], contents: tuple[str, ...]) -> tuple[dict[str, int], tuple[str, int] | None]:
+    """Which of `contents` (the trained tokenizer's specials) appear as plain text in the documents:
+    {content: documents holding it} and (source, document index) of the first such document."""
     counts: dict[str, int] = {}
     first = None
     for index, (source, text) in enumerate(docs):
@@ -241,18 +239,16 @@ def literal_specials(tokenizer, docs: list[tuple[str, str]]) -> tuple[dict[str, 
     return counts, first
 
 
-def check_literal_specials(tokenizer, docs: list[tuple[str, str]], split: str, own_bpe: bool) -> None:
-    """Refuse text that spells one of the trained tokenizer's specials (it would read as an EOS or BOS the text
-    never had); with --tokenizer, that is its convention (e.g. <|endoftext|> between documents): a warning."""
-    counts, first = literal_specials(tokenizer, docs)
-    listed = ", ".join(f"{content!r} in {n} document(s)" for content, n in counts.items())
-    if counts and own_bpe:
-        raise LogitcacheError(f"prepare: the {split} text holds the literal special token(s) {listed} (first: source "
-                              f"{first[0]}, document {first[1] + 1} of the split); the trained tokenizer would read them as "
-                              "its <pad>/<s>/</s> ids, not as text: remove them from the raw text")
-    if counts:
-        log.warning("the %s text holds special tokens as plain text (%s): the tokenizer encodes each as its special id",
-                    split, listed)
+def check_literal_specials(docs: dict, contents: tuple[str, ...]) -> None:
+    """Refuse text that spells one of the trained tokenizer's specials: the tokenizer would read it as an EOS
+    or BOS the text never had. Checked before the tokenizer is trained."""
+    for split in SPLITS:
+        counts, first = literal_specials(docs[split], contents)
+        if counts:
+            listed = ", ".join(f"{content!r} in {n} document(s)" for content, n in counts.items())
+            raise LogitcacheError(f"prepare: the {split} text holds the literal special token(s) {listed} (first: "
+                                  f"source {first[0]}, document {first[1] + 1} of the split); the trained tokenizer "
+                                  f"would read them as its {'/'.join(contents)} ids, not as text: remove them from the raw text")
 
 
 def tokenize_split(tokenizer, docs: list[tuple[str, str]], own_bpe: bool, eos: int | None, report: PrepareReport,
@@ -274,12 +270,16 @@ def tokenize_split(tokenizer, docs: list[tuple[str, str]], own_bpe: bool, eos: i
                 report.sources[source]["tokens"] += len(ids) + 2
             progress.update(len(batch))
     else:
+        template = tokenizer.post_processor.num_special_tokens_to_add(False) if tokenizer.post_processor else 0
+        special = {i for i, token in tokenizer.get_added_tokens_decoder().items() if token.special}
+        spelled = 0  # documents whose text spells a special token (a pretrained tokenizer's convention: kept)
         for start in range(0, len(docs), 1024):
             batch = docs[start:start + 1024]
             with default_heap():
                 encodings = tokenizer.encode_batch([text for _, text in batch], add_special_tokens=True)
             for (source, doc), encoding in zip(batch, encodings):
                 ids = list(encoding.ids)
+                spelled += sum(i in special for i in ids) > template  # the mask marks the template's alone
                 doc_ends = encoding_byte_ends(encoding, doc)
                 if eos is not None and ids[-1:] != [eos]:
                     ids.append(eos)
@@ -288,6 +288,9 @@ def tokenize_split(tokenizer, docs: list[tuple[str, str]], own_bpe: bool, eos: i
                 ends_of.append(doc_ends)
                 report.sources[source]["tokens"] += len(ids)
             progress.update(len(batch))
+        if spelled:
+            log.warning("%d document(s) spell a special token of the tokenizer as text; it encodes each as its special "
+                        "id, as it does for any text", spelled)
     flat = np.fromiter((i for piece in pieces for i in piece), dtype=np.int64)
     doc_bytes = np.fromiter((len(doc.encode()) for _, doc in docs), dtype=np.int64, count=len(docs))
     if own_bpe:
@@ -335,7 +338,6 @@ def tokenize_splits(config: PrepareConfig, tokenizer, docs: dict, eos: int | Non
     split_arrays: dict[str, np.ndarray] = {}
     texts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for split in SPLITS:
-        check_literal_specials(tokenizer, docs[split], split, own_bpe=config.tokenizer is None)
         flat, text, ends = tokenize_split(tokenizer, docs[split], config.tokenizer is None, eos, report, progress)
         split_arrays[split] = chunk(flat, config.seq_len).astype(token_dtype(report.vocab_size))
         texts[split] = chunked_text(text, ends, split_arrays[split].size)
@@ -364,6 +366,8 @@ def prepare(config: PrepareConfig, resume: bool = False, overwrite: bool = False
     docs = collect_documents(config, report, progress)
     if not docs["train"]:
         raise LogitcacheError("no training text: the train split is empty")
+    if config.tokenizer is None:
+        check_literal_specials(docs, SPECIAL_TOKENS)
     report.seconds["clean"], t0 = time.perf_counter() - t0, time.perf_counter()
     tokenizer, specials = make_tokenizer(config, docs, progress)
     report.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)

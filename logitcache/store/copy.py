@@ -42,9 +42,9 @@ def is_data_dir(where) -> bool:
 
 
 def copy_data_dir(src, dst, progress=None, workers: int = 8) -> CopyReport:
-    """A prepared data dir, verified first (every chunk's crc32c, the tokenizer's sha256, the fingerprint),
-    then file by file (bytes compared after writing), the token store's root
-    `zarr.json` last: until it lands the destination is no token store. A destination holding
+    """A prepared data dir, verified first (every chunk's crc32c, the tokenizer's sha256, the fingerprint:
+    with a problem nothing is written and the report lists it), then file by file (bytes compared after
+    writing), the token store's root `zarr.json` last: until it lands the destination is no token store. A destination holding
     another data dir (another token store root: its fingerprint and attributes) is refused; a
     partial copy (a tokenizer.json, no root yet) is completed."""
     source, target = as_location(src), as_location(dst)
@@ -59,12 +59,11 @@ def copy_data_dir(src, dst, progress=None, workers: int = 8) -> CopyReport:
         raise LogitcacheError(f"{target} exists and is not a prepared data dir; not overwritten")
     from .verify import verify_data
 
-    checked = verify_data(source)  # a corrupt chunk is refused here, as copy_cache refuses a corrupt block
-    if checked["problems"]:
-        raise LogitcacheError(f"copy: {source} fails verify ({len(checked['problems'])} problem(s); first: "
-                                f"{checked['problems'][0]}); nothing copied")
     keys = sorted(k for k in source.sizes() if k != root_key)
     report = CopyReport(src=str(source), dst=str(target), n_blocks=len(keys) + 1)
+    report.problems = verify_data(source, progress=progress)["problems"]
+    if report.problems:  # a corrupt source copies nothing: its problems are the report (`copy` exits 1, as verify)
+        return report
 
     def copy_file(key: str) -> int:
         data = source.read_bytes(key)
