@@ -32,10 +32,13 @@ def command(config: DumpConfig, resume: C.Resume = False, overwrite: C.Overwrite
                       [[report.n_rows, report.blocks_written, report.blocks_skipped, report.tokens_per_s,
                         s["bytes_per_token"], f"{s['blocks_done']}/{s['n_blocks']}"]],
                       caption=caption)
-        coverage_table(s["attrs"], getattr(report, "coverage", []))
+        counted = getattr(report, "coverage_blocks", report.blocks_written)
+        short = (f"; this run's counts cover {counted} of its {report.blocks_written} blocks (a block retried after "
+                 "its commit kept them in the worker that died)") if counted < report.blocks_written else ""
+        coverage_table(s["attrs"], getattr(report, "coverage", []), short)
 
 
-def coverage_table(attrs: dict, measured: list) -> None:
+def coverage_table(attrs: dict, measured: list, note: str = "") -> None:
     """Per teacher with a tokenizer of its own: positions aligned and next tokens mapped (the attributes:
     the chunks' text), and what this run measured on the blocks it computed (positions, probability mapped)."""
     coverage = attrs.get("coverage") or []
@@ -50,4 +53,4 @@ def coverage_table(attrs: dict, measured: list) -> None:
     C.print_table("coverage (teachers with a tokenizer of their own)",
                   ["teacher", "positions aligned", "next tokens mapped", "positions (this run)", "mass mapped (this run)"],
                   rows, caption=f"attributes over {coverage[0]['chunks']} chunks' text; this run: its blocks, "
-                                "mass = the teacher's probability at aligned positions that has a student id")
+                                "mass = the teacher's probability at aligned positions that has a student id" + note)

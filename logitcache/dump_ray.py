@@ -56,6 +56,7 @@ class RayDumpReport(DumpReport):
     worker_pids: list[int] = field(default_factory=list)  # every process that committed a block
     restarts: int = 0  # actor restarts Ray reports for this job's workers
     writers: list[dict] = field(default_factory=list)  # the cache's device kinds (store/writers.py)
+    coverage_blocks: int = 0  # blocks whose coverage counts reached the driver (a task retried after its commit: not)
 
 
 def predicted_precision(config: DumpConfig) -> str:
@@ -134,30 +135,41 @@ class BlockWorker:
         if self.refusal is not None:
             raise LogitcacheError(self.refusal)
         blocks = [int(b) for b in batch["block"]]
-        seconds = [self.commit(block) for block in blocks]
+        seconds, counts = zip(*(self.commit(block) for block in blocks))
         return {"block": np.array(blocks, dtype=np.int64), "pid": np.full(len(blocks), os.getpid()),
-                "kind": np.array([json.dumps(self.kind, sort_keys=True)] * len(blocks)), "seconds": np.array(seconds)}
+                "kind": np.array([json.dumps(self.kind, sort_keys=True)] * len(blocks)), "seconds": np.array(seconds),
+                "coverage_counts": np.stack(counts)}  # (blocks, teachers * 3 + 1)
 
-    def commit(self, block: int) -> float:
-        """Compute and commit one block; its teacher seconds (0 for a block another task committed)."""
+    def coverage_counts(self) -> np.ndarray:
+        """This actor's cross-tokenizer counts so far, flat, then 1 (one block counted); zeros but for the
+        last entry where no teacher has a tokenizer of its own."""
+        stats = getattr(self.teaching.ensemble, "stats", None) if getattr(self.teaching.ensemble, "cross", False) else None
+        return np.append(np.zeros(0) if stats is None else stats.reshape(-1), 1.0)
+
+    def commit(self, block: int) -> tuple[float, np.ndarray]:
+        """Compute and commit one block: its teacher seconds and coverage counts (coverage_counts' layout;
+        both 0 for a block another task committed, whose counts stay with that task)."""
         from .teachers.targets import block_targets
         from .store.writers import write_host_block
 
         write_event("start", block)
         if self.store.arrays["done"][block] == 1:  # a duplicate of a task that already committed
             write_event("skip", block)
-            return 0.0
+            return 0.0, np.zeros_like(self.coverage_counts())
         self._record_writer(self.store, self.kind)  # one read; writes only a kind not yet listed
         start, stop = self.teaching.layout.block_range(block)
         tokens = self.teaching.rows[start:stop]  # (rows, T)
-        with self.compute_lock:
+        with self.compute_lock:  # one block computes at a time: the counts' difference is this block's
+            before = self.coverage_counts()
             t0 = time.perf_counter()
             copy = block_targets(self.teaching.ensemble, self.config, block, tokens, self.device)
             copy.wait()  # the device work belongs to this block's compute time, not to the next block's
             seconds = time.perf_counter() - t0
+            counts = self.coverage_counts() - before
+        counts[-1] = 1.0
         write_host_block(self.store, block, tokens, copy)
         write_event("commit", block)
-        return seconds
+        return seconds, counts
 
 
 def worker_env() -> dict[str, str]:
@@ -253,6 +265,7 @@ def run_blocks(ray, config: DumpConfig, todo: list[int], report: RayDumpReport, 
         num_cpus=config.cpus_per_worker, num_gpus=config.gpus_per_worker)
     kinds, pids = set(), set()
     polled, alive = 0.0, 0
+    counts = None  # coverage counts summed over the blocks this job computed (BlockWorker.coverage_counts)
     try:
         for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
             for block, pid, kind, seconds in zip(batch["block"], batch["pid"], batch["kind"], batch["seconds"]):
@@ -261,6 +274,8 @@ def run_blocks(ray, config: DumpConfig, todo: list[int], report: RayDumpReport, 
                 report.teacher_seconds += float(seconds)
                 kinds.add(str(kind))
                 pids.add(int(pid))
+            summed = np.asarray(batch["coverage_counts"], dtype=np.float64).sum(axis=0)
+            counts = summed if counts is None else counts + summed
             if time.monotonic() - polled > 1.0:
                 polled = time.monotonic()
                 alive, report.restarts = job_workers(ray)
@@ -273,6 +288,11 @@ def run_blocks(ray, config: DumpConfig, todo: list[int], report: RayDumpReport, 
                               "blocks are kept: rerun with --resume") from None
     report.restarts = max(report.restarts, job_workers(ray)[1])
     report.worker_pids = sorted(pids)
+    if counts is not None and counts.size > 1:  # teachers on tokenizers of their own: as the local engine reports
+        from .teachers.mixed import coverage_of
+
+        report.coverage = coverage_of(counts[:-1].reshape(-1, 3))
+        report.coverage_blocks = int(counts[-1])
     return kinds
 
 

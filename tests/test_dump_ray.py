@@ -137,6 +137,26 @@ def test_a_worker_killed_with_the_cache_in_s3(ray_cluster, s3, tiny_data, tiny_t
     assert_same_cache(url, tiny_cache)
 
 
+def test_a_teacher_on_its_own_tokenizer_reports_one_processes_coverage(ray_cluster, tmp_path):
+    """A teacher with a Metaspace BPE of its own, on 2 Ray workers: the coverage the driver reports (each
+    block's counts, returned with the block) equals the single-process dump's over the same blocks, and
+    the cache equals that dump's, teacher_count included."""
+    from logitcache.prepare import PrepareConfig, prepare
+    from test_cross_tokenizer import odd_corpus, teacher_folder, teacher_metaspace
+
+    data = tmp_path / "data"
+    prepare(PrepareConfig(data=odd_corpus(tmp_path / "raw"), out=data, vocab_size=300, seq_len=32))
+    teacher = teacher_folder(tmp_path, "llama-metaspace", teacher_metaspace(), "llama", 2)
+    settings = dict(combine="mean-probs", max_chunks=40, min_coverage=0.2, temperature=1.0)
+    local = dump(dump_config(data, [teacher], tmp_path / "one.zarr", **settings))
+    report = dump(dump_config(data, [teacher], tmp_path / "ray.zarr", engine="ray", workers="2", **settings))
+    assert report.blocks_written == report.coverage_blocks == 5
+    assert len(report.coverage) == len(local.coverage) == 1 and local.coverage[0]["positions"] < 1
+    assert report.coverage[0]["positions"] == local.coverage[0]["positions"]  # counts: exact
+    assert report.coverage[0]["mass"] == pytest.approx(local.coverage[0]["mass"], rel=1e-6)  # float sums, reordered
+    assert_same_cache(tmp_path / "ray.zarr", tmp_path / "one.zarr")
+
+
 def test_a_worker_in_another_precision_is_refused(ray_cluster, tiny_data, tiny_teachers, tmp_path):
     """The cache fixes one precision: a worker whose precision differs refuses before its first block,
     and the driver says so in one line."""

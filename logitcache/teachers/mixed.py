@@ -132,13 +132,15 @@ class MixedEnsemble:
         return top_ids, torch.where(none, torch.zeros_like(top_probs), top_probs), count
 
     def coverage(self, stats: np.ndarray | None = None) -> list[dict]:
-        """Per teacher, over the positions this process computed (or of `stats`, such counts summed over
-        processes): the fraction aligned and the fraction of the teacher's probability at those positions
-        that mapped onto student ids."""
-        out = []
-        for (aligned, total, mass) in (self.stats if stats is None else stats).tolist():
-            out.append({"positions": aligned / max(total, 1.0), "mass": mass / max(aligned, 1.0)})
-        return out
+        """coverage_of this process's counts, or of `stats` (such counts summed over processes)."""
+        return coverage_of(self.stats if stats is None else stats)
+
+
+def coverage_of(stats: np.ndarray) -> list[dict]:
+    """(teachers, 3) counts of (positions aligned, positions, probability mapped) -> per teacher, the fraction
+    aligned and the fraction of the teacher's probability at those positions that mapped onto student ids."""
+    return [{"positions": aligned / max(total, 1.0), "mass": mass / max(aligned, 1.0)}
+            for aligned, total, mass in np.asarray(stats, dtype=np.float64).tolist()]
 
 
 def padded(alignments: list[ChunkAlignment], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
