@@ -279,8 +279,10 @@ def dump(config: DumpConfig, resume: bool = False, overwrite: bool = False,
     report.blocks_written = writer.written
     report.seconds = time.perf_counter() - t_start
     if getattr(ensemble, "cross", False):  # every rank's counts summed, as the blocks and tokens below
+        from .teachers.mixed import coverage_of
+
         stats = D.all_reduce_sum(torch.from_numpy(ensemble.stats.copy()).to(device))  # (teachers, 3)
-        report.coverage = ensemble.coverage(stats.cpu().numpy())
+        report.coverage = coverage_of(stats.cpu().numpy())
     log.info("rank %d: wrote %d blocks (%d already done) at %.0f tokens/s", env.rank, report.blocks_written,
              report.blocks_skipped, report.tokens / max(report.seconds, 1e-9))
     # every rank is done before anyone describes the cache; counts and tokens are summed over ranks

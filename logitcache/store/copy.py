@@ -44,9 +44,9 @@ def is_data_dir(where) -> bool:
 def copy_data_dir(src, dst, progress=None, workers: int = 8) -> CopyReport:
     """A prepared data dir, verified first (every chunk's crc32c, the tokenizer's sha256, the fingerprint:
     with a problem nothing is written and the report lists it), then file by file (bytes compared after
-    writing), the token store's root `zarr.json` last: until it lands the destination is no token store. A destination holding
-    another data dir (another token store root: its fingerprint and attributes) is refused; a
-    partial copy (a tokenizer.json, no root yet) is completed."""
+    writing), the token store's root `zarr.json` last: until it lands the destination is no token store.
+    A destination holding another data dir (another token store root: its fingerprint and attributes) is
+    refused; a partial copy (a tokenizer.json, no root yet) is completed."""
     source, target = as_location(src), as_location(dst)
     if source == target:
         raise LogitcacheError(f"copy: source and destination are the same place ({source})")

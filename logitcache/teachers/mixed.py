@@ -131,9 +131,9 @@ class MixedEnsemble:
         top_ids = torch.where(none, torch.arange(k, device=top_ids.device).expand_as(top_ids), top_ids)
         return top_ids, torch.where(none, torch.zeros_like(top_probs), top_probs), count
 
-    def coverage(self, stats: np.ndarray | None = None) -> list[dict]:
-        """coverage_of this process's counts, or of `stats` (such counts summed over processes)."""
-        return coverage_of(self.stats if stats is None else stats)
+    def coverage(self) -> list[dict]:
+        """coverage_of the counts of the positions this process computed."""
+        return coverage_of(self.stats)
 
 
 def coverage_of(stats: np.ndarray) -> list[dict]:
