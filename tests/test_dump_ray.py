@@ -161,7 +161,7 @@ def test_a_worker_in_another_precision_is_refused(ray_cluster, tiny_data, tiny_t
     """The cache fixes one precision: a worker whose precision differs refuses before its first block,
     and the driver says so in one line."""
     from logitcache.errors import LogitcacheError
-    from logitcache.dump_ray import BlockWorker
+    from logitcache.dump.ray_engine import BlockWorker
 
     out = tmp_path / "c.zarr"
     dump(dump_config(tiny_data, tiny_teachers, out, max_chunks=16))  # fp32 on the CPU

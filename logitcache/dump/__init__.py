@@ -19,19 +19,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import __version__
-from ._settings import check, to_dict
-from .config import DumpConfig, dump_output_settings  # noqa: F401  (DumpConfig re-exported)
-from .data.prepared import load_data, spread_indices
-from .errors import LogitcacheError, ResumeMismatchError
-from .progress import NULL_PROGRESS, ProgressHook
-from .store import CacheLayout, CacheStore, cache_summary, create_cache, same_attrs
-from .store.cache import CREATING, root_attrs
-from .store.location import Location
-from .store.writers import device_kind, record_writer, BlockWriter
-from .teachers.ensemble import Ensemble, load_teachers
-from .teachers.targets import block_targets
-from .training import distributed as D
+from .. import __version__
+from .._settings import check, to_dict
+from ..config import DumpConfig, dump_output_settings  # noqa: F401  (DumpConfig re-exported)
+from ..data.prepared import load_data, spread_indices
+from ..errors import LogitcacheError, ResumeMismatchError
+from ..progress import NULL_PROGRESS, ProgressHook
+from ..store import CacheLayout, CacheStore, cache_summary, create_cache, same_attrs
+from ..store.cache import CREATING, root_attrs
+from ..store.location import Location
+from ..store.writers import device_kind, record_writer, BlockWriter
+from ..teachers.ensemble import Ensemble, load_teachers
+from ..teachers.targets import block_targets
+from ..training import distributed as D
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ def load_teaching(config: DumpConfig, device: torch.device, with_ensemble: bool 
                                            f"larger than the vocabulary ({data.vocab_size})")
     cross = None  # teachers with tokenizers of their own, or --teacher-weight: teachers/cross.py
     if config.teacher_weights or any(info.get("tokenizer") == "own" for info in infos):
-        from .teachers.cross import CrossTeaching
+        from ..teachers.cross import CrossTeaching
 
         cross = CrossTeaching(config, data, rows, models, infos)  # refuses low coverage before anything is written
     ensemble = None
@@ -240,8 +240,8 @@ def dump(config: DumpConfig, resume: bool = False, overwrite: bool = False,
     """Write (or, with `resume`, finish) the cache of `config`. Under torchrun the ranks meet twice: after
     rank 0 has prepared the output, and at the end, so the report describes the whole cache."""
     env = D.dist_env()
-    if config.engine == "ray":  # the driver of Ray workers (dump_ray.py); it computes no block itself
-        from .dump_ray import dump_ray
+    if config.engine == "ray":  # the driver of Ray workers (ray_engine.py); it computes no block itself
+        from .ray_engine import dump_ray
 
         check(env.world == 1, "--engine ray runs one driver; start it without torchrun")
         return dump_ray(config, resume=resume, overwrite=overwrite, progress=progress)
@@ -279,7 +279,7 @@ def dump(config: DumpConfig, resume: bool = False, overwrite: bool = False,
     report.blocks_written = writer.written
     report.seconds = time.perf_counter() - t_start
     if getattr(ensemble, "cross", False):  # every rank's counts summed, as the blocks and tokens below
-        from .teachers.mixed import coverage_of
+        from ..teachers.mixed import coverage_of
 
         stats = D.all_reduce_sum(torch.from_numpy(ensemble.stats.copy()).to(device))  # (teachers, 3)
         report.coverage = coverage_of(stats.cpu().numpy())

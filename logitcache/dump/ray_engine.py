@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._settings import check
-from .config import DumpConfig, worker_range
-from .dump import DumpReport
-from .errors import LogitcacheError
-from .progress import NULL_PROGRESS, ProgressHook
+from .._settings import check
+from ..config import DumpConfig, worker_range
+from . import DumpReport
+from ..errors import LogitcacheError
+from ..progress import NULL_PROGRESS, ProgressHook
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +106,10 @@ class BlockWorker:
         if env is not None:  # in a Ray worker (None: this process, as it is)
             apply_worker_env(env)  # before torch is imported here: OpenMP reads its spin setting when it loads
         write_event("init", -1)  # block -1: the actor's start, then "ready" once the teachers are loaded
-        from .dump import check_resumable, load_teaching
-        from .store import CacheStore
-        from .store.location import set_storage_options
-        from .store.writers import device_kind, record_writer
+        from . import check_resumable, load_teaching
+        from ..store import CacheStore
+        from ..store.location import set_storage_options
+        from ..store.writers import device_kind, record_writer
 
         set_storage_options(storage_options)
         self.config = config
@@ -149,8 +149,8 @@ class BlockWorker:
     def commit(self, block: int) -> tuple[float, np.ndarray]:
         """Compute and commit one block: its teacher seconds and coverage counts (coverage_counts' layout;
         both 0 for a block another task committed, whose counts stay with that task)."""
-        from .teachers.targets import block_targets
-        from .store.writers import write_host_block
+        from ..teachers.targets import block_targets
+        from ..store.writers import write_host_block
 
         write_event("start", block)
         if self.store.arrays["done"][block] == 1:  # a duplicate of a task that already committed
@@ -181,7 +181,7 @@ def apply_worker_env(env: dict[str, str]) -> None:
     """In the actor, first thing: the driver's storage settings, and what memory.tune_process gives every
     logitcache process (the heap thresholds, OpenMP's idle spin). Set here rather than as a Ray runtime_env,
     which would keep Ray from handing the pool one of the idle workers it starts with the cluster."""
-    from .training.memory import tune_process
+    from ..training.memory import tune_process
 
     os.environ.update(env)
     tune_process()
@@ -251,7 +251,7 @@ def run_blocks(ray, config: DumpConfig, todo: list[int], report: RayDumpReport, 
     """Compute and commit `todo` on the actor pool; the writer kinds (JSON) that committed blocks."""
     import ray.data
 
-    from .store.location import _STORAGE_OPTIONS
+    from ..store.location import _STORAGE_OPTIONS
 
     low, high = worker_range(config.workers)
     quiet_ray_data()
@@ -289,7 +289,7 @@ def run_blocks(ray, config: DumpConfig, todo: list[int], report: RayDumpReport, 
     report.restarts = max(report.restarts, job_workers(ray)[1])
     report.worker_pids = sorted(pids)
     if counts is not None and counts.size > 1:  # teachers on tokenizers of their own: as the local engine reports
-        from .teachers.mixed import coverage_of
+        from ..teachers.mixed import coverage_of
 
         report.coverage = coverage_of(counts[:-1].reshape(-1, 3))
         report.coverage_blocks = int(counts[-1])
@@ -301,8 +301,8 @@ def prepare_store(config: DumpConfig, resume: bool, overwrite: bool):
     the store as the local engine does. (layout, store, blocks not done)."""
     import torch
 
-    from .training import distributed as D
-    from .dump import load_teaching, open_or_create
+    from ..training import distributed as D
+    from . import load_teaching, open_or_create
 
     teaching = load_teaching(config, torch.device("cpu"), with_ensemble=False)  # the attributes; no block here
     # as the workers will resolve them (the driver may have no GPU): a worker that differs is refused
@@ -315,7 +315,7 @@ def prepare_store(config: DumpConfig, resume: bool, overwrite: bool):
 
 def finished_already(config: DumpConfig, resume: bool) -> bool:
     """A resume of a cache whose blocks are all done: nothing for a cluster to do (read before Ray starts)."""
-    from .store import CacheStore
+    from ..store import CacheStore
 
     if not resume:
         return False
@@ -332,8 +332,8 @@ def dump_ray(config: DumpConfig, resume: bool = False, overwrite: bool = False,
     processes); a refusal of the store still comes first, and stops the cluster this call started."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from .store import CacheStore, cache_summary
-    from .store.writers import record_writer, writers_of
+    from ..store import CacheStore, cache_summary
+    from ..store.writers import record_writer, writers_of
 
     ray = import_ray()
     started = False
