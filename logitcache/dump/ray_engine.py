@@ -1,11 +1,11 @@
 """`dump --engine ray`: elastic, preemptible dump workers on Ray Data, writing one cache.
 
-The driver prepares the store exactly as the local engine does (dump.open_or_create: claim, metadata,
+The driver prepares the store exactly as the local engine does (lifecycle.open_or_create: claim, metadata,
 commit, --overwrite and resume checks), then hands Ray Data one item per block that is not done. An
 autoscaling pool of actors (--workers MIN[:MAX]) computes them: each actor loads the ensemble once
-(dump.load_teaching, as the local engine) and, per item, computes the block in the same fixed batches
-(dump.block_targets) and commits it itself (dump.write_host_block: data, checksum, then `done`), locally
-or in object storage. The driver never sees block bytes: a result is the block's number, the worker's pid
+(teaching.load_teaching, as the local engine) and, per item, computes the block in the same fixed batches
+(teachers/targets.block_targets) and commits it itself (store/writers.write_host_block: data, checksum,
+then `done`), locally or in object storage. The driver never sees block bytes: a result is the block's number, the worker's pid
 and its device. A task returns only once its block is committed, so a task Ray reports finished is a
 block done; a worker killed mid-block loses the task, Ray restarts the actor and retries it (Ray Data's
 actor pools default to max_restarts=-1 and max_task_retries=-1), and the retry writes the same bytes.
@@ -24,7 +24,7 @@ import numpy as np
 
 from .._settings import check
 from ..config import DumpConfig, worker_range
-from . import DumpReport
+from .lifecycle import DumpReport
 from ..errors import LogitcacheError
 from ..progress import NULL_PROGRESS, ProgressHook
 
@@ -51,7 +51,7 @@ def import_ray():
 
 @dataclass
 class RayDumpReport(DumpReport):
-    """dump.DumpReport (teacher_seconds: summed over workers) plus what the cluster did."""
+    """lifecycle.DumpReport (teacher_seconds: summed over workers) plus what the cluster did."""
     engine: str = "ray"
     worker_pids: list[int] = field(default_factory=list)  # every process that committed a block
     restarts: int = 0  # actor restarts Ray reports for this job's workers
@@ -106,7 +106,8 @@ class BlockWorker:
         if env is not None:  # in a Ray worker (None: this process, as it is)
             apply_worker_env(env)  # before torch is imported here: OpenMP reads its spin setting when it loads
         write_event("init", -1)  # block -1: the actor's start, then "ready" once the teachers are loaded
-        from . import check_resumable, load_teaching
+        from .lifecycle import check_resumable
+        from .teaching import load_teaching
         from ..store import CacheStore
         from ..store.location import set_storage_options
         from ..store.writers import device_kind, record_writer
@@ -296,13 +297,14 @@ def run_blocks(ray, config: DumpConfig, todo: list[int], report: RayDumpReport, 
     return kinds
 
 
-def prepare_store(config: DumpConfig, resume: bool, overwrite: bool):
+def prepare_driver(config: DumpConfig, resume: bool, overwrite: bool):
     """The driver's part before any block: describe the teachers (no weights) and claim, create or check
     the store as the local engine does. (layout, store, blocks not done)."""
     import torch
 
     from ..training import distributed as D
-    from . import load_teaching, open_or_create
+    from .lifecycle import open_or_create
+    from .teaching import load_teaching
 
     teaching = load_teaching(config, torch.device("cpu"), with_ensemble=False)  # the attributes; no block here
     # as the workers will resolve them (the driver may have no GPU): a worker that differs is refused
@@ -321,7 +323,7 @@ def finished_already(config: DumpConfig, resume: bool) -> bool:
         return False
     try:
         return bool(CacheStore(config.out).done_mask().all())
-    except LogitcacheError:  # no cache there, or not a whole one: prepare_store's checks say what
+    except LogitcacheError:  # no cache there, or not a whole one: prepare_driver's checks say what
         return False
 
 
@@ -339,7 +341,7 @@ def dump_ray(config: DumpConfig, resume: bool = False, overwrite: bool = False,
     started = False
     try:
         with ThreadPoolExecutor(1, thread_name_prefix="logitcache-prepare") as pool:
-            prepared = pool.submit(prepare_store, config, resume, overwrite)
+            prepared = pool.submit(prepare_driver, config, resume, overwrite)
             if not finished_already(config, resume):
                 try:
                     started = connect(ray, config)
