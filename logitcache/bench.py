@@ -38,6 +38,7 @@ from .progress import NULL_PROGRESS, ProgressHook
 from .store import CacheReader, cache_summary
 from .teachers.cross import own_tokenizer
 from .teachers.ensemble import Ensemble, load_teachers
+from .teachers.mixed import MixedEnsemble
 from .train_student import StudentConfig, train_student
 from .training.loop import TrainConfig
 
@@ -48,7 +49,7 @@ def target_accuracy(reader: CacheReader, ensemble, rows: np.ndarray, batch_size:
     """mass kept, KL(full || cached with uniform tail) and top-1 agreement, averaged over positions (those some
     teacher aligns, for a MixedEnsemble: module docstring)."""
     vocab = ensemble.vocab_size
-    mixed = getattr(ensemble, "cross", False)
+    mixed = isinstance(ensemble, MixedEnsemble)
     mass, kl, agree, count, total = 0.0, 0.0, 0, 0, 0
     weights_kind = reader.layout.with_weights
     for start in range(0, rows.shape[0], batch_size):
@@ -168,7 +169,7 @@ def cache_size(config: CacheSizeConfig, progress: ProgressHook = NULL_PROGRESS) 
         payload["coverage"] = coverage
     if config.train_steps:
         reference = out / "caches" / next(f"{t}{w}-{d}.zarr" for t, w, d in variants)
-        if not getattr(ensemble, "cross", False):  # online teachers read the data's tokens: one tokenizer only
+        if not isinstance(ensemble, MixedEnsemble):  # online teachers read the data's tokens: one tokenizer only
             payload["online_full_ce"] = float(np.mean(_student_ces(config, reference, out / "students" / "online-full",
                                                                    config.alpha, tuple(config.teachers))))
         payload["baseline_ce"] = float(np.mean(_student_ces(config, reference, out / "students" / "ce-only", 1.0)))

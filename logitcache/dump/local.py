@@ -63,7 +63,7 @@ def dump_local(config: DumpConfig, resume: bool = False, overwrite: bool = False
         progress.finish()
     report.blocks_written = writer.written
     report.seconds = time.perf_counter() - t_start
-    if getattr(ensemble, "cross", False):  # every rank's counts summed, as the blocks and tokens below
+    if ensemble.stats is not None:  # every rank's counts summed, as the blocks and tokens below
         from ..teachers.mixed import coverage_of
 
         stats = D.all_reduce_sum(torch.from_numpy(ensemble.stats.copy()).to(device))  # (teachers, 3)

@@ -144,7 +144,7 @@ class BlockWorker:
     def coverage_counts(self) -> np.ndarray:
         """This actor's cross-tokenizer counts so far, flat, then 1 (one block counted); zeros but for the
         last entry where no teacher has a tokenizer of its own."""
-        stats = getattr(self.teaching.ensemble, "stats", None) if getattr(self.teaching.ensemble, "cross", False) else None
+        stats = self.teaching.ensemble.stats  # (teachers, 3), or None
         return np.append(np.zeros(0) if stats is None else stats.reshape(-1), 1.0)
 
     def commit(self, block: int) -> tuple[float, np.ndarray]:

@@ -13,7 +13,18 @@ import typing
 if typing.TYPE_CHECKING:
     import torch
 
-    from .ensemble import Ensemble
+
+class Ensemble(typing.Protocol):
+    """What a mode reads of the ensemble it combines (ensemble.Ensemble)."""
+
+    models: list
+    temperature: float
+    vocab_size: int
+
+    def buffer(self, name: str, shape) -> torch.Tensor: ...
+
+    def logits_into(self, i: int, input_ids: torch.Tensor, out: torch.Tensor, scale: float,
+                    accumulate: bool = False) -> torch.Tensor: ...
 
 
 def softmax_(x: torch.Tensor) -> torch.Tensor:

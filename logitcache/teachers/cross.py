@@ -1,6 +1,6 @@
 """The dump side of teachers with tokenizers of their own: checks, coverage, the mixed ensemble and one
-batch's targets. dump.load_teaching and dump.block_targets call it when a teacher's tokenizer differs
-from the data's, so every engine (local, torchrun, Ray) computes the same bytes."""
+batch's targets. dump/teaching.load_teaching calls it when a teacher's tokenizer differs from the data's,
+so every engine (local, torchrun, Ray) computes the same bytes."""
 from __future__ import annotations
 
 import logging
@@ -15,7 +15,7 @@ from ..data.tokenizer import load_tokenizer
 from ..errors import LogitcacheError
 from ..training import distributed as D
 from .align import Aligner, ChunkTexts, folder_vocabulary, vocabulary
-from .mixed import MixedEnsemble, mixed_sample_inputs, zero_unaligned
+from .mixed import MixedEnsemble
 
 log = logging.getLogger(__name__)
 
@@ -118,14 +118,3 @@ class CrossTeaching:
                              D.autocast_for(device, config.precision), vocab_size=vocab_size,
                              weights=tuple(config.teacher_weights), logit_budget=config.logit_budget_mb << 20)
 
-
-def batch_targets(ensemble: MixedEnsemble, config, input_ids: torch.Tensor, cache_rows: np.ndarray,
-                  generator: torch.Generator) -> list[torch.Tensor]:
-    """One batch of a mixed ensemble: [ids, probs(, weights), teacher_count] as block_targets gathers them."""
-    if config.targets in ("topk", "mass"):  # mass: the top max_k, which dump.block_targets cuts by mass
-        return list(ensemble.topk(input_ids, config.width, cache_rows))
-    from .targets import sample_targets
-
-    probs, count = ensemble.targets(input_ids, cache_rows)
-    drawn = sample_targets(mixed_sample_inputs(probs, count), config.samples, config.proposal_temperature, generator)
-    return zero_unaligned(list(drawn), count) + [count]

@@ -17,6 +17,7 @@ import torch
 
 from ..errors import LogitcacheError
 from .combines import COMBINES
+from .targets import mass_targets, sample_targets
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,9 @@ class Ensemble:
     """`vocab_size`: the data tokenizer's vocabulary V. Teachers whose embedding is padded beyond it
     (config.vocab_size > V, common in hub checkpoints) are read on ids 0..V-1 only: ids the tokenizer
     never produces get no probability, and every distribution here is over the tokenizer's ids."""
+
+    counted = False  # every teacher reads the data's tokens: a target at every position, no teacher count
+    stats = None  # coverage counts: teachers on tokenizers of their own only (mixed.MixedEnsemble)
 
     def __init__(self, models: list, combine: str, temperature: float, device: torch.device, autocast=None,
                  vocab_size: int | None = None, logit_budget: int = DEFAULT_LOGIT_BUDGET):
@@ -168,6 +172,15 @@ class Ensemble:
     def _topk_slice(self, input_ids: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         top_probs, top_ids = topk_decreasing(self._combined(input_ids), k)  # (b, T, K), fresh tensors (acc is reused)
         return top_ids, top_probs
+
+    def batch_targets(self, config, input_ids: torch.Tensor, cache_rows: np.ndarray,
+                      generator: torch.Generator) -> list[torch.Tensor]:
+        """One batch's targets (targets.Teachers.batch_targets; `cache_rows` unused: the tokens are given)."""
+        if config.targets == "mass":
+            return mass_targets(*self.topk(input_ids, config.max_k), config.mass)  # (B, T, K) x2, (B, T)
+        if config.targets == "topk":
+            return list(self.topk(input_ids, config.top_k))  # (B, T, K) each
+        return list(sample_targets(self.probs(input_ids), config.samples, config.proposal_temperature, generator))
 
     @torch.no_grad()
     def probs(self, input_ids: torch.Tensor) -> torch.Tensor:

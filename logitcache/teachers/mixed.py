@@ -18,12 +18,11 @@ import torch
 
 from .align import Aligner, ChunkAlignment
 from .ensemble import DEFAULT_LOGIT_BUDGET, Ensemble, fp32_head, topk_decreasing
+from .targets import mass_targets, sample_targets
 
 
 class MixedEnsemble:
     """`teachers`: [(model, Aligner or None)]: None for a teacher on the data's tokenizer."""
-
-    cross = True
 
     def __init__(self, teachers: list, temperature: float, device: torch.device, autocast=None,
                  vocab_size: int = 0, weights: tuple[float, ...] = (), logit_budget: int = DEFAULT_LOGIT_BUDGET):
@@ -134,6 +133,23 @@ class MixedEnsemble:
     def coverage(self) -> list[dict]:
         """coverage_of the counts of the positions this process computed."""
         return coverage_of(self.stats)
+
+    def batch_targets(self, config, input_ids: torch.Tensor, cache_rows: np.ndarray,
+                      generator: torch.Generator) -> list[torch.Tensor]:
+        """One batch's targets (targets.Teachers.batch_targets), the teacher count last when `counted`
+        (--teacher-weight alone: every teacher everywhere, no count). Mass targets: the top max_k cut by
+        mass, no ids where no teacher is aligned (count 0)."""
+        if config.targets == "sample":
+            probs, count = self.targets(input_ids, cache_rows)
+            drawn = sample_targets(mixed_sample_inputs(probs, count), config.samples, config.proposal_temperature,
+                                   generator)
+            part = zero_unaligned(list(drawn), count) + [count]
+        else:
+            part = list(self.topk(input_ids, config.width, cache_rows))
+        if config.targets == "mass":
+            *selected, kept = mass_targets(part[0], part[1], config.mass)
+            part = selected + [torch.where(part[-1] > 0, kept, torch.zeros_like(kept)), part[-1]]
+        return part if self.counted else part[:-1]
 
 
 def coverage_of(stats: np.ndarray) -> list[dict]:

@@ -3,12 +3,27 @@ computed on the device in fixed batches (the same batches on every engine, so a 
 depend on who computes it) and started on their way to the host."""
 from __future__ import annotations
 
+import typing
+
 import numpy as np
 import torch
 
 from ..config import DumpConfig
-from .ensemble import Ensemble
 
+
+class Teachers(typing.Protocol):
+    """What block_targets needs of an ensemble: ensemble.Ensemble (teachers on the data's tokenizer) and
+    mixed.MixedEnsemble (teachers on tokenizers of their own) both are one."""
+
+    counted: bool  # whether batch_targets ends with the teacher count (B, T) of each position
+    stats: np.ndarray | None  # (teachers, 3) coverage counts of what ran here (mixed.coverage_of), or None
+
+    def batch_targets(self, config: DumpConfig, input_ids: torch.Tensor, cache_rows: np.ndarray,
+                      generator: torch.Generator) -> list[torch.Tensor]:
+        """One batch's [ids, probs] (B, T, K), then the sampled targets' weights (B, T, K) or the mass
+        count (B, T), then the teacher count (B, T) when `counted`; `cache_rows` (B,): the cache rows the
+        batch holds (teachers on tokenizers of their own read their text)."""
+        ...
 
 
 def sample_targets(probs: torch.Tensor, n_samples: int, proposal_temperature: float,
@@ -90,33 +105,16 @@ def gather_block(parts: list[list[torch.Tensor]], counted: bool = False, ragged:
     return HostCopy(dict(zip(names, columns)))
 
 
-def block_targets(ensemble: Ensemble, config: DumpConfig, block: int, block_tokens: np.ndarray,
+def block_targets(ensemble: Teachers, config: DumpConfig, block: int, block_tokens: np.ndarray,
                   device: torch.device, on_rows=lambda n: None) -> HostCopy:
     """One block's targets, computed in fixed batches of `config.batch_size` rows (the same batches on
     every engine, so a block's bytes do not depend on who computes it); the device-to-host copy is
     started, not awaited. `block_tokens`: (rows, T) ids."""
     parts = []  # per batch: [ids, probs(, weights)] (b, T, K) (, mass count (b, T)) (, teacher_count (b, T)), on the device
     generator = torch.Generator(device=device).manual_seed(config.seed * 1_000_003 + block)
-    mixed = getattr(ensemble, "cross", False)  # teachers with tokenizers of their own (cross.py)
     for b0 in range(0, block_tokens.shape[0], config.batch_size):
         input_ids = torch.from_numpy(block_tokens[b0:b0 + config.batch_size].astype(np.int64)).to(device)
-        if mixed:  # they read the text of these cache rows
-            from .cross import batch_targets
-
-            cache_rows = np.arange(input_ids.shape[0]) + block * config.block_rows + b0
-            part = batch_targets(ensemble, config, input_ids, cache_rows, generator)
-            if config.targets == "mass":  # no ids where no teacher is aligned (teacher_count 0)
-                *selected, count = mass_targets(part[0], part[1], config.mass)
-                part = selected + [torch.where(part[-1] > 0, count, torch.zeros_like(count)), part[-1]]
-            parts.append(part)
-        elif config.targets == "mass":
-            parts.append(mass_targets(*ensemble.topk(input_ids, config.max_k), config.mass))  # (b, T, K) x2, (b, T)
-        elif config.targets == "topk":
-            parts.append(list(ensemble.topk(input_ids, config.top_k)))  # (b, T, K) each
-        else:
-            parts.append(list(sample_targets(ensemble.probs(input_ids), config.samples,
-                                             config.proposal_temperature, generator)))
+        cache_rows = np.arange(input_ids.shape[0]) + block * config.block_rows + b0
+        parts.append(ensemble.batch_targets(config, input_ids, cache_rows, generator))
         on_rows(input_ids.shape[0])
-    if mixed and not ensemble.counted:  # --teacher-weight alone: every teacher everywhere, no teacher_count
-        parts = [part[:-1] for part in parts]
-    return gather_block(parts, counted=mixed and ensemble.counted, ragged=config.targets == "mass")
+    return gather_block(parts, counted=ensemble.counted, ragged=config.targets == "mass")
