@@ -31,6 +31,7 @@ from .progress import NULL_PROGRESS, ProgressHook
 from .teachers.ensemble import Ensemble, load_teachers
 from .teachers.models import load_model
 from .training import distributed as D
+from .training.losses import sparse_kl
 from .training.metrics import byte_counts, lm_metrics
 
 log = logging.getLogger(__name__)
@@ -131,21 +132,12 @@ def mixed_ensemble_over(data, split: str, indices: np.ndarray, models: list, inf
     """The MixedEnsemble of teachers (some on a tokenizer of their own) over split rows `indices` (its row keys
     are positions in them): the dump's aligners (teachers/align.py) for those teachers, None for the others. Shared by
     eval and bench cache-size."""
-    from .teachers.align import Aligner, ChunkTexts, folder_vocabulary, vocabulary
-    from .teachers.cross import own_tokenizer, teacher_context
+    from .teachers.combines import refuse_mean_logits
+    from .teachers.cross import chunk_aligners, own_tokenizer
     from .teachers.mixed import MixedEnsemble
 
-    own = [Path(i["path"]).name for i in infos if own_tokenizer(i)]
-    if combine != "mean-probs":
-        raise LogitcacheError(f"teacher {own[0]} has a different tokenizer than the data (a tokenizer of its own), "
-                              "and --combine mean-logits averages logits over one vocabulary: use --combine mean-probs")
-    if not data.store.has_text(split):
-        raise LogitcacheError(f"{data.path} records no text for split '{split}' (a teacher with a tokenizer "
-                              "of its own reads the chunks' text): re-run `logitcache prepare` on it")
-    texts = ChunkTexts(data.store, split, indices, data.seq_len)
-    student = vocabulary(load_tokenizer(data.tokenizer_path), data.special_ids)
-    aligners = [Aligner(folder_vocabulary(Path(info["path"])), student, texts, teacher_context(model) or 1 << 30)
-                if own_tokenizer(info) else None for model, info in zip(models, infos)]
+    refuse_mean_logits(combine, [Path(i["path"]).name for i in infos if own_tokenizer(i)])
+    aligners = chunk_aligners(data, split, indices, models, infos)
     return MixedEnsemble(list(zip(models, aligners)), temperature, device, vocab_size=data.vocab_size)
 
 
@@ -156,7 +148,7 @@ def mixed_teacher_metrics(model, rows: np.ndarray, ensemble, batch_size: int, de
     1 - u, u being the mass on teacher tokens with no counterpart in the data's vocabulary; the KL is over
     the ids p reaches plus one bucket, holding u against the model's probability on the ids p gives 0 (the
     training loss's tail bucket with every nonzero id kept): KL = sum_{p_v > 0} p_v log(p_v / q_v) +
-    u log(u / q_rest). Top-1 agreement: the model's argmax is the argmax of p."""
+    u log(u / q_rest), computed by the loss itself (training/losses.sparse_kl). Top-1 agreement: the model's argmax is the argmax of p."""
     was_training = model.training
     model.eval()
     agree = kl_sum = covered = total = 0.0
@@ -166,15 +158,10 @@ def mixed_teacher_metrics(model, rows: np.ndarray, ensemble, batch_size: int, de
         logits = model(input_ids=ids).logits.float()[..., :teacher.shape[-1]]  # (B, T, V)
         here = count > 0  # (B, T)
         p, z = teacher[here], logits[here]  # (n, V) at the covered positions
-        log_q = F.log_softmax(z / ensemble.temperature, dim=-1)
-        reached = p > 0
-        unmapped = (1.0 - p.sum(-1)).clamp(min=0)  # (n,)
-        log_q_rest = torch.logsumexp(log_q.masked_fill(reached, float("-inf")), dim=-1)  # (n,)
-        kl = torch.where(reached, p * (torch.log(p.clamp(min=1e-30)) - log_q), torch.zeros_like(p)).sum(-1)
-        kl = kl + torch.where(unmapped > 0, unmapped * (torch.log(unmapped.clamp(min=1e-30)) - log_q_rest.clamp(min=-69.0)),
-                              torch.zeros_like(unmapped))
+        every_id = torch.arange(p.shape[-1], device=p.device).expand_as(p)  # (n, V): ids with p = 0 are the tail
+        t = ensemble.temperature  # the loss's bucket KL, summed over the n positions ("paper": sum / B, B = 1)
+        kl_sum += float(sparse_kl(z[None], every_id[None], p[None], t, reduction="paper")) / t**2
         agree += float((z.argmax(-1) == p.argmax(-1)).sum())
-        kl_sum += float(kl.double().sum())
         covered += float(here.sum())
         total += here.numel()
     model.train(was_training)

@@ -30,6 +30,7 @@ from .files import write_json_atomic
 from .progress import NULL_PROGRESS, ProgressHook
 from .store.cache import root_attrs
 from .store.location import Location
+from .teachers.combines import refuse_mean_logits
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +83,7 @@ class RunConfig:
         for teacher in self.teachers:
             self._check_own_tokenizer(teacher)
         own = [t.name for t in self.teachers if own_tokenizer(t)]
-        check(not own or self.dump.combine != "mean-logits",
-              f"dump.combine = \"mean-logits\" averages logits over one vocabulary, and teacher(s) {', '.join(own)} have a "
-              "tokenizer of their own: set dump.combine = \"mean-probs\"")
+        refuse_mean_logits(self.dump.combine, own, 'dump.combine = "{}"')
 
     def _check_own_tokenizer(self, teacher) -> None:
         where, size = f"teachers.{teacher.name}", teacher.tokenizer_vocab_size

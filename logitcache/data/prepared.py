@@ -45,6 +45,13 @@ def spread_indices(n_rows: int, count: int) -> np.ndarray:
     return np.linspace(0, n_rows - 1, count).round().astype(np.int64)
 
 
+def selected_indices(n_rows: int, max_chunks: int, row_selection: str = "spread") -> np.ndarray:
+    """The split rows a dump caches: all (max_chunks 0), the first N, or N spread evenly (spread_indices)."""
+    if row_selection == "first" and max_chunks:
+        return np.arange(min(n_rows, max_chunks))
+    return spread_indices(n_rows, max_chunks)
+
+
 def validation_indices(n_dev: int, count: int = 8192, seed: int = 0) -> np.ndarray:
     """The fixed, seeded validation subset of dev (all of dev if it is smaller)."""
     if n_dev <= count:

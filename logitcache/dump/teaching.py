@@ -10,7 +10,7 @@ import torch
 
 from .._settings import check
 from ..config import DumpConfig
-from ..data.prepared import load_data, spread_indices
+from ..data.prepared import load_data, selected_indices
 from ..store import CacheLayout
 from ..teachers.ensemble import Ensemble, load_teachers
 from ..training import distributed as D
@@ -18,12 +18,10 @@ from .lifecycle import cache_attrs
 
 
 def select_rows(split_rows: np.ndarray, config: DumpConfig) -> np.ndarray:
-    """The chunks a dump caches: all, the first N, or N spread evenly over the split."""
+    """The chunks a dump caches (N, T), in order: the rows data/prepared.selected_indices names."""
     if not config.max_chunks:
-        return split_rows
-    if config.row_selection == "first":
-        return split_rows[: config.max_chunks]
-    return split_rows[spread_indices(split_rows.shape[0], config.max_chunks)]
+        return split_rows  # all of them: no copy
+    return split_rows[selected_indices(split_rows.shape[0], config.max_chunks, config.row_selection)]
 
 
 

@@ -73,6 +73,18 @@ class MeanProbs:
 COMBINES: dict[str, MeanLogits | MeanProbs] = {"mean-logits": MeanLogits(), "mean-probs": MeanProbs()}
 
 
+def refuse_mean_logits(combine: str, own: list[str], option: str = "--combine {}") -> None:
+    """Teachers on tokenizers of their own (`own`: their names) are averaged as probabilities: `combine`
+    mean-logits is refused in one line (logits of two vocabularies do not add), naming the setting as
+    `option` spells it."""
+    if own and combine == "mean-logits":
+        from ..errors import LogitcacheError
+
+        raise LogitcacheError(f"teacher(s) {', '.join(own)} have a tokenizer of their own (not the data's), and "
+                              f"{option.format('mean-logits')} averages logits over one vocabulary: use "
+                              f"{option.format('mean-probs')}")
+
+
 def combines_help() -> str:
     """'a (...) or b (...)': every mode with its description, for the options' help."""
     described = [mode.help for mode in COMBINES.values()]

@@ -10,11 +10,12 @@ import numpy as np
 import torch
 
 from .._settings import check
-from ..data.prepared import spread_indices
+from ..data.prepared import selected_indices, spread_indices
 from ..data.tokenizer import load_tokenizer
 from ..errors import LogitcacheError
 from ..training import distributed as D
 from .align import Aligner, ChunkTexts, folder_vocabulary, vocabulary
+from .combines import refuse_mean_logits
 from .mixed import MixedEnsemble
 
 log = logging.getLogger(__name__)
@@ -27,21 +28,9 @@ def own_tokenizer(info: dict) -> bool:
     return info.get("tokenizer") == "own"
 
 
-def selected_indices(n_rows: int, config) -> np.ndarray:
-    """The split rows a dump caches (dump.select_rows): all, the first N, or N spread evenly."""
-    if not config.max_chunks:
-        return np.arange(n_rows)
-    if config.row_selection == "first":
-        return np.arange(min(n_rows, config.max_chunks))
-    return spread_indices(n_rows, config.max_chunks)
-
-
 def check_mixed_config(config, infos: list[dict]) -> None:
     """Settings an ensemble with a different-tokenizer teacher cannot honour, refused in one line."""
-    own = [Path(i["path"]).name for i in infos if own_tokenizer(i)]
-    check(not (own and config.combine == "mean-logits"),
-          f"teacher {own[0] if own else ''} has a different tokenizer than the data (a tokenizer of its own), and "
-          "--combine mean-logits averages logits over one vocabulary: use --combine mean-probs")
+    refuse_mean_logits(config.combine, [Path(i["path"]).name for i in infos if own_tokenizer(i)])
     if config.teacher_weights:
         check(len(config.teacher_weights) == len(infos), f"{len(config.teacher_weights)} --teacher-weight values "
               f"for {len(infos)} teachers: give one per --teacher, in order")
@@ -52,6 +41,26 @@ def teacher_context(model) -> int:
     """The longest sequence a teacher reads (its position embeddings); 0: unbounded."""
     config = model.config
     return int(getattr(config, "max_position_embeddings", 0) or getattr(config, "n_positions", 0) or 0)
+
+
+def chunk_aligners(data, split: str, indices: np.ndarray, models: list, infos: list[dict]) -> list[Aligner | None]:
+    """Per teacher, the Aligner over split rows `indices` (its row keys are positions in them) of a teacher on
+    a tokenizer of its own, None for one on the data's tokenizer. Shared by the dump, eval and bench."""
+    if not data.store.has_text(split):
+        raise LogitcacheError(f"{data.path} records no text for split '{split}' (a teacher with a tokenizer of "
+                              "its own reads the chunks' text): re-run `logitcache prepare` on it")
+    texts = ChunkTexts(data.store, split, indices, data.seq_len)
+    student = vocabulary(load_tokenizer(data.tokenizer_path), data.special_ids)
+    aligners = []
+    for model, info in zip(models, infos):
+        if not own_tokenizer(info):
+            aligners.append(None)
+            continue
+        teacher = folder_vocabulary(Path(info["path"]))
+        check(int(model.config.vocab_size) >= teacher.size, f"teacher {info['path']} has vocabulary "
+              f"{model.config.vocab_size}, smaller than its tokenizer's ({teacher.size})")
+        aligners.append(Aligner(teacher, student, texts, teacher_context(model) or 1 << 30))
+    return aligners
 
 
 class CrossTeaching:
@@ -65,21 +74,8 @@ class CrossTeaching:
         self.coverage: list[dict] = []
         if not any(own_tokenizer(i) for i in infos):  # --teacher-weight alone: every teacher reads the tokens
             return
-        if not data.store.has_text(split):
-            raise LogitcacheError(f"{data.path} records no text for split '{split}' (a teacher with a tokenizer of "
-                                  "its own reads the chunks' text): re-run `logitcache prepare` on it")
-        indices = selected_indices(data.store.num_rows(split), config)
-        texts = ChunkTexts(data.store, split, indices, data.seq_len)
-        student = vocabulary(load_tokenizer(data.tokenizer_path), data.special_ids)
-        self.aligners = []
-        for model, info in zip(models, infos):
-            if not own_tokenizer(info):
-                self.aligners.append(None)
-                continue
-            teacher = folder_vocabulary(Path(info["path"]))
-            check(int(model.config.vocab_size) >= teacher.size, f"teacher {info['path']} has vocabulary "
-                  f"{model.config.vocab_size}, smaller than its tokenizer's ({teacher.size})")
-            self.aligners.append(Aligner(teacher, student, texts, teacher_context(model) or 1 << 30))
+        indices = selected_indices(data.store.num_rows(split), config.max_chunks, config.row_selection)
+        self.aligners = chunk_aligners(data, split, indices, models, infos)
         self.coverage = self._coverage(infos)
         for entry in self.coverage:
             if entry["positions"] < config.min_coverage:
