@@ -80,8 +80,8 @@ def refuse_mean_logits(combine: str, own: list[str], option: str = "--combine {}
     if own and combine == "mean-logits":
         from ..errors import LogitcacheError
 
-        raise LogitcacheError(f"teacher(s) {', '.join(own)} have a tokenizer of their own (not the data's), and "
-                              f"{option.format('mean-logits')} averages logits over one vocabulary: use "
+        raise LogitcacheError(f"{option.format('mean-logits')} averages logits over one vocabulary, and teacher(s) "
+                              f"{', '.join(own)} have a tokenizer of their own (not the data's): use "
                               f"{option.format('mean-probs')}")
 
 
