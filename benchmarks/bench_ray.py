@@ -35,8 +35,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit_json, median, print_table, synthetic_data  # noqa: E402
 
-ARMS = {"local": {"engine": "local"}, "ray1": {"engine": "ray", "workers": "1", "cpus_per_worker": 2.0},
-        "ray2": {"engine": "ray", "workers": "2", "cpus_per_worker": 1.0}}
+from logitcache.config import RayConfig  # noqa: E402
+
+ARMS = {"local": {"engine": "local"}, "ray1": {"engine": "ray", "ray": RayConfig(workers="1", cpus_per_worker=2.0)},
+        "ray2": {"engine": "ray", "ray": RayConfig(workers="2", cpus_per_worker=1.0)}}
 PRESETS = ("llama-small", "gpt2-small")
 
 

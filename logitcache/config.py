@@ -123,6 +123,24 @@ class TeacherConfig:
 
 
 @dataclass(frozen=True)
+class RayConfig:
+    """`dump --engine ray`: the cluster and its workers. They decide who computes a block, never its bytes."""
+
+    address: Optional[str] = setting(None, help="--engine ray: the cluster (auto, ray://host:port, host:port); none: "
+                                                "$RAY_ADDRESS, else a local cluster.", flag="--ray-address",
+                                     affects_output=False)
+    workers: str = setting("1", help="--engine ray: workers MIN[:MAX], the actor pool's autoscaling range.",
+                           affects_output=False)
+    gpus_per_worker: float = setting(0.0, help="--engine ray: GPUs each worker reserves (0: CPU workers).",
+                                     affects_output=False)
+    cpus_per_worker: float = setting(1.0, help="--engine ray: CPUs each worker reserves.", affects_output=False)
+
+    def __post_init__(self):
+        worker_range(self.workers)
+        check(self.gpus_per_worker >= 0 and self.cpus_per_worker >= 0, "gpus_per_worker and cpus_per_worker must be >= 0")
+
+
+@dataclass(frozen=True)
 class DumpConfig:
     # affects_output=False: the paths (the resume check compares what they hold: the data's fingerprint, each
     # teacher's path and weights sha256 in the attributes) and the writer threads (each block's bytes are its
@@ -167,19 +185,11 @@ class DumpConfig:
     engine: Engine = setting("local", help="local (this process, or torchrun ranks), or ray: elastic workers of a "
                                            "Ray cluster, one task per block (pip install 'logitcache[ray]').",
                              affects_output=False)
-    ray_address: Optional[str] = setting(None, help="--engine ray: the cluster (auto, ray://host:port, host:port); "
-                                                    "none: $RAY_ADDRESS, else a local cluster.", affects_output=False)
-    workers: str = setting("1", help="--engine ray: workers MIN[:MAX], the actor pool's autoscaling range.",
-                           affects_output=False)
-    gpus_per_worker: float = setting(0.0, help="--engine ray: GPUs each worker reserves (0: CPU workers).",
-                                     affects_output=False)
-    cpus_per_worker: float = setting(1.0, help="--engine ray: CPUs each worker reserves.", affects_output=False)
+    ray: RayConfig = setting(default_factory=RayConfig, help="--engine ray settings.", affects_output=False)
 
     def __post_init__(self):
         check(len(self.teachers) >= 1, "at least one teacher is required")
         _in(self.engine, Engine, "engine")
-        worker_range(self.workers)
-        check(self.gpus_per_worker >= 0 and self.cpus_per_worker >= 0, "gpus_per_worker and cpus_per_worker must be >= 0")
         check(self.logit_budget_mb > 0, "logit_budget_mb must be positive")
         check(self.writer_threads > 0, "writer_threads must be positive")
         check(all(w > 0 for w in self.teacher_weights), "every teacher weight must be positive")

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from conftest import dump_config
 from logitcache.dump import dump
-from logitcache.config import DumpConfig
+from logitcache.config import DumpConfig, RayConfig
 from logitcache.store import verify_cache, CacheStore
 from logitcache.store.location import Location
 from logitcache.store.writers import writers_of
@@ -32,7 +32,7 @@ from logitcache_cli.app import app
 
 ray = pytest.importorskip("ray")
 
-ENGINE_SETTINGS = {"engine", "ray_address", "workers", "gpus_per_worker", "cpus_per_worker"}
+ENGINE_SETTINGS = {"engine", "ray"}
 WRITE_PAUSE_S = "0.4"  # every block waits this long between its data and its `done`: a wide mid-block window
 
 
@@ -100,7 +100,7 @@ def check_kill_and_retry(events_path: Path, killed: tuple[int, int] | None) -> N
 
 
 def ray_config(tiny_data, tiny_teachers, out, **settings) -> DumpConfig:
-    return dump_config(tiny_data, tiny_teachers, out, engine="ray", workers="2", **settings)
+    return dump_config(tiny_data, tiny_teachers, out, engine="ray", ray=RayConfig(workers="2"), **settings)
 
 
 def run_with_a_worker_killed(out, tiny_data, tiny_teachers, tmp_path, monkeypatch):
@@ -149,7 +149,7 @@ def test_a_teacher_on_its_own_tokenizer_reports_one_processes_coverage(ray_clust
     teacher = teacher_folder(tmp_path, "llama-metaspace", teacher_metaspace(), "llama", 2)
     settings = dict(combine="mean-probs", max_chunks=40, min_coverage=0.2, temperature=1.0)
     local = dump(dump_config(data, [teacher], tmp_path / "one.zarr", **settings))
-    report = dump(dump_config(data, [teacher], tmp_path / "ray.zarr", engine="ray", workers="2", **settings))
+    report = dump(dump_config(data, [teacher], tmp_path / "ray.zarr", engine="ray", ray=RayConfig(workers="2"), **settings))
     assert report.blocks_written == report.coverage_blocks == 5
     assert len(report.coverage) == len(local.coverage) == 1 and local.coverage[0]["positions"] < 1
     assert report.coverage[0]["positions"] == local.coverage[0]["positions"]  # counts: exact

@@ -19,6 +19,7 @@ import torch
 import zarr
 
 from conftest import dump_config
+from logitcache.config import RayConfig
 from logitcache import open_cache
 from logitcache.data.prepared import load_data, spread_indices
 from logitcache.dump import dump
@@ -410,7 +411,7 @@ def test_ray_engine_writes_the_same_mass_cache(tmp_path, tiny_data, tiny_teacher
              configure_logging=False)
     try:
         out = tmp_path / "ray.zarr"
-        dump(dump_config(tiny_data, tiny_teachers, out, engine="ray", workers="2", **MASS))
+        dump(dump_config(tiny_data, tiny_teachers, out, engine="ray", ray=RayConfig(workers="2"), **MASS))
     finally:
         ray.shutdown()
     theirs, ours = Location(out), Location(mass_cache)

@@ -30,6 +30,7 @@ import torch
 import typer
 
 from conftest import dump_config, tiny_train
+from logitcache.config import RayConfig
 from logitcache._settings import field_default
 from logitcache.errors import LogitcacheError
 from logitcache_cli.app import app
@@ -432,8 +433,8 @@ ELSEWHERE = {
 
 SPEED_ONLY |= {
     # ray's resource reservations for each worker: where a worker runs, not what it computes
-    "dump --gpus-per-worker": dump_same("gpus_per_worker", 1.0),
-    "dump --cpus-per-worker": dump_same("cpus_per_worker", 2.0),
+    "dump --gpus-per-worker": dump_same("ray", RayConfig(gpus_per_worker=1.0)),
+    "dump --cpus-per-worker": dump_same("ray", RayConfig(cpus_per_worker=2.0)),
 }
 
 
@@ -654,7 +655,7 @@ def test_student_options_reach_the_loop(tmp_path, tiny_data, tiny_cache):
 
 # a value away from the default for each derived TOML key, where default + 1 (or the other choice) is refused
 TOML_VALUES = {("teachers", "arch"): None, ("teachers", "preset"): "llama-tiny", ("dump", "engine"): None,
-               ("dump", "ray_address"): "auto", ("dump", "workers"): "2", ("eval", "blimp"): "/x/blimp",
+               ("dump", "ray.address"): "auto", ("dump", "ray.workers"): "2", ("eval", "blimp"): "/x/blimp",
                ("data", "tokenizer"): "/x/tokenizer.json", ("data", "source_field"): "source",
                ("student", "init_from"): "/x/model", ("student", "preset"): "llama-tiny",
                ("teachers", "train.grad_accum"): 2, ("student", "train.grad_accum"): 2, ("dump", "mass"): 0.5}

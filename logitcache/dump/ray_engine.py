@@ -26,12 +26,12 @@ from .._settings import check
 from ..config import DumpConfig, worker_range
 from .lifecycle import DumpReport
 from ..errors import LogitcacheError
+from ..faults import record_event
 from ..progress import NULL_PROGRESS, ProgressHook
 
 log = logging.getLogger(__name__)
 
 RAY_MISSING = "--engine ray needs Ray: pip install 'logitcache[ray]'"
-EVENTS_VARIABLE = "LOGITCACHE_RAY_EVENTS"  # a file every worker appends its block events to (tests, debugging)
 FORWARDED_PREFIXES = ("LOGITCACHE_", "AWS_")  # storage settings the workers need as the driver has them
 WORKER_CLASS = "BlockWorker"
 # an actor killed while it loads the teachers (a preempted node) is replaced this many times in a row
@@ -69,7 +69,7 @@ def predicted_precision(config: DumpConfig) -> str:
 
 
 def worker_uses_gpu(config: DumpConfig) -> bool:
-    return config.device == "cuda" or (config.device == "auto" and config.gpus_per_worker > 0)
+    return config.device == "cuda" or (config.device == "auto" and config.ray.gpus_per_worker > 0)
 
 
 def worker_device(config: DumpConfig):
@@ -83,18 +83,6 @@ def worker_device(config: DumpConfig):
     return torch.device("cpu")
 
 
-def write_event(event: str, block: int) -> None:
-    """One JSON line in $LOGITCACHE_RAY_EVENTS (O_APPEND: whole lines from every worker), when set."""
-    path = os.environ.get(EVENTS_VARIABLE)
-    if path:
-        line = json.dumps({"event": event, "block": block, "pid": os.getpid(), "t": time.time()}) + "\n"
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line.encode())
-        finally:
-            os.close(fd)
-
-
 class BlockWorker:
     """One Ray actor: loads the ensemble once, then computes and commits the blocks it is handed.
 
@@ -105,7 +93,7 @@ class BlockWorker:
     def __init__(self, config: DumpConfig, storage_options: dict, env: dict[str, str] | None = None):
         if env is not None:  # in a Ray worker (None: this process, as it is)
             apply_worker_env(env)  # before torch is imported here: OpenMP reads its spin setting when it loads
-        write_event("init", -1)  # block -1: the actor's start, then "ready" once the teachers are loaded
+        record_event("init", -1)  # block -1: the actor's start, then "ready" once the teachers are loaded
         from .lifecycle import check_resumable
         from .teaching import load_teaching
         from ..store import CacheStore
@@ -119,7 +107,7 @@ class BlockWorker:
         try:
             import torch
 
-            torch.set_num_threads(max(1, int(config.cpus_per_worker)))
+            torch.set_num_threads(max(1, int(config.ray.cpus_per_worker)))
             self.device = worker_device(config)
             self.teaching = load_teaching(config, self.device)
             self.store = CacheStore(config.out, mode="r+")
@@ -130,7 +118,7 @@ class BlockWorker:
         self.kind = device_kind(self.device, self.teaching.attrs["precision"])
         self._record_writer = record_writer
         record_writer(self.store, self.kind)
-        write_event("ready", -1)
+        record_event("ready", -1)
 
     def __call__(self, batch: dict) -> dict:
         if self.refusal is not None:
@@ -153,9 +141,9 @@ class BlockWorker:
         from ..teachers.targets import block_targets
         from ..store.writers import write_host_block
 
-        write_event("start", block)
+        record_event("start", block)
         if self.store.arrays["done"][block] == 1:  # a duplicate of a task that already committed
-            write_event("skip", block)
+            record_event("skip", block)
             return 0.0, np.zeros_like(self.coverage_counts())
         self._record_writer(self.store, self.kind)  # one read; writes only a kind not yet listed
         start, stop = self.teaching.layout.block_range(block)
@@ -169,7 +157,7 @@ class BlockWorker:
             counts = self.coverage_counts() - before
         counts[-1] = 1.0
         write_host_block(self.store, block, tokens, copy)
-        write_event("commit", block)
+        record_event("commit", block)
         return seconds, counts
 
 
@@ -193,10 +181,10 @@ def connect(ray, config: DumpConfig) -> bool:
     if ray.is_initialized():
         return False
     try:
-        ray.init(address=config.ray_address, include_dashboard=False, log_to_driver=False,
+        ray.init(address=config.ray.address, include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING, configure_logging=False)
     except ConnectionError as exc:
-        raise LogitcacheError(f"cannot reach the Ray cluster at {config.ray_address}: {exc} (a cluster with token "
+        raise LogitcacheError(f"cannot reach the Ray cluster at {config.ray.address}: {exc} (a cluster with token "
                               "authentication needs its token: ~/.ray/auth_token or RAY_AUTH_TOKEN)") from None
     return True
 
@@ -254,7 +242,7 @@ def run_blocks(ray, config: DumpConfig, todo: list[int], report: RayDumpReport, 
 
     from ..store.location import _STORAGE_OPTIONS
 
-    low, high = worker_range(config.workers)
+    low, high = worker_range(config.ray.workers)
     quiet_ray_data()
     items = ray.data.from_items([{"block": b} for b in todo], override_num_blocks=len(todo))  # one item per task
     calls = 1 + config.writer_threads  # one computing, the others committing
@@ -263,7 +251,7 @@ def run_blocks(ray, config: DumpConfig, todo: list[int], report: RayDumpReport, 
         BlockWorker, batch_size=1, fn_constructor_args=(config, dict(_STORAGE_OPTIONS), worker_env()),
         compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high, max_tasks_in_flight_per_actor=2 * calls,
                                            max_concurrent_calls_per_actor=calls, enable_true_multi_threading=True),
-        num_cpus=config.cpus_per_worker, num_gpus=config.gpus_per_worker)
+        num_cpus=config.ray.cpus_per_worker, num_gpus=config.ray.gpus_per_worker)
     kinds, pids = set(), set()
     polled, alive = 0.0, 0
     counts = None  # coverage counts summed over the blocks this job computed (BlockWorker.coverage_counts)
