@@ -5,10 +5,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from logitcache import open_cache
-from logitcache.store import (PROB_CODES, Block, CacheLayout, CacheStore, block_chunk_path, create_cache, decode_ids,
+from logitcache.store import (PROB_CODES, READ_ONLY_CODES, Block, CacheLayout, CacheStore, block_chunk_path, create_cache, decode_ids,
                               encode_ids, prob_code, verify_cache)
 from logitcache.store.codecs import LogCode, SqrtCode
 from logitcache.errors import LogitcacheError
+
+EVERY_CODE = PROB_CODES | READ_ONLY_CODES  # a cache may hold a read-only code: its decoder is tested as the others
 
 
 def random_topk(rng, n=3, t=5, k=6, vocab=50):
@@ -53,7 +55,7 @@ def test_encode_ids_order_is_the_stable_argsort(vocab, k, seed, repeats):
     assert np.array_equal(decode_ids(gaps), np.sort(ids, axis=-1))
 
 
-@pytest.mark.parametrize("prob_dtype", [n for n, c in PROB_CODES.items() if isinstance(c, LogCode)])
+@pytest.mark.parametrize("prob_dtype", [n for n, c in EVERY_CODE.items() if isinstance(c, LogCode)])
 def test_log_codes_relative_error(prob_dtype):
     code = prob_code(prob_dtype)
     probs = np.exp(-np.linspace(0, 15.9, 1000)).astype(np.float32)
@@ -61,7 +63,7 @@ def test_log_codes_relative_error(prob_dtype):
     assert np.max(np.abs(np.log(decoded) - np.log(probs))) <= code.step / 2 + 1e-5
 
 
-@pytest.mark.parametrize("prob_dtype", [n for n, c in PROB_CODES.items() if c.storage_dtype == np.uint8])
+@pytest.mark.parametrize("prob_dtype", [n for n, c in EVERY_CODE.items() if c.storage_dtype == np.uint8])
 def test_code_lookup_table_equals_the_recipe_arithmetic(prob_dtype):
     """decode() uses a 256-entry table; it must equal the formula written in the attributes."""
     code = prob_code(prob_dtype)
@@ -211,7 +213,7 @@ def test_read_returns_sampled_weights(tmp_path):
 
 @settings(max_examples=150, deadline=None)
 @given(vocab=st.integers(2, 400), k=st.integers(1, 64), seed=st.integers(0, 2**31 - 1),
-       concentration=st.floats(0.01, 10.0), prob_dtype=st.sampled_from(list(PROB_CODES)))
+       concentration=st.floats(0.01, 10.0), prob_dtype=st.sampled_from(list(EVERY_CODE)))
 def test_encode_decode_property(vocab, k, seed, concentration, prob_dtype):
     """Any distribution, any k, every prob dtype: ids exact, probabilities within the stated tolerance."""
     k = min(k, vocab)
@@ -253,11 +255,11 @@ def test_compression_per_array_and_chunks_too_big_for_blosc():
     assert isinstance(huge, ZstdCodec) and huge.level == 7
 
 
-WIDE_LOG_CODES = [n for n, c in PROB_CODES.items() if isinstance(c, LogCode) and c.storage_dtype == np.uint16]
+WIDE_LOG_CODES = [n for n, c in EVERY_CODE.items() if isinstance(c, LogCode) and c.storage_dtype == np.uint16]
 
 
 def test_wide_log_codes_are_registered_as_16_bit():
-    assert WIDE_LOG_CODES == ["log-u9", "log-u10", "log-u11", "log-u12", "log-s272", "log-u13"]
+    assert WIDE_LOG_CODES == ["log-s272", "log-u9", "log-u10", "log-u11", "log-u12", "log-u13"]
     for name in WIDE_LOG_CODES:
         code = prob_code(name)
         if "-u" in name:  # 2^B levels over 16 nats

@@ -39,3 +39,22 @@ def test_a_cache_written_before_reads_the_same(name):
         assert reader.layout.with_teacher_count and set(np.unique(got["teacher_count"])) == {1, 2}
     if name.startswith("sample"):
         assert (got["weights"] > 0).any()
+
+
+def test_a_read_only_code_is_refused_for_writing_in_one_line_naming_the_written_codes(tiny_data, tmp_path):
+    from typer.testing import CliRunner
+
+    from logitcache.config import DumpConfig
+    from logitcache.errors import LogitcacheError
+    from logitcache.store import PROB_CODES, READ_ONLY_CODES
+    from logitcache_cli.app import app
+
+    assert set(PROB_CODES) == {"sqrt-u7", "log-s272", "float16", "float32"} and not set(PROB_CODES) & set(READ_ONLY_CODES)
+    for name in READ_ONLY_CODES:
+        with pytest.raises(LogitcacheError) as refused:
+            DumpConfig(data=tiny_data, teachers=(tmp_path,), out=tmp_path / "c.zarr", prob_dtype=name)
+        assert "\n" not in str(refused.value) and all(kept in str(refused.value) for kept in PROB_CODES)
+    result = CliRunner().invoke(app, ["dump", "--data", str(tiny_data), "--teacher", str(tmp_path), "--out",
+                                      str(tmp_path / "c.zarr"), "--prob-dtype", "log-u8"])
+    assert result.exit_code == 2 and "sqrt-u7" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "c.zarr").exists()

@@ -4,10 +4,8 @@ exactly 1/N nat (16 N + 1 levels, uint16), for a fidelity between two powers of 
 Rounding in log space costs about step^2 / 24 nats of KL per position (the same at every probability,
 and unchanged by renormalising the kept entries, which only shifts every log p alike); p below e^-16
 clips to e^-16. The entropy coder drops the unused high bits of the 8-bit codes; the 16-bit codes are
-byte-shuffled before zstd (Compression.wide_probs), which does the same for their high bytes. Measured on
-the demo teachers at T = 2, k = 32 (benchmarks/bench_formats.py, docs/benchmarks.md): log-u9 (step 1/32 nat) has
-DistillKit's fidelity, log-u12 (1/256) Megatron's fp16 log-probabilities' within 0.5%, log-s272 below
-Megatron's at 0.09 bit more per entry than log-u12, log-u13 better than both.
+byte-shuffled before zstd (Compression.wide_probs), which does the same for their high bytes
+(docs/benchmarks.md compares each code's bytes and KL with Megatron's and DistillKit's formats).
 """
 from __future__ import annotations
 

@@ -1,9 +1,8 @@
 """sqrt-uB: round(sqrt(p) * L), L = 2^B - 1, stored as uint8.
 
 Rounding sqrt(p) uniformly gives every kept entry the same expected KL cost (p * (d log p)^2 is
-constant when d sqrt(p) is), so tiny probabilities get coarse codes and few bits. Measured on the
-demo teachers: at k = 32 it is as small as log-u7 with 7x less KL; at k = 128, sqrt-u7 is 42 B/token
-of probabilities vs 69 for log-u7. p < (0.5/L)^2 decodes as 0 (its mass joins the tail).
+constant when d sqrt(p) is), so tiny probabilities get coarse codes and few bits (docs/benchmarks.md
+compares its bytes and KL with the other codes'). p < (0.5/L)^2 decodes as 0 (its mass joins the tail).
 """
 from __future__ import annotations
 
