@@ -99,3 +99,13 @@ def test_raw_bytes_per_token_counts_every_target_array(tmp_path, name):
         raw += entries * array.dtype.itemsize
     summary = cache_summary(tmp_path / "c.zarr")
     assert summary["raw_bytes_per_token"] == pytest.approx(raw / (layout.n_rows * layout.seq_len))
+
+
+def test_the_zarr_internals_were_checked_against_this_zarr():
+    """store/chunks.concurrently reaches zarr's internals (Array._async_array, zarr.core.sync.sync) and
+    ChunkEncoder matches its chunk encoding: on another zarr, check both again (the test above compares every
+    stored object with zarr's own write) and update ZARR_CHECKED."""
+    from logitcache.store.chunks import ZARR_CHECKED
+
+    assert zarr.__version__ == ZARR_CHECKED, (
+        f"zarr {zarr.__version__} is installed; store/chunks.py was checked against zarr {ZARR_CHECKED}")

@@ -22,7 +22,6 @@ element per storage chunk for the same reason.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from zarr.codecs import BloscCodec, ZstdCodec
 
 from ..errors import CacheCorruptError, LogitcacheError
 from ..faults import fault_pause
-from .chunks import ChunkEncoder
+from .chunks import ChunkEncoder, concurrently
 from .codecs import prob_code
 from .ids import decode_ids, encode_ids, token_dtype
 from .location import Location, _buffer, as_location
@@ -168,17 +167,12 @@ class Compression:
     inside; level = blosc's clevel) and "blosc-chunk" (the same with one blosc block per chunk, so the
     shuffle and zstd see the whole block). Blosc runs zstd at level 2 * clevel - 1 (clevel < 9).
 
-    The default, measured on T = 1 and T = 2 blocks of the demo teachers' top-32 sqrt-u7 targets (dev split;
-    benchmarks/bench_dump.py --writer, docs/benchmarks.md): ids byte-shuffled over the whole chunk then zstd-7 (the gaps'
-    high bytes are mostly zero and zstd drops them: 5.6 bytes/token at 1.6M tokens per CPU-second, against
-    plain zstd-10's 5.8 at 0.86M), probabilities (uint8 codes, nothing to shuffle) plain zstd-8: at T = 2 the
-    codes repeat more and zstd's deeper match search pays (7.2 bytes/token against zstd-5's 8.0; at T = 1
-    13.6 against 14.1), at 0.4x zstd-5's speed and 1.4x zstd-10's. One setting serves both temperatures:
-    within 1.02x of the smallest setting that keeps the writer near the same speed at either T. Blosc's
-    default blocks cut a block into pieces too small for zstd's matches. Probabilities of more than one
-    byte (the 16-bit log codes, float16, float32) take `wide_probs`: byte-shuffled like the ids, so zstd
-    sees their nearly constant high bytes as one run (log-u12 at T = 2: 36.8 bytes/token, 41.3 with plain
-    zstd-8)."""
+    The default: ids byte-shuffled over the whole chunk then zstd (the gaps' high bytes are mostly zero and
+    zstd drops them); probabilities of one byte (nothing to shuffle) plain zstd at a deeper match search
+    (the codes repeat, more at higher T); wider probabilities (float16, float32, the 16-bit log codes) take
+    `wide_probs`: byte-shuffled like the ids, so zstd sees their nearly constant high bytes as one run.
+    Blosc's default blocks cut a block into pieces too small for zstd's matches. docs/benchmarks.md holds
+    the measurements behind each level (benchmarks/bench_dump.py --writer)."""
     ids: tuple[str, int] = ("blosc-chunk", 4)
     probs: tuple[str, int] = ("zstd", 8)
     wide_probs: tuple[str, int] = ("blosc-chunk", 4)
@@ -421,8 +415,6 @@ class CacheStore:
         """Commit one block's stored (encoded) arrays: the data and the checksum (concurrently: one round
         trip to object storage), then, once they all returned (a PUT returns once durable), `done`. So
         `done` is never there without its data and checksum."""
-        from zarr.core.sync import sync
-
         chunks, writes = {}, [("checksum", slice(block, block + 1), np.array([checksum], dtype=np.uint32))]
         for name, values in zip(self.layout.block_arrays, stored):
             encoder = self.encoders.get(name)
@@ -430,28 +422,18 @@ class CacheStore:
                 chunks[encoder.key(block)] = _buffer(encoder.encode(values))
             else:
                 writes.append((name, self._block_selection(name, block), values))
-        store = self.group.store
-
-        async def put_all():
-            await asyncio.gather(*(store.set(key, data) for key, data in chunks.items()),
-                                 *(self.arrays[name]._async_array.setitem(selection, value)
-                                   for name, selection, value in writes))
-
         with self.location.errors():
-            sync(put_all())
+            concurrently(self.group.store, chunks,
+                         [(self.arrays[name], "setitem", (selection, value)) for name, selection, value in writes])
             fault_pause("LOGITCACHE_FAULT_WRITE_PAUSE")  # fault-injection tests: widen the mid-block window
             self.arrays["done"][block] = 1
 
     def _fetch(self, selections: list[tuple[str, slice | int]]) -> list[np.ndarray]:
         """Several array reads at once (one request each, concurrently: a remote block costs one round trip)."""
-        from zarr.core.sync import sync
-
-        async def gather():
-            return await asyncio.gather(*(self.arrays[name]._async_array.getitem(selection)
-                                          for name, selection in selections))
-
         with self.location.errors():
-            return [np.asarray(a) for a in sync(gather())]
+            return [np.asarray(a) for a in concurrently(self.group.store, {},
+                                                        [(self.arrays[name], "getitem", (selection,))
+                                                         for name, selection in selections])]
 
     def read_stored_block(self, block: int, with_checksum: bool = False) -> list[np.ndarray]:
         """The block's stored (encoded) arrays (and its stored checksum last, as a 0-d array, when

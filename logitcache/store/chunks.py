@@ -8,15 +8,35 @@ reads the array's own Zarr metadata (chunk shape, fill value, chunk key, codecs)
 compressor zarr would, with the same configuration, so plain zarr reads the chunk as if it had written it
 (tests/test_chunks.py compares every stored object against zarr's own write). An array whose codecs are
 not the ones a cache is created with (bytes, then one blosc or zstd) has no encoder: it goes through zarr.
+
+`concurrently` stores those chunks and runs the other arrays' reads and writes at once (one round trip to
+object storage). zarr's synchronous API has no such batch, so it alone reaches zarr's internals
+(Array._async_array, zarr.core.sync.sync), checked against ZARR_CHECKED: tests/test_chunks.py fails on any
+other zarr until it is checked again.
 """
 from __future__ import annotations
 
+import asyncio
 import sys
 
 import numpy as np
 from numcodecs import Blosc, Zstd
 
 BLOSC_SHUFFLES = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}
+ZARR_CHECKED = "3.1.6"  # the zarr whose internals `concurrently` uses and whose chunks ChunkEncoder matches
+
+
+def concurrently(store, puts: dict, calls: list[tuple]) -> list:
+    """Store `puts` ({key: zarr Buffer}) into `store` and run `calls` ([(zarr.Array, "getitem" | "setitem",
+    args)]) all at once on zarr's event loop; the calls' results, in order."""
+    from zarr.core.sync import sync
+
+    async def run():
+        done = await asyncio.gather(*(store.set(key, data) for key, data in puts.items()),
+                                    *(getattr(array._async_array, method)(*args) for array, method, args in calls))
+        return done[len(puts):]
+
+    return sync(run())
 
 
 def compressor_of(codecs) -> "Blosc | Zstd | None":

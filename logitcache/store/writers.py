@@ -2,7 +2,7 @@
 device kinds wrote a cache's blocks, a list in the attributes of the `done` array.
 
 The root attributes fix one compute precision per cache (`precision`, checked by every writer before
-its first block: dump.load_teaching, dump.check_resumable), so precisions never mix. Device kinds may
+its first block: dump/teaching.load_teaching, dump/lifecycle.check_resumable), so precisions never mix. Device kinds may
 mix (a Ray cluster of several GPU models, CPU workers beside GPU ones); each writer adds its kind to
 `done/zarr.json`'s attributes ("writers": [{"device", "precision", "torch"}], sorted) before it commits
 a block, so a reader can tell which kinds a cache's bytes came from (docs/architecture.md, "Determinism
