@@ -212,7 +212,7 @@ def test_a_sharp_proposal_overflows_float16_weights_and_dump_refuses(tmp_path, t
     stores as inf. dump refuses such a block in one line (exit 2) instead of writing it."""
     import torch
 
-    import logitcache.teachers.targets as targets_module
+    import logitcache.teachers.ensemble as ensemble_module
     from logitcache.store.writers import check_weights_fit
     from logitcache.teachers.targets import sample_targets
 
@@ -226,7 +226,7 @@ def test_a_sharp_proposal_overflows_float16_weights_and_dump_refuses(tmp_path, t
     check_weights_fit(0, np.clip(weights.numpy(), 0, 65504))  # what float16 holds passes
 
     # in a dump: the same scale of weight (a real draw's weights, at most 1, times 1e6) in the second batch's block
-    real = targets_module.sample_targets
+    real = ensemble_module.sample_targets  # what Ensemble.batch_targets draws with
     calls = []
 
     def heavy(*args, **kwargs):
@@ -234,7 +234,7 @@ def test_a_sharp_proposal_overflows_float16_weights_and_dump_refuses(tmp_path, t
         calls.append(1)
         return ids, p, w * 1e6 if len(calls) == 3 else w
 
-    monkeypatch.setattr(targets_module, "sample_targets", heavy)
+    monkeypatch.setattr(ensemble_module, "sample_targets", heavy)
     out = tmp_path / "c.zarr"
     result = invoke("dump", "--data", tiny_data, "--teacher", tiny_teachers[0], "--out", out, "--targets", "sample",
                     "--samples", 8, "--max-chunks", 16, "--block-rows", 8, "--batch-size", 4, "--device", "cpu")
