@@ -24,7 +24,6 @@ def select_rows(split_rows: np.ndarray, config: DumpConfig) -> np.ndarray:
     return split_rows[selected_indices(split_rows.shape[0], config.max_chunks, config.row_selection)]
 
 
-
 @dataclass
 class Teaching:
     """What computing a dump's blocks takes, the same for every engine: the selected rows (N, T), the
