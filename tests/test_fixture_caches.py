@@ -1,4 +1,4 @@
-"""Caches written by an earlier commit (tests/fixtures/caches/, made by tests/fixtures/make_caches.py) read
+"""Caches written by an earlier commit (tests/fixtures/dumps/, made by tests/fixtures/make_caches.py) read
 exactly as that commit's reader read them: every kind of target, a cache with teacher counts, and codes
 other than the default."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-FIXTURES = Path(__file__).parent / "fixtures" / "caches"
+FIXTURES = Path(__file__).parent / "fixtures" / "dumps"
 NAMES = sorted(p.stem for p in FIXTURES.glob("*.zarr"))
 
 
