@@ -1,8 +1,9 @@
-"""Caches written by an earlier commit (tests/fixtures/dumps/, made by tests/fixtures/make_caches.py) read
+"""Caches written by a4464a5's dump (tests/fixtures/dumps/, made by tests/fixtures/make_caches.py) read
 exactly as that commit's reader read them: every kind of target, a cache with teacher counts, and codes
 other than the default."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ def test_the_fixtures_cover_every_target_kind():
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_a_cache_written_before_reads_the_same(name):
+def test_a_cache_written_by_a4464a5_reads_the_same(name):
     from logitcache.store import open_cache
 
     expected = dict(np.load(FIXTURES / f"{name}.npz"))
@@ -58,3 +59,27 @@ def test_a_read_only_code_is_refused_for_writing_in_one_line_naming_the_written_
                                       str(tmp_path / "c.zarr"), "--prob-dtype", "log-u8"])
     assert result.exit_code == 2 and "sqrt-u7" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "c.zarr").exists()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_output_settings_a_cache_recorded_are_this_configs(name):
+    """The resume check and run's dump stamp compare DumpConfig.output_settings(): for the settings a cache
+    written by a4464a5 recorded, this config gives the same ones (its Ray settings go to `ray`), so such a cache
+    resumes and its stamp's hash holds; a cache of a read-only code is refused for writing instead."""
+    from logitcache._settings import from_dict
+    from logitcache.config import DumpConfig, dump_output_settings
+    from logitcache.errors import LogitcacheError
+    from logitcache.store import READ_ONLY_CODES, open_cache
+
+    recorded = open_cache(FIXTURES / f"{name}.zarr").attrs["config"]
+    ray_keys = {"ray_address": "address", "workers": "workers", "gpus_per_worker": "gpus_per_worker",
+                "cpus_per_worker": "cpus_per_worker"}
+    settings = {k: v for k, v in recorded.items() if k not in ray_keys}
+    settings["ray"] = {ray_keys[k]: v for k, v in recorded.items() if k in ray_keys}
+    if recorded["prob_dtype"] in READ_ONLY_CODES:
+        with pytest.raises(LogitcacheError, match="prob_dtype"):
+            from_dict(DumpConfig, settings)
+        return
+    config = from_dict(DumpConfig, settings)
+    assert config.output_settings() == dump_output_settings(recorded)
+    assert settings["ray"] and set(recorded) - set(ray_keys) | {"ray"} == {f.name for f in dataclasses.fields(config)}
