@@ -104,7 +104,7 @@ def writer_frontier(data_dir: Path, teacher_dirs: list[Path], chunks: int, tmp: 
     from logitcache.store.writers import BlockWriter
     from logitcache.teachers.targets import HostCopy
     from logitcache.config import DumpConfig
-    from logitcache.store import (BASELINE_COMPRESSION, Block, CacheLayout, CacheStore, Compression, cache_summary,
+    from logitcache.store import (BASELINE_COMPRESSION, Targets, CacheLayout, CacheStore, Compression, cache_summary,
                                   create_cache)
 
     vocab_size = load_data(data_dir).vocab_size
@@ -123,7 +123,7 @@ def writer_frontier(data_dir: Path, teacher_dirs: list[Path], chunks: int, tmp: 
         t0, cpu0 = time.perf_counter(), time.process_time()
         if threads == 0:  # the baseline: the caller's thread, one block after another
             for b, (tokens, ids, probs) in enumerate(blocks_by_t[temperature]):
-                store.write_block(b, Block(tokens, ids, probs))
+                store.write_block(b, Targets(tokens, ids, probs))
         else:
             writer = BlockWriter(store, threads=threads)
             for b, (tokens, ids, probs) in enumerate(blocks_by_t[temperature]):

@@ -70,7 +70,7 @@ def fidelity(true_ids: np.ndarray, true_probs: np.ndarray, ids: np.ndarray, prob
 def logitcache_format(tokens, ids, probs, code: str, vocab_size: int, tmp: Path) -> dict:
     """Write a cache with `code`, read it back with open_cache, verify it; bytes of topk_ids + topk_probs."""
     from logitcache import open_cache
-    from logitcache.store import Block, CacheLayout, CacheStore, cache_summary, create_cache, verify_cache
+    from logitcache.store import Targets, CacheLayout, CacheStore, cache_summary, create_cache, verify_cache
 
     n, t, k = ids.shape
     out = tmp / f"{code}.zarr"
@@ -81,9 +81,10 @@ def logitcache_format(tokens, ids, probs, code: str, vocab_size: int, tmp: Path)
     cpu0 = time.thread_time()
     for b in range(layout.n_blocks):
         s, e = layout.block_range(b)
-        store.write_block(b, Block(tokens[s:e], ids[s:e], probs[s:e]))
+        store.write_block(b, Targets(tokens[s:e], ids[s:e], probs[s:e]))
     cpu = time.thread_time() - cpu0
-    _, got_ids, got_probs = open_cache(out).read(0, n)
+    cached = open_cache(out).read(0, n)
+    got_ids, got_probs = cached.ids, cached.probs
     result = {"format": f"logitcache {code}", "bytes_per_token": cache_summary(out)["bytes_per_token"],
               "encode_tokens_per_cpu_s": n * t / cpu, "verify": "ok" if not verify_cache(out) else "problems",
               **fidelity(ids, probs, got_ids, got_probs)}

@@ -55,9 +55,9 @@ def target_accuracy(reader: CacheReader, ensemble, rows: np.ndarray, batch_size:
     for start in range(0, rows.shape[0], batch_size):
         stop = min(start + batch_size, rows.shape[0])
         tokens = torch.from_numpy(rows[start:stop].astype(np.int64))
-        blocks = reader.read(start, stop) if not weights_kind else _read_weighted(reader, start, stop)
-        _, ids, probs = (torch.from_numpy(a) for a in blocks[:3])
-        target_probs = probs if not weights_kind else torch.from_numpy(blocks[3])  # sampled: the weights
+        cached = reader.read(start, stop)
+        ids, probs = torch.from_numpy(cached.ids), torch.from_numpy(cached.probs)
+        target_probs = probs if not weights_kind else torch.from_numpy(cached.weights)  # sampled: the weights
         if mixed:
             full, covered = ensemble.targets(tokens, np.arange(start, stop))  # (B, T, V), (B, T)
             here = covered > 0
@@ -96,15 +96,6 @@ def ragged_slots(ids: torch.Tensor, probs: torch.Tensor) -> tuple[torch.Tensor, 
     kept = probs > 0  # (..., K)
     first = ids.gather(-1, probs.argmax(-1, keepdim=True))  # (..., 1)
     return torch.where(kept, ids, first), kept.sum(-1, keepdim=True)
-
-
-def _read_weighted(reader: CacheReader, start: int, stop: int):
-    """Sampled caches: (tokens, ids, p_i, weights) rows start:stop."""
-    r = reader.layout.block_rows
-    parts = [reader.read_block(b) for b in range(start // r, (stop - 1) // r + 1)]
-    arrays = [np.concatenate([p[i] for p in parts]) for i in range(4)]
-    offset = (start // r) * r
-    return [a[start - offset:stop - offset] for a in arrays]
 
 
 def _student_ces(config: CacheSizeConfig, cache: Path, out: Path, alpha: float, online: tuple = ()) -> list[float]:

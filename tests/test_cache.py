@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from logitcache import open_cache
-from logitcache.store import (PROB_CODES, READ_ONLY_CODES, Block, CacheLayout, CacheStore, block_chunk_path, create_cache, decode_ids,
+from logitcache.store import (PROB_CODES, READ_ONLY_CODES, Targets, CacheLayout, CacheStore, block_chunk_path, create_cache, decode_ids,
                               encode_ids, prob_code, verify_cache)
 from logitcache.store.codecs import LogCode, SqrtCode
 from logitcache.errors import LogitcacheError
@@ -30,7 +30,7 @@ def make_cache(path, ids, probs, prob_dtype="float32", block_rows=2, vocab=50):
     tokens = np.arange(n * t).reshape(n, t) % vocab
     for b in range(layout.n_blocks):
         s, e = layout.block_range(b)
-        store.write_block(b, Block(tokens[s:e], ids[s:e], probs[s:e]))
+        store.write_block(b, Targets(tokens[s:e], ids[s:e], probs[s:e]))
     return tokens
 
 
@@ -80,12 +80,14 @@ def test_cache_round_trips_exactly(tmp_path):
     ids, probs = random_topk(rng, n=5)
     tokens = make_cache(tmp_path / "c.zarr", ids, probs, "float32")
     reader = open_cache(tmp_path / "c.zarr")
-    got_tokens, got_ids, got_probs = reader.read(0, 5)
+    cached = reader.read(0, 5)
+    got_tokens, got_ids, got_probs = cached.tokens, cached.ids, cached.probs
     assert got_tokens.dtype == np.int64 and got_ids.dtype == np.int64 and got_probs.dtype == np.float32
     assert np.array_equal(got_tokens, tokens)
     assert np.array_equal(got_ids, ids) and np.array_equal(got_probs, probs)
     # a range that straddles blocks
-    _, mid_ids, mid_probs = reader.read(1, 4)
+    cached = reader.read(1, 4)
+    mid_ids, mid_probs = cached.ids, cached.probs
     assert np.array_equal(mid_ids, ids[1:4]) and np.array_equal(mid_probs, probs[1:4])
     assert len(reader) == 5 and reader.attrs["k"] == 6
 
@@ -96,8 +98,10 @@ def test_unsorted_block_read_holds_the_same_pairs(tmp_path):
     ids, probs = random_topk(rng, n=4)
     make_cache(tmp_path / "c.zarr", ids, probs, "sqrt-u7")
     reader = open_cache(tmp_path / "c.zarr")
-    _, by_prob_ids, by_prob_probs = reader.read_block(1)
-    _, by_id_ids, by_id_probs = reader.read_block(1, by_prob=False)
+    cached = reader.read_block(1)
+    by_prob_ids, by_prob_probs = cached.ids, cached.probs
+    cached = reader.read_block(1, by_prob=False)
+    by_id_ids, by_id_probs = cached.ids, cached.probs
     assert (np.diff(by_id_ids, axis=-1) > 0).all()
     order = np.argsort(by_prob_ids, axis=-1)
     assert np.array_equal(np.take_along_axis(by_prob_ids, order, -1), by_id_ids)
@@ -114,7 +118,8 @@ def test_store_opens_in_plain_zarr(tmp_path):
     plain_ids = np.cumsum(group["topk_ids"][:].astype(np.int64), axis=-1)  # the recipe for ids
     plain_probs = (group["topk_probs"][:].astype(np.float32) / 127) ** 2  # the recipe for probs
     order = np.argsort(-plain_probs, axis=-1, kind="stable")
-    _, reader_ids, reader_probs = open_cache(tmp_path / "c.zarr").read(0, 3)
+    cached = open_cache(tmp_path / "c.zarr").read(0, 3)
+    reader_ids, reader_probs = cached.ids, cached.probs
     assert np.array_equal(np.take_along_axis(plain_ids, order, -1), reader_ids)
     assert np.allclose(np.take_along_axis(plain_probs, order, -1), reader_probs)
     assert np.array_equal(np.sort(plain_ids, -1), np.sort(ids, -1))
@@ -126,7 +131,8 @@ def test_ids_above_65535_are_stored_as_uint32(tmp_path):
     assert ids.max() > 65535
     make_cache(tmp_path / "c.zarr", ids, probs, "float32", vocab=70000)
     assert zarr.open_group(str(tmp_path / "c.zarr"), mode="r")["topk_ids"].dtype == np.uint32
-    _, got_ids, got_probs = open_cache(tmp_path / "c.zarr").read(0, 4)
+    cached = open_cache(tmp_path / "c.zarr").read(0, 4)
+    got_ids, got_probs = cached.ids, cached.probs
     assert np.array_equal(got_ids, ids) and np.array_equal(got_probs, probs)
 
 
@@ -167,7 +173,8 @@ def test_recipe_states_the_normalisation_and_reader_follows_it(tmp_path):
     recipe = group.attrs["logitcache"]["encodings"]
     assert "p /= s" in recipe["normalise"]
     followed = raw / raw.sum(-1, keepdims=True)  # the recipe's normalise step
-    _, reader_ids, reader_probs = open_cache(tmp_path / "c.zarr").read(0, 1)
+    cached = open_cache(tmp_path / "c.zarr").read(0, 1)
+    reader_ids, reader_probs = cached.ids, cached.probs
     order = np.argsort(reader_ids, axis=-1)
     assert np.allclose(np.take_along_axis(reader_probs, order, -1), followed, atol=1e-7)
     assert 1.0 - reader_probs.sum() >= -1e-6
@@ -199,10 +206,10 @@ def test_read_returns_sampled_weights(tmp_path):
     store = CacheStore(tmp_path / "c.zarr", mode="r+")
     for b in range(layout.n_blocks):
         s, e = layout.block_range(b)
-        store.write_block(b, Block(np.zeros((e - s, t), np.int64), ids[s:e], probs[s:e], weights[s:e]))
+        store.write_block(b, Targets(np.zeros((e - s, t), np.int64), ids[s:e], probs[s:e], weights[s:e]))
     out = open_cache(tmp_path / "c.zarr").read(0, 3)
-    assert len(out) == 4
-    _, got_ids, got_probs, got_weights = out
+    assert out.weights is not None and out.mass_count is None and out.teacher_count is None
+    got_ids, got_weights = out.ids, out.weights
     # each (id, weight) pair survives the id sort on write and the prob sort on read
     for pos in np.ndindex(n, t):
         written = dict(zip(ids[pos].tolist(), weights[pos].astype(np.float32).tolist()))
@@ -297,7 +304,8 @@ def test_wide_log_codes_round_trip_through_plain_zarr(tmp_path, prob_dtype):
     total = independent.sum(-1, keepdims=True)
     independent = np.where(total > 1, independent / total, independent)  # the recipe's normalise step
     id_order = np.cumsum(group["topk_ids"][:].astype(np.int64), axis=-1)
-    _, got_ids, got_probs = open_cache(tmp_path / "c.zarr").read(0, 4)
+    cached = open_cache(tmp_path / "c.zarr").read(0, 4)
+    got_ids, got_probs = cached.ids, cached.probs
     by_id = np.argsort(got_ids, axis=-1)
     assert np.array_equal(np.take_along_axis(got_ids, by_id, -1), id_order)
     assert np.allclose(np.take_along_axis(got_probs, by_id, -1), independent, rtol=1e-5, atol=0)

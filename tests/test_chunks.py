@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import zarr
 
-from logitcache.store import (BASELINE_COMPRESSION, Block, CacheLayout, CacheStore, Compression, create_cache,
+from logitcache.store import (BASELINE_COMPRESSION, Targets, CacheLayout, CacheStore, Compression, create_cache,
                               verify_cache)
 from logitcache.store.chunks import ChunkEncoder
 
@@ -21,7 +21,7 @@ LAYOUTS = {  # (layout, compression): every kind of block array, a shorter last 
 }
 
 
-def block_data(layout: CacheLayout, block: int, rng) -> Block:
+def block_data(layout: CacheLayout, block: int, rng) -> Targets:
     start, stop = layout.block_range(block)
     n, t, k = stop - start, layout.seq_len, layout.k
     ids = np.stack([rng.choice(layout.vocab_size, size=k, replace=False) for _ in range(n * t)]).reshape(n, t, k)
@@ -35,7 +35,7 @@ def block_data(layout: CacheLayout, block: int, rng) -> Block:
         extra["mass_count"] = rng.integers(1, k + 1, size=(n, t))
     if layout.with_teacher_count:
         extra["teacher_count"] = rng.integers(1, 3, size=(n, t))  # of the 2 teachers in the attributes
-    return Block(tokens, ids, probs, **extra)
+    return Targets(tokens, ids, probs, **extra)
 
 
 def write(path: Path, layout: CacheLayout, compression: Compression, through_zarr: bool) -> None:

@@ -379,11 +379,12 @@ def test_the_cache_equals_an_independent_reference(tmp_path, odd_data, teachers,
                      min_coverage=0.2, batch_size=5))
     rows, expected, expected_count = reference_targets(odd_data, dirs, 2.0, n_rows)
     reader = open_cache(out)
-    tokens, ids, probs = reader.read(0, n_rows)
+    cached = reader.read(0, n_rows)
+    tokens, ids, probs = cached.tokens, cached.ids, cached.probs
     dense = np.zeros(expected.shape, dtype=np.float64)
     np.put_along_axis(dense, ids, probs, -1)
     assert np.array_equal(tokens, rows.astype(np.int64))
-    count = reader.read_teacher_count(0, n_rows)
+    count = cached.teacher_count
     assert np.array_equal(count, expected_count)
     assert 0 < (count < len(kinds)).mean() < 1 and (count > 0).mean() > 0.5  # alignment is partial, not absent
     assert np.abs(dense - expected).max() <= 1e-5
@@ -407,7 +408,8 @@ def test_teacher_weights_weigh_the_aligned_teachers(tmp_path, odd_data, teachers
                      min_coverage=0.2, batch_size=5, teacher_weights=(3.0, 1.0)))
     _, expected, _ = reference_targets(odd_data, dirs, 2.0, n_rows, weights=[3.0, 1.0])
     _, unweighted, _ = reference_targets(odd_data, dirs, 2.0, n_rows)
-    _, ids, probs = open_cache(out).read(0, n_rows)
+    cached = open_cache(out).read(0, n_rows)
+    ids, probs = cached.ids, cached.probs
     dense = np.zeros(expected.shape, dtype=np.float64)
     np.put_along_axis(dense, ids, probs, -1)
     assert np.abs(dense - expected).max() <= 1e-5
@@ -483,13 +485,15 @@ def test_sampled_targets_draw_from_the_mixed_distribution(tmp_path, odd_data, te
     settings = dict(combine="mean-probs", prob_dtype="float32", max_chunks=16, min_coverage=0.2)
     dump(dump_config(odd_data, dirs, tmp_path / "full.zarr", top_k=300, **settings))
     dump(dump_config(odd_data, dirs, tmp_path / "sampled.zarr", targets="sample", samples=8, **settings))
-    _, ids, probs = open_cache(tmp_path / "full.zarr").read(0, 16)
+    cached = open_cache(tmp_path / "full.zarr").read(0, 16)
+    ids, probs = cached.ids, cached.probs
     dense = np.zeros((*ids.shape[:2], 300))
     np.put_along_axis(dense, ids, probs, -1)
     reader = open_cache(tmp_path / "sampled.zarr")
-    _, s_ids, s_p, s_w = reader.read(0, 16)
-    count = reader.read_teacher_count(0, 16)
-    assert np.array_equal(count, open_cache(tmp_path / "full.zarr").read_teacher_count(0, 16))
+    cached = reader.read(0, 16)
+    s_ids, s_p, s_w = cached.ids, cached.probs, cached.weights
+    count = cached.teacher_count
+    assert np.array_equal(count, open_cache(tmp_path / "full.zarr").read(0, 16).teacher_count)
     drawn = s_w > 0
     assert np.allclose(np.take_along_axis(dense, s_ids, -1)[drawn], s_p[drawn], atol=1e-6)
     assert not drawn[count == 0].any() and drawn[count > 0].any(axis=-1).all()
@@ -571,7 +575,7 @@ def single_tokenizer_cache(out: Path, config) -> None:
     from logitcache.teachers.targets import sample_targets
     from logitcache.teachers.ensemble import Ensemble
     from logitcache.teachers.models import describe, load_model
-    from logitcache.store import Block, CacheLayout, CacheStore, create_cache
+    from logitcache.store import Targets, CacheLayout, CacheStore, create_cache
     from logitcache.data.tokenizer import folder_tokenizer_identity
 
     data = load_data(config.data)
@@ -599,7 +603,7 @@ def single_tokenizer_cache(out: Path, config) -> None:
             else:
                 parts.append(sample_targets(ensemble.probs(ids), config.samples, config.proposal_temperature, generator))
         arrays = [torch.cat(column).numpy() for column in zip(*parts)]
-        store.write_block(block, Block(rows[start:stop], *arrays))
+        store.write_block(block, Targets(rows[start:stop], *arrays))
 
 
 def stored_objects(path: Path) -> dict[str, bytes]:

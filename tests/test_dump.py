@@ -47,7 +47,8 @@ def test_k_equal_vocab_float32_is_the_full_ensemble(tmp_path, tiny_data, tiny_te
     teachers = tiny_teachers[:n_teachers]
     dump(dump_config(tiny_data, teachers, out, top_k=300, prob_dtype="float32", combine=combine, max_chunks=16))
     tokens, full = full_ensemble(tiny_data, teachers, combine, rows=16)
-    got_tokens, ids, probs = open_cache(out).read(0, 16)
+    cached = open_cache(out).read(0, 16)
+    got_tokens, ids, probs = cached.tokens, cached.ids, cached.probs
     dense = np.zeros_like(full.numpy())
     np.put_along_axis(dense, ids, probs, -1)
     assert np.array_equal(got_tokens, tokens.astype(np.int64))
@@ -63,7 +64,8 @@ def test_k_equal_vocab_float32_is_the_full_ensemble(tmp_path, tiny_data, tiny_te
     top_probs, top_ids = direct.topk(8, -1)
     small = tmp_path / "top8.zarr"
     dump(dump_config(tiny_data, teachers, small, top_k=8, prob_dtype="float16", combine=combine, max_chunks=16))
-    _, ids8, probs8 = open_cache(small).read(0, 16)
+    cached = open_cache(small).read(0, 16)
+    ids8, probs8 = cached.ids, cached.probs
     assert np.array_equal(np.sort(ids8, -1), np.sort(top_ids.numpy(), -1))
     assert np.allclose(probs8, top_probs.numpy(), rtol=2e-3, atol=1e-6)  # float16's 11 bits, then normalised
 
@@ -77,7 +79,8 @@ def test_cache_attributes_and_integrity(tiny_cache, tiny_data):
     assert all(len(t["sha256"]) == 64 and t["params"] > 0 for t in attrs["teachers"])
     assert attrs["config"]["top_k"] == 8
     assert verify_cache(tiny_cache) == []
-    _, ids, probs = reader.read(0, len(reader))
+    cached = reader.read(0, len(reader))
+    ids, probs = cached.ids, cached.probs
     assert (np.diff(probs, axis=-1) <= 0).all() and (probs.sum(-1) <= 1 + 1e-6).all()
 
 
@@ -86,8 +89,10 @@ def test_topk_codes_are_close_to_exact(tmp_path, tiny_data, tiny_teachers, prob_
     exact, coded = tmp_path / "exact.zarr", tmp_path / "coded.zarr"
     dump(dump_config(tiny_data, tiny_teachers, exact, prob_dtype="float32"))
     dump(dump_config(tiny_data, tiny_teachers, coded, prob_dtype=prob_dtype))
-    _, ids_a, p = open_cache(exact).read(0, 40)
-    _, ids_b, q = open_cache(coded).read(0, 40)
+    cached = open_cache(exact).read(0, 40)
+    ids_a, p = cached.ids, cached.probs
+    cached = open_cache(coded).read(0, 40)
+    ids_b, q = cached.ids, cached.probs
     assert np.array_equal(np.sort(ids_a, -1), np.sort(ids_b, -1))
     order_a, order_b = np.argsort(ids_a, -1), np.argsort(ids_b, -1)
     p, q = np.take_along_axis(p, order_a, -1), np.take_along_axis(q, order_b, -1)
@@ -268,7 +273,8 @@ def test_sampled_dump_is_deterministic_across_resume_and_ranks(tmp_path, tiny_da
     assert_same_store(single, ranked)
     reader = open_cache(single)
     assert reader.attrs["targets"] == "sample" and reader.layout.with_weights
-    _, ids, probs, weights = reader.read_block(0)
+    cached = reader.read_block(0)
+    ids, probs, weights = cached.ids, cached.probs, cached.weights
     assert np.allclose(weights.sum(-1), 1.0, atol=1e-3)  # q = p: weights are counts / N
 
 

@@ -71,7 +71,8 @@ def test_mass_one_with_max_k_vocab_is_the_full_distribution(tmp_path, tiny_data,
     store = CacheStore(out)
     counts = store.arrays["mass_count"][:]
     assert store.arrays["mass_count"].dtype == np.uint16  # 300 ids need more than a byte
-    got_tokens, ids, probs = store.decode_raw(store.read_checked_block(0))[:3]  # raw: before normalising
+    raw = store.decode_raw(store.read_checked_block(0))  # raw: before normalising
+    got_tokens, ids, probs = raw.tokens, raw.ids, raw.probs
     assert np.array_equal(got_tokens, tokens[:8].astype(np.int64))
     got = dense(ids, probs, 300)
     # the ids a count leaves out (a running float32 sum reaching 1 early) are the tail: only tiny ones
@@ -80,7 +81,8 @@ def test_mass_one_with_max_k_vocab_is_the_full_distribution(tmp_path, tiny_data,
         assert np.abs(got - full[:8]).max() <= 1e-6
     else:  # within the code's rounding: |sqrt(p') - sqrt(p)| <= 0.5 / 127
         assert np.abs(np.sqrt(got) - np.sqrt(full[:8])).max() <= 0.5 / 127 + 1e-6
-    _, ids_all, probs_all = open_cache(out).read(0, 16)
+    cached = open_cache(out).read(0, 16)
+    ids_all, probs_all = cached.ids, cached.probs
     tail = 1.0 - probs_all.sum(-1)
     assert tail.min() >= -1e-6 and (tail.max() <= 1e-5 if prob_dtype == "float32" else tail.max() <= 0.03)
 
@@ -88,7 +90,8 @@ def test_mass_one_with_max_k_vocab_is_the_full_distribution(tmp_path, tiny_data,
 def test_counts_are_the_fewest_top_ids_that_reach_the_mass(mass_cache, tiny_data, tiny_teachers):
     _, full = full_distribution(tiny_data, tiny_teachers, 40, 1.0)
     reader = open_cache(mass_cache)
-    _, ids, probs = reader.read(0, len(reader))
+    cached = reader.read(0, len(reader))
+    ids, probs = cached.ids, cached.probs
     counts = zarr.open_group(str(mass_cache), mode="r")["mass_count"][:].astype(int)  # (N, T)
     order = np.argsort(-full, axis=-1, kind="stable")
     running = np.cumsum(np.take_along_axis(full, order, -1), axis=-1)
@@ -129,7 +132,8 @@ def plain_zarr_decode(path):
 def test_reader_equals_an_independent_decode_with_plain_zarr(mass_cache):
     tokens, counts, ids, probs = plain_zarr_decode(mass_cache)
     reader = open_cache(mass_cache)
-    got_tokens, got_ids, got_probs = reader.read(0, len(reader))
+    cached = reader.read(0, len(reader))
+    got_tokens, got_ids, got_probs = cached.tokens, cached.ids, cached.probs
     assert np.array_equal(got_tokens, tokens)
     for i, t in np.ndindex(*counts.shape):
         c = counts[i, t]
@@ -140,7 +144,7 @@ def test_reader_equals_an_independent_decode_with_plain_zarr(mass_cache):
         assert np.allclose([by_id[v] for v in ids[i, t, :c].tolist()], expected, atol=1e-6)
         assert np.all(np.diff(got_probs[i, t]) <= 0)  # by decreasing probability, the padding (p 0) last
     unsorted = reader.read_block(1, by_prob=False)  # the loader's order: ascending ids, then the padding
-    assert np.array_equal(unsorted[1], ids[8:16])
+    assert np.array_equal(unsorted.ids, ids[8:16])
 
 
 def test_the_block_checksum_covers_every_array(mass_cache, tmp_path):
@@ -343,8 +347,8 @@ def test_torchrun_and_s3_mass_dumps_equal_one_process(tmp_path, tiny_data, tiny_
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     remote, local = open_cache(url), open_cache(mass_cache)
-    for a, b in zip(remote.read(0, 40), local.read(0, 40)):
-        assert np.array_equal(a, b)
+    got, expected = remote.read(0, 40).arrays(), local.read(0, 40).arrays()
+    assert got.keys() == expected.keys() and all(np.array_equal(got[k], expected[k]) for k in got)
     from logitcache.store.location import Location
 
     theirs, ours = Location(url), Location(mass_cache)
@@ -375,7 +379,8 @@ def test_cache_size_sweeps_mass_targets_beside_top_k_with_two_student_seeds(tmp_
     for mass in (0.1, 0.2):
         row = rows[("mass", mass)]
         cache = tmp_path / "b" / "caches" / f"mass{mass}-sqrt-u7.zarr"
-        _, ids, probs = open_cache(cache).read(0, 16)
+        cached = open_cache(cache).read(0, 16)
+        ids, probs = cached.ids, cached.probs
         counts = zarr.open_group(str(cache), mode="r")["mass_count"][:]
         kl = []
         for i, t in np.ndindex(*counts.shape):
@@ -430,13 +435,15 @@ def test_mass_targets_from_teachers_with_tokenizers_of_their_own(tmp_path, odd_d
     dump(dump_config(odd_data, dirs, tmp_path / "full.zarr", top_k=300, **settings))
     dump(dump_config(odd_data, dirs, tmp_path / "mass.zarr", targets="mass", mass=0.05, max_k=24, **settings))
     full = open_cache(tmp_path / "full.zarr")
-    _, ids, probs = full.read(0, 16)
+    cached = full.read(0, 16)
+    ids, probs = cached.ids, cached.probs
     dense = np.zeros((*ids.shape[:2], 300))
     np.put_along_axis(dense, ids, probs, -1)
     reader = open_cache(tmp_path / "mass.zarr")
-    _, m_ids, m_probs = reader.read(0, 16)
-    count = reader.read_teacher_count(0, 16)
-    assert np.array_equal(count, full.read_teacher_count(0, 16)) and (count == 0).any() and (count > 0).any()
+    cached = reader.read(0, 16)
+    m_ids, m_probs = cached.ids, cached.probs
+    count = reader.read(0, 16).teacher_count
+    assert np.array_equal(count, full.read(0, 16).teacher_count) and (count == 0).any() and (count > 0).any()
     kept = zarr.open_group(str(tmp_path / "mass.zarr"), mode="r")["mass_count"][:].astype(int)
     assert (kept[count == 0] == 0).all() and (kept[count > 0] > 0).all()
     running = np.cumsum(-np.sort(-dense, -1), -1)

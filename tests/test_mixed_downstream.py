@@ -162,15 +162,15 @@ def mixed(tmp_path_factory):
 
 
 def counts_by_tokens(reader) -> dict[bytes, np.ndarray]:
-    tokens = reader.read(0, len(reader))[0]
-    counts = reader.read_teacher_count(0, len(reader))
+    tokens = reader.read(0, len(reader)).tokens
+    counts = reader.read(0, len(reader)).teacher_count
     return {row.tobytes(): count for row, count in zip(tokens, counts)}
 
 
 def test_the_cache_has_covered_and_uncovered_positions(mixed):
     from logitcache import open_cache
 
-    counts = open_cache(mixed["cache"]).read_teacher_count(0, 48)
+    counts = open_cache(mixed["cache"]).read(0, 48).teacher_count
     assert (counts == 0).any() and (counts == 1).any() and set(np.unique(counts).tolist()) <= {0, 1}
 
 
@@ -193,7 +193,7 @@ def test_every_batch_carries_each_rows_teacher_count(mixed, which, world):
             assert list(batch) == ["input_ids", "topk_ids", "topk_probs"] + ["sample_weights"] * (which == "sampled") \
                 + ["teacher_count"]
             for tokens, count in zip(batch["input_ids"].numpy(), batch["teacher_count"].numpy()):
-                assert np.array_equal(count, expected[tokens.astype(reader.read(0, 1)[0].dtype).tobytes()])
+                assert np.array_equal(count, expected[tokens.astype(reader.read(0, 1).tokens.dtype).tobytes()])
                 seen += 1
     assert seen == len(reader) // 8 * 8
     baseline = next(CacheRows(reader, seed=1, targets=False).batches(0, 0, 8, DistEnv()))
@@ -273,8 +273,9 @@ def test_eval_against_a_teacher_on_its_own_tokenizer_equals_its_cache(tmp_path, 
     dump(dump_config(mixed["data"], [mixed["teacher"]], cache, split="dev", max_chunks=n, top_k=300,
                      prob_dtype="float32", combine="mean-probs", min_coverage=0.2, temperature=temperature))
     reader = open_cache(cache)
-    tokens, ids, probs = reader.read(0, n)
-    count = reader.read_teacher_count(0, n)
+    cached = reader.read(0, n)
+    tokens, ids, probs = cached.tokens, cached.ids, cached.probs
+    count = reader.read(0, n).teacher_count
     dense = np.zeros((n, tokens.shape[1], 300), np.float64)
     np.put_along_axis(dense, ids, probs.astype(np.float64), -1)
     with torch.no_grad():
@@ -385,8 +386,8 @@ def test_bench_cache_size_with_a_teacher_on_its_own_tokenizer(tmp_path, mixed, b
     small, full = payload["rows"]
     assert full["kl"] < 1e-4 and full["top1_agreement"] == 1.0
     reader = open_cache(tmp_path / "caches" / "topk300-float32.zarr")
-    _, _, probs = reader.read(0, n)
-    covered = reader.read_teacher_count(0, n) > 0
+    probs = reader.read(0, n).probs
+    covered = reader.read(0, n).teacher_count > 0
     assert small["positions_covered"] == pytest.approx(covered.mean()) and 0 < covered.mean() < 1
     assert full["mass_kept"] == pytest.approx(probs.sum(-1)[covered].mean(), abs=1e-5) and full["mass_kept"] < 1
     top4 = -np.sort(-probs, axis=-1)[..., :4].sum(-1)
@@ -416,7 +417,7 @@ def test_verify_copy_and_inspect_take_a_counted_cache(tmp_path, mixed):
     assert result.exit_code == 0, result.output
     files = lambda root: {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}  # noqa: E731
     assert files(copied) == files(cache) and any(str(p).startswith("teacher_count") for p in files(copied))
-    assert np.array_equal(open_cache(copied).read_teacher_count(0, 48), open_cache(cache).read_teacher_count(0, 48))
+    assert np.array_equal(open_cache(copied).read(0, 48).teacher_count, open_cache(cache).read(0, 48).teacher_count)
     assert verify_cache(copied) == []
     assert cli.invoke(app, ["verify", str(copied)]).exit_code == 0
     result = cli.invoke(app, ["inspect", str(copied), "--json", "-"])

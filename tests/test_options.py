@@ -93,7 +93,7 @@ def dumped(tmp_path_factory, tiny_data, tiny_teachers):
         reader = open_cache(out)
         files = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
                  if p.is_file() and p.name != "zarr.json"}  # zarr.json holds the creation time
-        return reader.attrs, reader.read(0, len(reader)), files
+        return reader.attrs, list(reader.read(0, len(reader)).arrays().values()), files
 
     return lambda **overrides: make(tuple(sorted(overrides.items())))
 
@@ -236,7 +236,8 @@ def check_kl_reduction(tiny_cache):
     from logitcache.teachers.models import build_model, get_preset
     from logitcache.train_student import DistillObjective
 
-    tokens, ids, probs = open_cache(tiny_cache).read(0, 4)
+    cached = open_cache(tiny_cache).read(0, 4)
+    tokens, ids, probs = cached.tokens, cached.ids, cached.probs
     batch = {"input_ids": torch.from_numpy(tokens), "topk_ids": torch.from_numpy(ids), "topk_probs": torch.from_numpy(probs)}
     student = build_model(get_preset("llama-tiny"), 300, seed=1)
     with torch.no_grad():

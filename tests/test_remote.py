@@ -46,7 +46,7 @@ def dump_args(data, teachers, out):
 
 def decoded(where) -> list[np.ndarray]:
     reader = open_cache(where)
-    return list(reader.read(0, len(reader)))
+    return list(reader.read(0, len(reader)).arrays().values())
 
 
 def objects(where) -> dict[str, bytes]:

@@ -278,7 +278,7 @@ def test_mixed_run_goes_through_dump_students_and_eval_from_the_cli(tmp_path, ti
     assert gpt2["tokenizer_identity"] == folder_tokenizer_identity(work / "teachers" / "gpt2")
     [coverage] = attrs["coverage"]
     assert coverage["teacher"] == "gpt2" and 0.5 < coverage["positions"] < 1.0 and coverage["chunks"] == 32
-    counts = open_cache(work / "cache.zarr").read_teacher_count(0, 32)  # (32, T)
+    counts = open_cache(work / "cache.zarr").read(0, 32).teacher_count  # (32, T)
     assert set(np.unique(counts)) == {1, 2}
     assert counts.mean() - 1 == pytest.approx(coverage["positions"], abs=1e-5)
     for kind in ("distilled", "baseline"):

@@ -82,7 +82,8 @@ def test_dump_equals_the_models_own_forward(tmp_path, tiny_data, teacher_dirs, a
     out = tmp_path / "c.zarr"
     dump(dump_config(tiny_data, teachers, out, top_k=k, temperature=temperature, combine=combine,
                      prob_dtype="float32", max_chunks=8, block_rows=8))
-    tokens, ids, probs = open_cache(out).read(0, 8)
+    cached = open_cache(out).read(0, 8)
+    tokens, ids, probs = cached.tokens, cached.ids, cached.probs
     vocab = load_data(tiny_data).vocab_size
     logits = [own_forward(t, tokens, vocab) / temperature for t in teachers]  # each (N, T, V)
     expected = COMBINE_REFERENCES[combine](logits)

@@ -31,7 +31,7 @@ def test_loader_yields_every_row_once_and_resumes_exactly(tiny_cache):
     source = CacheRows(CacheReader(tiny_cache), seed=3, buffer_rows=12)
     batches = list(source.batches(0, 0, 8, DistEnv()))
     rows = np.concatenate([b["input_ids"].numpy() for b in batches])
-    tokens, _, _ = open_cache(tiny_cache).read(0, 40)
+    tokens = open_cache(tiny_cache).read(0, 40).tokens
     assert rows.shape == (40, 32)
     assert sorted(map(tuple, rows.tolist())) == sorted(map(tuple, tokens.tolist()))
     tail = list(source.batches(0, 2, 8, DistEnv()))
@@ -57,7 +57,8 @@ def test_baseline_reads_no_targets(tiny_cache):
 def test_offline_loss_with_k_equal_vocab_equals_online_loss(tmp_path, tiny_data, tiny_teachers):
     cache = tmp_path / "full.zarr"
     dump(dump_config(tiny_data, tiny_teachers, cache, top_k=300, prob_dtype="float32", max_chunks=8))
-    tokens, ids, probs = open_cache(cache).read(0, 8)
+    cached = open_cache(cache).read(0, 8)
+    tokens, ids, probs = cached.tokens, cached.ids, cached.probs
     student = build_model(get_preset("llama-tiny"), 300, seed=5)
     batch = {"input_ids": torch.from_numpy(tokens), "topk_ids": torch.from_numpy(ids), "topk_probs": torch.from_numpy(probs)}
     ensemble = Ensemble([load_model(t) for t in tiny_teachers], "mean-logits", 2.0, torch.device("cpu"))
@@ -134,7 +135,8 @@ def test_sampled_cache_trains(tmp_path, tiny_data, tiny_teachers):
 
 def test_shared_normalizer_at_t1_gives_the_same_loss_and_gradient(tiny_cache):
     """The T = 1 fast path (one logsumexp for CE and KL) equals the general path."""
-    tokens, ids, probs = open_cache(tiny_cache).read(0, 4)
+    cached = open_cache(tiny_cache).read(0, 4)
+    tokens, ids, probs = cached.tokens, cached.ids, cached.probs
     batch = {"input_ids": torch.from_numpy(tokens), "topk_ids": torch.from_numpy(ids), "topk_probs": torch.from_numpy(probs)}
     grads = []
     for temperature in (1.0, 1.0 + 1e-12):  # the second takes the general path, numerically T = 1

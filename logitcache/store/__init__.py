@@ -12,7 +12,7 @@ import importlib
 # name -> the submodule defining it, imported on first use (PEP 562): `logitcache.store.codecs` (whose
 # names the CLI's choices derive from) then loads without zarr, and `logitcache --help` never pays for it
 _EXPORTS = {
-    "cache": ("ATTRS_KEY", "BASELINE_COMPRESSION", "SCHEMA_VERSION", "Block", "CacheLayout", "Compression", "CacheStore",
+    "cache": ("ATTRS_KEY", "BASELINE_COMPRESSION", "SCHEMA_VERSION", "Targets", "CacheLayout", "Compression", "CacheStore",
               "block_checksum", "block_chunk_path", "create_cache", "decode_recipe", "normalise_topk", "same_attrs"),
     "codecs": ("PROB_CODES", "PROB_DTYPES", "READ_ONLY_CODES", "prob_code"),
     "ids": ("decode_ids", "encode_ids", "token_dtype"),
@@ -23,7 +23,7 @@ _EXPORTS = {
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
-    "ATTRS_KEY", "BASELINE_COMPRESSION", "Block", "Compression", "PROB_CODES", "PROB_DTYPES", "READ_ONLY_CODES", "SCHEMA_VERSION", "CacheLayout", "CacheReader", "CacheStore", "TokenStore",
+    "ATTRS_KEY", "BASELINE_COMPRESSION", "Targets", "Compression", "PROB_CODES", "PROB_DTYPES", "READ_ONLY_CODES", "SCHEMA_VERSION", "CacheLayout", "CacheReader", "CacheStore", "TokenStore",
     "block_checksum", "block_chunk_path", "cache_summary", "check_decoded", "create_cache", "decode_ids",
     "decode_recipe", "encode_ids", "normalise_topk", "open_cache", "prob_code", "same_attrs", "token_dtype",
     "verify_cache", "verify_data", "is_data_location", "write_token_store",

@@ -22,10 +22,10 @@ element per storage chunk for the same reason.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import crc32c
 import numpy as np
@@ -34,6 +34,7 @@ from zarr.codecs import BloscCodec, ZstdCodec
 
 from ..errors import CacheCorruptError, LogitcacheError
 from ..faults import fault_pause
+from ..targets import Targets
 from .chunks import ChunkEncoder, concurrently
 from .codecs import prob_code
 from .ids import decode_ids, encode_ids, token_dtype
@@ -318,20 +319,6 @@ def block_checksum(arrays: list[np.ndarray]) -> int:
     return value
 
 
-class Block(NamedTuple):
-    """One block's arrays on their way into the store. tokens (n, T); ids and probs (n, T, K) (mass targets:
-    the first mass_count[i, t] slots of each position count); weights (n, T, K): the importance weights of
-    sampled targets; mass_count (n, T) of mass targets; teacher_count (n, T) with a teacher on a tokenizer
-    of its own (0: no teacher target at that position)."""
-
-    tokens: np.ndarray
-    ids: np.ndarray
-    probs: np.ndarray
-    weights: np.ndarray | None = None
-    mass_count: np.ndarray | None = None
-    teacher_count: np.ndarray | None = None
-
-
 class CacheStore:
     """Low-level access to a cache group: block writes (dump) and raw block reads (reader, verify)."""
 
@@ -381,8 +368,8 @@ class CacheStore:
                     pass
             return mask
 
-    def write_block(self, block: int, data: Block) -> None:
-        """Encode and write block `block`'s arrays, then its checksum, then its `done` marker (in that order)."""
+    def write_block(self, block: int, data: Targets) -> None:
+        """Encode and write block `block`'s arrays (mass targets: the first mass_count[i, t] slots of each position count), then its checksum, then its `done` marker (in that order)."""
         start, stop = self.layout.block_range(block)
         assert data.tokens.shape[0] == stop - start
         tokens = data.tokens.astype(token_dtype(self.layout.vocab_size))
@@ -460,39 +447,39 @@ class CacheStore:
             raise CacheCorruptError(f"block {block}: checksum mismatch (stored data changed after writing)", block)
         return stored
 
-    def decode_raw(self, stored: list[np.ndarray]) -> tuple[np.ndarray, ...]:
-        """Stored block -> tokens (n, T) int64, ids (n, T, K) int64, probs (n, T, K) float32 [, weights],
-        exactly as the recipe's decode lines say (ascending id order, no normalisation). Mass targets come
-        padded to K (decode_ragged: id 0, p 0 past each position's count)."""
+    def decode_raw(self, stored: list[np.ndarray]) -> Targets:
+        """Stored block -> Targets: tokens (n, T) int64, ids (n, T, K) int64, probs (n, T, K) float32, and the
+        weights (float32), mass_count and teacher_count where the cache has them, exactly as the recipe's
+        decode lines say (ascending id order, no normalisation). Mass targets come padded to K (decode_ragged:
+        id 0, p 0 past each position's count)."""
+        named = dict(zip(self.layout.block_arrays, stored))
+        tokens = named["tokens"].astype(np.int64)
+        extra = {}
+        if self.layout.with_teacher_count:
+            extra["teacher_count"] = named["teacher_count"].astype(np.uint8)
         if self.layout.ragged:
-            counts, gaps, codes = stored[1], stored[2][0], stored[3][0]
+            counts, gaps, codes = named["mass_count"], named["mass_ids"][0], named["mass_probs"][0]
             total = int(counts.sum(dtype=np.int64))
             if int(counts.max(initial=0)) > self.layout.k or total > gaps.size:
                 raise CacheCorruptError(f"mass counts above {self.layout.k} or beyond the block's {gaps.size} entries")
             ids, probs = decode_ragged(counts, gaps, self.code.decode(codes[:total]), self.layout.k)
-            return stored[0].astype(np.int64), ids, probs
-        out = [stored[0].astype(np.int64), decode_ids(stored[1]), self.code.decode(stored[2])]
+            return Targets(tokens, ids, probs, mass_count=counts, **extra)
         if self.layout.with_weights:
-            out.append(stored[3].astype(np.float32))
-        return tuple(out)
+            extra["weights"] = named["sample_weights"].astype(np.float32)
+        return Targets(tokens, decode_ids(named["topk_ids"]), self.code.decode(named["topk_probs"]), **extra)
 
-    def decode(self, stored: list[np.ndarray], by_prob: bool = True) -> tuple[np.ndarray, ...]:
+    def decode(self, stored: list[np.ndarray], by_prob: bool = True) -> Targets:
         """`decode_raw`, then the recipe's normalise step; each position sorted by decreasing probability
         (or left in ascending id order when not `by_prob`: the losses are sums over K, and the sort
         is a third of the decode time)."""
-        out = list(self.decode_raw(stored))
-        out[2] = normalise_topk(out[2])
-        if by_prob:
-            order = np.argsort(-out[2], axis=-1, kind="stable")
-            out[1:] = [np.take_along_axis(a, order, axis=-1) for a in out[1:]]
-        return tuple(out)
-
-    def teacher_count(self, stored: list[np.ndarray]) -> np.ndarray:
-        """(n, T) uint8: the teachers aligned at each position of a stored block; a cache without the array
-        (every teacher on the data's tokenizer) has every teacher at every position."""
-        if self.layout.with_teacher_count:
-            return stored[self.layout.block_arrays.index("teacher_count")].astype(np.uint8)
-        return np.full(stored[0].shape, len(self.attrs.get("teachers") or [None]), dtype=np.uint8)
+        raw = self.decode_raw(stored)
+        probs = normalise_topk(raw.probs)
+        if not by_prob:
+            return dataclasses.replace(raw, probs=probs)
+        order = np.argsort(-probs, axis=-1, kind="stable")
+        sort = {name: np.take_along_axis(getattr(raw, name), order, axis=-1) for name in ("ids", "weights")
+                if getattr(raw, name) is not None}
+        return dataclasses.replace(raw, probs=np.take_along_axis(probs, order, axis=-1), **sort)
 
     def bytes_on_disk(self) -> dict[str, int]:
         """{array: stored bytes} (metadata included), from one listing of the location."""

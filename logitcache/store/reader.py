@@ -1,4 +1,5 @@
-"""The public reader: `open_cache(path).read(start, stop)` -> plain ids and probabilities."""
+"""The public reader: `open_cache(path).read(start, stop)` -> Targets (logitcache/targets.py): tokens, ids and
+probabilities by name."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CacheCorruptError, LogitcacheError
+from ..targets import Targets
 from .cache import CacheStore
 from .location import Location
 
@@ -31,61 +33,38 @@ class CacheReader:
     def __len__(self) -> int:
         return self.layout.n_rows
 
-    def read_block(self, block: int, targets: bool = True, by_prob: bool = True,
-                   with_count: bool = False) -> tuple[np.ndarray, ...]:
-        """One block decoded; checksum-verified first when `verify`. Only tokens when not `targets` (the
-        whole block is still fetched when `verify`: its checksum covers every array); each position's
-        entries by decreasing probability when `by_prob`, else by ascending id. `with_count` appends the
-        teachers aligned at each position (n, T) uint8 (CacheStore.teacher_count; a cache without the
-        array: every teacher everywhere)."""
-        if with_count:
-            stored = self.store.read_checked_block(block) if self.verify else self.store.read_stored_block(block)
-            return (*self.store.decode(stored, by_prob), self.store.teacher_count(stored))
+    def read_block(self, block: int, targets: bool = True, by_prob: bool = True) -> Targets:
+        """One block decoded as Targets (logitcache/targets.py); checksum-verified first when `verify`. Only
+        tokens when not `targets` (ids and probs None; the whole block is still fetched when `verify`: its
+        checksum covers every array); each position's entries by decreasing probability when `by_prob`, else
+        by ascending id (a mass cache's padding, id 0 and p 0, then follows the kept ids)."""
         if not targets and self.verify:
-            return (self.store.read_checked_block(block)[0].astype(np.int64),)
+            return Targets(self.store.read_checked_block(block)[0].astype(np.int64))
         if not targets:
             start, stop = self.layout.block_range(block)
             try:
-                return (self.store.arrays["tokens"][start:stop].astype(np.int64),)
+                return Targets(self.store.arrays["tokens"][start:stop].astype(np.int64))
             except Exception as exc:
                 raise CacheCorruptError(f"block {block}: tokens cannot be decoded ({exc})", block) from None
         stored = self.store.read_checked_block(block) if self.verify else self.store.read_stored_block(block)
         return self.store.decode(stored, by_prob)
 
-    def read(self, start: int, stop: int) -> tuple[np.ndarray, ...]:
-        """Rows start..stop: tokens (n, T) int64, ids (n, T, K) int64, probs (n, T, K) float32 sorted by
-        decreasing probability and normalised (see the recipe), and for a sampled cache a fourth array,
-        the importance weights (n, T, K) float32 in the same order."""
+    def read(self, start: int, stop: int) -> Targets:
+        """Rows start..stop as Targets: tokens (n, T) int64, ids (n, T, K) int64, probs (n, T, K) float32 sorted
+        by decreasing probability and normalised (see the recipe), and where the cache has them the importance
+        weights (sampled targets; same order), mass_count (mass targets) and teacher_count."""
         stop = min(stop, len(self))
         if not 0 <= start <= stop:
             raise LogitcacheError(f"bad row range {start}:{stop} for a cache of {len(self)} rows")
-        width = 4 if self.layout.with_weights else 3
         r = self.layout.block_rows
+        first = min(start // r, self.layout.n_blocks - 1)
+        last = (stop - 1) // r if stop > start else first  # an empty range still decodes one block: its shapes
         parts = []
-        for block in range(start // r, (stop - 1) // r + 1 if stop > start else start // r):
+        for block in range(first, last + 1):
             b_start, _ = self.layout.block_range(block)
             decoded = self.read_block(block)
-            lo, hi = max(start - b_start, 0), min(stop - b_start, decoded[0].shape[0])
-            parts.append([a[lo:hi] for a in decoded])
-        if not parts:
-            t, k = self.layout.seq_len, self.layout.k
-            empty = [np.zeros((0, t), np.int64), np.zeros((0, t, k), np.int64), np.zeros((0, t, k), np.float32),
-                     np.zeros((0, t, k), np.float32)]
-            return tuple(empty[:width])
-        return tuple(np.concatenate([p[i] for p in parts]) for i in range(width))
-
-
-    def read_teacher_count(self, start: int, stop: int) -> np.ndarray:
-        """Rows start..stop of the teachers aligned at each position (n, T) uint8 (0: no teacher target there)."""
-        stop = min(stop, len(self))
-        r = self.layout.block_rows
-        parts = []
-        for block in range(start // r, (stop - 1) // r + 1 if stop > start else start // r):
-            b_start, _ = self.layout.block_range(block)
-            stored = self.store.read_checked_block(block) if self.verify else self.store.read_stored_block(block)
-            counts = self.store.teacher_count(stored)
-            parts.append(counts[max(start - b_start, 0):min(stop - b_start, counts.shape[0])])
-        return np.concatenate(parts) if parts else np.zeros((0, self.layout.seq_len), np.uint8)
+            parts.append(decoded.rows(slice(max(start - b_start, 0), max(min(stop - b_start, decoded.n_rows), 0))))
+        return Targets.concat(parts)
 
 
 def open_cache(path: "str | Path | Location", verify: bool = True) -> CacheReader:

@@ -91,12 +91,12 @@ def verify_cache(path, progress=None, ahead: int = 8) -> list[str]:
         elif layout.ragged and (problem := check_ragged(block, stored, layout.k)):
             problems[block] = problem
         else:
-            _, ids, probs, *weights = store.decode_raw(stored)
-            kept = np.arange(layout.k) < stored[1][..., None].astype(np.int64) if layout.ragged else None
-            problem = check_decoded(block, ids, probs, layout.vocab_size, sum_bound, kept) or \
-                (check_weights(block, weights[0]) if weights else None) or \
-                (check_teacher_count(block, store.teacher_count(stored), probs, n_teachers)
-                 if layout.with_teacher_count else None)
+            raw = store.decode_raw(stored)
+            kept = np.arange(layout.k) < raw.mass_count[..., None].astype(np.int64) if layout.ragged else None
+            problem = check_decoded(block, raw.ids, raw.probs, layout.vocab_size, sum_bound, kept) or \
+                (check_weights(block, raw.weights) if raw.weights is not None else None) or \
+                (check_teacher_count(block, raw.teacher_count, raw.probs, n_teachers)
+                 if raw.teacher_count is not None else None)
             if problem:
                 problems[block] = problem
     if progress:

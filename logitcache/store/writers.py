@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..errors import LogitcacheError
-from .cache import Block, CacheStore
+from .cache import Targets, CacheStore
 
 WRITERS_KEY = "writers"
 DONE_METADATA = "done/zarr.json"
@@ -77,7 +77,7 @@ def write_host_block(store: CacheStore, block: int, tokens: np.ndarray, copy) ->
     arrays = copy.wait()  # {"ids", "probs", and "weights", "mass_count", "teacher_count" where the cache has them}
     if arrays.get("weights") is not None:
         check_weights_fit(block, arrays["weights"])
-    store.write_block(block, Block(tokens, **arrays))
+    store.write_block(block, Targets(tokens, **arrays))
 
 
 class BlockWriter:

@@ -64,7 +64,7 @@ def mass_targets(ids: torch.Tensor, probs: torch.Tensor, mass: float) -> list[to
 
 
 class HostCopy:
-    """A block's named results ({"ids": (rows, T, K), "probs": ..., ...}, store.Block's fields) on their way to
+    """A block's named results ({"ids": (rows, T, K), "probs": ..., ...}, the fields of logitcache.targets.Targets) on their way to
     the host. On CUDA: non-blocking copies into pinned host tensors (torch's caching host allocator recycles
     them, so successive blocks double-buffer without a cudaHostAlloc each) and one event; the writer thread
     waits on that event, so the teachers' loop never synchronises with the device per batch or per block.

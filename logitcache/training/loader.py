@@ -20,6 +20,7 @@ import torch
 
 from ..errors import CacheCorruptError
 from ..store import CacheReader
+from ..targets import Targets, batch_arrays
 from . import distributed as D
 
 log = logging.getLogger(__name__)
@@ -58,18 +59,10 @@ class CacheRows:
         self.workers = max(1, workers)
         self.pin = pin
         self.skipped_blocks: set[int] = set()
-        self.with_weights = reader.layout.with_weights
-        # a cache with teacher_count: each batch carries it (B, T) uint8, so the loss masks positions no
-        # teacher aligned (student.target_mask); only with targets (the CE-only baseline needs none)
-        self.with_count = targets and reader.layout.with_teacher_count
-        self.names = ["input_ids"]
-        if targets:
-            self.names += ["topk_ids", "topk_probs"] + ["sample_weights"] * self.with_weights
-            self.names += ["teacher_count"] * self.with_count
 
     def _load(self, block: int):
         try:  # by id, not by probability: the losses are sums over K
-            return self.reader.read_block(block, targets=self.targets, by_prob=False, with_count=self.with_count)
+            return self.reader.read_block(block, targets=self.targets, by_prob=False)
         except CacheCorruptError as exc:
             if not self.skip_bad_blocks:
                 raise
@@ -127,15 +120,15 @@ class CacheRows:
                         while block not in loaded:
                             top_up()
                             b, future = pending.popleft()
-                            arrays = future.result()
+                            decoded = future.result()
                             loaded.add(b)
-                            if isinstance(arrays, CacheCorruptError):
+                            if isinstance(decoded, CacheCorruptError):
                                 self.skipped_blocks.add(b)
                                 continue
                             start = b * self.block_rows
-                            for i in range(arrays[0].shape[0]):
+                            for i in range(decoded.n_rows):
                                 if start + i in needed:
-                                    rows_data[start + i] = tuple(a[i].copy() for a in arrays)
+                                    rows_data[start + i] = decoded.rows(slice(i, i + 1), copy=True)
                     parts = [rows_data.pop(r) for r in rows.tolist() if r in rows_data]
                     top_up()
                     out.put(self._collate(parts))  # even empty: every rank yields once per planned step
@@ -143,17 +136,22 @@ class CacheRows:
         except BaseException as exc:  # surfaced in the consumer
             out.put(exc)
 
-    def _collate(self, parts: list[tuple]) -> dict:
-        """{name: (B, ...) tensor} in `self.names` order (teacher_count last when the cache has it)."""
+    def _collate(self, parts: list[Targets]) -> dict:
+        """One step's rows -> the batch dict every loss reads ({key: (B, ...) tensor}, targets.BATCH_KEYS)."""
         if not parts:  # every row of this step sat in a skipped bad block: (0, T), (0, T, K) ...
-            t, k = self.reader.layout.seq_len, self.reader.layout.k
-            empty = {"input_ids": torch.zeros((0, t), dtype=torch.int64), "topk_ids": torch.zeros((0, t, k), dtype=torch.int64),
-                     "topk_probs": torch.zeros((0, t, k)), "sample_weights": torch.zeros((0, t, k)),
-                     "teacher_count": torch.zeros((0, t), dtype=torch.uint8)}
-            return {name: empty[name] for name in self.names}
-        assert len(parts[0]) == len(self.names), (len(parts[0]), self.names)
-        batch = {}
-        for i, name in enumerate(self.names):
-            tensor = torch.from_numpy(np.stack([p[i] for p in parts]))
-            batch[name] = tensor.pin_memory() if self.pin else tensor
-        return batch
+            return {key: torch.from_numpy(a) for key, a in batch_arrays(self.empty).items()}
+        return {key: torch.from_numpy(a).pin_memory() if self.pin else torch.from_numpy(a)
+                for key, a in batch_arrays(Targets.concat(parts)).items()}
+
+    @property
+    def empty(self) -> Targets:
+        """Zero rows with this source's fields (what a step whose rows all sat in skipped blocks yields)."""
+        t, k = self.reader.layout.seq_len, self.reader.layout.k
+        layout = self.reader.layout
+        fields = {"tokens": np.zeros((0, t), np.int64)}
+        if self.targets:
+            fields |= {"ids": np.zeros((0, t, k), np.int64), "probs": np.zeros((0, t, k), np.float32)}
+            fields |= {"weights": np.zeros((0, t, k), np.float32)} if layout.with_weights else {}
+            fields |= {"mass_count": np.zeros((0, t), np.uint8)} if layout.ragged else {}
+            fields |= {"teacher_count": np.zeros((0, t), np.uint8)} if layout.with_teacher_count else {}
+        return Targets(**fields)
