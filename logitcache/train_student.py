@@ -14,7 +14,7 @@ import torch
 
 from ._settings import to_dict
 from .config import StudentConfig  # noqa: F401  (re-exported)
-from .data.prepared import load_data, tokenizer_saver
+from .data.prepared import check_cache_matches, load_data, tokenizer_saver
 from .errors import LogitcacheError
 from .files import check_output, prepare_output
 from .progress import NULL_PROGRESS, ProgressHook
@@ -83,16 +83,6 @@ class OnlineObjective:
         teacher_probs = self.ensemble.probs(input_ids)  # (B, T, V)
         kl = dense_kl(logits, teacher_probs, self.ensemble.temperature, self.reduction)
         return self.alpha * ce + (1.0 - self.alpha) * kl, {"ce": ce.detach(), "kl": kl.detach()}
-
-
-def check_cache_matches(reader: CacheReader, data) -> None:
-    attrs = reader.attrs
-    if attrs.get("tokenizer_sha256") != data.attrs["tokenizer_sha256"]:
-        raise LogitcacheError(f"cache {reader.store.path} was made with a different tokenizer than {data.path}")
-    if attrs.get("data_fingerprint") != data.fingerprint:
-        raise LogitcacheError(f"cache {reader.store.path} was made from other data than {data.path} (fingerprint differs)")
-    if attrs.get("vocab_size") != data.vocab_size:
-        raise LogitcacheError(f"cache vocabulary {attrs.get('vocab_size')} differs from the data's {data.vocab_size}")
 
 
 def student_model(config: StudentConfig, data):

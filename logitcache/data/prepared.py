@@ -156,3 +156,14 @@ def tokenizer_saver(data: PreparedData):
         }, indent=2))
 
     return save
+
+
+def check_cache_matches(reader, data: "PreparedData") -> None:
+    """Refuse a cache (a CacheReader) made with another tokenizer, other data or another vocabulary than `data`."""
+    attrs = reader.attrs
+    if attrs.get("tokenizer_sha256") != data.attrs["tokenizer_sha256"]:
+        raise LogitcacheError(f"cache {reader.store.path} was made with a different tokenizer than {data.path}")
+    if attrs.get("data_fingerprint") != data.fingerprint:
+        raise LogitcacheError(f"cache {reader.store.path} was made from other data than {data.path} (fingerprint differs)")
+    if attrs.get("vocab_size") != data.vocab_size:
+        raise LogitcacheError(f"cache vocabulary {attrs.get('vocab_size')} differs from the data's {data.vocab_size}")

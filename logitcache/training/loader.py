@@ -43,6 +43,17 @@ def emission_order(n_rows: int, block_rows: int, buffer_rows: int, seed: int, ep
     return np.asarray(order, dtype=np.int64)
 
 
+def step_plan(n_rows: int, block_rows: int, buffer_rows: int, seed: int, epoch: int, batch_size: int,
+              rank: int = 0, world: int = 1) -> list[np.ndarray]:
+    """Per step of one epoch, the rows rank `rank` of `world` trains on, ascending: the epoch's emission order
+    cut into whole batches of `batch_size` (the rest of the epoch is dropped), each split into `world` equal
+    slices. train-student's data order; `logitcache.torch.CacheOrderSampler` yields the same."""
+    order = emission_order(n_rows, block_rows, buffer_rows, seed, epoch)
+    per_rank = batch_size // world
+    return [np.sort(order[s * batch_size:(s + 1) * batch_size][rank * per_rank:(rank + 1) * per_rank])
+            for s in range(n_rows // batch_size)]
+
+
 class CacheRows:
     """A `BatchSource` over a cache. `targets=False` reads tokens only (the alpha = 1 baseline)."""
 
@@ -70,11 +81,8 @@ class CacheRows:
             return exc
 
     def batches(self, epoch: int, start_step: int, batch_size: int, env: D.DistEnv) -> Iterator[dict]:
-        order = emission_order(self.n_rows, self.block_rows, self.buffer_rows, self.seed, epoch)
-        per_rank = batch_size // env.world
-        steps = self.n_rows // batch_size
-        plan = [np.sort(order[s * batch_size:(s + 1) * batch_size][env.rank * per_rank:(env.rank + 1) * per_rank])
-                for s in range(start_step, steps)]
+        plan = step_plan(self.n_rows, self.block_rows, self.buffer_rows, self.seed, epoch, batch_size, env.rank,
+                         env.world)[start_step:]
         out: queue.Queue = queue.Queue(maxsize=4)
         stop = threading.Event()
         thread = threading.Thread(target=self._produce, args=(plan, out, stop), daemon=True)
