@@ -19,7 +19,6 @@ from typing import Iterator, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from .._settings import check
@@ -29,7 +28,7 @@ from ..files import atomic_dir, recover_dir, write_json_atomic, write_text_atomi
 from ..progress import NULL_PROGRESS, ProgressHook
 from . import distributed as D
 from .checkpoint import CHECKPOINT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .losses import fused_next_token_ce
+from .losses import fused_next_token_ce, next_token_ce  # noqa: F401  (next_token_ce re-exported)
 from .metrics import lm_metrics
 
 log = logging.getLogger(__name__)
@@ -70,12 +69,6 @@ class TokenRows:
         for step in range(start_step, self.n_rows // batch_size):
             rows = order[step * batch_size:(step + 1) * batch_size][env.rank * per_rank:(env.rank + 1) * per_rank]
             yield {"input_ids": torch.from_numpy(self.rows[np.sort(rows)].astype(np.int64))}
-
-
-def next_token_ce(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """Mean CE of positions 0..T-2 predicting tokens 1..T-1. logits (B, T, V), input_ids (B, T)."""
-    vocab = logits.shape[-1]
-    return F.cross_entropy(logits[:, :-1].reshape(-1, vocab).float(), input_ids[:, 1:].reshape(-1))
 
 
 class CEObjective:
