@@ -7,9 +7,13 @@ against the autograd references.
   holding (B, T, V) logits or their gradient.
 - `distill.py`: `distill_loss`, the one entry point the training stage and the integrations call.
 """
+from .distill import distill_loss, target_mask
 from .fused import CHUNK_ELEMENTS, POW_ROUTE_MAX_T, fused_distill_loss, fused_next_token_ce
+from .linear import CHUNK_BUDGET_BYTES, auto_chunk_tokens, fused_linear_distill, head_logits, linear_head
 from .reference import (dense_kl, log_normalizer, next_token_ce, retemper, sampled_kl, sampled_renormalized_kl,
                         sparse_kl)
 
-__all__ = ["CHUNK_ELEMENTS", "POW_ROUTE_MAX_T", "dense_kl", "fused_distill_loss", "fused_next_token_ce",
-           "log_normalizer", "next_token_ce", "retemper", "sampled_kl", "sampled_renormalized_kl", "sparse_kl"]
+__all__ = ["CHUNK_BUDGET_BYTES", "CHUNK_ELEMENTS", "POW_ROUTE_MAX_T", "auto_chunk_tokens", "dense_kl", "distill_loss",
+           "fused_distill_loss", "fused_linear_distill", "fused_next_token_ce", "head_logits", "linear_head",
+           "log_normalizer", "next_token_ce", "retemper", "sampled_kl", "sampled_renormalized_kl", "sparse_kl",
+           "target_mask"]

@@ -1,0 +1,186 @@
+"""The fused head loss: alpha * CE + (1 - alpha) * T^2 * KL from the student's final hidden states and its
+output embedding, in chunks of tokens, never holding (B, T, V) logits or their gradient
+(docs/architecture.md, "Losses").
+
+Per chunk of C tokens: the logits h W^T + b in fp32 (C, V), the loss terms and d loss / d logits
+(`fused.slice_loss_grad`, the body the fused loss on materialised logits runs), then d loss / d h (C, H)
+and the head's gradients, accumulated in (V, H) and (V,). The gradients are made during the forward and
+handed out by backward, so the head's matmuls run once each, as in an unfused step.
+
+The hidden states come through the model's own forward (`hidden_states_of`): the head's forward is
+replaced, for that call only, by one that records its input and returns no logits, so wrappers' hooks
+(DDP, FSDP) run as usual. Post-processing after the head (Gemma-2's final soft-capping, Granite's and
+Cohere's logit scaling) is read from the config and applied here; `check_head` compares the result with
+the model's own logits once, and any other post-processing is refused for fusing.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .fused import flat_targets, kl_count, slice_loss_grad
+
+# The automatic chunk: its fp32 logits (C, V) within this budget. A chunk holds three such buffers (the
+# logits, their softmax and the gradient).
+CHUNK_BUDGET_BYTES = 64 << 20
+
+
+def auto_chunk_tokens(vocab_size: int, budget_bytes: int = CHUNK_BUDGET_BYTES) -> int:
+    """Tokens per chunk whose fp32 logits fit `budget_bytes`."""
+    return max(1, budget_bytes // (4 * vocab_size))
+
+
+@dataclass(frozen=True)
+class Head:
+    """A student's output head as the fused loss computes it: logits = softcap * tanh(scale * (h W^T + b) /
+    softcap), or scale * (h W^T + b) without a softcap."""
+
+    module: nn.Linear
+    logit_scale: float = 1.0
+    logit_softcap: float | None = None
+
+
+def linear_head(model: nn.Module) -> tuple[Head | None, str]:
+    """The model's head for the fused loss, or (None, why not). `model` unwrapped (no DDP `module`)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if type(head) is not nn.Linear:
+        return None, f"its output embedding is {type(head).__name__}, not a plain torch.nn.Linear"
+    config = getattr(model, "config", None)
+    scale, softcap = 1.0, getattr(config, "final_logit_softcapping", None)  # Gemma-2, Gemma-3
+    if getattr(config, "logits_scaling", None):  # Granite: logits / logits_scaling
+        scale /= float(config.logits_scaling)
+    if getattr(model, "logit_scale", None) is not None:  # Cohere: logits * logit_scale
+        scale *= float(model.logit_scale)
+    return Head(head, scale, float(softcap) if softcap else None), ""
+
+
+@contextlib.contextmanager
+def hidden_states_of(head: nn.Module):
+    """Within the block, `head` returns (..., 0) empty logits and records its input and parameters in the
+    dict it yields (hidden (B, T, H), weight (V, H), bias (V,) or None): the model's forward (through any
+    wrapper) then ends at the head. The parameters are read at call time, as a sharding wrapper presents
+    them then."""
+    got: dict = {}
+
+    def forward(hidden: torch.Tensor) -> torch.Tensor:
+        got.update(hidden=hidden, weight=head.weight, bias=head.bias)
+        return hidden.new_zeros(hidden.shape[:-1] + (0,))
+
+    head.forward = forward
+    try:
+        yield got
+    finally:
+        del head.forward
+
+
+def head_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, logit_scale: float = 1.0,
+                logit_softcap: float | None = None) -> torch.Tensor:
+    """The logits the fused loss computes, in fp32 (..., V): its definition, for checks and references."""
+    z = hidden.float() @ weight.float().t()
+    if bias is not None:
+        z = z + bias.float()
+    z = z * logit_scale
+    return z if logit_softcap is None else logit_softcap * torch.tanh(z / logit_softcap)
+
+
+def check_head(model, head: Head, input_ids: torch.Tensor) -> str:
+    """'' when the head's logits, computed as the fused loss does, equal the model's own at the first row
+    (a forward without gradients); else why not. Catches post-processing the config does not name."""
+    got: dict = {}
+    hook = head.module.register_forward_hook(lambda mod, args, out: got.update(hidden=args[0]))
+    try:
+        with torch.no_grad():
+            logits = model(input_ids=input_ids[:1]).logits.float()  # (1, T, V)
+    finally:
+        hook.remove()
+    if "hidden" not in got or logits.shape[:-1] != got["hidden"].shape[:-1]:
+        return "the model's forward does not end at its output embedding"
+    mine = head_logits(got["hidden"], head.module.weight, head.module.bias, head.logit_scale, head.logit_softcap)
+    # the model's head may run in bf16 or fp16 (autocast, or such weights): compare at that precision
+    low = torch.finfo(got["hidden"].dtype).eps > 1e-6 or torch.is_autocast_enabled()
+    tol = (2e-2 if low else 1e-4) * (1.0 + logits.abs().max())
+    err = (mine - logits).abs().max()
+    return "" if err <= tol else f"its logits are post-processed after the head (max difference {float(err):.3g})"
+
+
+class _LinearDistill(torch.autograd.Function):
+    """(loss, kl, ce) from hidden (N, H) and the head, chunk by chunk; the gradients of hidden, weight and
+    bias are made in the forward and returned by backward (scaled by the loss's incoming gradient)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, next_ids, ce_w, targets, temperature, alpha, count, n_ce, chunk,
+                logit_scale, logit_softcap):
+        n, v = hidden.shape[0], weight.shape[0]
+        w32 = weight.detach().float()  # (V, H)
+        h = hidden.detach()
+        grad_h = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)  # (N, H)
+        grad_w = torch.zeros(w32.shape, dtype=torch.float32, device=w32.device)  # (V, H)
+        grad_b = torch.zeros(v, dtype=torch.float32, device=w32.device) if bias is not None else None
+        b32 = bias.detach().float() if bias is not None else None
+        z = torch.empty((min(chunk, n), v), dtype=torch.float32, device=hidden.device)  # reused (C, V) buffers
+        g = torch.empty_like(z)
+        kl_sum = ce_sum = hidden.new_zeros((), dtype=torch.float32)
+        for start in range(0, n, chunk):
+            sl = slice(start, min(start + chunk, n))
+            hc = h[sl].float()  # (C, H)
+            zc, gc = z[: hc.shape[0]], g[: hc.shape[0]]
+            if b32 is not None:
+                torch.addmm(b32, hc, w32.t(), out=zc)
+            else:
+                torch.mm(hc, w32.t(), out=zc)
+            if logit_scale != 1.0:
+                zc.mul_(logit_scale)
+            if logit_softcap is not None:
+                zc.div_(logit_softcap).tanh_().mul_(logit_softcap)
+            kl, ce = slice_loss_grad(zc, gc, next_ids[sl], ce_w[sl], None if targets is None else targets.rows(sl),
+                                     temperature)
+            kl_sum, ce_sum = kl_sum + kl, ce_sum + ce
+            if logit_softcap is not None:  # d cap tanh(u / cap) / d u = 1 - tanh^2
+                gc.mul_(1.0 - (zc / logit_softcap).square_())
+            if logit_scale != 1.0:
+                gc.mul_(logit_scale)
+            torch.mm(gc, w32, out=grad_h[sl])  # (C, H)
+            grad_w.addmm_(gc.t(), hc)  # (V, H)
+            if grad_b is not None:
+                grad_b += gc.sum(0)
+        ce = ce_sum / n_ce
+        kl = temperature**2 * kl_sum / count if targets is not None else torch.zeros_like(ce)
+        ctx.grads = (grad_h.to(hidden.dtype), grad_w.to(weight.dtype),
+                     None if grad_b is None else grad_b.to(bias.dtype))
+        ctx.mark_non_differentiable(kl, ce)
+        return alpha * ce + (1.0 - alpha) * kl, kl, ce
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_kl, grad_ce):
+        grad_h, grad_w, grad_b = ctx.grads
+        del ctx.grads  # the only references: autograd may take the weight's as .grad without a copy
+        # the loop calls backward on loss / grad_accum; skip the passes when that factor is 1 (CPU only:
+        # reading it on a GPU would synchronise)
+        if grad_loss.device.type != "cpu" or float(grad_loss) != 1.0:
+            grad_h, grad_w = grad_h * grad_loss, grad_w * grad_loss
+            grad_b = None if grad_b is None else grad_b * grad_loss
+        return (grad_h, grad_w, grad_b) + (None,) * 10
+
+
+def fused_linear_distill(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                         input_ids: torch.Tensor, ids: torch.Tensor | None, probs: torch.Tensor | None,
+                         weights: torch.Tensor | None, mask: torch.Tensor | None, *, alpha: float,
+                         temperature: float, tail: str = "bucket", reduction: str = "token", logit_scale: float = 1.0,
+                         logit_softcap: float | None = None, chunk_tokens: int = 0):
+    """(loss, kl, ce) as `distill_loss` on the logits `head_logits(hidden, weight, bias, ...)` gives, from
+    hidden (B, T, H), weight (V, H), bias (V,) or None; ids/probs/weights (B, T, K) (None when alpha = 1: kl
+    is then None); mask (B, T) or None. `chunk_tokens` tokens at a time (0: `auto_chunk_tokens`)."""
+    b, t, _ = hidden.shape
+    distil = ids is not None
+    next_ids, ce_w, targets = flat_targets(input_ids, ids, probs, weights, mask, float(alpha), float(temperature),
+                                           tail, reduction)
+    chunk = chunk_tokens if chunk_tokens > 0 else auto_chunk_tokens(weight.shape[0])
+    loss, kl, ce = _LinearDistill.apply(
+        hidden.reshape(b * t, -1), weight, bias, next_ids, ce_w, targets, float(temperature), float(alpha),
+        kl_count(input_ids, mask, reduction), max(1, b * (t - 1)), int(chunk), float(logit_scale),
+        None if logit_softcap is None else float(logit_softcap))
+    return loss, (kl if distil else None), ce
+
