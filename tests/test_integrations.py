@@ -1,0 +1,236 @@
+"""The cache in other trainers (logitcache/integrations): Trainer parity with train-student, the dataset under
+DataLoader workers and DistributedSampler ranks, and the examples."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_train
+from logitcache.integrations import CacheDataset, CacheOrderSampler, collate
+from logitcache.store import open_cache
+from logitcache.targets import batch_arrays
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def counted(tmp_path_factory):
+    """A cache with teacher_count: the odd corpus, one tiny teacher on a Metaspace BPE of its own."""
+    from conftest import dump_config
+    from logitcache.dump import dump
+    from logitcache.prepare import PrepareConfig, prepare
+    from test_cross_tokenizer import odd_corpus, teacher_folder, teacher_metaspace
+
+    root = tmp_path_factory.mktemp("counted")
+    data = root / "data"
+    prepare(PrepareConfig(data=odd_corpus(root / "raw"), out=data, vocab_size=300, seq_len=32))
+    teacher = teacher_folder(root, "llama-metaspace", teacher_metaspace(), "llama", 2)
+    cache = root / "cache.zarr"
+    dump(dump_config(data, [teacher], cache, combine="mean-probs", max_chunks=48, min_coverage=0.2, temperature=1.0))
+    return {"data": data, "cache": cache}
+
+
+def expected_item(reader, index: int) -> dict[str, np.ndarray]:
+    """open_cache's own decoding of one chunk, in the dataset's (id) order."""
+    r = reader.layout.block_rows
+    arrays = batch_arrays(reader.read_block(index // r, by_prob=False).rows(index % r))
+    return arrays | {"labels": arrays["input_ids"]}
+
+
+def same_item(item: dict, expected: dict) -> bool:
+    return item.keys() == expected.keys() and all(np.array_equal(item[k].numpy(), expected[k]) for k in item)
+
+
+# --- Trainer parity -------------------------------------------------------------------------------------------------
+
+def trainer_parity(cache: Path, data: Path, tmp_path: Path, alpha: float = 0.5) -> tuple[list[float], list[float]]:
+    """20 steps of train-student and of transformers.Trainer (DistillTrainer) with train-student's model init,
+    seed, data order (CacheOrderSampler), batch, optimizer (make_optimizer), schedule (lr_lambda) and
+    clipping: the loss of every step of each."""
+    from transformers import TrainingArguments
+
+    from logitcache.data.prepared import load_data
+    from logitcache.integrations.hf import DistillTrainer
+    from logitcache.train_student import StudentConfig, student_model, train_student
+    from logitcache.training.loop import lr_lambda, make_optimizer
+
+    config = StudentConfig(cache=cache, data=data, out=tmp_path / "student", preset="llama-tiny", alpha=alpha,
+                           shuffle_buffer=12, train=tiny_train(20, eval_every=0, checkpoint_every=0))
+    report = train_student(config)
+    theirs = [r["loss"] for r in report.history if "loss" in r]
+
+    cfg = config.train
+    model = student_model(config, load_data(data))
+    dataset = CacheDataset(cache, data)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(min(cfg.warmup_steps, cfg.max_steps // 2),
+                                                                       cfg.max_steps))
+    args = TrainingArguments(str(tmp_path / "hf"), per_device_train_batch_size=cfg.batch_size, max_steps=cfg.max_steps,
+                             max_grad_norm=1.0, seed=cfg.seed, use_cpu=True, report_to=[], save_strategy="no",
+                             logging_steps=1, dataloader_num_workers=0, disable_tqdm=True)
+    losses = []
+
+    class Recording(DistillTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            losses.append(float(loss.detach()))
+            return loss
+
+    torch.manual_seed(cfg.seed)  # train-student's loop seeds before its first step
+    trainer = Recording(model=model, args=args, train_dataset=dataset, optimizers=(optimizer, scheduler),
+                        train_sampler=CacheOrderSampler(dataset, cfg.batch_size, cfg.seed, config.shuffle_buffer),
+                        loss_options=dataset.loss_options(alpha, config.tail, config.kl_reduction))
+    trainer.train()
+    return theirs, losses
+
+
+def test_trainer_gives_train_students_losses_on_a_topk_cache(tiny_cache, tiny_data, tmp_path):
+    theirs, ours = trainer_parity(tiny_cache, tiny_data, tmp_path)
+    assert len(theirs) == len(ours) == 20
+    assert max(abs(a - b) for a, b in zip(theirs, ours)) < 1e-5, list(zip(theirs, ours))
+    assert theirs[0] - theirs[-1] > 0.1  # it trains: a wrong order or schedule would not keep step with it
+
+
+@pytest.mark.slow
+def test_trainer_gives_train_students_losses_on_a_cache_with_teacher_count(counted, tmp_path):
+    assert (open_cache(counted["cache"]).read(0, 48).teacher_count == 0).any()  # masked positions exist
+    theirs, ours = trainer_parity(counted["cache"], counted["data"], tmp_path)
+    assert len(theirs) == len(ours) == 20
+    assert max(abs(a - b) for a, b in zip(theirs, ours)) < 1e-5, list(zip(theirs, ours))
+
+
+def test_the_trainer_keeps_the_teacher_columns(tiny_cache, tiny_data, tmp_path):
+    """remove_unused_columns=True (Trainer's default) would drop topk_ids and topk_probs: they reach the loss."""
+    from transformers import TrainingArguments
+
+    from logitcache.integrations.hf import DistillTrainer
+    from logitcache.teachers.models import build_model, get_preset
+
+    seen = []
+
+    class Seeing(DistillTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            seen.append(sorted(inputs))
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    args = TrainingArguments(str(tmp_path), per_device_train_batch_size=4, max_steps=2, use_cpu=True, report_to=[],
+                             save_strategy="no", remove_unused_columns=True, disable_tqdm=True)
+    Seeing(model=build_model(get_preset("llama-tiny"), 300), args=args, train_dataset=CacheDataset(tiny_cache, tiny_data)
+           ).train()
+    assert seen and all(keys == ["input_ids", "labels", "topk_ids", "topk_probs"] for keys in seen)
+
+
+# --- the dataset ------------------------------------------------------------------------------------------------------
+
+def test_every_item_is_open_caches_decoding_and_the_dataset_pickles(counted):
+    dataset = CacheDataset(counted["cache"], counted["data"], blocks_in_memory=2)
+    reader = open_cache(counted["cache"])
+    assert len(dataset) == len(reader) == 48
+    for index in [0, 47, 9, 8, 30, 1]:  # blocks out of order: some evicted and read again
+        assert same_item(dataset[index], expected_item(reader, index))
+    assert "teacher_count" in dataset[0] and dataset.loss_options()["temperature"] == 1.0
+    copy = pickle.loads(pickle.dumps(dataset))
+    assert copy._reader is None and same_item(copy[5], expected_item(reader, 5))
+    batch = collate([dataset[i] for i in (3, 4)])
+    assert batch["topk_ids"].shape == (2, 32, 8) and batch["teacher_count"].shape == (2, 32)
+
+
+def test_the_dataset_refuses_other_data_another_split_and_a_bad_block(tiny_cache, counted, copy_of):
+    from logitcache.errors import CacheCorruptError, LogitcacheError
+    from logitcache.store.cache import block_chunk_path
+
+    with pytest.raises(LogitcacheError, match="tokenizer"):
+        CacheDataset(tiny_cache, counted["data"])
+    with pytest.raises(LogitcacheError, match="'train' split, not 'dev'"):
+        CacheDataset(tiny_cache, split="dev")
+    bad = copy_of(tiny_cache)
+    chunk = block_chunk_path(bad, "topk_probs", 1)
+    raw = bytearray(chunk.read_bytes())
+    raw[-1] ^= 0xFF
+    chunk.write_bytes(bytes(raw))
+    dataset = CacheDataset(bad)
+    dataset[0]  # block 0 is intact
+    with pytest.raises((CacheCorruptError, LogitcacheError)):
+        dataset[8]
+
+
+@pytest.mark.parametrize("context", ["fork", pytest.param("spawn", marks=pytest.mark.slow)])
+def test_two_dataloader_workers_see_every_chunk_once(tiny_cache, context):
+    dataset = CacheDataset(tiny_cache)
+    reader = open_cache(tiny_cache)
+    sampler = CacheOrderSampler(dataset, batch_size=8, seed=1, buffer_rows=12)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=8, sampler=sampler, collate_fn=collate, num_workers=2,
+                                         multiprocessing_context=context, persistent_workers=True)
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        batches = list(loader)
+        assert sorted(order) == list(range(40))
+        for b, batch in enumerate(batches):
+            expected = collate([{k: torch.from_numpy(v) for k, v in expected_item(reader, i).items()}
+                                for i in order[8 * b:8 * b + 8]])
+            assert all(torch.equal(batch[k], expected[k]) for k in expected) and batch.keys() == expected.keys()
+    assert order != list(range(40))
+
+
+@pytest.mark.slow
+def test_a_distributed_sampler_over_two_gloo_ranks_sees_every_chunk_once(tiny_cache, tmp_path):
+    """Two real processes (gloo), each a DataLoader over DistributedSampler: every chunk once per epoch, each
+    item equal to open_cache's decoding in that process."""
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT)
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29500 + os.getpid() % 1000), WORLD_SIZE="2",
+               OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, str(script), str(tiny_cache), str(tmp_path / f"rank{r}.json")],
+                              env=dict(env, RANK=str(r)), stderr=subprocess.PIPE, text=True) for r in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for epoch in ("0", "1"):
+        rows = seen[0][epoch]["rows"] + seen[1][epoch]["rows"]
+        assert sorted(rows) == list(range(40))  # 40 rows over 2 ranks: no padding, no repeat
+        assert seen[0][epoch]["equal"] and seen[1][epoch]["equal"]
+    assert seen[0]["0"]["rows"] != seen[0]["1"]["rows"]  # set_epoch reshuffles
+
+
+RANK_SCRIPT = '''
+import json, sys
+import numpy as np, torch, torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
+from logitcache.integrations import CacheDataset, collate
+from logitcache.store import open_cache
+from logitcache.targets import batch_arrays
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+dataset = CacheDataset(sys.argv[1])
+reader = open_cache(sys.argv[1])
+sampler = DistributedSampler(dataset, shuffle=True, seed=3)
+loader = DataLoader(dataset, batch_size=4, sampler=sampler, collate_fn=collate, num_workers=1)
+out = {}
+for epoch in range(2):
+    sampler.set_epoch(epoch)
+    rows = list(sampler)
+    equal = True
+    for b, batch in enumerate(loader):
+        for j, index in enumerate(rows[4 * b:4 * b + 4]):
+            r = reader.layout.block_rows
+            want = batch_arrays(reader.read_block(index // r, by_prob=False).rows(index % r))
+            want["labels"] = want["input_ids"]
+            equal &= batch.keys() == want.keys() and all(np.array_equal(batch[k][j].numpy(), want[k]) for k in want)
+    out[epoch] = {"rows": rows, "equal": bool(equal)}
+    gathered = [None, None]
+    dist.all_gather_object(gathered, rows)  # both ranks reach every epoch together
+json.dump(out, open(sys.argv[2], "w"))
+dist.destroy_process_group()
+'''
