@@ -234,3 +234,42 @@ for epoch in range(2):
 json.dump(out, open(sys.argv[2], "w"))
 dist.destroy_process_group()
 '''
+
+
+# --- the examples and the README ------------------------------------------------------------------------------------
+
+def load_example(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", ["plain_loop", pytest.param("hf_trainer", marks=pytest.mark.slow),
+                                  pytest.param("trl_sft", marks=pytest.mark.slow)])
+def test_every_example_trains(name, tiny_cache, tiny_data, tmp_path):
+    example = load_example(name)
+    if name == "plain_loop":
+        losses = example.main(str(tiny_cache), str(tiny_data), steps=12)
+        assert len(losses) == 12 and losses[-1] < losses[0]
+        return
+    trainer = example.main(str(tiny_cache), str(tiny_data), steps=12, out=str(tmp_path / "out"))
+    logged = [r for r in trainer.state.log_history if "loss" in r]
+    assert logged and all(np.isfinite(r["loss"]) and "kl" in r and "ce" in r for r in logged)
+    assert trainer.state.global_step == 12
+
+
+def test_the_readme_trainer_example_runs(tiny_cache, tiny_data, tmp_path):
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Use the cache in your own trainer"):]
+    code = section[section.index("```python\n") + 10:section.index("```\n", section.index("```python\n") + 10)]
+    assert 10 <= len(code.strip().splitlines()) <= 20
+    for old, new in (("work/cache.zarr", str(tiny_cache)), ("work/data", str(tiny_data)),
+                     ("work/hf-student", str(tmp_path / "out")), ("max_steps=200", "max_steps=3")):
+        assert old in code
+        code = code.replace(old, new)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["trainer"].state.global_step == 3

@@ -75,6 +75,16 @@ class CacheDataset(Dataset):
         return self.layout.n_rows
 
     @property
+    def vocab_size(self) -> int:
+        """The data tokenizer's vocabulary (a student's embedding needs at least this many rows)."""
+        return int(self.layout.vocab_size)
+
+    @property
+    def seq_len(self) -> int:
+        """T: tokens per chunk."""
+        return int(self.layout.seq_len)
+
+    @property
     def temperature(self) -> float:
         """The temperature the cache's probabilities were made at."""
         return float(self.attrs["temperature"])
