@@ -345,6 +345,22 @@ class CacheSizeConfig:
         get_preset(self.student_preset)
 
 
+KDFormat = Literal["axolotl"]
+
+
+@dataclass(frozen=True)
+class ExportTargetsConfig:
+    cache: Where = setting(help="The cache to export: a folder or a URL (s3://...).", argument=True)
+    out: Path = setting(help="The folder to write: a Hugging Face `datasets` folder (save_to_disk).", argument=True)
+    format: KDFormat = setting("axolotl", help="axolotl: the columns Axolotl's KD integration reads "
+                                               "(input_ids, labels, attention_mask, target_token_ids, target_logprobs, "
+                                               "target_mask).")
+    max_rows: int = setting(0, help="Export the first N cache rows only (0: all).")
+
+    def __post_init__(self):
+        check(self.max_rows >= 0, "max_rows must be >= 0")
+
+
 @dataclass(frozen=True)
 class ExportConfig:
     src: Path = setting(help="A trained model folder (train-student or train-teacher --out).", argument=True)

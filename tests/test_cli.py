@@ -10,7 +10,7 @@ from logitcache.store import block_chunk_path
 from logitcache_cli.app import app
 
 runner = CliRunner()
-COMMANDS = ["corpus", "prepare", "train-teacher", "dump", "inspect", "verify", "copy", "train-student", "eval", "export", "bench", "run"]
+COMMANDS = ["corpus", "prepare", "train-teacher", "dump", "inspect", "verify", "copy", "train-student", "eval", "export", "export-targets", "bench", "run"]
 
 
 def invoke(*args):

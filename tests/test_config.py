@@ -11,7 +11,7 @@ import typer
 from logitcache._settings import field_default
 from logitcache.errors import LogitcacheError
 from logitcache.run import RunConfig, load_run_config, build_stage_configs
-from logitcache.config import (CacheSizeConfig, DumpConfig, EvalConfig, ExportConfig, PrepareConfig, ProbDtype,
+from logitcache.config import (CacheSizeConfig, DumpConfig, EvalConfig, ExportConfig, ExportTargetsConfig, PrepareConfig, ProbDtype,
                                StudentConfig, TeacherConfig, TrainConfig, choices)
 from logitcache.store import PROB_CODES, PROB_DTYPES
 from logitcache_cli.app import app
@@ -26,6 +26,7 @@ STAGES = [
     (EvalConfig, ["eval"], "eval"),
     (CacheSizeConfig, ["bench", "cache-size"], None),
     (ExportConfig, ["export"], None),
+    (ExportTargetsConfig, ["export-targets"], None),
 ]
 MINIMAL_TOML = '[[teachers]]\nname = "a"\n'  # every other key at its default
 

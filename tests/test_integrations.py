@@ -273,3 +273,85 @@ def test_the_readme_trainer_example_runs(tiny_cache, tiny_data, tmp_path):
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["trainer"].state.global_step == 3
+
+
+# --- export to Axolotl's KD format ------------------------------------------------------------------------------------
+
+def axolotl_kd_loss_sum(logits, target_token_ids, target_logprobs, target_mask, temperature):
+    """Axolotl's soft loss as its source computes it (integrations/kd/kernels/liger.py at 00bfeb42,
+    distillation_loss_fn with beta 0 and normalize_topk, utils.normalize_logprobs; forward scales by T^2):
+    the sum over valid slots of p_t (log p_t - log q), q the student's top-K probabilities renormalised over
+    the K slots. Row j of the targets pairs with the student's logits at position j (README, "Target
+    alignment")."""
+    scaled = logits.float() / temperature  # (B, T, V)
+    topk = scaled.gather(-1, target_token_ids) - torch.logsumexp(scaled, -1, keepdim=True)  # (B, T, K)
+    topk = topk - torch.logsumexp(topk, -1, keepdim=True)  # normalize_logprobs: over all K slots
+    valid = target_mask.bool()
+    teacher = target_logprobs.float()[valid]
+    return (teacher.exp() * (teacher - topk[valid])).sum() * temperature**2
+
+
+def exported(cache: Path, out: Path) -> dict[str, torch.Tensor]:
+    from typer.testing import CliRunner
+
+    import datasets
+    from logitcache_cli.app import app
+
+    result = CliRunner().invoke(app, ["export-targets", str(cache), str(out), "--format", "axolotl"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "logitcache_export.json").read_text())
+    assert summary["temperature"] == summary["axolotl_config"]["kd_temperature"] == open_cache(cache).attrs["temperature"]
+    return datasets.load_from_disk(str(out)).with_format("torch")[:]
+
+
+@pytest.mark.parametrize("which", ["topk", "counted"])
+def test_the_axolotl_export_reads_back_as_the_cache_and_gives_logitcaches_loss(which, tiny_cache, counted, tmp_path):
+    from logitcache.training.losses import distill_loss
+
+    cache = tiny_cache if which == "topk" else counted["cache"]
+    columns = exported(cache, tmp_path / "kd")
+    cached = open_cache(cache).read(0, len(open_cache(cache)))  # by decreasing probability, as exported
+    assert set(columns) == {"input_ids", "labels", "attention_mask", "target_token_ids", "target_logprobs", "target_mask"}
+    assert np.array_equal(columns["input_ids"].numpy(), cached.tokens)
+    assert np.array_equal(columns["labels"].numpy(), cached.tokens)
+    assert np.array_equal(columns["target_token_ids"].numpy(), cached.ids)
+    covered = np.ones(cached.tokens.shape, bool) if cached.teacher_count is None else cached.teacher_count > 0
+    mask = columns["target_mask"].numpy().astype(bool)
+    assert np.array_equal(mask, (cached.probs > 0) & covered[..., None])
+    kept = np.where(mask, cached.probs, 0).sum(-1, keepdims=True)
+    probs_back = np.where(mask, np.exp(columns["target_logprobs"].numpy()) * kept, 0)
+    assert np.abs(probs_back - np.where(mask, cached.probs, 0)).max() < 1e-6
+    if which == "counted":
+        assert (~covered).any() and not mask[~covered].any()  # teacher_count 0: the mask
+
+    # the same positions both formats express: covered, every kept slot with p > 0
+    same = torch.from_numpy(mask.all(-1) & covered)  # (N, T)
+    assert same.float().mean() > 0.3
+    torch.manual_seed(0)
+    logits = torch.randn(*cached.tokens.shape, open_cache(cache).layout.vocab_size) * 3  # (N, T, V)
+    temperature = float(open_cache(cache).attrs["temperature"])
+    theirs = axolotl_kd_loss_sum(logits, columns["target_token_ids"].long(), columns["target_logprobs"],
+                                 columns["target_mask"] * same[..., None], temperature) / same.sum()
+    batch = batch_arrays(cached) | {"teacher_count": same.to(torch.uint8).numpy()}
+    batch = {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in batch.items()}
+    ours, kl, _ = distill_loss(batch, logits=logits, alpha=0.0, temperature=temperature, tail="renormalize")
+    assert abs(float(theirs) - float(kl)) < 1e-5 * max(1.0, abs(float(kl))), (float(theirs), float(kl))
+    bucket, _, _ = distill_loss(batch, logits=logits, alpha=0.0, temperature=temperature, tail="bucket")
+    assert abs(float(bucket) - float(theirs)) > 1e-3  # the tail bucket is what the format cannot carry
+
+
+def test_the_export_refuses_sampled_targets_and_keeps_what_is_there(tiny_data, tiny_teachers, tmp_path):
+    from typer.testing import CliRunner
+
+    from conftest import dump_config
+    from logitcache.dump import dump
+    from logitcache_cli.app import app
+
+    sampled = tmp_path / "sampled.zarr"
+    dump(dump_config(tiny_data, tiny_teachers, sampled, targets="sample", samples=8, max_chunks=8))
+    out = tmp_path / "kd"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = CliRunner().invoke(app, ["export-targets", str(sampled), str(out), "--format", "axolotl", "--overwrite"])
+    assert result.exit_code == 2 and "top-k targets only" in result.output
+    assert (out / "keep.txt").read_text() == "mine"
