@@ -163,6 +163,19 @@ def test_the_dataset_refuses_other_data_another_split_and_a_bad_block(tiny_cache
         dataset[8]
 
 
+def test_the_dataset_reads_s3_as_disk_and_pickles_its_url(s3, tiny_cache):
+    from typer.testing import CliRunner
+
+    from logitcache_cli.app import app
+
+    url = f"{s3}/cache.zarr"
+    assert CliRunner().invoke(app, ["copy", str(tiny_cache), url]).exit_code == 0
+    remote, local = CacheDataset(url), CacheDataset(tiny_cache)
+    copy = pickle.loads(pickle.dumps(remote))
+    for index in (0, 13, 39):
+        assert same_item(copy[index], {k: v.numpy() for k, v in local[index].items()})
+
+
 @pytest.mark.parametrize("context", ["fork", pytest.param("spawn", marks=pytest.mark.slow)])
 def test_two_dataloader_workers_see_every_chunk_once(tiny_cache, context):
     dataset = CacheDataset(tiny_cache)
