@@ -265,6 +265,11 @@ class StudentConfig:
     kl_reduction: KLReduction = setting("token", help="token (mean per position) or paper (sum / sequences).")
     online_teachers: tuple[Path, ...] = setting((), help="Reference mode: full-vocabulary targets from this teacher "
                                                      "(repeatable).", flag="--online-teacher", in_run=False)
+    loss_chunk_tokens: int = setting(-1, help="The loss from the student's final hidden states and head, this many "
+                                              "tokens at a time, never holding (tokens x vocabulary) logits: -1 "
+                                              "automatic (a chunk's fp32 logits within 64 MB), 0 off (the loss from "
+                                              "the full logits). Heads it cannot reproduce exactly take the full "
+                                              "logits, with a warning.")
     shuffle_buffer: int = setting(4096, help="Rows in the shuffle buffer (bounds memory).")
     prefetch_blocks: int = setting(4, help="Blocks decoded ahead of use.")
     skip_bad_blocks: bool = setting(False, help="Skip (and count) blocks that fail their checksum instead of stopping.")
@@ -278,6 +283,8 @@ class StudentConfig:
         check(self.temperature >= 0, f"temperature must be positive (0: the cache's), got {self.temperature}")
         _in(self.tail, Tail, "tail")
         _in(self.kl_reduction, KLReduction, "kl_reduction")
+        check(self.loss_chunk_tokens >= -1, f"loss_chunk_tokens must be -1 (automatic), 0 (off) or positive, got "
+                                            f"{self.loss_chunk_tokens}")
         check(self.shuffle_buffer > 0, "shuffle_buffer must be positive")
         check(self.prefetch_blocks > 0, "prefetch_blocks must be positive")
 

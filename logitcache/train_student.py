@@ -1,6 +1,6 @@
 """`train-student`: distillation from the cache with the shared loop; no teacher in memory.
 
-Loss = alpha * CE + (1 - alpha) * T^2 * KL(teacher || student) (training/losses.py); CE and KL are logged
+Loss = alpha * CE + (1 - alpha) * T^2 * KL(teacher || student) (training/losses/); CE and KL are logged
 separately. `online_teachers` computes the same targets on the fly at full vocabulary: the
 reference that offline training is measured against.
 """
@@ -23,51 +23,51 @@ from .teachers.ensemble import Ensemble, load_teachers
 from .teachers.models import build_model, get_preset
 from .training import distributed as D
 from .training.loop import TrainReport, fit
-from .training.losses import (dense_kl, fused_distill_loss, fused_next_token_ce, retemper, sampled_kl,
-                              sampled_renormalized_kl, sparse_kl)
+from .training.losses import dense_kl, distill_loss, fused_next_token_ce, target_mask  # noqa: F401 (re-exported)
+from .training.losses.linear import Head, check_head, hidden_states_of, linear_head
 
 log = logging.getLogger(__name__)
 
 
 class DistillObjective:
-    """alpha * CE + (1 - alpha) * KL against cached sparse targets (top-k + tail, or sampled)."""
+    """alpha * CE + (1 - alpha) * KL against cached sparse targets (top-k + tail, mass or sampled), through
+    `distill_loss`: from the final hidden states and the head in chunks of `chunk_tokens` tokens (the fused
+    head loss; -1: automatic) where the student's head is exact for it, else (or with chunk_tokens 0) from
+    the logits."""
 
     def __init__(self, alpha: float, temperature: float, tail: str, reduction: str, targets: str,
-                 retemper_from: float | None = None):
-        self.alpha, self.temperature, self.tail, self.reduction = alpha, temperature, tail, reduction
-        self.targets = targets
-        self.retemper_from = retemper_from
+                 retemper_from: float | None = None, chunk_tokens: int = -1):
+        self.options = dict(alpha=alpha, temperature=temperature, tail=tail, reduction=reduction, targets=targets,
+                            retemper_from=retemper_from)
+        self.chunk_tokens = chunk_tokens
+        self.head: Head | None = None
+        self.fused = chunk_tokens != 0  # until the first batch shows the head cannot be fused
+
+    def _fusable_head(self, model, input_ids) -> Head | None:
+        head, why = linear_head(getattr(model, "module", model))  # DDP keeps the model as .module
+        if head is not None:
+            why = check_head(model, head, input_ids)
+        if why:
+            log.warning("the student's loss is computed from its full logits (--loss-chunk-tokens 0): the fused "
+                        "head loss cannot reproduce its head exactly: %s", why)
+            return None
+        return head
 
     def __call__(self, model, batch):
         input_ids = batch["input_ids"]
-        logits = model(input_ids=input_ids).logits  # (B, T, V)
-        if self.alpha >= 1.0:
-            ce = fused_next_token_ce(logits, input_ids)
-            return ce, {"ce": ce.detach()}
-        probs = batch["topk_probs"]
-        if self.retemper_from is not None:
-            probs = retemper(probs, self.retemper_from, self.temperature)
-        mask = target_mask(batch)  # (B, T) or None: positions no teacher aligned train with CE only
-        if self.targets in ("topk", "mass") and self.tail == "bucket":  # fused: one (B, T, V) gradient buffer
-            loss, kl, ce = fused_distill_loss(logits, batch["topk_ids"], probs, input_ids, self.temperature,
-                                              self.alpha, self.reduction, mask)
-            return loss, {"ce": ce, "kl": kl}
-        if self.targets == "sample":
-            loss_of = sampled_renormalized_kl if self.tail == "renormalize" else sampled_kl
-            kl = loss_of(logits, batch["topk_ids"], probs, batch["sample_weights"], self.temperature, self.reduction,
-                         mask)
+        if self.fused and self.head is None:
+            self.head = self._fusable_head(model, input_ids)
+            self.fused = self.head is not None
+        if self.fused:
+            with hidden_states_of(self.head.module) as got:
+                model(input_ids=input_ids)  # the model's own forward, ending at its head
+            loss, kl, ce = distill_loss(batch, hidden=got["hidden"], head_weight=got["weight"], head_bias=got["bias"],
+                                        logit_scale=self.head.logit_scale, logit_softcap=self.head.logit_softcap,
+                                        chunk_tokens=max(0, self.chunk_tokens), **self.options)
         else:
-            kl = sparse_kl(logits, batch["topk_ids"], probs, self.temperature, self.tail, self.reduction, mask)
-        ce = fused_next_token_ce(logits, input_ids)
-        loss = self.alpha * ce + (1.0 - self.alpha) * kl
-        return loss, {"ce": ce.detach(), "kl": kl.detach()}
-
-
-def target_mask(batch: dict):
-    """(B, T) float32, 1 where at least one teacher is aligned (the cache's teacher_count > 0), or None for a
-    cache without teacher_count (every position has a target)."""
-    count = batch.get("teacher_count")
-    return None if count is None else (count > 0).to(torch.float32)
+            logits = model(input_ids=input_ids).logits  # (B, T, V)
+            loss, kl, ce = distill_loss(batch, logits=logits, **self.options)
+        return loss, ({"ce": ce} if kl is None else {"ce": ce, "kl": kl})
 
 
 class OnlineObjective:
@@ -161,7 +161,7 @@ def train_student(config: StudentConfig, resume: bool = False, overwrite: bool =
         objective = OnlineObjective(ensemble, config.alpha, config.kl_reduction)
     else:
         objective = DistillObjective(config.alpha, temperature, config.tail, config.kl_reduction,
-                                     reader.attrs.get("targets", "topk"), retemper_from)
+                                     reader.attrs.get("targets", "topk"), retemper_from, config.loss_chunk_tokens)
     source = CacheRows(
         reader, seed=config.train.seed, buffer_rows=config.shuffle_buffer,
         targets=config.alpha < 1.0 and not online, skip_bad_blocks=config.skip_bad_blocks,

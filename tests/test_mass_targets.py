@@ -302,13 +302,12 @@ def test_the_rows_past_the_counts_cost_no_bytes(mass_cache):
 
 def test_student_trains_on_mass_targets_through_the_fused_loss(mass_cache, tiny_data, tmp_path, monkeypatch):
     from conftest import tiny_train
-    from logitcache.training import losses
-    from logitcache import train_student as student
+    from logitcache.training.losses import distill
     from logitcache.train_student import StudentConfig, train_student
 
     calls = []
-    fused = losses.fused_distill_loss
-    monkeypatch.setattr(student, "fused_distill_loss", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    fused = distill.fused_linear_distill
+    monkeypatch.setattr(distill, "fused_linear_distill", lambda *a, **k: calls.append(1) or fused(*a, **k))
     report = train_student(StudentConfig(cache=mass_cache, data=tiny_data, out=tmp_path / "s", preset="llama-tiny",
                                          train=tiny_train(3)))
     assert calls and np.isfinite(report.best_val_ce)
