@@ -1,7 +1,7 @@
 """The student's step memory and speed with the fused head loss against the loss on the full logits.
 
     flock /tmp/logitcache-heavy.lock python benchmarks/bench_student_memory.py [--vocabs 128256,256000]
-        [--repeats 3] [--base /work/wt/base]
+        [--rounds 3] [--skip-speed]
 
 Memory: a LLaMA of 4 layers x 512 hidden, batch 8 x 512 tokens, top-32 targets (T = 2, alpha 0.5), one
 step (forward, loss, backward) in a process of its own. Step memory = peak RSS (VmHWM, reset just before
@@ -9,10 +9,9 @@ the step) minus the RSS once the model and the batch are built. Arms: (a) the lo
 (--loss-chunk-tokens 0), (b) the fused head loss (the default), (c) the fused loss with alpha = 1 (CE
 only), (d) the decoder without a head (its hidden states' mean square as the loss): the floor.
 
-Speed: median step time (forward, loss, backward, AdamW) over --speed-steps steps after one warm-up step,
-each arm in its own process, the arms alternating over --repeats rounds: the paper's student (llama-58m,
-vocabulary 16,000, 32 x 128) and the student above at vocabulary 128,256. With --base, a checkout of main
-(its own .venv) runs the full-logit arm too, as "main".
+Speed: median step time (forward, loss, backward, AdamW) of (a) and (b), one step of each in turn on
+one model for --rounds rounds after a warm-up round: the paper's student (llama-58m, vocabulary 16,000,
+32 x 128) and the student above at vocabulary 128,256.
 
 Prints the tables, then one JSON line.
 """
@@ -69,12 +68,10 @@ def build(student: str, vocab: int):
 
 
 def objective_for(arm: str):
-    """(model, batch) -> loss for an arm: a (full logits), b (fused), c (fused, alpha 1), d (no head), main."""
+    """(model, batch) -> loss for an arm: a (full logits), b (fused), c (fused, alpha 1), d (no head)."""
     from logitcache.train_student import DistillObjective
 
-    if arm == "main":  # the checkout of main: its DistillObjective takes no chunk setting
-        objective = DistillObjective(0.5, TEMPERATURE, "bucket", "token", "topk")
-    elif arm == "d":
+    if arm == "d":
         from logitcache.training.losses.linear import hidden_states_of
 
         def objective(model, batch):
@@ -98,42 +95,37 @@ def run_memory(arm: str, vocab: int) -> dict:
     return {"step_mb": peak - base, "base_mb": base}
 
 
-def run_speed(arm: str, student: str, vocab: int, steps: int) -> dict:
+def run_speed(student: str, vocab: int, rounds: int, arms: list[str]) -> dict:
+    """One model, the arms' steps alternating over `rounds` rounds (the first a warm-up): {arm: median s}."""
     import torch
 
     model, batch = build(student, vocab)
-    loss_of = objective_for(arm)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    times = []
-    for _ in range(steps + 1):
-        t0 = time.perf_counter()
-        loss_of(model, batch).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - t0)
-    import logitcache
-
-    return {"step_s": median(times[1:]), "code": str(Path(logitcache.__file__).parent.parent)}
+    times: dict[str, list[float]] = {arm: [] for arm in arms}
+    losses = {arm: objective_for(arm) for arm in arms}
+    for _ in range(rounds + 1):
+        for arm in arms:
+            t0 = time.perf_counter()
+            losses[arm](model, batch).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            times[arm].append(time.perf_counter() - t0)
+    return {arm: median(ts[1:]) for arm, ts in times.items()}
 
 
 def run_arm(spec: str, args) -> dict:
-    """spec: memory:ARM:VOCAB or speed:ARM:STUDENT:VOCAB."""
+    """spec: memory:ARM:VOCAB or speed:STUDENT:VOCAB."""
     import torch
 
     torch.set_num_threads(args.threads)
     parts = spec.split(":")
     if parts[0] == "memory":
         return run_memory(parts[1], int(parts[2]))
-    return run_speed(parts[1], parts[2], int(parts[3]), args.speed_steps)
+    return run_speed(parts[1], int(parts[2]), args.rounds, ["a", "b"])
 
 
 def run_process(spec: str, args) -> dict:
-    python = sys.executable
-    if spec.split(":")[1] == "main":
-        python = str(Path(args.base) / ".venv" / "bin" / "python")
-    cmd = [python, __file__, "--arm", spec, "--threads", str(args.threads), "--speed-steps", str(args.speed_steps)]
-    if spec.split(":")[1] == "main":  # main's checkout has no hidden_states_of: nothing of this tree is imported
-        cmd += ["--base", args.base]
+    cmd = [sys.executable, __file__, "--arm", spec, "--threads", str(args.threads), "--rounds", str(args.rounds)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"arm {spec} failed:\n{proc.stderr[-3000:]}")
@@ -143,16 +135,13 @@ def run_process(spec: str, args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vocabs", default="128256,256000", help="vocabularies of the memory arms")
-    parser.add_argument("--repeats", type=int, default=3, help="rounds of the speed arms")
-    parser.add_argument("--speed-steps", type=int, default=3, help="timed steps per speed arm (after one warm-up)")
-    parser.add_argument("--base", default="", help="a checkout of main with its .venv: adds the 'main' speed arm")
+    parser.add_argument("--rounds", type=int, default=3, help="speed: timed steps per arm, alternating (after one "
+                                                                 "warm-up round)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--arm", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.arm:
-        if args.base:  # before common's path to this tree: the arm imports main's logitcache
-            sys.path.insert(0, args.base)
         from logitcache.training.memory import tune_process  # the heap settings train-student runs with
 
         tune_process()
@@ -174,25 +163,14 @@ def main() -> None:
               "fused_vs_full": {str(v): arms["b"]["step_mb"] / arms["a"]["step_mb"] for v, arms in memory.items()},
               "fused_vs_fused_ce": {str(v): arms["b"]["step_mb"] / arms["c"]["step_mb"] for v, arms in memory.items()}}
     if not args.skip_speed:
-        setups = [("paper", PAPER_STUDENT["vocab"]), ("memory", 128256)]
-        arms = ["a", "b"] + (["main"] if args.base else [])
-        specs = [f"speed:{arm}:{s}:{v}" for s, v in setups for arm in arms]
-        runs: dict[str, list[float]] = {spec: [] for spec in specs}
-        for _ in range(args.repeats):
-            for spec in specs:
-                runs[spec].append(run_process(spec, args)["step_s"])
-        step_s = {spec: median(ts) for spec, ts in runs.items()}
         rows, speed = [], {}
-        for s, v in setups:
-            full, fused = step_s[f"speed:a:{s}:{v}"], step_s[f"speed:b:{s}:{v}"]
-            main_s = step_s.get(f"speed:main:{s}:{v}")
-            speed[s] = {"vocab": v, "full_s": full, "fused_s": fused, "fused_speedup_vs_full": full / fused}
-            if main_s is not None:
-                speed[s] |= {"main_s": main_s, "fused_speedup_vs_main": main_s / fused}
-            rows.append([f"{s} (V={v})", main_s if main_s is not None else "-", full, fused, full / fused,
-                         main_s / fused if main_s is not None else "-"])
-        print_table(f"step time s (forward, loss, backward, AdamW; medians of {args.repeats} x {args.speed_steps} steps)",
-                    ["student", "main", "(a) full logits", "(b) fused", "a/b", "main/b"], rows)
+        for student, vocab in (("paper", PAPER_STUDENT["vocab"]), ("memory", 128256)):
+            step_s = run_process(f"speed:{student}:{vocab}", args)
+            full, fused = step_s["a"], step_s["b"]
+            speed[student] = {"vocab": vocab, "full_s": full, "fused_s": fused, "fused_speedup_vs_full": full / fused}
+            rows.append([f"{student} (V={vocab})", full, fused, full / fused])
+        print_table(f"step time s (forward, loss, backward, AdamW), the arms alternating in one process, medians "
+                    f"of {args.rounds} rounds after a warm-up", ["student", "(a) full logits", "(b) fused", "a/b"], rows)
         result["speed"] = speed
     emit_json(result)
 
