@@ -201,8 +201,12 @@ def test_a_distributed_sampler_over_two_gloo_ranks_sees_every_chunk_once(tiny_ca
     item equal to open_cache's decoding in that process."""
     script = tmp_path / "rank.py"
     script.write_text(RANK_SCRIPT)
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29500 + os.getpid() % 1000), WORLD_SIZE="2",
-               OMP_NUM_THREADS="1")
+    import socket
+
+    with socket.socket() as probe:  # a free port (other tests' process groups may hold the usual ones)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", OMP_NUM_THREADS="1")
     procs = [subprocess.Popen([sys.executable, str(script), str(tiny_cache), str(tmp_path / f"rank{r}.json")],
                               env=dict(env, RANK=str(r)), stderr=subprocess.PIPE, text=True) for r in range(2)]
     for proc in procs:
