@@ -52,7 +52,8 @@ def same_item(item: dict, expected: dict) -> bool:
 
 # --- Trainer parity -------------------------------------------------------------------------------------------------
 
-def trainer_parity(cache: Path, data: Path, tmp_path: Path, alpha: float = 0.5) -> tuple[list[float], list[float]]:
+def trainer_parity(cache: Path, data: Path, tmp_path: Path, alpha: float = 0.5, fused_head: bool = True
+                   ) -> tuple[list[float], list[float]]:
     """20 steps of train-student and of transformers.Trainer (DistillTrainer) with train-student's model init,
     seed, data order (CacheOrderSampler), batch, optimizer (make_optimizer), schedule (lr_lambda) and
     clipping: the loss of every step of each."""
@@ -88,13 +89,17 @@ def trainer_parity(cache: Path, data: Path, tmp_path: Path, alpha: float = 0.5) 
     torch.manual_seed(cfg.seed)  # train-student's loop seeds before its first step
     trainer = Recording(model=model, args=args, train_dataset=dataset, optimizers=(optimizer, scheduler),
                         train_sampler=CacheOrderSampler(dataset, cfg.batch_size, cfg.seed, config.shuffle_buffer),
-                        loss_options=dataset.loss_options(alpha, config.tail, config.kl_reduction))
+                        loss_options=dataset.loss_options(alpha, config.tail, config.kl_reduction),
+                        fused_head=fused_head)
     trainer.train()
+    assert (trainer.head is not None) == fused_head
     return theirs, losses
 
 
-def test_trainer_gives_train_students_losses_on_a_topk_cache(tiny_cache, tiny_data, tmp_path):
-    theirs, ours = trainer_parity(tiny_cache, tiny_data, tmp_path)
+@pytest.mark.parametrize("fused_head", [True, False])
+def test_trainer_gives_train_students_losses_on_a_topk_cache(tiny_cache, tiny_data, tmp_path, fused_head):
+    """train-student takes the fused head loss; the Trainer the same, or the full logits (fused_head=False)."""
+    theirs, ours = trainer_parity(tiny_cache, tiny_data, tmp_path, fused_head=fused_head)
     assert len(theirs) == len(ours) == 20
     assert max(abs(a - b) for a, b in zip(theirs, ours)) < 1e-5, list(zip(theirs, ours))
     assert theirs[0] - theirs[-1] > 0.1  # it trains: a wrong order or schedule would not keep step with it

@@ -8,7 +8,9 @@ your own trainer"; examples/).
     trainer.train()
 
 `compute_loss` is `distill_loss` (training/losses/distill.py), the function train-student's objective
-calls, on the model's logits and the batch's teacher targets, with the cache's temperature and kind
+calls, on the batch's teacher targets and, as train-student does, the student's final hidden states and
+head (the fused head loss: no (B, T, V) logits; `fused_head=False`, or a head it cannot reproduce: the
+full logits), with the cache's temperature and kind
 unless `loss_options` says otherwise. The teacher columns are never dropped: Trainer's
 `remove_unused_columns` (default True) would remove every column the model's forward does not name,
 topk_ids and topk_probs among them, so the subclasses skip that step whatever the arguments say.
@@ -28,6 +30,7 @@ import torch
 from transformers import Trainer
 
 from ..training.losses import distill_loss
+from ..training.losses.linear import Head, check_head, hidden_states_of, linear_head
 from .torch_data import CacheDataset, collate
 
 log = logging.getLogger(__name__)
@@ -37,7 +40,8 @@ class DistillMixin:
     """compute_loss = distill_loss; the cache's columns kept; optional `train_sampler` (e.g.
     CacheOrderSampler: train-student's data order); kl and ce logged beside the loss."""
 
-    def __init__(self, *args, loss_options: dict | None = None, train_sampler=None, **kwargs):
+    def __init__(self, *args, loss_options: dict | None = None, train_sampler=None, fused_head: bool = True,
+                 **kwargs):
         dataset = kwargs.get("train_dataset")
         if loss_options is None:
             if not isinstance(dataset, CacheDataset):
@@ -46,15 +50,34 @@ class DistillMixin:
             loss_options = dataset.loss_options()
         self.loss_options = dict(loss_options)
         self.train_sampler = train_sampler
+        self.fused_head, self.head = fused_head, None  # the head, once the first batch showed it fuses
         kwargs.setdefault("data_collator", collate)
         super().__init__(*args, **kwargs)
         self.loss_is_scaled_for_ga = False  # a mean per micro-batch: Trainer divides by the accumulation steps
         self._distill_sums: dict[str, float] = {}
         self._distill_count = 0
 
+    def student_head(self, model, input_ids: torch.Tensor) -> Head | None:
+        """The head the fused loss takes over (training/losses/linear.py), or None: full logits."""
+        if self.fused_head and self.head is None:
+            head, why = linear_head(self.accelerator.unwrap_model(model))
+            why = why or check_head(model, head, input_ids)
+            self.fused_head, self.head = not why, None if why else head
+            if why:
+                log.warning("the loss takes the student's full logits (fused_head=False): %s", why)
+        return self.head
+
     def compute_loss(self, model, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None):
-        outputs = model(input_ids=inputs["input_ids"])
-        loss, kl, ce = distill_loss(inputs, logits=outputs.logits, **self.loss_options)
+        head = self.student_head(model, inputs["input_ids"])
+        if head is None:
+            outputs = model(input_ids=inputs["input_ids"])
+            loss, kl, ce = distill_loss(inputs, logits=outputs.logits, **self.loss_options)
+        else:  # the model's own forward, ending at its head (its logits (B, T, 0))
+            with hidden_states_of(head.module) as seen:
+                outputs = model(input_ids=inputs["input_ids"])
+            student = dict(hidden=seen["hidden"], head_weight=seen["weight"], head_bias=seen["bias"],
+                           logit_scale=head.logit_scale, logit_softcap=head.logit_softcap)
+            loss, kl, ce = distill_loss(inputs, **student, **self.loss_options)
         if model.training:
             for name, value in (("kl", kl), ("ce", ce)):
                 if value is not None:
