@@ -362,8 +362,11 @@ def test_the_axolotl_export_reads_back_as_the_cache_and_gives_logitcaches_loss(w
     assert abs(float(bucket) - float(theirs)) > 1e-3  # the tail bucket is what the format cannot carry
 
 
-def test_the_export_refuses_sampled_targets_and_keeps_what_is_there(tiny_data, tiny_teachers, tmp_path):
+def test_the_export_refuses_sampled_targets_keeps_what_is_there_and_overwrites_on_request(tiny_data, tiny_teachers,
+                                                                                         tiny_cache, tmp_path):
     from typer.testing import CliRunner
+
+    import datasets
 
     from conftest import dump_config
     from logitcache.dump import dump
@@ -377,3 +380,7 @@ def test_the_export_refuses_sampled_targets_and_keeps_what_is_there(tiny_data, t
     result = CliRunner().invoke(app, ["export-targets", str(sampled), str(out), "--format", "axolotl", "--overwrite"])
     assert result.exit_code == 2 and "top-k targets only" in result.output
     assert (out / "keep.txt").read_text() == "mine"
+    assert CliRunner().invoke(app, ["export-targets", str(tiny_cache), str(out)]).exit_code == 2  # not empty
+    result = CliRunner().invoke(app, ["export-targets", str(tiny_cache), str(out), "--max-rows", "12", "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert not (out / "keep.txt").exists() and datasets.load_from_disk(str(out)).num_rows == 12
