@@ -45,12 +45,19 @@ def coverage_table(attrs: dict, measured: list, note: str = "") -> None:
     if not coverage:
         return
     own = [i for i, t in enumerate(attrs["teachers"]) if t.get("tokenizer") == "own"]
-    rows = []
+    rows, checks = [], []
     for entry, index in zip(coverage, own):
         run = measured[index] if index < len(measured) else {}
         rows.append([entry["teacher"], entry["positions"], entry["next_tokens_mapped"], run.get("positions", "-"),
                      run.get("mass", "-")])
+        sample = entry.get("self_check") or {}
+        checks.append([entry["teacher"], sample.get("violations", "-"), sample.get("checked", "-"),
+                       run.get("violations", "-"), run.get("checked", "-")])
     C.print_table("coverage (teachers with a tokenizer of their own)",
                   ["teacher", "positions aligned", "next tokens mapped", "positions (this run)", "mass mapped (this run)"],
                   rows, caption=f"attributes over {coverage[0]['chunks']} chunks' text; this run: its blocks, "
                                 "mass = the teacher's probability at aligned positions that has a student id" + note)
+    C.print_table("alignment self-check", ["teacher", "violations", "positions checked", "violations (this run)",
+                                           "checked (this run)"], checks,
+                  caption="at each aligned position: the teacher's next token spells the text, and the map sends equal "
+                          "bytes to the student's next token; any violation refuses the dump")

@@ -188,22 +188,57 @@ def utf8_offsets(text: str) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(widths)])
 
 
-def encoding_byte_ends(encoding, text: str) -> np.ndarray:
-    """(n,) int64: where each token of `encoding` (of `text`, a tokenizer's own encode) ends in the text's
-    UTF-8 bytes, from the encoding's character offsets. Special tokens are zero-width; of several tokens
-    that share one character's span (byte fallback's <0xNN> pieces of one character, byte-level pieces of
-    it) all but the last are zero-width at the span's start, so no position inside a character looks like
-    a boundary. Monotone."""
+def encoding_byte_ends(encoding, text: str, bytes_of: list | None = None) -> tuple[np.ndarray, int]:
+    """Where each token of `encoding` (of `text`, a tokenizer's own encode) ends in the text's UTF-8 bytes, and
+    how many tokens' recorded bytes differ from the bytes they spell. With `bytes_of` (each id's bytes,
+    data/tokenizer.token_byte_table; None for specials and `<unk>`) the ends are the running sum of the
+    tokens' own bytes, so a byte-level piece or a byte-fallback <0xNN> of a character ends inside it, as it
+    does in the text: special tokens are zero-width, a `<unk>` covers the characters it replaced, and a
+    prefix space the tokenizer put in front of the text (▁ at a document start) is no text; this holds when
+    those bytes spell the text exactly (checked: then no piece differs). A tokenizer whose tokens do not spell
+    the text (a normalizer that changes it, such as NFKC or lowercasing) gets its ends from the encoding's
+    character offsets instead (of tokens sharing one character's span all but the last zero-width), and every
+    token whose recorded bytes then differ from its own is counted. Returns ((n,) int64 monotone, count)."""
     spans = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)  # (n, 2) character offsets
     if len(text) != len(text.encode()):
         spans = utf8_offsets(text)[spans]
-    starts, ends = spans[:, 0].copy(), spans[:, 1].copy()
     special = np.asarray(encoding.special_tokens_mask, dtype=bool)
+    if bytes_of is not None:
+        doc = text.encode()
+        pieces = [b"" if is_special else bytes_of[i] if 0 <= i < len(bytes_of) and bytes_of[i] is not None
+                  else doc[a:b] for i, is_special, (a, b) in zip(encoding.ids, special.tolist(), spans.tolist())]
+        lengths = np.array([len(p) for p in pieces], dtype=np.int64)
+        spelled = b"".join(pieces)
+        first = next((k for k, p in enumerate(pieces) if p), None)
+        if spelled != doc and first is not None and spelled[:1] == b" " and spelled[1:] == doc:
+            lengths[first] -= 1  # the tokenizer's prefix space: no text
+            spelled = spelled[1:]
+        if spelled == doc:
+            return np.cumsum(lengths), 0
+    starts, ends = spans[:, 0].copy(), spans[:, 1].copy()
     shared = np.zeros(len(ends), dtype=bool)
     shared[:-1] = (starts[:-1] == starts[1:]) & (ends[:-1] == ends[1:]) & ~special[1:]
     ends[shared] = starts[shared]
     ends[special] = 0
-    return np.maximum.accumulate(ends) if len(ends) else ends
+    ends = np.maximum.accumulate(ends) if len(ends) else ends
+    if bytes_of is None:
+        return ends, 0
+    doc = text.encode()
+    begin = np.concatenate([[0], ends[:-1]]) if len(ends) else ends
+    differ = sum(1 for i, is_special, a, b in zip(encoding.ids, special.tolist(), begin.tolist(), ends.tolist())
+                 if not is_special and 0 <= i < len(bytes_of) and bytes_of[i] is not None and doc[a:b] != bytes_of[i])
+    return ends, differ
+
+
+def token_bytes_or_none(tokenizer) -> list | None:
+    """Each id's bytes (data/tokenizer.token_byte_table), or None for a tokenizer whose decoder logitcache
+    cannot turn into bytes (its record then comes from character offsets alone)."""
+    from .data.tokenizer import token_byte_table
+
+    try:
+        return token_byte_table(tokenizer)
+    except LogitcacheError:
+        return None
 
 
 def own_bpe_byte_ends(tokenizer, flat: np.ndarray) -> np.ndarray:
@@ -273,6 +308,8 @@ def tokenize_split(tokenizer, docs: list[tuple[str, str]], own_bpe: bool, eos: i
         template = tokenizer.post_processor.num_special_tokens_to_add(False) if tokenizer.post_processor else 0
         special = {i for i, token in tokenizer.get_added_tokens_decoder().items() if token.special}
         spelled = 0  # documents whose text spells a special token (a pretrained tokenizer's convention: kept)
+        bytes_of = token_bytes_or_none(tokenizer)
+        differ = 0  # tokens whose recorded text is not the bytes they spell (a normalizer that changes the text)
         for start in range(0, len(docs), 1024):
             batch = docs[start:start + 1024]
             with default_heap():
@@ -280,7 +317,8 @@ def tokenize_split(tokenizer, docs: list[tuple[str, str]], own_bpe: bool, eos: i
             for (source, doc), encoding in zip(batch, encodings):
                 ids = list(encoding.ids)
                 spelled += sum(i in special for i in ids) > template  # the mask marks the template's alone
-                doc_ends = encoding_byte_ends(encoding, doc)
+                doc_ends, doc_differ = encoding_byte_ends(encoding, doc, bytes_of)
+                differ += doc_differ
                 if eos is not None and ids[-1:] != [eos]:
                     ids.append(eos)
                     doc_ends = np.append(doc_ends, doc_ends[-1] if len(doc_ends) else 0)
@@ -288,6 +326,10 @@ def tokenize_split(tokenizer, docs: list[tuple[str, str]], own_bpe: bool, eos: i
                 ends_of.append(doc_ends)
                 report.sources[source]["tokens"] += len(ids)
             progress.update(len(batch))
+        if differ:
+            log.warning("%d token(s) of the split cover text other than the bytes they spell (the tokenizer's normalizer "
+                        "changes the text); a teacher with a tokenizer of its own is aligned only where both spell it",
+                        differ)
         if spelled:
             log.warning("%d document(s) spell a special token of the tokenizer as text; it encodes each as its special "
                         "id, as it does for any text", spelled)

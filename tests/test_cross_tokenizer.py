@@ -133,30 +133,26 @@ def test_the_record_spells_each_token_of_the_trained_bpe(odd_data):
 
 
 @pytest.mark.parametrize("kind", ["metaspace", "unigram"])
-def test_the_record_of_another_tokenizer_comes_from_its_offsets(tmp_path, odd_data, kind):
-    """prepare --tokenizer (a Metaspace BPE with byte fallback, a unigram): each token covers the text it
-    stands for; the prefix space at a document start is no text; byte pieces of one character: all but the
-    last zero-width, the last the whole character."""
+def test_the_record_of_another_tokenizer_holds_its_tokens_bytes(tmp_path, odd_data, kind):
+    """prepare --tokenizer (a Metaspace BPE with byte fallback, a unigram): each token covers the bytes it
+    spells (a byte-fallback <0xNN> piece of a character its one byte); the prefix space at a document start
+    is no text; a <unk> covers the characters it replaced."""
     from logitcache.prepare import PrepareConfig, prepare
-    from logitcache.data.tokenizer import token_byte_table
 
     tokenizer = TEACHER_TOKENIZERS[kind]()
     tokenizer.save(str(tmp_path / "tokenizer.json"))
     out = tmp_path / "data"
     prepare(PrepareConfig(data=odd_data.parent / "raw", out=out, tokenizer=tmp_path / "tokenizer.json", seq_len=32))
-    table = token_byte_table(tokenizer)
     ids, pieces = token_pieces(out, "train")
     byte_pieces = 0
     for i, (token_id, piece) in enumerate(zip(ids.tolist(), pieces)):
-        spelled = table[token_id]
+        spelled = reference_bytes(tokenizer, token_id)
         if token_id == tokenizer.token_to_id("<unk>"):  # a character the vocabulary lacks ("\n", 東)
             assert len(piece) > 0
         elif spelled is None:
             assert piece == b""
-        elif len(spelled) == 1 and spelled[0] >= 0x80:  # a byte-fallback piece of a character
-            byte_pieces += 1
-            assert piece == b"" or piece.decode().encode()[-1:] == spelled
         else:
+            byte_pieces += len(spelled) == 1 and spelled[0] >= 0x80  # a byte-fallback piece of a character
             assert piece in (spelled, spelled[1:]), (i, tokenizer.id_to_token(token_id), piece)
     assert byte_pieces > 0 or kind == "unigram"
 
@@ -248,122 +244,13 @@ def whole_chars(seg: bytes) -> tuple[int, int]:
     return lo, lo
 
 
-def reference_teacher_sequence(tokenizer, tokens: list[int], piece_bytes: list[bytes], prepends: bool):
-    """The teacher's ids of one chunk, each position's (bytes, specials) consumed (None: not spelled), and
-    the positions right before a segment whose first token carries the prefix space. Boundaries come from
-    decoding prefixes of each segment's ids with the teacher's own decoder."""
-    from logitcache.data.tokenizer import special_ids
-
-    sp = special_ids(tokenizer)
-    adds_bos = sp["bos"] is not None and tokenizer.encode("a").ids[:1] == [sp["bos"]]
-    ids, keys, start_positions = [], [], set()
-    n_spec, byte, t = 0, 0, 0
-    while t < len(tokens):
-        if tokens[t] in (0, STUDENT_BOS, STUDENT_EOS):
-            n_spec += 1
-            theirs = {STUDENT_BOS: sp["bos"], STUDENT_EOS: sp["eos"]}.get(tokens[t])
-            if theirs is None:
-                if keys and keys[-1] == (byte, n_spec - 1):
-                    keys[-1] = (byte, n_spec)
-            else:
-                ids.append(theirs)
-                keys.append((byte, n_spec))
-            t += 1
-            continue
-        seg_start = byte
-        seg = b""
-        while t < len(tokens) and tokens[t] not in (0, STUDENT_BOS, STUDENT_EOS):
-            seg += piece_bytes[t]
-            byte += len(piece_bytes[t])
-            t += 1
-        if adds_bos and (not ids or ids[-1] != sp["bos"]):
-            keys.append((seg_start, n_spec) if ids else None)
-            ids.append(sp["bos"])
-        lo, hi = whole_chars(seg)
-        text = seg[lo:hi].decode()
-        seg_ids = tokenizer.encode(text, add_special_tokens=False).ids
-        first = reference_bytes(tokenizer, seg_ids[0]) if seg_ids else None
-        if ids and prepends and first is not None and first.startswith(b" ") and not text.startswith(" "):
-            start_positions.add(len(ids) - 1)
-        for i in range(len(seg_ids)):
-            decoded = tokenizer.decode(seg_ids[:i + 1], skip_special_tokens=False)
-            if text.startswith(" ") and not decoded.startswith(" ") and prepends:
-                decoded = " " + decoded  # the decoder drops a leading space it takes for its own prefix
-            end = len(decoded.encode())
-            ok = "\ufffd" not in decoded and text.encode().startswith(decoded.encode())
-            keys.append((seg_start + lo + end, n_spec) if ok else None)
-            ids.append(seg_ids[i])
-    return ids, keys, start_positions
-
-
 def reference_targets(data_dir: Path, teacher_dirs: list[Path], temperature: float, n_rows: int, weights=None):
-    """Dense (N, T, V) combined targets (the weighted mean over the teachers aligned at each position) and
-    teacher counts (N, T), by plain loops over model(x).logits."""
-    import torch
+    """Dense (N, T, V) combined targets and teacher counts (N, T), by plain loops over model(x).logits
+    (test_alignment.reference_cache)."""
+    from test_alignment import reference_cache
 
-    from logitcache.data.prepared import load_data, spread_indices
-    from logitcache.teachers.models import load_model
-    from logitcache.data.tokenizer import find_tokenizer, load_tokenizer
-
-    data = load_data(data_dir)
-    split = data.store.split("train")
-    rows = split[spread_indices(split.shape[0], n_rows)]
-    student = load_tokenizer(data.tokenizer_path)
-    student_ids = {}
-    for token_id in range(student.get_vocab_size()):
-        if token_id > 2:
-            student_ids.setdefault(byte_level_bytes(student.id_to_token(token_id)), token_id)
-    same_identity = json.loads(student.to_str())["model"]
-    vocab = student.get_vocab_size()
-    dense = np.zeros((len(rows), rows.shape[1], vocab), dtype=np.float64)
-    count = np.zeros((len(rows), rows.shape[1]), dtype=np.int64)
-    weight_sum = np.zeros((len(rows), rows.shape[1]), dtype=np.float64)
-    for folder, w in zip(teacher_dirs, weights or [1.0] * len(teacher_dirs)):
-        model = load_model(folder)
-        tokenizer = find_tokenizer(folder)
-        if json.loads(tokenizer.to_str())["model"] == same_identity:  # the data's tokenizer
-            with torch.no_grad():
-                logits = model(torch.from_numpy(rows.astype(np.int64))).logits[..., :vocab]
-            dense += w * torch.softmax(logits.double() / temperature, -1).numpy()
-            count += 1
-            weight_sum += w
-            continue
-        prepends = json.loads(tokenizer.to_str())["decoder"]["type"] != "ByteLevel"
-        sp = {tokenizer.token_to_id(n): s for n, s in (("<s>", STUDENT_BOS), ("</s>", STUDENT_EOS),
-                                                       ("<|endoftext|>", STUDENT_EOS)) if tokenizer.token_to_id(n) is not None}
-        t_vocab = tokenizer.get_vocab_size()
-        targets = {}  # mid-text / right before a prefix-spaced segment: teacher id -> student id (-1: none)
-        for at_start in (False, True):
-            onto = np.full(t_vocab, -1)
-            for v in range(t_vocab):
-                raw = reference_bytes(tokenizer, v)
-                if raw is not None and at_start and raw.startswith(b" "):
-                    raw = raw[1:]
-                onto[v] = sp.get(v, student_ids.get(raw, -1))
-            targets[at_start] = onto
-        for r, chunk_tokens in enumerate(rows.tolist()):
-            pieces = [b"" if x in (0, 1, 2) else byte_level_bytes(student.id_to_token(x)) for x in chunk_tokens]
-            ids, keys, start_positions = reference_teacher_sequence(tokenizer, chunk_tokens, pieces, prepends)
-            with torch.no_grad():
-                logits = model(torch.tensor([ids])).logits[0, :, :t_vocab]
-            p = torch.softmax(logits.double() / temperature, -1).numpy()  # (L, V_t)
-            last = {key: j for j, key in enumerate(keys) if key is not None}
-            n_spec, byte, previous = 0, 0, 0
-            for t, x in enumerate(chunk_tokens):
-                byte += len(pieces[t])
-                if x in (0, 1, 2):
-                    n_spec += 1
-                elif byte == previous:
-                    continue
-                previous = byte
-                j = last.get((byte, n_spec))
-                if j is None:
-                    continue
-                count[r, t] += 1
-                weight_sum[r, t] += w
-                onto = targets[j in start_positions]
-                np.add.at(dense[r, t], onto[onto >= 0], w * p[j, onto >= 0])
-    return rows, dense / np.where(weight_sum > 0, weight_sum, 1.0)[..., None], count
+    rows, dense, count, _ = reference_cache(data_dir, teacher_dirs, temperature, n_rows, weights)
+    return rows, dense, count
 
 
 @pytest.mark.parametrize("kinds", [("byte-level", "metaspace", "unigram", "same"), ("metaspace",)])
@@ -656,6 +543,8 @@ def test_dump_and_inspect_print_each_teachers_coverage(tmp_path, odd_data, teach
     entry = open_cache(out).attrs["coverage"][0]
     assert entry["teacher"] == "llama-unigram" and 0.2 < entry["positions"] < 1
     assert "llama-unigram" in result.output and f"{entry['positions']:.4g}"[:4] in result.output
+    assert "alignment self-check" in result.output and entry["self_check"]["violations"] == 0
+    assert str(entry["self_check"]["checked"]) in result.output.split("alignment self-check")[1]
     result = CliRunner().invoke(app, ["inspect", str(out)])
     assert result.exit_code == 0 and "coverage llama-unigram" in result.output, result.output
     assert f"{entry['positions']:.1%}" in result.output

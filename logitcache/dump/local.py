@@ -66,7 +66,7 @@ def dump_local(config: DumpConfig, resume: bool = False, overwrite: bool = False
     if ensemble.stats is not None:  # every rank's counts summed, as the blocks and tokens below
         from ..teachers.mixed import coverage_of
 
-        stats = D.all_reduce_sum(torch.from_numpy(ensemble.stats.copy()).to(device))  # (teachers, 3)
+        stats = D.all_reduce_sum(torch.from_numpy(ensemble.stats.copy()).to(device))  # (teachers, len(STATS))
         report.coverage = coverage_of(stats.cpu().numpy())
     log.info("rank %d: wrote %d blocks (%d already done) at %.0f tokens/s", env.rank, report.blocks_written,
              report.blocks_skipped, report.tokens / max(report.seconds, 1e-9))

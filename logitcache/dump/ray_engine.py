@@ -132,7 +132,7 @@ class BlockWorker:
     def coverage_counts(self) -> np.ndarray:
         """This actor's cross-tokenizer counts so far, flat, then 1 (one block counted); zeros but for the
         last entry where no teacher has a tokenizer of its own."""
-        stats = self.teaching.ensemble.stats  # (teachers, 3), or None
+        stats = self.teaching.ensemble.stats  # (teachers, len(mixed.STATS)), or None
         return np.append(np.zeros(0) if stats is None else stats.reshape(-1), 1.0)
 
     def commit(self, block: int) -> tuple[float, np.ndarray]:
@@ -278,9 +278,9 @@ def run_blocks(ray, config: DumpConfig, todo: list[int], report: RayDumpReport, 
     report.restarts = max(report.restarts, job_workers(ray)[1])
     report.worker_pids = sorted(pids)
     if counts is not None and counts.size > 1:  # teachers on tokenizers of their own: as the local engine reports
-        from ..teachers.mixed import coverage_of
+        from ..teachers.mixed import STATS, coverage_of
 
-        report.coverage = coverage_of(counts[:-1].reshape(-1, 3))
+        report.coverage = coverage_of(counts[:-1].reshape(-1, len(STATS)))
         report.coverage_blocks = int(counts[-1])
     return kinds
 

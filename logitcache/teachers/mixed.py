@@ -16,7 +16,7 @@ import contextlib
 import numpy as np
 import torch
 
-from .align import Aligner, ChunkAlignment
+from .align import KINDS, Aligner, ChunkAlignment
 from .ensemble import DEFAULT_LOGIT_BUDGET, Ensemble, fp32_head, topk_decreasing
 from .targets import mass_targets, sample_targets
 
@@ -39,13 +39,13 @@ class MixedEnsemble:
                                               vocab_size=vocab_size, logit_budget=logit_budget), None))
             else:
                 self.members.append((model.to(device).eval(), aligner))
-        self._layers = [None if a is None else {which: [tuple(torch.from_numpy(x).to(device) for x in layer)
-                                                         for layer in a.map.layers(which)]
-                                                for which in ("mid", "start")}
+        self._layers = [None if a is None else [[tuple(torch.from_numpy(x).to(device) for x in layer)
+                                                  for layer in a.map.layers(kind)] for kind in range(KINDS)]
                         for _, a in self.members]
         self.counted = any(a is not None for _, a in self.members)  # the cache gets teacher_count
-        # per member: [aligned positions, positions, mapped mass at aligned positions] over what ran here
-        self.stats = np.zeros((len(self.members), 3), dtype=np.float64)
+        # per member, over what ran here: STATS (aligned positions, positions, mapped mass at aligned positions,
+        # positions the self-check checked, its violations)
+        self.stats = np.zeros((len(self.members), len(STATS)), dtype=np.float64)
 
     @property
     def n_teachers(self) -> int:
@@ -82,13 +82,16 @@ class MixedEnsemble:
                 acc.add_(member.probs(input_ids), alpha=self.weights[i])
                 weight += self.weights[i]
                 count += 1
-                self.stats[i] += (b * t, b * t, b * t)
+                self.stats[i] += (b * t, b * t, b * t, 0, 0)
                 continue
-            mapped, aligned = self._teacher_probs(i, member, aligner.align(cache_rows, tokens))
+            checked, violations = aligner.checked, aligner.violations
+            alignments = aligner.align(cache_rows, tokens, strict=True)  # refuses before any target is made
+            mapped, aligned = self._teacher_probs(i, member, alignments)
             acc.add_(mapped, alpha=self.weights[i])
             weight += self.weights[i] * aligned
             count += aligned.to(torch.int32)
-            self.stats[i] += (float(aligned.sum()), b * t, float(mapped.sum()))
+            self.stats[i] += (float(aligned.sum()), b * t, float(mapped.sum()), aligner.checked - checked,
+                              aligner.violations - violations)
         acc.div_(torch.where(weight > 0, weight, torch.ones_like(weight)).unsqueeze(-1))
         return acc, count.to(torch.uint8)
 
@@ -96,23 +99,29 @@ class MixedEnsemble:
         """Teacher i's distribution at T mapped onto student ids at the aligned positions (B, T, V) (zeros
         elsewhere) and the aligned mask (B, T) float32."""
         ids, mask = padded(alignments, self.device)  # (B, L) each
-        with self.autocast(), fp32_head(model):  # layers as --precision says, the head and what follows in fp32
-            logits = model(input_ids=ids, attention_mask=mask).logits  # (B, L, V_model)
         vocab = self.members[i][1].teacher.size
         position = torch.from_numpy(np.stack([a.position for a in alignments])).to(self.device)  # (B, T)
-        at_start = torch.from_numpy(np.stack([a.at_start for a in alignments])).to(self.device)  # (B, T)
+        kind = np.stack([a.kind for a in alignments]).reshape(-1)  # (B*T,) the map kind at each position
         aligned = position >= 0
-        length = ids.shape[1]
-        rows = torch.arange(len(alignments), device=self.device).unsqueeze(1) * length  # (B, 1)
+        rows = torch.arange(len(alignments), device=self.device).unsqueeze(1) * ids.shape[1]  # (B, 1)
         at_t = (rows + position.clamp(min=0)).reshape(-1)  # (B*T,) the teacher position aligned with each t
-        # only those rows are turned into probabilities: (B*T, V_t) at T over the teacher's own vocabulary
-        flat = logits.reshape(-1, logits.shape[-1]).index_select(0, at_t)[:, :vocab].float()
+        # the head runs on those rows alone: (B*T, V_model) logits, not (B, L, V_model) and a gather
+        with self.autocast(), fp32_head(model), head_rows(model, at_t) as gathered:
+            logits = model(input_ids=ids, attention_mask=mask).logits
+        if gathered:
+            flat = logits.reshape(-1, logits.shape[-1])[:, :vocab].float()  # (B*T, V_t)
+        else:  # a model without a separate head: every position's logits, then the rows
+            flat = logits.reshape(-1, logits.shape[-1]).index_select(0, at_t)[:, :vocab].float()
         flat = torch.softmax(flat.div_(self.temperature), dim=-1)
-        out = map_onto(flat, self._layers[i]["mid"], self.vocab_size)  # (B*T, V)
-        starts = torch.nonzero(at_start.reshape(-1), as_tuple=True)[0]
-        if len(starts):
-            out[starts] = map_onto(flat[starts], self._layers[i]["start"], self.vocab_size)
-        out.mul_(aligned.reshape(-1, 1))  # no target where the teacher is not aligned
+        out = map_onto(flat, self._layers[i][0], self.vocab_size)  # (B*T, V)
+        for k in range(1, KINDS):
+            here = np.flatnonzero(kind == k)
+            if len(here):
+                at = torch.from_numpy(here).to(self.device)
+                out[at] = map_onto(flat[at], self._layers[i][k], self.vocab_size)
+        # no target where the teacher is not aligned: a select, not a product (a row with no real token has
+        # NaN logits, and NaN x 0 is NaN)
+        out = torch.where(aligned.reshape(-1, 1), out, torch.zeros((), dtype=out.dtype, device=out.device))
         return out.reshape(*position.shape, self.vocab_size), aligned.float()
 
     @torch.no_grad()
@@ -152,22 +161,50 @@ class MixedEnsemble:
         return part if self.counted else part[:-1]
 
 
+STATS = ("aligned", "positions", "mass", "checked", "violations")  # MixedEnsemble.stats' columns
+
+
 def coverage_of(stats: np.ndarray) -> list[dict]:
-    """(teachers, 3) counts of (positions aligned, positions, probability mapped) -> per teacher, the fraction
-    aligned and the fraction of the teacher's probability at those positions that mapped onto student ids."""
-    return [{"positions": aligned / max(total, 1.0), "mass": mass / max(aligned, 1.0)}
-            for aligned, total, mass in np.asarray(stats, dtype=np.float64).tolist()]
+    """(teachers, len(STATS)) counts -> per teacher, the fraction aligned, the fraction of the teacher's
+    probability at those positions that mapped onto student ids, and the alignment self-check's positions
+    checked and violations."""
+    return [{"positions": aligned / max(total, 1.0), "mass": mass / max(aligned, 1.0), "checked": int(checked),
+             "violations": int(violations)}
+            for aligned, total, mass, checked, violations in np.asarray(stats, dtype=np.float64).tolist()]
+
+
+@contextlib.contextmanager
+def head_rows(model, index: torch.Tensor):
+    """Inside this context the model's output embedding reads only the rows `index` (R,) of its flattened
+    (B, L, H) input, so the forward returns (1, R, V) logits: what the model does after its head (soft-capping,
+    scaling) is elementwise and follows unchanged. Yields whether it applies (a model with a head)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        yield False
+        return
+
+    def gather(module, args):
+        hidden = args[0]
+        return (hidden.reshape(-1, hidden.shape[-1]).index_select(0, index).unsqueeze(0), *args[1:])
+
+    handle = head.register_forward_pre_hook(gather)
+    try:
+        yield True
+    finally:
+        handle.remove()
 
 
 def padded(alignments: list[ChunkAlignment], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher sequences right-padded to the longest: ids (B, L) int64 (pads are id 0) and the attention
-    mask (B, L) (1 on real tokens). A causal model's logits at real positions never see a pad after them."""
+    mask (B, L) (1 on real tokens). A causal model's logits at real positions never see a pad after them. A
+    chunk with no teacher token gets one attended pad, so no attention row is all masked (its logits would be
+    NaN); none of its positions is aligned."""
     length = max(1, max(len(a.teacher_ids) for a in alignments))
     ids = np.zeros((len(alignments), length), dtype=np.int64)
     mask = np.zeros((len(alignments), length), dtype=np.int64)
     for row, a in enumerate(alignments):
         ids[row, :len(a.teacher_ids)] = a.teacher_ids
-        mask[row, :len(a.teacher_ids)] = 1
+        mask[row, :max(1, len(a.teacher_ids))] = 1
     return torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
 
 

@@ -16,7 +16,7 @@ class Teachers(typing.Protocol):
     mixed.MixedEnsemble (teachers on tokenizers of their own) both are one."""
 
     counted: bool  # whether batch_targets ends with the teacher count (B, T) of each position
-    stats: np.ndarray | None  # (teachers, 3) coverage counts of what ran here (mixed.coverage_of), or None
+    stats: np.ndarray | None  # (teachers, len(mixed.STATS)) counts of what ran here (mixed.coverage_of), or None
 
     def batch_targets(self, config: DumpConfig, input_ids: torch.Tensor, cache_rows: np.ndarray,
                       generator: torch.Generator) -> list[torch.Tensor]:

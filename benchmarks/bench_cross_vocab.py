@@ -1,0 +1,171 @@
+"""A teacher with a vocabulary of current checkpoints (128,256 ids, Llama-3's) on a tokenizer of its own: the
+whole-process mixed `logitcache dump` against the same teacher's bare forward over its own tokenization of
+the same chunks. Prints a table and one JSON line; the goal is ratio = bare forward seconds / dump seconds
+>= 0.8 (the dump's alignment, self-check, id map, tokenizer checks and writing cost at most a quarter).
+
+  flock /tmp/logitcache-heavy.lock python benchmarks/bench_cross_vocab.py [--chunks 256] [--repeats 3]
+
+The data is the demo corpus prepared at vocabulary 8000 (bench_cross_dump.py's). The teacher's tokenizer is
+a byte-level BPE trained on every other training document, with Llama-3's specials and template, padded
+to 128,256 ids with merges of existing tokens (so its tokenizer.json, id map and identity are of that size);
+the teacher is llama-tiny's layers under that vocabulary (the head dominates its forward, as it does the
+dump's extra work). Both sides run as subprocesses on the same machine: the dump timed from start to exit,
+the bare forward timed over its forward passes alone (batches of --batch-size chunks, no softmax).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>"]
+
+
+def big_tokenizer(raw: Path, size: int, trained: int = 16000):
+    """A Llama-3-style byte-level BPE of exactly `size` ids: `trained` ids learned from the text, the rest
+    merges of two existing tokens (valid merges that rarely fire)."""
+    import random
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    from logitcache.prepare import find_raw_files, raw_documents, read_text
+
+    docs = []
+    for (source, split), paths in sorted(find_raw_files(raw).items()):
+        if split == "train":
+            docs += [d for p in paths for d in raw_documents(source, read_text(p)[0])]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.train_from_iterator((line for d in docs[::2] for line in d.splitlines()), trainers.BpeTrainer(
+        vocab_size=trained, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    spec = json.loads(tokenizer.to_str())
+    vocab, merges = spec["model"]["vocab"], spec["model"]["merges"]
+    tokens = [t for t in vocab if t not in SPECIALS]
+    rng = random.Random(0)
+    while len(vocab) < size:
+        a, b = rng.choice(tokens), rng.choice(tokens)
+        if a + b not in vocab:
+            vocab[a + b] = len(vocab)
+            merges.append([a, b])
+            tokens.append(a + b)
+    spec["model"]["ignore_merges"] = True
+    tokenizer = Tokenizer.from_str(json.dumps(spec))
+    tokenizer.post_processor = processors.TemplateProcessing(single=f"{SPECIALS[0]} $A",
+                                                             special_tokens=[(SPECIALS[0], 0)])
+    assert tokenizer.get_vocab_size(with_added_tokens=True) == size
+    return tokenizer
+
+
+def teacher_folder(work: Path, raw: Path, size: int, preset: str) -> Path:
+    from logitcache.teachers.models import build_model, get_preset
+
+    folder = work / f"teacher-{size}"
+    if not (folder / "config.json").is_file():
+        tokenizer = big_tokenizer(raw, size)
+        model = build_model(get_preset(preset), size, seed=0, specials={"bos": 0, "eos": 1, "pad": None})
+        model.save_pretrained(folder)
+        tokenizer.save(str(folder / "tokenizer.json"))
+        (folder / "tokenizer_config.json").write_text(json.dumps({"bos_token": SPECIALS[0], "eos_token": SPECIALS[1]}))
+    return folder
+
+
+BARE = """
+import json, sys, time
+import numpy as np, torch
+from logitcache.training.memory import tune_process
+tune_process()
+from logitcache.data.prepared import load_data
+from logitcache.teachers.models import load_model
+from tokenizers import Tokenizer
+data, folder, chunks, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+store = load_data(data).store
+text, ends = store.split_text("train")
+seq = store.split("train").shape[1]
+tokenizer = Tokenizer.from_file(folder + "/tokenizer.json")
+model = load_model(folder)
+texts = []
+for row in range(chunks):  # the dump's first chunks (--row-selection first), each as the teacher reads it
+    first = row * seq
+    start = int(ends[first - 1]) if first else 0
+    texts.append(bytes(text[start:int(ends[first + seq - 1])]).decode("utf-8", "ignore"))
+ids = [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=True)]
+t0 = time.perf_counter()
+with torch.no_grad():
+    for b in range(0, chunks, batch):
+        part = ids[b:b + batch]
+        length = max(map(len, part))
+        x = torch.zeros(len(part), length, dtype=torch.long)
+        mask = torch.zeros(len(part), length, dtype=torch.long)
+        for r, p in enumerate(part):
+            x[r, :len(p)] = torch.tensor(p)
+            mask[r, :len(p)] = 1
+        model(input_ids=x, attention_mask=mask).logits
+print(json.dumps({"seconds": time.perf_counter() - t0, "tokens": sum(map(len, ids))}))
+"""
+
+
+def bare_forward(data: Path, folder: Path, chunks: int, batch: int) -> dict:
+    out = subprocess.run([sys.executable, "-c", BARE, str(data), str(folder), str(chunks), str(batch)], check=True,
+                         capture_output=True, text=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def timed_dump(data: Path, folder: Path, out: Path, chunks: int, batch: int) -> float:
+    args = [sys.executable, "-m", "logitcache_cli", "dump", "--data", str(data), "--teacher", str(folder), "--out",
+            str(out), "--overwrite", "--combine", "mean-probs", "--max-chunks", str(chunks), "--row-selection",
+            "first", "--batch-size", str(batch), "--device", "cpu", "--min-coverage", "0"]
+    t0 = time.perf_counter()
+    subprocess.run(args, check=True, capture_output=True, cwd=ROOT)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    from bench_cross_dump import prepared
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--raw", type=Path, default=ROOT / "work" / "demo" / "raw")
+    parser.add_argument("--work", type=Path, default=ROOT / "work" / "bench_cross")
+    parser.add_argument("--chunks", type=int, default=256)
+    parser.add_argument("--teacher-vocab", type=int, default=128256)
+    parser.add_argument("--preset", default="llama-tiny")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    if not args.raw.is_dir():
+        from logitcache.data.corpus import build_demo_corpus
+
+        build_demo_corpus(args.raw)
+    args.work.mkdir(parents=True, exist_ok=True)
+    data = prepared(args.raw, args.work, 8000)
+    folder = teacher_folder(args.work, args.raw, args.teacher_vocab, args.preset)
+    bare, dumps = [], []
+    for _ in range(args.repeats):  # interleaved, so a change in the machine's load reaches both
+        bare.append(bare_forward(data, folder, args.chunks, args.batch_size)["seconds"])
+        dumps.append(timed_dump(data, folder, args.work / "vocab.zarr", args.chunks, args.batch_size))
+    from logitcache import open_cache
+
+    coverage = open_cache(args.work / "vocab.zarr").attrs["coverage"][0]
+    bare_s, dump_s = statistics.median(bare), statistics.median(dumps)
+    print(f"{'':24}{'median s':>10}  runs")
+    print(f"{'bare teacher forward':24}{bare_s:>10.2f}  {', '.join(f'{s:.2f}' for s in bare)}")
+    print(f"{'mixed dump (process)':24}{dump_s:>10.2f}  {', '.join(f'{s:.2f}' for s in dumps)}")
+    print(f"ratio bare/dump {bare_s / dump_s:.3f}; positions aligned {coverage['positions']:.3f}, "
+          f"self-check {coverage['self_check']['violations']}/{coverage['self_check']['checked']}")
+    print(json.dumps({"bench": "cross_vocab", "chunks": args.chunks, "teacher_vocab": args.teacher_vocab,
+                      "preset": args.preset, "batch_size": args.batch_size, "bare_forward_s": round(bare_s, 2),
+                      "dump_s": round(dump_s, 2), "ratio": round(bare_s / dump_s, 3),
+                      "positions_aligned": coverage["positions"], "self_check": coverage["self_check"]}))
+
+
+if __name__ == "__main__":
+    main()
