@@ -394,11 +394,11 @@ def test_every_real_convention_teacher_equals_the_reference(tmp_path, datasets, 
                               max_chunks=n_rows, min_coverage=0.2, batch_size=8, block_rows=20))
     rows, expected, expected_count, masked = reference_cache(data, dirs, 2.0, n_rows)
     reader = open_cache(out)
-    tokens, ids, probs = reader.read(0, n_rows)
-    assert np.array_equal(tokens, rows.astype(np.int64))
+    cached = reader.read(0, n_rows)
+    assert np.array_equal(cached.tokens, rows.astype(np.int64))
     dense = np.zeros(expected.shape)
-    np.put_along_axis(dense, ids, probs, -1)
-    count = reader.read_teacher_count(0, n_rows)
+    np.put_along_axis(dense, cached.ids, cached.probs, -1)
+    count = cached.teacher_count
     assert np.array_equal(count, expected_count), np.argwhere(count != expected_count)[:5]
     assert np.abs(dense - expected).max() <= 1e-5
     assert (count > 0).mean() > 0.8 and (count == len(dirs)).mean() > 0.2  # alignment is partial, not absent
