@@ -136,3 +136,60 @@ def test_source_field_picks_the_cleaner(tmp_path):
     # the childes cleaner drops the speaker tag and the space before '.'; the basic one only normalises spaces
     assert with_source.sources["childes"]["words"] < without.sources["text"]["words"]
     assert np.array(load_data(tmp_path / "a").store.split("train")).size > 0
+
+
+def _surrogate_jsonl(path):
+    path.write_text('{"text": "a fine line"}\n{"text": "a lone \\ud800 surrogate"}\n')  # valid JSON, no UTF-8 text
+    return path
+
+
+def _parquet_of(array):
+    def write(path):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"text": array()}), path)
+        return path
+    return write
+
+
+def _not_utf8():
+    import pyarrow as pa
+
+    return pa.array([b"fine", b"bad \xff\xfe"], type=pa.binary()).view(pa.string())  # a string column, bytes unchecked
+
+
+def _binary():
+    import pyarrow as pa
+
+    return pa.array([b"fine"], type=pa.binary())
+
+
+@pytest.mark.parametrize("name,write,needle", [
+    ("t.jsonl", _surrogate_jsonl, r"t\.jsonl:2: field 'text' holds '\\ud800'"),
+    ("t.parquet", _parquet_of(_not_utf8), r"t\.parquet: row 2: the text is not UTF-8"),
+    ("t.parquet", _parquet_of(_binary), r"t\.parquet: column 'text' is binary, not text"),
+    ("t.parquet", _parquet_of(lambda: [1, 2]), r"t\.parquet: column 'text' is int64, not text"),
+    ("ds", lambda p: write_saved_dataset(p, [{"text": 3}]), r"ds: column 'text' is int64, not text"),
+], ids=["jsonl-surrogate", "parquet-not-utf8", "parquet-binary", "parquet-int", "dataset-int"])
+def test_text_that_is_not_utf8_text_is_refused_at_its_row(tmp_path, name, write, needle):
+    """Each reader yields only str that encodes as UTF-8, or refuses the file and row in one error (not the
+    repr of bytes or a number, not a UnicodeError later in the tokenizer)."""
+    path = write(tmp_path / name)
+    with pytest.raises(LogitcacheError, match=needle):
+        list(read_documents(path))
+
+
+@pytest.mark.parametrize("pretrained", [False, True], ids=["trained-bpe", "tokenizer"])
+def test_prepare_refuses_a_lone_surrogate_in_one_line(tmp_path, tiny_data, pretrained):
+    train = write_jsonl(tmp_path / "train.jsonl", documents(50, 1))
+    train.write_text(train.read_text() + '{"text": "x \\udc80 y"}\n')  # line 51
+    dev = write_jsonl(tmp_path / "dev.jsonl", documents(20, 2))
+    args = ["prepare", "--train", str(train), "--dev", str(dev), "--out", str(tmp_path / "data"), "--seq-len", "8"]
+    args += ["--tokenizer", str(tiny_data / "tokenizer.json")] if pretrained else ["--vocab-size", "280"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [
+        f"error: {train}:51: field 'text' holds '\\udc80' at character 3, a lone UTF-16 surrogate (no Unicode character): "
+        "fix or drop the record"]
+    assert not (tmp_path / "data").exists()

@@ -63,7 +63,41 @@ def _field(record: dict, name: str, where: str) -> str:
     value = record[name]
     if not isinstance(value, str):
         raise LogitcacheError(f"{where}: field '{name}' is {type(value).__name__}, not text")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a JSON escape such as "\ud800": a lone surrogate, valid JSON, no UTF-8 text
+        raise LogitcacheError(f"{where}: field '{name}' holds {value[exc.start]!r} at character {exc.start + 1}, a lone "
+                              "UTF-16 surrogate (no Unicode character): fix or drop the record") from None
     return value
+
+
+def _arrow_texts(column, where: str, first_row: int) -> list:
+    """The strings of an Arrow string column (None for nulls), each decoded strictly: a Parquet or Arrow
+    file whose string column holds bytes that are not UTF-8 is refused at the row."""
+    import pyarrow as pa
+
+    if pa.types.is_null(column.type):
+        return [None] * len(column)
+    raw = column.view(pa.large_binary() if pa.types.is_large_string(column.type) else pa.binary()).to_pylist()
+    texts = []
+    for row, value in enumerate(raw, first_row + 1):
+        try:
+            texts.append(None if value is None else value.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise LogitcacheError(f"{where}: row {row}: the text is not UTF-8 ({value[exc.start:exc.end]!r} at byte "
+                                  f"{exc.start})") from None
+    return texts
+
+
+def _check_text_columns(schema, columns: list[str], where: str) -> None:
+    """Text and source columns must be strings: a binary or number column is refused, not turned into
+    its repr ("b'...'", "3")."""
+    import pyarrow as pa
+
+    for name in columns:
+        kind = schema.field(name).type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
+            raise LogitcacheError(f"{where}: column '{name}' is {kind}, not text")
 
 
 def _txt_rows(file: Path, text_field: str, source_field: str | None) -> Iterator[tuple[str, str]]:
@@ -99,12 +133,15 @@ def _parquet_rows(file: Path, text_field: str, source_field: str | None) -> Iter
     missing = [c for c in columns if c not in table.schema_arrow.names]
     if missing:
         raise LogitcacheError(f"{file}: no column '{missing[0]}' (has: {', '.join(table.schema_arrow.names)})")
+    _check_text_columns(table.schema_arrow, columns, str(file))
+    done = 0
     for batch in table.iter_batches(columns=columns, batch_size=4096):
-        texts = batch.column(text_field).to_pylist()
-        sources = batch.column(source_field).to_pylist() if source_field else [""] * len(texts)
+        texts = _arrow_texts(batch.column(text_field), str(file), done)
+        sources = _arrow_texts(batch.column(source_field), str(file), done) if source_field else [""] * len(texts)
+        done += len(texts)
         for source, text in zip(sources, texts):
             if text is not None:
-                yield str(source or ""), str(text)
+                yield source or "", text
 
 
 def _dataset_rows(folder: Path, text_field: str, source_field: str | None) -> Iterator[tuple[str, str]]:
@@ -120,9 +157,18 @@ def _dataset_rows(folder: Path, text_field: str, source_field: str | None) -> It
     for column in [text_field] + ([source_field] if source_field else []):
         if column not in dataset.column_names:
             raise LogitcacheError(f"{folder}: no column '{column}' (has: {', '.join(dataset.column_names)})")
-    for row in dataset.select_columns([text_field] + ([source_field] if source_field else [])):
-        if row[text_field] is not None:
-            yield str(row[source_field] or "") if source_field else "", str(row[text_field])
+    columns = [text_field] + ([source_field] if source_field else [])
+    dataset = dataset.select_columns(columns).with_format("arrow")
+    _check_text_columns(dataset.features.arrow_schema, columns, str(folder))
+    done = 0
+    for batch in dataset.iter(batch_size=4096):  # (rows, columns) pyarrow tables, in the dataset's order
+        texts = _arrow_texts(batch.column(text_field).combine_chunks(), str(folder), done)
+        sources = (_arrow_texts(batch.column(source_field).combine_chunks(), str(folder), done) if source_field
+                   else [""] * len(texts))
+        done += len(texts)
+        for source, text in zip(sources, texts):
+            if text is not None:
+                yield source or "", text
 
 
 READERS: dict[str, Reader] = {
