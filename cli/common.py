@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from logitcache.errors import LogitcacheError
+from logitcache.files import json_text
 from logitcache.progress import ProgressHook
 
 console = Console(stderr=True)
@@ -151,7 +151,7 @@ def write_json(path: Optional[str], payload: dict) -> None:
     """`--json PATH` writes a file; `--json -` writes to stdout."""
     if path is None:
         return
-    text = json.dumps(payload, indent=2, default=str) + "\n"
+    text = json_text(payload, indent=2, default=str) + "\n"  # NaN as null: valid JSON
     if str(path) == "-":
         sys.stdout.write(text)
         sys.stdout.flush()

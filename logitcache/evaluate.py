@@ -37,28 +37,58 @@ from .training.metrics import byte_counts, lm_metrics
 log = logging.getLogger(__name__)
 
 
+BLIMP_SENTENCES = ("sentence_good", "sentence_bad")
+BLIMP_LABELS = ("UID", "linguistics_term")  # optional; they name the paradigm and its category
+
+
 def load_blimp(directory: Path, max_pairs: int = 0) -> dict[str, list[dict]]:
-    """{paradigm UID: [records]} from a directory of BLiMP JSONL files."""
+    """{paradigm UID: [records]} from a directory of BLiMP JSONL files. Every record read is checked here,
+    before anything is scored: a record that is not a pair of sentences, or a file that holds no pair (a
+    paradigm without pairs has no accuracy, and leaving it out would change what the macro average over
+    paradigms means), is refused naming the file and line."""
     directory = Path(directory)
     files = sorted(directory.glob("*.jsonl")) if directory.is_dir() else []
     if not files:
         raise LogitcacheError(f"no BLiMP *.jsonl files in {directory}")
     paradigms: dict[str, list[dict]] = {}
+    source: dict[str, Path] = {}
     for path in files:
         records = []
-        for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                record["sentence_good"], record["sentence_bad"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise LogitcacheError(f"{path}:{line_no}: not a BLiMP record (needs sentence_good/sentence_bad)") from None
-            records.append(record)
+        for line_no, raw in enumerate(path.read_bytes().splitlines(), 1):  # JSON's own line breaks: \r, \n
+            if raw.strip():
+                records.append(blimp_record(raw, f"{path}:{line_no}"))
             if max_pairs and len(records) >= max_pairs:
                 break
-        paradigms[records[0].get("UID", path.stem) if records else path.stem] = records
+        if not records:
+            raise LogitcacheError(f"{path}: no BLiMP pairs (an empty paradigm has no accuracy): remove the file or "
+                                  "restore its records")
+        uid = records[0].get("UID", path.stem)
+        if uid in paradigms:
+            raise LogitcacheError(f"{path}: paradigm '{uid}' is also {source[uid]}: one file per paradigm")
+        paradigms[uid], source[uid] = records, path
     return paradigms
+
+
+def blimp_record(raw: bytes, where: str) -> dict:
+    """One BLiMP JSONL line as a dict whose sentences are non-empty UTF-8 text; anything else is refused."""
+    from .data.inputs import utf8_text
+
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise LogitcacheError(f"{where}: not UTF-8 (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise LogitcacheError(f"{where}: not JSON ({exc.msg})") from None
+    if not isinstance(record, dict) or any(key not in record for key in BLIMP_SENTENCES):
+        raise LogitcacheError(f"{where}: not a BLiMP record (needs sentence_good/sentence_bad)")
+    for key in BLIMP_SENTENCES:
+        if not isinstance(record[key], str) or not record[key].strip():
+            raise LogitcacheError(f"{where}: {key} is {json.dumps(record[key])}, not a sentence")
+        utf8_text(record[key], f"{where}: {key}")
+    for key in BLIMP_LABELS:
+        if key in record and not isinstance(record[key], str):
+            raise LogitcacheError(f"{where}: {key} is {json.dumps(record[key])}, not text")
+    return record
 
 
 @torch.no_grad()
@@ -104,8 +134,12 @@ def blimp_accuracy(model, tokenizer, paradigms: dict[str, list[dict]], device: t
     macro over its paradigms). `overall` is the strict macro average (kept for older readers)."""
     per_paradigm: dict[str, dict[str, float]] = {}
     category_of: dict[str, str] = {}
+    if not paradigms:
+        raise LogitcacheError("BLiMP: no paradigms to score")
     progress.start("blimp", len(paradigms))
     for uid, records in paradigms.items():
+        if not records:  # no accuracy to average (load_blimp refuses such a file)
+            raise LogitcacheError(f"BLiMP paradigm '{uid}' holds no pairs")
         good = sentence_logprobs(model, tokenizer, [r["sentence_good"] for r in records], device, prefix_id=prefix_id,
                                  pad_id=pad_id)
         bad = sentence_logprobs(model, tokenizer, [r["sentence_bad"] for r in records], device, prefix_id=prefix_id,
@@ -170,6 +204,7 @@ def mixed_teacher_metrics(model, rows: np.ndarray, ensemble, batch_size: int, de
 
 
 def evaluate(config: EvalConfig, progress: ProgressHook = NULL_PROGRESS) -> dict:
+    paradigms = load_blimp(config.blimp, config.blimp_max_pairs) if config.blimp else None  # refused before scoring
     device = D.pick_device(config.device, D.DistEnv())
     data = load_data(config.data)
     tokenizer = load_tokenizer(data.tokenizer_path)
@@ -187,7 +222,6 @@ def evaluate(config: EvalConfig, progress: ProgressHook = NULL_PROGRESS) -> dict
                                         config.combine, device)
         else:
             ensemble = Ensemble(teachers, config.combine, config.temperature, device, vocab_size=data.vocab_size)
-    paradigms = load_blimp(config.blimp, config.blimp_max_pairs) if config.blimp else None
     prefix = blimp_prefix(data) if paradigms is not None else None
     pad = next(v for v in (data.special_ids["pad"], data.special_ids["eos"], 0) if v is not None)
     results = []

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -52,7 +53,23 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def write_json_atomic(path: Path, payload) -> None:
-    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(path, json_text(payload, indent=2, sort_keys=True) + "\n")
+
+
+def json_text(payload, **options) -> str:
+    """`payload` as JSON that every JSON reader parses: a float that is not finite (NaN, inf: no JSON number;
+    Python's json writes a bare NaN) is written as null, and allow_nan=False makes sure none is left."""
+
+    def finite(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(v) for v in value]
+        return value
+
+    return json.dumps(finite(payload), allow_nan=False, **options)
 
 
 def replace_dir(tmp: Path, dst: Path) -> None:

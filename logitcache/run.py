@@ -386,6 +386,10 @@ def run_pipeline(config: RunConfig, work: Path, force: tuple[str, ...] = (), pro
     from .train_teacher import train_teacher
 
     check_force(config, force)
+    if config.eval.blimp is not None:  # a bad BLiMP record is refused now, not after the models are trained
+        from .evaluate import load_blimp
+
+        load_blimp(config.eval.blimp, config.eval.blimp_max_pairs)
     work = Path(work).resolve()  # stage stamps hash paths: `work/demo` and its absolute form are one WORK
     work.mkdir(parents=True, exist_ok=True)
     write_json_atomic(work / "config.json", to_dict(config))

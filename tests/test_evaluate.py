@@ -288,3 +288,96 @@ def test_bits_per_byte_refuses_a_decoder_it_cannot_count():
     tokenizer.decoder = decoders.WordPiece()
     with pytest.raises(LogitcacheError, match="decoder step"):
         byte_counts(tokenizer)
+
+
+def _strict_json(text: str):
+    """json.loads that refuses what is not JSON (Python's json reads a bare NaN or Infinity)."""
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+GOOD_PAIR = '{"sentence_good": "The cat sees a dog.", "sentence_bad": "The cat see a dog.", "UID": "p", "linguistics_term": "t"}'
+
+
+@pytest.mark.parametrize("line,needle", [
+    ('{"sentence_good": 3, "sentence_bad": "A cat."}', "sentence_good is 3, not a sentence"),
+    ('{"sentence_good": "A cat.", "sentence_bad": null}', "sentence_bad is null, not a sentence"),
+    ('{"sentence_good": "A \\ud800 cat.", "sentence_bad": "A cat."}', r"sentence_good holds '\\ud800'"),
+    ('{"sentence_good": "", "sentence_bad": "A cat."}', 'sentence_good is "", not a sentence'),
+    ('{"sentence_good": "A cat."}', "not a BLiMP record"),
+    ('["A cat.", "A cats."]', "not a BLiMP record"),
+    ('{"sentence_good": "A cat.", "sentence_bad": "A cats.", "linguistics_term": 7}', "linguistics_term is 7, not text"),
+], ids=["number", "null", "surrogate", "empty", "missing", "list", "term-number"])
+def test_a_bad_blimp_record_is_refused_in_one_line_before_anything_is_scored(tmp_path, tiny_data, tiny_teachers,
+                                                                            monkeypatch, line, needle):
+    import re
+
+    from typer.testing import CliRunner
+
+    from logitcache_cli.app import app
+
+    def scored(*args, **kwargs):
+        raise AssertionError("a model was loaded or scored before the BLiMP records were checked")
+
+    monkeypatch.setattr("logitcache.evaluate.load_model", scored)
+    monkeypatch.setattr("logitcache.evaluate.lm_metrics", scored)
+    blimp = tmp_path / "blimp"
+    blimp.mkdir()
+    (blimp / "p.jsonl").write_text(f"{GOOD_PAIR}\n\n{line}\n{GOOD_PAIR}\n")  # the bad record on line 3
+    result = CliRunner().invoke(app, ["eval", str(tiny_teachers[0]), "--data", str(tiny_data), "--blimp", str(blimp),
+                                      "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {blimp / 'p.jsonl'}:3: ") and re.search(needle, lines[0]), lines
+
+
+def test_an_empty_blimp_paradigm_is_refused_not_averaged_as_nan(tmp_path):
+    blimp = tmp_path / "blimp"
+    blimp.mkdir()
+    (blimp / "a.jsonl").write_text(GOOD_PAIR + "\n")
+    (blimp / "b.jsonl").write_text("\n")
+    with pytest.raises(LogitcacheError, match=r"b\.jsonl: no BLiMP pairs"):
+        load_blimp(blimp)
+    with pytest.raises(LogitcacheError, match="holds no pairs"):  # the Python API's entry point too
+        blimp_accuracy(None, None, {"p": []}, torch.device("cpu"))
+
+
+def test_json_written_is_json_even_holding_a_nan(tmp_path, capsys):
+    """Every JSON writer (--json files and stdout, the reports and stage files) writes a non-finite number as
+    null: a bare NaN is no JSON (jq, JavaScript, Go refuse it)."""
+    from logitcache.files import write_json_atomic
+    from logitcache_cli.common import write_json
+
+    payload = {"ce": float("nan"), "kl": [1.5, float("inf")], "blimp": {"strict": -float("inf")}}
+    expected = {"ce": None, "kl": [1.5, None], "blimp": {"strict": None}}
+    write_json_atomic(tmp_path / "a.json", payload)
+    write_json(str(tmp_path / "b.json"), payload)
+    write_json("-", payload)
+    for text in ((tmp_path / "a.json").read_text(), (tmp_path / "b.json").read_text(), capsys.readouterr().out):
+        assert _strict_json(text) == expected
+
+
+def test_eval_json_output_is_strict_json(tmp_path, tiny_data, tiny_teachers):
+    from typer.testing import CliRunner
+
+    from logitcache_cli.app import app
+
+    out = tmp_path / "eval.json"
+    result = CliRunner().invoke(app, ["eval", str(tiny_teachers[0]), "--data", str(tiny_data), "--blimp",
+                                      str(blimp_dir(tmp_path)), "--max-chunks", "4", "--device", "cpu", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    blimp = _strict_json(out.read_text())["models"][0]["blimp"]
+    assert all(0 <= blimp[k] <= 1 for k in ("strict", "official", "overall"))
+
+
+def test_run_refuses_a_bad_blimp_record_before_any_stage_runs(tmp_path):
+    from logitcache.run import load_run_config, run_pipeline
+
+    blimp = tmp_path / "blimp"
+    blimp.mkdir()
+    (blimp / "p.jsonl").write_text(GOOD_PAIR + '\n{"sentence_good": null, "sentence_bad": "A cat."}\n')
+    config = load_run_config(None, (f'eval.blimp="{blimp}"',))
+    with pytest.raises(LogitcacheError, match=r"p\.jsonl:2: sentence_good is null"):
+        run_pipeline(config, tmp_path / "work")
+    assert not (tmp_path / "work").exists()  # no corpus, data or model made for an eval that would fail

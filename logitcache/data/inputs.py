@@ -63,11 +63,17 @@ def _field(record: dict, name: str, where: str) -> str:
     value = record[name]
     if not isinstance(value, str):
         raise LogitcacheError(f"{where}: field '{name}' is {type(value).__name__}, not text")
+    return utf8_text(value, f"{where}: field '{name}'")
+
+
+def utf8_text(value: str, where: str) -> str:
+    """`value`, refused when it is no UTF-8 text: JSON's escape "\ud800" (valid JSON) reads as a lone
+    surrogate, which no tokenizer can encode."""
     try:
         value.encode("utf-8")
-    except UnicodeEncodeError as exc:  # a JSON escape such as "\ud800": a lone surrogate, valid JSON, no UTF-8 text
-        raise LogitcacheError(f"{where}: field '{name}' holds {value[exc.start]!r} at character {exc.start + 1}, a lone "
-                              "UTF-16 surrogate (no Unicode character): fix or drop the record") from None
+    except UnicodeEncodeError as exc:
+        raise LogitcacheError(f"{where} holds {value[exc.start]!r} at character {exc.start + 1}, a lone UTF-16 "
+                              "surrogate (no Unicode character): fix or drop the record") from None
     return value
 
 

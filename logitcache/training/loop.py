@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .._settings import check
 from ..config import TrainConfig  # noqa: F401  (re-exported)
 from ..errors import LogitcacheError
-from ..files import atomic_dir, recover_dir, write_json_atomic, write_text_atomic
+from ..files import atomic_dir, json_text, recover_dir, write_json_atomic, write_text_atomic
 from ..progress import NULL_PROGRESS, ProgressHook
 from . import distributed as D
 from .checkpoint import CHECKPOINT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -240,7 +240,7 @@ class Trainer:
     def log_metrics(self, record: dict) -> None:
         if self.env.is_main:
             with open(self.metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(json_text(record) + "\n")
             if self.tensorboard is not None:
                 for name, value in record.items():
                     if name not in ("step", "epoch") and isinstance(value, (int, float)):
