@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -25,6 +26,42 @@ def setting(default: Any = dataclasses.MISSING, *, help: str, flag: str | None =
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def config_dataclass(cls):
+    """A stage's settings as a frozen dataclass whose instances are checked before the class's own
+    __post_init__ runs: every float setting (and each number of a tuple of floats) must be finite. Infinity
+    and NaN pass range checks such as `temperature > 0` and make uniform or NaN targets without a word."""
+    own = cls.__dict__.get("__post_init__")
+
+    def __post_init__(self):
+        check_finite(self)
+        if own is not None:
+            own(self)
+
+    cls.__post_init__ = __post_init__
+    return dataclasses.dataclass(frozen=True)(cls)
+
+
+def float_fields(cls) -> list[str]:
+    """The names of `cls`'s fields that hold floats: float, Optional[float] or tuple[float, ...]."""
+    def floats(annotation) -> bool:
+        args = typing.get_args(annotation)
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType, tuple, list):
+            return any(floats(a) for a in args if a is not Ellipsis)
+        return annotation is float
+
+    hints = typing.get_type_hints(cls)
+    return [f.name for f in dataclasses.fields(cls) if floats(hints[f.name])]
+
+
+def check_finite(config) -> None:
+    """Refuse, by name, a float setting of `config` that is infinite or NaN."""
+    for name in float_fields(type(config)):
+        value = getattr(config, name)
+        for number in value if isinstance(value, (tuple, list)) else (value,):
+            check(not isinstance(number, float) or math.isfinite(number),
+                  f"{name} must be a finite number, got {number}")
 
 
 def field_default(f: dataclasses.Field):
@@ -49,7 +86,8 @@ def section_of(cls, name: str, extra: list[tuple] = ()) -> type:
             kwargs["default"] = f.default
         specs.append((f.name, hints[f.name], dataclasses.field(**kwargs)))
     # keyword-only: required and defaulted fields may come in any order (TOML tables are built by name)
-    return dataclasses.make_dataclass(name, list(extra) + specs, frozen=True, kw_only=True)
+    return dataclasses.make_dataclass(name, list(extra) + specs, frozen=True, kw_only=True,
+                                      namespace={"__post_init__": check_finite})
 
 
 def settings_of(section) -> dict:
@@ -96,7 +134,9 @@ def _coerce(key: str, annotation, value):
         if not isinstance(value, (list, tuple)):
             raise LogitcacheError(f"config key '{key}' must be a list, got {type(value).__name__}")
         inner = args[0] if args else Any
-        return tuple(_coerce(key, inner, v) for v in value)
+        # a table of an array names itself by its name key, as --set addresses it (teachers.NAME.lr)
+        return tuple(_coerce(f"{key}.{v['name']}" if isinstance(v, dict) and isinstance(v.get("name"), str) else key,
+                             inner, v) for v in value)
     if origin is typing.Literal:
         if value not in args:
             raise LogitcacheError(f"config key '{key}' must be one of {', '.join(map(str, args))}, got {value!r}")
@@ -108,6 +148,8 @@ def _coerce(key: str, annotation, value):
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise LogitcacheError(f"config key '{key}' must be a number, got {value!r}")
+        if not math.isfinite(value):  # TOML reads inf and nan as floats
+            raise LogitcacheError(f"config key '{key}' must be a finite number, got {value!r}")
         return float(value)
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):

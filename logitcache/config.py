@@ -11,11 +11,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from ._settings import check, field_default, setting, to_dict
+from ._settings import check, config_dataclass, field_default, setting, to_dict
 from .store.codecs import PROB_CODES, prob_codes_help
 from .teachers.combines import COMBINES, combines_help
 from .teachers.presets import ARCHS, get_preset
@@ -45,7 +44,7 @@ def _in(value, literal, name: str) -> None:
     check(value in choices(literal), f"{name} must be one of {', '.join(choices(literal))}, got {value!r}")
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class PrepareConfig:
     out: Path = setting(help="Output dir (WORK/data): tokenizer.json and tokens.zarr.", in_run=False)
     data: Optional[Path] = setting(None, help="Raw text: <source>.<split> files (BabyLM layout); subfolders searched too.",
@@ -73,7 +72,7 @@ class PrepareConfig:
         check(self.seq_len >= 2, f"seq_len must be at least 2, got {self.seq_len}")
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class TrainConfig:
     """The training loop's settings, shared by teachers and students (defaults: the paper's student)."""
 
@@ -106,7 +105,7 @@ class TrainConfig:
         _in(self.precision, Precision, "precision")
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class TeacherConfig:
     data: Where = setting(help="Prepared data dir (a folder or a URL: WORK/data).", in_run=False)
     out: Path = setting(help="Output model dir (save_pretrained + tokenizer.json).", in_run=False)
@@ -122,7 +121,7 @@ class TeacherConfig:
         check(self.vocab_size >= 0, "vocab_size must be >= 0")
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class RayConfig:
     """`dump --engine ray`: the cluster and its workers. They decide who computes a block, never its bytes."""
 
@@ -140,7 +139,7 @@ class RayConfig:
         check(self.gpus_per_worker >= 0 and self.cpus_per_worker >= 0, "gpus_per_worker and cpus_per_worker must be >= 0")
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class DumpConfig:
     # affects_output=False: the paths (the resume check compares what they hold: the data's fingerprint, each
     # teacher's path and weights sha256 in the attributes) and the writer threads (each block's bytes are its
@@ -247,7 +246,7 @@ def dump_output_settings(values: dict) -> dict:
             if f.metadata.get("affects_output", True) and f.name not in unused}
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class StudentConfig:
     cache: Where = setting(help="The cache written by `logitcache dump`: a folder or a URL (s3://...).", in_run=False)
     data: Where = setting(help="Prepared data dir the cache was made from (a folder or a URL: WORK/data).", in_run=False)
@@ -289,7 +288,7 @@ class StudentConfig:
         check(self.prefetch_blocks > 0, "prefetch_blocks must be positive")
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class EvalConfig:
     models: tuple[Path, ...] = setting(help="Model dirs (Hugging Face format) to evaluate.", argument=True, in_run=False)
     data: Where = setting(help="Prepared data dir (a folder or a URL: WORK/data).", in_run=False)
@@ -314,7 +313,7 @@ class EvalConfig:
         _in(self.device, Device, "device")
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class CacheSizeConfig:
     data: Where = setting(help="Prepared data dir (a folder or a URL: WORK/data).")
     teachers: tuple[Path, ...] = setting(help="Teacher dir (repeat for an ensemble).", flag="--teacher")
@@ -348,14 +347,18 @@ class CacheSizeConfig:
         for dtype in self.prob_dtypes:
             _in(dtype, ProbDtype, "prob_dtype")
         check(self.chunks > 0, "chunks must be positive")
+        check(self.temperature > 0, f"temperature must be positive, got {self.temperature}")
         check(self.train_steps >= 0, "train_steps must be >= 0")
+        check(self.student_lr > 0, f"student_lr must be positive, got {self.student_lr}")
+        check(self.student_batch_size > 0, f"student_batch_size must be positive, got {self.student_batch_size}")
+        check(0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}")
         get_preset(self.student_preset)
 
 
 KDFormat = Literal["axolotl"]
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class ExportTargetsConfig:
     cache: Where = setting(help="The cache to export: a folder or a URL (s3://...).", argument=True)
     out: Path = setting(help="The folder to write: a Hugging Face `datasets` folder (save_to_disk).", argument=True)
@@ -368,7 +371,7 @@ class ExportTargetsConfig:
         check(self.max_rows >= 0, "max_rows must be >= 0")
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class ExportConfig:
     src: Path = setting(help="A trained model folder (train-student or train-teacher --out).", argument=True)
     dst: Path = setting(help="The folder to write: Hugging Face format, ready for the BabyLM pipelines and the Hub.",

@@ -174,3 +174,124 @@ def test_train_defaults_are_one_set():
         for name, value in defaults.items():
             assert params[f"train__{name}"].default == value, (command, name)
     assert TeacherConfig(data=Path("d"), out=Path("o")).train == TrainConfig()
+
+
+BAD_NUMBERS = (float("inf"), float("-inf"), float("nan"))
+
+
+def config_dataclasses() -> list[type]:
+    """Every config dataclass: config.py's (stage configs, TrainConfig) and run's TOML sections."""
+    import logitcache.config as config_module
+    import logitcache.run as run_module
+
+    found = {v for module in (config_module, run_module) for v in vars(module).values()
+             if isinstance(v, type) and dataclasses.is_dataclass(v)}
+    return sorted(found, key=lambda c: c.__name__)
+
+
+def placeholder(annotation):
+    """A value of a required field's type that its class accepts (paths are not opened when a config is built)."""
+    if typing.get_origin(annotation) is tuple:
+        return (placeholder(typing.get_args(annotation)[0]),)
+    return Path("p") if annotation is Path else "p"
+
+
+def float_settings() -> list[tuple[type, str]]:
+    """(class, field) for every float (or tuple of floats) field of every config dataclass, from the annotations."""
+    out = []
+    for cls in config_dataclasses():
+        for f in dataclasses.fields(cls):
+            annotation = typing.get_type_hints(cls)[f.name]
+            if float in (annotation, *typing.get_args(annotation)):
+                out.append((cls, f.name))
+    return out
+
+
+def test_the_float_settings_are_found():
+    """The derivation below sees the settings a user sets most (not a list to keep in step: a floor)."""
+    names = {(cls.__name__, name) for cls, name in float_settings()}
+    assert {("DumpConfig", "temperature"), ("DumpConfig", "teacher_weights"), ("TrainConfig", "lr"),
+            ("DumpSection", "temperature"), ("CacheSizeConfig", "masses")} <= names and len(names) >= 20
+
+
+@pytest.mark.parametrize("cls,name", float_settings(), ids=[f"{c.__name__}.{n}" for c, n in float_settings()])
+def test_every_float_setting_refuses_infinity_and_nan(cls, name):
+    hints = typing.get_type_hints(cls)
+    required = {f.name: placeholder(hints[f.name]) for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    cls(**required)  # the placeholders make a valid config: what is refused below is the number
+    is_tuple = typing.get_origin(hints[name]) is tuple
+    for bad in BAD_NUMBERS:
+        with pytest.raises(LogitcacheError, match=rf"^{name} must be a finite number, got {bad}$"):
+            cls(**required, **{name: (1.0, bad) if is_tuple else bad})
+
+
+def cli_float_cases():
+    from logitcache_cli.options import cli_fields
+
+    for cls, command, _ in STAGES:
+        for f in cli_fields(cls):
+            annotation = f.annotation
+            if float in (annotation, *typing.get_args(annotation)):
+                yield command, f
+
+
+@pytest.mark.parametrize("command,field", list(cli_float_cases()),
+                         ids=[f"{' '.join(c)} {f.flag}" for c, f in cli_float_cases()])
+def test_every_float_option_refuses_infinity_and_nan_in_one_line(command, field):
+    from typer.testing import CliRunner
+
+    from logitcache_cli.app import app
+    from logitcache_cli.options import cli_fields
+
+    owner_cls = next(cls for cls, c, _ in STAGES if c == command)
+    args = list(command)
+    for f in cli_fields(owner_cls):  # the required options, with values that pass until the config is checked
+        if f.default is dataclasses.MISSING:
+            args += ["p"] if f.argument else [f.flag, "p"]
+    for bad in ("inf", "nan", "-inf"):
+        value = f"1,{bad}" if field.kind == "csv" else bad
+        result = CliRunner().invoke(app, args + [field.flag, value])
+        assert result.exit_code == 2, (args, result.output)
+        assert result.output.splitlines() == [f"error: {field.path[-1]} must be a finite number, got {float(bad)}"]
+
+
+def run_float_keys():
+    """Every float key of run's TOML, as a dotted --set key ("teachers.a." addresses the teacher named a)."""
+    from logitcache.run import RunConfig
+
+    hints = typing.get_type_hints(RunConfig)
+    for section in ("data", "teachers", "dump", "student", "eval"):
+        cls = hints[section]
+        cls = typing.get_args(cls)[0] if typing.get_origin(cls) is tuple else cls
+        prefix = "teachers.a" if section == "teachers" else section
+        for path, f in leaf_fields(cls):
+            annotation = typing.get_type_hints(owner(cls, path))[path[-1]]
+            if float in (annotation, *typing.get_args(annotation)):
+                yield prefix, path, typing.get_origin(annotation) is tuple
+
+
+@pytest.mark.parametrize("prefix,path,is_tuple", list(run_float_keys()),
+                         ids=[f"{p}.{'.'.join(q)}" for p, q, _ in run_float_keys()])
+def test_every_float_key_of_run_refuses_infinity_and_nan_from_set_and_toml(tmp_path, prefix, path, is_tuple):
+    key = f"{prefix}.{'.'.join(path)}"
+    for bad in ("inf", "-inf", "nan"):
+        value = f"[1.0, {bad}]" if is_tuple else bad
+        config_path = tmp_path / "c.toml"
+        config_path.write_text(MINIMAL_TOML)
+        with pytest.raises(LogitcacheError, match=rf"config key '{re.escape(key)}' must be a finite number"):
+            load_run_config(config_path, (f"{key}={value}",))
+        # the same number written in the TOML file (a dotted key: in the [[teachers]] table, or at the top)
+        line = f"{'.'.join(path) if prefix == 'teachers.a' else key} = {value}\n"
+        config_path.write_text(MINIMAL_TOML + line if prefix == "teachers.a" else line + MINIMAL_TOML)
+        with pytest.raises(LogitcacheError, match=rf"config key '{re.escape(key)}' must be a finite number"):
+            load_run_config(config_path)
+
+
+@pytest.mark.parametrize("setting,value,needle", [("temperature", 0.0, "temperature must be positive"),
+                                                  ("student_lr", -1e-3, "student_lr must be positive"),
+                                                  ("alpha", 1.5, r"alpha must be in \[0, 1\]"),
+                                                  ("student_batch_size", 0, "student_batch_size must be positive")])
+def test_cache_size_checks_its_student_and_temperature_settings(setting, value, needle):
+    with pytest.raises(LogitcacheError, match=needle):
+        CacheSizeConfig(data="d", teachers=(Path("t"),), out=Path("o"), **{setting: value})
