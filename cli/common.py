@@ -9,8 +9,10 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from logitcache.errors import LogitcacheError
 from logitcache.files import json_text
@@ -92,10 +94,10 @@ class RichProgress(ProgressHook):
             return
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console, transient=False,
+            TimeRemainingColumn(), TextColumn("{task.fields[info]}", markup=False), console=console, transient=False,
         )
         self.progress.start()
-        self.task = self.progress.add_task(name, total=total, info="")
+        self.task = self.progress.add_task(escape(name), total=total, info="")
 
     def update(self, advance: int = 1, **fields) -> None:
         if self.progress is None:
@@ -120,12 +122,14 @@ def print_table(title: str, columns: list[str], rows: list[list], caption: str |
 
     if int(os.environ.get("RANK", 0)) != 0:  # under torchrun, rank 0 reports
         return
-    table = Table(title=title, caption=caption)
+    # Text, never markup: paths, decode recipes (mass_ids[:sum(c[b])]) and names are printed as they are
+    table = Table(title=Text(title, style="table.title"),
+                  caption=Text(caption, style="table.caption") if caption is not None else None)
     target = console if STATE.get("json_stdout") else out_console  # stdout is the JSON's alone
     for column in columns:
-        table.add_column(column, overflow="fold")
+        table.add_column(Text(column), overflow="fold")
     for row in rows:
-        table.add_row(*[fmt(v) for v in row])
+        table.add_row(*[target.render_str(fmt(v), markup=False) for v in row])  # highlighted as before, no markup
     target.print(table)
 
 

@@ -295,3 +295,29 @@ def test_copy_of_a_data_dir_with_a_corrupt_chunk_is_refused(tiny_data, tmp_path)
     assert not dst.exists()
     assert invoke("copy", tiny_data, dst).exit_code == 0
     assert tree_bytes(dst) == tree_bytes(tiny_data)
+
+
+def test_paths_and_decode_recipes_print_as_text_not_rich_markup(tmp_path, tiny_data, tiny_teachers, monkeypatch):
+    """A cache folder named with Rich's closing tag `[/x]` is printed by the dump's summary and by inspect, and
+    the mass recipe `mass_ids[b][:sum(c)]` (which Rich would read as a [b] bold tag) prints verbatim."""
+    from rich.console import Console
+
+    from logitcache.store import open_cache
+
+    monkeypatch.setattr("logitcache_cli.common.out_console", Console(width=2000))  # no folding inside a cell
+    out = tmp_path / "runs[/x]" / "[bold]mass.zarr"
+    result = invoke("dump", "--data", tiny_data, "--teacher", tiny_teachers[0], "--out", out, "--device", "cpu",
+                    "--max-chunks", 8, "--block-rows", 8, "--targets", "mass", "--max-k", 5)
+    assert result.exit_code == 0, result.output
+
+    def unwrapped(text):  # a title longer than its table wraps onto lines of its own
+        return "".join(text.split())
+
+    assert unwrapped(f"cache {out}") in unwrapped(result.output)
+    result = invoke("inspect", out)
+    assert result.exit_code == 0, result.output
+    recipes = open_cache(out).attrs["encodings"]
+    assert "mass_ids[b][:sum(c)]" in recipes["mass_ids"]
+    assert unwrapped(f"cache {out}") in unwrapped(result.output)
+    for recipe in recipes.values():
+        assert recipe in result.output, recipe
