@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 from pathlib import Path
 
@@ -49,15 +50,10 @@ def write_report(work: Path, config, teacher_dirs: list[Path], students: dict, c
     """`seconds`: every stage's time (from its stamp when reused); `ran`: the stages this invocation ran."""
     teachers = [_model_entry(section.name, path, results) for section, path in zip(config.teachers, teacher_dirs)]
     groups = {kind: _student_group(kind, paths, results) for kind, paths in students.items()}
-    summary = cache_summary(cache)
     report = {
         "teachers": teachers,
         "students": groups,
-        "cache": {"path": str(cache), "bytes_per_token": summary["bytes_per_token"],
-                  "bytes_on_disk": summary["bytes_on_disk"], "full_logit_bytes": summary["full_logit_bytes_per_token"]
-                  * summary["attrs"]["n_rows"] * summary["attrs"]["seq_len"],
-                  "full_logit_bytes_per_token": summary["full_logit_bytes_per_token"], "k": summary["attrs"]["k"],
-                  "temperature": summary["attrs"]["temperature"], "prob_dtype": summary["attrs"]["prob_dtype"]},
+        "cache": cache_entry(cache),
         "data": str(work / "data"),
         "stages": seconds,
         "stages_ran": [name for name in seconds if name in ran],
@@ -73,6 +69,60 @@ def write_report(work: Path, config, teacher_dirs: list[Path], students: dict, c
     write_json_atomic(work / "report.json", report)
     write_text_atomic(work / "report.md", markdown(report))
     return report
+
+
+def cache_entry(cache) -> dict:
+    """The report's `cache`: size against full logits, and what the targets are (their kind and its settings)."""
+    summary = cache_summary(cache)
+    attrs = summary["attrs"]
+    entry = {"path": str(cache), "bytes_per_token": summary["bytes_per_token"], "bytes_on_disk": summary["bytes_on_disk"],
+             "full_logit_bytes": summary["full_logit_bytes_per_token"] * attrs["n_rows"] * attrs["seq_len"],
+             "full_logit_bytes_per_token": summary["full_logit_bytes_per_token"], "k": attrs["k"],
+             "temperature": attrs["temperature"], "prob_dtype": attrs["prob_dtype"],
+             "targets": attrs.get("targets", "topk")}
+    keys = {"sample": ("samples", "proposal_temperature"), "mass": ("mass", "max_k")}.get(entry["targets"], ())
+    return entry | {key: attrs[key] for key in keys}
+
+
+def targets_text(c: dict) -> str:
+    """What the cache's targets are, in words (a report without `targets` is of a top-k cache)."""
+    kind = c.get("targets", "topk")
+    if kind == "sample":
+        return (f"sampled targets ({c['samples']} draws per position from p^(1/{c['proposal_temperature']}), the drawn "
+                "ids with importance weights)")
+    if kind == "mass":
+        return (f"mass targets (per position the fewest top ids that hold {c['mass']} of the probability, at most "
+                f"{c['max_k']})")
+    return f"top-{c['k']} targets"
+
+
+# t quantiles (0.975, df = n - 1) for the 95% interval of a mean over n paired seeds; 2.0 past 10 degrees of freedom
+T_975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23}
+
+
+def distillation_verdict(report: dict) -> str:
+    """The sentence on the dev CE gain (baseline minus distilled, the mean over seeds). It says "helps" or "does not
+    help" only when the numbers do: a gain that prints as 0.0000 is no difference, and with several seeds a gain
+    inside the 95% interval of the paired per-seed gains is within the seeds' noise; one seed gives no noise
+    estimate, and the sentence says so."""
+    gain = report["distillation_gain_dev_ce"]
+    if f"{abs(gain):.4f}" == "0.0000":
+        return (f"Distillation makes no difference at this precision: the distilled student's dev CE equals the "
+                f"baseline's to 4 decimals (gain {gain:+.1e} nats/token).")
+    direction = f"{abs(gain):.4f} nats/token {'lower' if gain > 0 else 'higher'} than the baseline's"
+    pairs = list(zip(report["students"]["distilled"]["seeds"], report["students"]["baseline"]["seeds"]))
+    if len(pairs) < 2:
+        return (f"Distillation {'helps' if gain > 0 else 'does not help'} for this one student seed: the distilled "
+                f"student's dev CE is {direction} (one seed measures no seed-to-seed noise: set student.seeds).")
+    gains = [b["dev_ce"] - d["dev_ce"] for d, b in pairs]
+    half = T_975.get(len(gains) - 1, 2.0) * statistics.stdev(gains) / math.sqrt(len(gains))
+    noise = (f"over {len(gains)} seeds, 95% interval of the gain +-{half:.4f}; distilled better in "
+             f"{sum(g > 0 for g in gains)} of {len(gains)} seeds")
+    if abs(gain) <= half:
+        return (f"Distillation's effect is within the seeds' noise: the distilled student's dev CE is {direction} "
+                f"on average ({noise}).")
+    return (f"Distillation {'helps' if gain > 0 else 'does not help'}: the distilled student's dev CE is {direction} "
+            f"on average ({noise}).")
 
 
 def model_table_lines(report: dict) -> tuple[list[str], bool, list[dict]]:
@@ -134,15 +184,13 @@ def seed_spread_lines(report: dict) -> list[str]:
 def cache_and_stages_lines(report: dict) -> list[str]:
     """The cache's size against full logits, the distillation verdict, and the stages that ran or were reused."""
     c = report["cache"]
-    gain = report["distillation_gain_dev_ce"]
     lines = [
         "",
-        f"Distillation {'helps' if gain > 0 else 'does not help'}: the distilled student's dev CE is "
-        f"{abs(gain):.4f} nats/token {'lower' if gain > 0 else 'higher'} than the baseline's.",
+        distillation_verdict(report),
         "",
         "## Cache",
         "",
-        f"- top-{c['k']} targets at T = {c['temperature']}, probabilities as {c['prob_dtype']}",
+        f"- {targets_text(c)} at T = {c['temperature']}, probabilities as {c['prob_dtype']}",
         f"- {c['bytes_per_token']:.2f} bytes per token on disk, against {c['full_logit_bytes_per_token']:.0f} for full fp32 logits "
         f"({c['full_logit_bytes_per_token'] / max(c['bytes_per_token'], 1e-9):.0f}x smaller)",
         f"- {c['bytes_on_disk'] / 1e6:.1f} MB on disk (tokens included) instead of {c['full_logit_bytes'] / 1e9:.2f} GB of full logits",
