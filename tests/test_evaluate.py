@@ -381,3 +381,12 @@ def test_run_refuses_a_bad_blimp_record_before_any_stage_runs(tmp_path):
     with pytest.raises(LogitcacheError, match=r"p\.jsonl:2: sentence_good is null"):
         run_pipeline(config, tmp_path / "work")
     assert not (tmp_path / "work").exists()  # no corpus, data or model made for an eval that would fail
+
+
+def test_metrics_over_no_rows_are_not_a_number_not_zero(tiny_data, tiny_teachers):
+    """An empty split (prepare warns when test is) has no CE: NaN, written as null, never a perfect 0.0."""
+    model = load_model(tiny_teachers[0])
+    tokenizer = load_tokenizer(tiny_data / "tokenizer.json")
+    rows = np.zeros((0, 16), dtype=np.int64)
+    out = lm_metrics(model, rows, 4, torch.device("cpu"), bytes_of=byte_counts(tokenizer))
+    assert out["tokens"] == 0 and all(math.isnan(out[k]) for k in ("ce", "ppl", "bits_per_byte"))

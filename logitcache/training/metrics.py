@@ -109,11 +109,15 @@ def lm_metrics(model, rows: np.ndarray, batch_size: int, device: torch.device, e
     D.all_reduce_sum(sums)
     model.train(was_training)
     total = sums.tolist()
-    ce = total[0] / max(total[1], 1)
+
+    def mean(numerator: float, count: float) -> float:  # over no rows there is no mean: NaN (JSON null), not 0
+        return numerator / count if count > 0 else float("nan")
+
+    ce = mean(total[0], total[1])
     out = {"ce": ce, "ppl": math.exp(min(ce, 50.0)), "tokens": int(total[1])}
     if bytes_of is not None:
-        out["bits_per_byte"] = total[2] / math.log(2) / max(total[3], 1)
+        out["bits_per_byte"] = mean(total[2] / math.log(2), total[3])
     if ensemble is not None:
-        out["teacher_top1_agreement"] = total[4] / max(total[6], 1)
-        out["teacher_kl"] = total[5] / max(total[6], 1)
+        out["teacher_top1_agreement"] = mean(total[4], total[6])
+        out["teacher_kl"] = mean(total[5], total[6])
     return out
