@@ -142,13 +142,16 @@ def collect_documents(config: PrepareConfig, report: PrepareReport, progress: Pr
         progress.finish()
     else:
         progress.start("clean", None)
+        replaced: dict[str, int] = {}  # bad bytes of .txt and JSONL files, per source as read
         for split, path in (("train", config.train), ("dev", config.dev), ("test", config.test)):
             if path is None:
                 continue
-            for source, text in read_documents(path, config.text_field, config.source_field):
+            for source, text in read_documents(path, config.text_field, config.source_field, replaced):
                 clean = cleaner_for(source) if config.source_field else clean_basic
                 docs[split].append((source or "text", clean.counted(text, _cleaning_tally(report, source or "text"))))
                 progress.update(1)
+        for source, count in replaced.items():
+            report.sources[source or "text"]["replaced_bytes"] += count
         progress.finish()
     for split_docs in docs.values():
         for source, text in split_docs:

@@ -15,8 +15,8 @@ from typing import Callable, Iterator
 
 from ..errors import LogitcacheError
 
-# a reader: (file, text_field, source_field) -> (source, text) per document; the table is at the end
-Reader = Callable[[Path, str, "str | None"], Iterator[tuple[str, str]]]
+# a reader: (file, text_field, source_field) -> (source, text, bad bytes replaced) per document; the table is at the end
+Reader = Callable[[Path, str, "str | None"], Iterator[tuple[str, str, int]]]
 
 
 def _suffix(path: Path) -> str | None:
@@ -46,14 +46,24 @@ def input_files(path: Path) -> list[Path]:
     return files
 
 
-def read_documents(path: Path, text_field: str = "text", source_field: str | None = None) -> Iterator[tuple[str, str]]:
-    """(source, text) for every document under `path`."""
+def read_documents(path: Path, text_field: str = "text", source_field: str | None = None,
+                   replaced: dict[str, int] | None = None) -> Iterator[tuple[str, str]]:
+    """(source, text) for every document under `path`. Bytes of .txt and JSONL files that are not UTF-8 become
+    U+FFFD, as in the raw layout; `replaced` (optional) adds up how many per source."""
     path = Path(path)
-    if path.is_dir() and is_saved_dataset(path):
-        yield from _dataset_rows(path, text_field, source_field)
-        return
-    for file in input_files(path):
-        yield from READERS[_suffix(file)](file, text_field, source_field)
+    files = [(path, _dataset_rows)] if path.is_dir() and is_saved_dataset(path) else \
+        [(file, READERS[_suffix(file)]) for file in input_files(path)]
+    for file, reader in files:
+        for source, text, bad in reader(file, text_field, source_field):
+            if replaced is not None and bad:
+                replaced[source] = replaced.get(source, 0) + bad
+            yield source, text
+
+
+def _decode(raw: bytes) -> tuple[str, int]:
+    """UTF-8 with bad bytes replaced by U+FFFD, and how many were (U+FFFD written in the bytes is text)."""
+    text = raw.decode("utf-8", errors="replace")
+    return text, text.count("\ufffd") - raw.count("\ufffd".encode())
 
 
 def _field(record: dict, name: str, where: str) -> str:
@@ -67,7 +77,7 @@ def _field(record: dict, name: str, where: str) -> str:
 
 
 def utf8_text(value: str, where: str) -> str:
-    """`value`, refused when it is no UTF-8 text: JSON's escape "\ud800" (valid JSON) reads as a lone
+    """`value`, refused when it is no UTF-8 text: JSON's escape "\\ud800" (valid JSON) reads as a lone
     surrogate, which no tokenizer can encode."""
     try:
         value.encode("utf-8")
@@ -108,14 +118,15 @@ def _check_text_columns(schema, columns: list[str], where: str) -> None:
 
 def _txt_rows(file: Path, text_field: str, source_field: str | None) -> Iterator[tuple[str, str]]:
     """The whole file, one document (no fields)."""
-    yield "", file.read_bytes().decode("utf-8", errors="replace")
+    yield "", *_decode(file.read_bytes())
 
 
 def _jsonl_rows(file: Path, text_field: str, source_field: str | None) -> Iterator[tuple[str, str]]:
     opener = gzip.open if file.name.lower().endswith(".gz") else open
     try:
-        with opener(file, "rt", encoding="utf-8", errors="replace") as f:
-            for line_no, line in enumerate(f, 1):
+        with opener(file, "rb") as f:
+            for line_no, raw in enumerate(f, 1):  # JSON Lines: records end at \n
+                line, bad = _decode(raw)
                 if not line.strip():
                     continue
                 try:
@@ -123,7 +134,7 @@ def _jsonl_rows(file: Path, text_field: str, source_field: str | None) -> Iterat
                 except json.JSONDecodeError as exc:
                     raise LogitcacheError(f"{file}:{line_no}: not JSON ({exc.msg})") from None
                 where = f"{file}:{line_no}"
-                yield (_field(record, source_field, where) if source_field else ""), _field(record, text_field, where)
+                yield (_field(record, source_field, where) if source_field else ""), _field(record, text_field, where), bad
     except (OSError, EOFError) as exc:  # a truncated .gz
         raise LogitcacheError(f"cannot read {file} ({exc})") from None
 
@@ -147,7 +158,7 @@ def _parquet_rows(file: Path, text_field: str, source_field: str | None) -> Iter
         done += len(texts)
         for source, text in zip(sources, texts):
             if text is not None:
-                yield source or "", text
+                yield source or "", text, 0
 
 
 def _dataset_rows(folder: Path, text_field: str, source_field: str | None) -> Iterator[tuple[str, str]]:
@@ -174,7 +185,7 @@ def _dataset_rows(folder: Path, text_field: str, source_field: str | None) -> It
         done += len(texts)
         for source, text in zip(sources, texts):
             if text is not None:
-                yield source or "", text
+                yield source or "", text, 0
 
 
 READERS: dict[str, Reader] = {
