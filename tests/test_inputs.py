@@ -198,6 +198,11 @@ def test_prepare_refuses_a_lone_surrogate_in_one_line(tmp_path, tiny_data, pretr
 def test_bad_bytes_of_txt_and_jsonl_are_replaced_and_counted_per_source(tmp_path):
     """Bytes that are not UTF-8 become U+FFFD as in the raw layout, and prepare's "bad bytes replaced" counts
     them (a U+FFFD the file spells is text, not counted)."""
+    train = write_jsonl(tmp_path / "t.jsonl", documents(200, 1))
+    train.write_bytes(train.read_bytes().replace(b"cat", b"c\xfft", 3))
+    report = prepare(PrepareConfig(out=tmp_path / "d", train=train, dev=write_jsonl(tmp_path / "d.jsonl", documents(40, 2)),
+                                   vocab_size=280, seq_len=8))
+    assert report.sources["text"]["replaced_bytes"] == 3
     folder = tmp_path / "train"
     folder.mkdir()
     (folder / "a.txt").write_bytes(b"caf\xe9 \xff ok \xef\xbf\xbd\n")  # two bad bytes, one real U+FFFD
@@ -207,8 +212,3 @@ def test_bad_bytes_of_txt_and_jsonl_are_replaced_and_counted_per_source(tmp_path
     assert list(read_documents(folder / "b.jsonl", "text", "source", replaced)) == [("childes", "x \ufffd y"),
                                                                                      ("childes", "clean")]
     assert replaced == {"": 2, "childes": 1}
-    train = write_jsonl(tmp_path / "t.jsonl", documents(200, 1))
-    train.write_bytes(train.read_bytes().replace(b"cat", b"c\xfft", 3))
-    report = prepare(PrepareConfig(out=tmp_path / "d", train=train, dev=write_jsonl(tmp_path / "d.jsonl", documents(40, 2)),
-                                   vocab_size=280, seq_len=8))
-    assert report.sources["text"]["replaced_bytes"] == 3
