@@ -3,6 +3,7 @@ them, dict round-trip, strict loading, hashing."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -43,7 +44,8 @@ def config_dataclass(cls):
     return dataclasses.dataclass(frozen=True)(cls)
 
 
-def float_fields(cls) -> list[str]:
+@functools.cache
+def float_fields(cls) -> tuple[str, ...]:
     """The names of `cls`'s fields that hold floats: float, Optional[float] or tuple[float, ...]."""
     def floats(annotation) -> bool:
         args = typing.get_args(annotation)
@@ -52,7 +54,7 @@ def float_fields(cls) -> list[str]:
         return annotation is float
 
     hints = typing.get_type_hints(cls)
-    return [f.name for f in dataclasses.fields(cls) if floats(hints[f.name])]
+    return tuple(f.name for f in dataclasses.fields(cls) if floats(hints[f.name]))
 
 
 def check_finite(config) -> None:
