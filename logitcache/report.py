@@ -106,6 +106,8 @@ def distillation_verdict(report: dict) -> str:
     inside the 95% interval of the paired per-seed gains is within the seeds' noise; one seed gives no noise
     estimate, and the sentence says so."""
     gain = report["distillation_gain_dev_ce"]
+    if not math.isfinite(gain):  # a student whose loss diverged
+        return "Distillation's effect is unknown: a student's dev CE is not a number."
     if f"{abs(gain):.4f}" == "0.0000":
         return (f"Distillation makes no difference at this precision: the distilled student's dev CE equals the "
                 f"baseline's to 4 decimals (gain {gain:+.1e} nats/token).")

@@ -53,6 +53,11 @@ def test_a_gain_beyond_the_seeds_noise_helps_and_a_loss_does_not():
     assert line.startswith("Distillation does not help:") and "0.1000 nats/token higher" in line
 
 
+def test_a_dev_ce_that_is_not_a_number_gives_no_verdict():
+    line = verdict(report_of([float("nan"), 5.5], [5.6, 5.6]))
+    assert line == "Distillation's effect is unknown: a student's dev CE is not a number."
+
+
 def test_one_seed_says_it_measures_no_noise():
     line = verdict(report_of([5.4], [5.5]))
     assert line.startswith("Distillation helps for this one student seed") and "set student.seeds" in line
