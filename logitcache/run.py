@@ -28,7 +28,7 @@ from .config import DumpConfig, EvalConfig, PrepareConfig, StudentConfig, Teache
 from .errors import LogitcacheError, ResumeMismatchError
 from .files import write_json_atomic
 from .progress import NULL_PROGRESS, ProgressHook
-from .store.cache import root_attrs
+from .store.cache import delete_cache, root_attrs
 from .store.location import Location
 from .teachers.combines import refuse_mean_logits
 
@@ -340,10 +340,10 @@ class Stages:
             return self._reuse(name, saved)
         if self.forced(name) and out.exists():
             log.warning("--force dump: replacing %s", dcfg.out)
-            out.delete_all()
+            delete_cache(out)
         elif made_here and not same:
             log.warning("replacing %s (this WORK made it with another config or other inputs)", dcfg.out)
-            out.delete_all()
+            delete_cache(out)
         resuming_own = same and not saved.get("complete") and saved.get("made_here")  # this WORK's interrupted dump
         record["made_here"] = bool(resuming_own or not out.exists())
 

@@ -336,3 +336,110 @@ def test_gather_block_hands_the_writer_the_batches_in_order(device):
     assert np.array_equal(probs, np.concatenate([b[1].numpy() for b in batches]))
     if device == "cuda":
         assert all(t.is_pinned() for t in copy.tensors.values())
+
+
+def _dump_cli(data, teachers, out, *flags):
+    from typer.testing import CliRunner
+
+    from logitcache_cli.app import app
+
+    args = ["dump", "--data", data, "--teacher", teachers[0], "--out", out, "--top-k", 4, "--block-rows", 8,
+            "--batch-size", 4, "--max-chunks", 16, "--device", "cpu", *flags]
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _objects(where) -> dict[str, bytes]:
+    from logitcache.store.location import Location
+
+    location = Location(where)
+    return {key: location.read_bytes(key) for key in location.sizes()}
+
+
+def _refused(result, where, named: str) -> None:
+    assert result.exit_code == 2, result.output
+    [line] = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert str(where) in line and named in line and "not replaced" in line, line
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_cache(tmp_path, tiny_data, tiny_teachers):
+    """--overwrite on a folder holding a file of the user's: one line naming it, exit 2, the file kept."""
+    out = tmp_path / "thesis"
+    out.mkdir()
+    (out / "chapter1.tex").write_text("mine")
+    _refused(_dump_cli(tiny_data, tiny_teachers, out, "--overwrite"), out, "chapter1.tex")
+    assert [p.name for p in out.iterdir()] == ["chapter1.tex"] and (out / "chapter1.tex").read_text() == "mine"
+
+
+def test_overwrite_refuses_the_parent_of_a_cache(tmp_path, tiny_data, tiny_teachers):
+    """A typo naming the folder above a cache: the cache and its neighbours are kept."""
+    cache = tmp_path / "runs" / "cache.zarr"
+    assert _dump_cli(tiny_data, tiny_teachers, cache).exit_code == 0
+    (tmp_path / "runs" / "notes.txt").write_text("keep")
+    before = _objects(tmp_path / "runs")
+    _refused(_dump_cli(tiny_data, tiny_teachers, tmp_path / "runs", "--overwrite"), tmp_path / "runs",
+             "cache.zarr/")
+    assert _objects(tmp_path / "runs") == before
+
+
+def test_overwrite_refuses_a_data_dir_and_a_file(tmp_path, tiny_data, tiny_teachers, copy_of):
+    data = copy_of(tiny_data)
+    before = _objects(data)
+    _refused(_dump_cli(tiny_data, tiny_teachers, data, "--overwrite"), data, "tokenizer.json")
+    assert _objects(data) == before
+    (tmp_path / "out.zarr").write_text("a file")
+    _refused(_dump_cli(tiny_data, tiny_teachers, tmp_path / "out.zarr", "--overwrite"), tmp_path / "out.zarr", "file")
+    assert (tmp_path / "out.zarr").read_text() == "a file"
+
+
+def test_overwrite_refuses_a_bucket_root_and_a_prefix_of_other_objects(s3, tiny_data, tiny_teachers):
+    """`--out s3://bucket --overwrite` and a prefix holding objects a cache does not write: every object kept,
+    the bucket too; a cache at the prefix beside foreign objects is refused as well."""
+    from logitcache.store.location import Location
+
+    for key in ("photos/cat.jpg", "cache.zarr/zarr.json"):
+        Location(s3).write_bytes(key, b"mine")
+    before = _objects(s3)
+    _refused(_dump_cli(tiny_data, tiny_teachers, s3, "--overwrite"), s3, "photos/cat.jpg")
+    assert _objects(s3) == before
+    _refused(_dump_cli(tiny_data, tiny_teachers, f"{s3}/photos", "--overwrite"), f"{s3}/photos", "cat.jpg")
+    assert _objects(s3) == before
+    cache = f"{s3}/runs/cache.zarr"
+    assert _dump_cli(tiny_data, tiny_teachers, cache).exit_code == 0
+    Location(cache).write_bytes("README.md", b"mine")
+    kept = _objects(cache)
+    _refused(_dump_cli(tiny_data, tiny_teachers, cache, "--overwrite"), cache, "README.md")
+    assert _objects(cache) == kept and _objects(s3).items() >= before.items()
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_overwrite_replaces_a_cache_and_a_half_made_claim(where, tmp_path, request, tiny_data, tiny_teachers):
+    """What --overwrite may replace: a finished cache (another config), a claim whose creation was cut
+    short (root of kind "cache-creating", some metadata, zarr's temp file), a cache's arrays without
+    their root; each time the result equals a fresh dump."""
+    from logitcache.store.cache import CREATING, _with_kind
+    from logitcache.store.location import Location
+
+    base = request.getfixturevalue("s3") + "/x" if where == "s3" else str(tmp_path)
+    fresh, out = f"{base}/fresh.zarr", f"{base}/out.zarr"
+    assert _dump_cli(tiny_data, tiny_teachers, fresh).exit_code == 0
+    assert _dump_cli(tiny_data, tiny_teachers, out, "--top-k", 8).exit_code == 0
+    assert _dump_cli(tiny_data, tiny_teachers, out, "--overwrite").exit_code == 0
+    assert _objects(out).keys() == _objects(fresh).keys()
+    location = Location(out)
+    location.write_bytes("zarr.json", _with_kind(location.read_bytes("zarr.json"), CREATING))
+    location.write_bytes("zarr.0123456789abcdef0123456789abcdef.partial", b"{")
+    assert _dump_cli(tiny_data, tiny_teachers, out, "--overwrite").exit_code == 0
+    assert _objects(out).keys() == _objects(fresh).keys()
+    if where == "local":
+        (tmp_path / "out.zarr" / "zarr.json").unlink()
+    else:
+        from zarr.core.sync import sync
+
+        sync(location.zarr_store(read_only=False).delete("zarr.json"))
+    assert _dump_cli(tiny_data, tiny_teachers, out, "--overwrite").exit_code == 0
+    assert decoded_equal(fresh, out)
+
+
+def decoded_equal(a, b) -> bool:
+    ra, rb = open_cache(a), open_cache(b)
+    return len(ra) == len(rb) and all(np.array_equal(x, y) for x, y in zip(ra.read(0, len(ra)), rb.read(0, len(rb))))

@@ -303,3 +303,16 @@ def test_run_without_out_works_in_a_dir_named_after_its_config(tmp_path, monkeyp
     assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["demo-mixed", "mine"]
     mixed = json.loads((tmp_path / "work" / "demo-mixed" / "config.json").read_text())
     assert mixed == to_dict(load_run_config(Path("demo-mixed"), (f'data.raw_dir="{tmp_path / "absent"}"',)))
+
+
+def test_force_dump_refuses_to_replace_a_folder_that_is_not_a_cache(tmp_path, tiny_raw):
+    """`run --set dump.cache=DIR --force dump` where DIR holds a file of the user's: one line naming it,
+    exit 2, the file kept (a cache only replaces a cache)."""
+    config, work, folder = tiny_config(tmp_path, tiny_raw), tmp_path / "work", tmp_path / "mine"
+    folder.mkdir()
+    (folder / "results.csv").write_text("a,b\n")
+    result = run_cli(config, work, "--set", f'dump.cache="{folder}"', "--force", "dump")
+    assert result.exit_code == 2, result.output
+    [line] = error_lines(result)
+    assert str(folder) in line and "results.csv" in line and "not replaced" in line
+    assert files(folder) == {"results.csv": b"a,b\n"}

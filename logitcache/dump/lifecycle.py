@@ -14,7 +14,7 @@ from .._settings import to_dict
 from ..config import DumpConfig, dump_output_settings
 from ..errors import LogitcacheError, ResumeMismatchError
 from ..store import CacheLayout, CacheStore, create_cache, same_attrs
-from ..store.cache import CREATING, root_attrs
+from ..store.cache import CREATING, delete_cache, root_attrs
 from ..store.location import Location
 from ..training import distributed as D
 
@@ -112,7 +112,7 @@ def prepare_store(config: DumpConfig, layout: CacheLayout, attrs: dict, resume: 
     out = Location(config.out)
     out.check_reachable()
     if overwrite and not resume:
-        out.delete_all()
+        delete_cache(out)
     found = root_attrs(out)
     if found is not None and found.get("kind") == CREATING:
         if not resume:

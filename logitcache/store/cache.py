@@ -283,6 +283,53 @@ def root_attrs(where) -> dict | None:
         return None
 
 
+# the top-level names a cache's objects live under: the root and every array of any layout
+CACHE_NAMES = frozenset(("zarr.json", "done", "checksum", "sample_weights", "teacher_count") + TARGET_ARRAYS
+                        + MASS_ARRAYS)
+
+
+def belongs_to_cache(key: str) -> bool:
+    """A key a cache (or its creation claim) writes: under one of its arrays, the root, or the root's
+    temp file (zarr's LocalStore writes `zarr.<hex>.partial` and links it in)."""
+    top = key.split("/", 1)[0]
+    return top in CACHE_NAMES or ("/" not in key and top.startswith("zarr.") and top.endswith(".partial"))
+
+
+def _every_key(location: Location) -> list[str]:
+    """Every object under a location; on disk every file, temp files (`.partial`) included."""
+    if location.is_remote:
+        return list(location.sizes())
+    root = location.local_path
+    return [p.relative_to(root).as_posix() for p in root.rglob("*") if not p.is_dir()] if root.is_dir() else []
+
+
+def delete_cache(where) -> None:
+    """`--overwrite` / `run --force dump`: delete the cache at `where`, or a half-made claim of one (a
+    root of kind "cache-creating", or a cache's arrays without their root), and nothing else. Any other
+    thing there (a file, a folder or objects a cache does not write, another kind of store) is refused
+    in one line naming it, before anything is deleted."""
+    location = as_location(where)
+    location.check_reachable()
+    if not location.is_remote and location.local_path.is_file():
+        raise LogitcacheError(f"{location} is a file, not a cache; not replaced (choose another --out)")
+    keys = sorted(_every_key(location))
+    if not keys:
+        if location.exists():
+            location.delete_all()  # an empty folder
+        return
+    kind = (root_attrs(location) or {}).get("kind")
+    if "zarr.json" in keys and kind not in ("cache", CREATING):
+        what = f"a store of kind {kind!r}" if kind else "a Zarr store that is not a logitcache cache"
+        raise LogitcacheError(f"{location} holds {what}; not replaced (choose another --out)")
+    foreign = [key for key in keys if not belongs_to_cache(key)]
+    if foreign:
+        held = "a cache and " if kind else ""
+        raise LogitcacheError(f"{location} holds {held}{len(foreign)} file(s) a cache does not write "
+                              f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); not replaced "
+                              "(choose another --out, or remove them yourself)")
+    location.delete_all()
+
+
 def metadata_keys(layout: CacheLayout) -> list[str]:
     """The metadata objects of a cache, the root last."""
     return [f"{name}/zarr.json" for name in layout.block_arrays + ("done", "checksum")] + ["zarr.json"]

@@ -88,9 +88,22 @@ class RemoteLocation(Location):
         return bool(self.sizes())
 
     def delete_all(self) -> None:
+        """Every object listed under the prefix, one by one (the bucket itself stays, even at its root)."""
+        import asyncio
+
         store = self.zarr_store(read_only=False)
+        keys = sorted(self.sizes())
         self._run(store.delete("zarr.json"))
-        self._run(store.delete_dir(""))
+        limit = asyncio.Semaphore(32)
+
+        async def delete(key: str) -> None:
+            async with limit:
+                await store.delete(key)
+
+        async def every_key():
+            await asyncio.gather(*(delete(key) for key in keys if key != "zarr.json"))
+
+        self._run(every_key())
 
 
 class FsspecLocation(RemoteLocation):
