@@ -65,3 +65,15 @@ def test_private_transport_calls_live_only_in_the_remote_classes():
     found = [str(p.relative_to(root)) for folder in ("logitcache", "cli") for p in (root / folder).rglob("*.py")
              if private.search(p.read_text())]
     assert found == ["logitcache/store/remote.py"], found
+
+
+@pytest.mark.parametrize("key", ["../x", "a/../../x", "/etc/x", "a\\..\\x", "a/./b", "a//b", "", "x\0y"])
+def test_an_unsafe_key_is_refused_before_any_file_is_touched(key, tmp_path):
+    """Keys name objects under the location only: one that could leave it is refused by every operation."""
+    location = Location(tmp_path / "store" / "inner")
+    (tmp_path / "x").write_bytes(b"outside")
+    for operation in (lambda: location.write_bytes(key, b"w"), lambda: location.read_bytes(key),
+                      lambda: location.create_exclusive(key, b"w")):
+        with pytest.raises(LogitcacheError, match="refused the object name"):
+            operation()
+    assert (tmp_path / "x").read_bytes() == b"outside" and sorted(p.name for p in tmp_path.rglob("*")) == ["x"]

@@ -359,3 +359,47 @@ def assert_one_line_error(result, *needles):
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output, result.output
     for needle in needles:
         assert needle in result.output, result.output
+
+
+def _put_raw(endpoint: str, url: str, key: str, data: bytes) -> None:
+    """An object put with boto3 as anyone who can write to the bucket could, its name unchecked."""
+    import boto3
+
+    from s3_server import CREDENTIALS
+
+    boto3.client("s3", endpoint_url=endpoint, region_name=CREDENTIALS["AWS_DEFAULT_REGION"],
+                 **{k.lower(): v for k, v in CREDENTIALS.items() if k != "AWS_DEFAULT_REGION"}
+                 ).put_object(Bucket=url.removeprefix("s3://").split("/")[0], Key=key, Body=data)
+
+
+def test_copy_of_a_data_dir_writes_nothing_outside_its_destination(s3, backend, s3_endpoint, tiny_data, tmp_path):
+    """An object named `data/../../outside/PWNED.txt` beside a data dir in the bucket: the copy is refused in
+    one line, exit 2, nothing written; without it, a stray object is left out and only the data dir's own
+    files land."""
+    url = f"{s3}/data"
+    assert invoke("copy", tiny_data, url).exit_code == 0
+    _put_raw(s3_endpoint, s3, "data/notes.txt", b"not data")
+    dest = tmp_path / "a" / "b" / "local"
+    result = invoke("copy", url, dest)
+    assert result.exit_code == 0, result.output
+    assert objects(dest) == objects(tiny_data)  # notes.txt left out
+    _put_raw(s3_endpoint, s3, "data/../../outside/PWNED.txt", b"pwned")
+    dest = tmp_path / "a" / "b" / "again"
+    result = invoke("copy", url, dest)
+    assert result.exit_code == 2, result.output
+    [line] = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert "../../outside/PWNED.txt" in line and "refused" in line
+    assert not dest.exists() and sorted(p.name for p in (tmp_path / "a").rglob("*")) == sorted(
+        p.name for p in (tmp_path / "a").rglob("*") if "PWNED" not in p.name)
+    assert not list(tmp_path.rglob("PWNED.txt")) and not list(tmp_path.rglob("outside"))
+
+
+def test_copy_of_a_cache_writes_only_the_cache(s3, backend, s3_endpoint, tiny_cache, tmp_path):
+    """A cache's copy lists nothing from its source: objects beside it (a hostile name too) never land."""
+    url = f"{s3}/c.zarr"
+    assert invoke("copy", tiny_cache, url).exit_code == 0
+    _put_raw(s3_endpoint, s3, "c.zarr/../../outside/PWNED.txt", b"pwned")
+    _put_raw(s3_endpoint, s3, "c.zarr/notes.txt", b"not cache")
+    dest = tmp_path / "a" / "b" / "c.zarr"
+    assert invoke("copy", url, dest).exit_code == 0
+    assert objects(dest) == objects(tiny_cache) and not list(tmp_path.rglob("PWNED.txt"))

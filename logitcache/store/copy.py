@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import CacheCorruptError, LogitcacheError
 from .cache import CREATING, CacheStore, block_checksum, metadata_keys, root_attrs, write_metadata
 from .fetch import read_ahead
-from .location import as_location
+from .location import as_location, check_key
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,25 @@ class CopyReport:
     problems: list[str] = field(default_factory=list)
 
 
+DATA_FILES = ("tokenizer.json", "prepare_config.json", "prepare_report.json")  # beside tokens.zarr/
+TOKEN_STORE = "tokens.zarr"
+
+
+def data_dir_keys(source) -> list[str]:
+    """The objects of a data dir a copy writes: its files and the token store's, sorted. A listed name that
+    could point outside the destination (absolute, '..', a backslash) refuses the whole copy before
+    anything is written; other names (a user's notes beside the data) are left out, with a warning."""
+    listed = sorted(source.sizes())
+    for key in listed:
+        check_key(source, key)
+    keys = [key for key in listed if key in DATA_FILES or key.startswith(TOKEN_STORE + "/")]
+    if len(keys) < len(listed):
+        other = sorted(set(listed) - set(keys))
+        log.warning("copy: %s: %d object(s) not part of a data dir left out (%s)", source, len(other),
+                    ", ".join(other[:3]))
+    return keys
+
+
 def is_data_dir(where) -> bool:
     """A prepared data dir (tokenizer.json and tokens.zarr), local or remote."""
     location = as_location(where)
@@ -43,8 +62,9 @@ def is_data_dir(where) -> bool:
 
 def copy_data_dir(src, dst, progress=None, workers: int = 8) -> CopyReport:
     """A prepared data dir, verified first (every chunk's crc32c, the tokenizer's sha256, the fingerprint:
-    with a problem nothing is written and the report lists it), then file by file (bytes compared after
-    writing), the token store's root `zarr.json` last: until it lands the destination is no token store.
+    with a problem nothing is written and the report lists it), then its own files (`data_dir_keys`) one by
+    one (bytes compared after writing), the token store's root `zarr.json` last: until it lands the
+    destination is no token store.
     A destination holding another data dir (another token store root: its fingerprint and attributes) is
     refused; a partial copy (a tokenizer.json, no root yet) is completed."""
     source, target = as_location(src), as_location(dst)
@@ -59,7 +79,7 @@ def copy_data_dir(src, dst, progress=None, workers: int = 8) -> CopyReport:
         raise LogitcacheError(f"{target} exists and is not a prepared data dir; not overwritten")
     from .verify import verify_data
 
-    keys = sorted(k for k in source.sizes() if k != root_key)
+    keys = [k for k in data_dir_keys(source) if k != root_key]
     report = CopyReport(src=str(source), dst=str(target), n_blocks=len(keys) + 1)
     report.problems = verify_data(source, progress=progress)["problems"]
     if report.problems:  # a corrupt source copies nothing: its problems are the report (`copy` exits 1, as verify)

@@ -72,6 +72,16 @@ def is_url(where) -> bool:
     return isinstance(where, str) and "://" in where
 
 
+def check_key(location: "Location", key: str) -> str:
+    """A key as every store takes it: relative, '/'-separated, no '.' or '..' part, no backslash, so it
+    names something under the location and nowhere else; any other key is refused in one line."""
+    parts = key.split("/")
+    if not key or key.startswith("/") or "\\" in key or "\0" in key or any(p in ("", ".", "..") for p in parts):
+        raise LogitcacheError(f"{location}: refused the object name {key!r} (absolute, empty, or holding '..', "
+                              "'.' or a backslash: it could name something outside)")
+    return key
+
+
 def _merge(base: dict, extra: dict) -> dict:
     out = dict(base)
     for key, value in extra.items():
@@ -180,7 +190,7 @@ class Location(abc.ABC):
     def write_bytes(self, key: str, data: bytes) -> None:
         """Write one object whole (atomic: a local temp file and rename; one PUT remotely)."""
         store = self.zarr_store(read_only=False)
-        self._run(store.set(key, _buffer(data)))
+        self._run(store.set(check_key(self, key), _buffer(data)))
 
     @abc.abstractmethod
     def create_exclusive(self, key: str, data: bytes) -> bool:
@@ -236,14 +246,14 @@ class LocalLocation(Location):
 
     def read_bytes(self, key: str) -> bytes | None:
         try:
-            return (Path(self.path) / key).read_bytes()
+            return (Path(self.path) / check_key(self, key)).read_bytes()
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
 
     def create_exclusive(self, key: str, data: bytes) -> bool:
         """zarr's LocalStore.set_if_not_exists (a temp file moved in only where the key is absent) is silent
         when the key exists: the object is read back to tell our claim from an existing one."""
-        self._run(self.zarr_store(read_only=False).set_if_not_exists(key, _buffer(data)))
+        self._run(self.zarr_store(read_only=False).set_if_not_exists(check_key(self, key), _buffer(data)))
         return self.read_bytes(key) == data
 
     def sizes(self) -> dict[str, int]:
@@ -273,4 +283,4 @@ def as_location(where: "str | Path | Location") -> Location:
 from .remote import FsspecLocation, ObstoreLocation, S3FsspecLocation  # noqa: E402
 
 __all__ = ["Location", "LocalLocation", "FsspecLocation", "S3FsspecLocation", "ObstoreLocation", "as_location",
-           "is_url", "parse_storage_options", "set_storage_options", "BACKENDS", "REMOTE_PROTOCOLS"]
+           "is_url", "check_key", "parse_storage_options", "set_storage_options", "BACKENDS", "REMOTE_PROTOCOLS"]

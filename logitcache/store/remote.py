@@ -7,9 +7,10 @@ import abc
 import contextlib
 import json
 import os
+import re
 
 from ..errors import LogitcacheError
-from .location import _STORAGE_OPTIONS, _ZARR_STORES, S3_DEFAULTS, Location, _buffer, _merge
+from .location import _STORAGE_OPTIONS, _ZARR_STORES, S3_DEFAULTS, Location, _buffer, _merge, check_key
 
 # words in botocore's, aiohttp's and obstore's messages that mean refused credentials / no endpoint
 DENIED = ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Unauthenticated", "PermissionDenied",
@@ -75,13 +76,17 @@ class RemoteLocation(Location):
         if isinstance(exc, ImportError):
             raise LogitcacheError(f"{self.url}: the {self.backend} transport needs a package that is not installed "
                                   f"({exc})") from None
+        if "InvalidPathError" in text:  # obstore lists an object whose name holds '..', '.' or an empty part
+            name = re.search(r'Path "([^"]*)"', text)
+            raise LogitcacheError(f"{self.url}: refused the object name {name.group(1) if name else '?'!r} (absolute, "
+                                  "empty, or holding '..', '.' or a backslash: it could name something outside)") from None
         if any(s in text for s in UNREACHABLE):
             raise LogitcacheError(f"{self.url}: storage unreachable ({' '.join(text.split())[:300]})") from None
 
     def read_bytes(self, key: str) -> bytes | None:
         from zarr.core.buffer import default_buffer_prototype
 
-        buffer = self._run(self.zarr_store().get(key, prototype=default_buffer_prototype()))
+        buffer = self._run(self.zarr_store().get(check_key(self, key), prototype=default_buffer_prototype()))
         return None if buffer is None else buffer.to_bytes()
 
     def exists(self) -> bool:
@@ -127,7 +132,7 @@ class FsspecLocation(RemoteLocation):
         """gs:// has no conditional PUT here: the claim is written if absent (fsspec's set_if_not_exists is
         silent when the key exists), then read back, so an existing object is never taken as our claim."""
         try:
-            self._run(self.zarr_store(read_only=False).set_if_not_exists(key, _buffer(data)))
+            self._run(self.zarr_store(read_only=False).set_if_not_exists(check_key(self, key), _buffer(data)))
         except FileExistsError:
             return False
         return self.read_bytes(key) == data
@@ -161,7 +166,7 @@ class S3FsspecLocation(FsspecLocation):
         condition, MinIO and others do not) and however s3fs words it."""
         store = self.zarr_store(read_only=False)
         try:
-            self._run(store.fs._pipe_file(f"{store.path}/{key}", data, mode="create"))
+            self._run(store.fs._pipe_file(f"{store.path}/{check_key(self, key)}", data, mode="create"))
         except FileExistsError:
             return False
         except OSError as exc:
@@ -212,7 +217,10 @@ class ObstoreLocation(RemoteLocation):
         store = self.zarr_store().store
 
         async def top_level():  # obstore's coroutines must be made on the running loop
-            return await obstore.list_with_delimiter_async(store)
+            try:
+                return await obstore.list_with_delimiter_async(store)
+            except obstore.exceptions.InvalidPathError:  # the bucket answered: a name obstore refuses is no matter here
+                return None
 
         self._run(top_level())
 
@@ -223,7 +231,7 @@ class ObstoreLocation(RemoteLocation):
         store = self.zarr_store(read_only=False).store
 
         async def put_if_absent():
-            return await obstore.put_async(store, key, data, mode="create")
+            return await obstore.put_async(store, check_key(self, key), data, mode="create")
 
         try:
             self._run(put_if_absent())
