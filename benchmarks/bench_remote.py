@@ -45,10 +45,12 @@ def endpoints() -> dict[str, str]:
 
 def use_endpoint(where: str) -> None:
     """`s3@D` (s3fs) or `obstore@D`: the transport and the proxy adding D ms, or `direct` (no proxy)."""
-    from logitcache.store.location import set_storage_options
+    from logitcache.store.backends import set_default_options
+    from logitcache.store.location import StorageOptions
 
     transport, _, delay = where.rpartition("@") if "@" in where else ("s3", "", where)
-    set_storage_options({"endpoint_url": endpoints()[delay], "backend": "obstore" if transport == "obstore" else "fsspec"})
+    set_default_options(StorageOptions(backend="obstore" if transport == "obstore" else "fsspec",
+                                       settings={"endpoint_url": endpoints()[delay]}))
 
 
 def place(where: str, work: Path, name: str) -> str:

@@ -176,6 +176,7 @@ JsonOut = Annotated[Optional[str], typer.Option("--json", help="Also write the n
 
 def use_storage_options(pairs: Optional[list[str]]) -> None:
     """--storage-option key=value ... for every URL this command opens."""
-    from logitcache.store.location import parse_storage_options, set_storage_options
+    from logitcache.store.backends import set_default_options
+    from logitcache.store.location import StorageOptions
 
-    set_storage_options(parse_storage_options(pairs or []))
+    set_default_options(StorageOptions.parse(pairs or []))

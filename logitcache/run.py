@@ -29,7 +29,7 @@ from .errors import LogitcacheError, ResumeMismatchError
 from .files import write_json_atomic
 from .progress import NULL_PROGRESS, ProgressHook
 from .store.cache import delete_cache, root_attrs
-from .store.location import Location
+from .store.backends import as_location
 from .teachers.combines import refuse_mean_logits
 
 log = logging.getLogger(__name__)
@@ -326,7 +326,7 @@ class Stages:
         when it matches this config and refused by the resume check otherwise. The stamp hashes what can
         change the cache's bytes (DumpConfig.output_settings) and where it reads from: a speed setting
         changed in the TOML (writer_threads) reuses or resumes the cache, never replaces it."""
-        out, name = Location(dcfg.out), "dump"
+        out, name = as_location(dcfg.out), "dump"
         stamp = self.work / f"{name}{STAMP}"
         key = dcfg.output_settings() | {"data": str(dcfg.data), "teachers": [str(t) for t in dcfg.teachers]}
         record = {"stage": name, "config_hash": config_hash(key), "inputs": self._inputs(after),
@@ -481,7 +481,7 @@ def _dump_resuming(dcfg, progress) -> None:
     from .dump import dump
 
     try:
-        dump(dcfg, resume=Location(dcfg.out).exists(), progress=progress)
+        dump(dcfg, resume=as_location(dcfg.out).exists(), progress=progress)
     except ResumeMismatchError as exc:
         what = (f"cache {dcfg.out} was made with another config ({', '.join(exc.differences)})" if exc.differences
                 else str(exc))

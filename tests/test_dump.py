@@ -349,9 +349,9 @@ def _dump_cli(data, teachers, out, *flags):
 
 
 def _objects(where) -> dict[str, bytes]:
-    from logitcache.store.location import Location
+    from logitcache.store.backends import as_location
 
-    location = Location(where)
+    location = as_location(where)
     return {key: location.read_bytes(key) for key in location.sizes()}
 
 
@@ -394,10 +394,10 @@ def test_overwrite_refuses_a_data_dir_and_a_file(tmp_path, tiny_data, tiny_teach
 def test_overwrite_refuses_a_bucket_root_and_a_prefix_of_other_objects(s3, tiny_data, tiny_teachers):
     """`--out s3://bucket --overwrite` and a prefix holding objects a cache does not write: every object kept,
     the bucket too; a cache at the prefix beside foreign objects is refused as well."""
-    from logitcache.store.location import Location
+    from logitcache.store.backends import as_location
 
     for key in ("photos/cat.jpg", "cache.zarr/zarr.json"):
-        Location(s3).write_bytes(key, b"mine")
+        as_location(s3).write_bytes(key, b"mine")
     before = _objects(s3)
     _refused(_dump_cli(tiny_data, tiny_teachers, s3, "--overwrite"), s3, "photos/cat.jpg")
     assert _objects(s3) == before
@@ -405,7 +405,7 @@ def test_overwrite_refuses_a_bucket_root_and_a_prefix_of_other_objects(s3, tiny_
     assert _objects(s3) == before
     cache = f"{s3}/runs/cache.zarr"
     assert _dump_cli(tiny_data, tiny_teachers, cache).exit_code == 0
-    Location(cache).write_bytes("README.md", b"mine")
+    as_location(cache).write_bytes("README.md", b"mine")
     kept = _objects(cache)
     _refused(_dump_cli(tiny_data, tiny_teachers, cache, "--overwrite"), cache, "README.md")
     assert _objects(cache) == kept and _objects(s3).items() >= before.items()
@@ -417,7 +417,7 @@ def test_overwrite_replaces_a_cache_and_a_half_made_claim(where, tmp_path, reque
     short (root of kind "cache-creating", some metadata, zarr's temp file), a cache's arrays without
     their root; each time the result equals a fresh dump."""
     from logitcache.store.cache import CREATING, _with_kind
-    from logitcache.store.location import Location
+    from logitcache.store.backends import as_location
 
     base = request.getfixturevalue("s3") + "/x" if where == "s3" else str(tmp_path)
     fresh, out = f"{base}/fresh.zarr", f"{base}/out.zarr"
@@ -425,7 +425,7 @@ def test_overwrite_replaces_a_cache_and_a_half_made_claim(where, tmp_path, reque
     assert _dump_cli(tiny_data, tiny_teachers, out, "--top-k", 8).exit_code == 0
     assert _dump_cli(tiny_data, tiny_teachers, out, "--overwrite").exit_code == 0
     assert _objects(out).keys() == _objects(fresh).keys()
-    location = Location(out)
+    location = as_location(out)
     location.write_bytes("zarr.json", _with_kind(location.read_bytes("zarr.json"), CREATING))
     location.write_bytes("zarr.0123456789abcdef0123456789abcdef.partial", b"{")
     assert _dump_cli(tiny_data, tiny_teachers, out, "--overwrite").exit_code == 0

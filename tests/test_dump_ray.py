@@ -26,7 +26,7 @@ from conftest import dump_config
 from logitcache.dump import dump
 from logitcache.config import DumpConfig, RayConfig
 from logitcache.store import verify_cache, CacheStore
-from logitcache.store.location import Location
+from logitcache.store.backends import as_location
 from logitcache.store.writers import writers_of
 from logitcache_cli.app import app
 
@@ -46,7 +46,7 @@ def ray_cluster():
 
 
 def objects(where) -> dict[str, bytes]:
-    location = Location(where)
+    location = as_location(where)
     return {key: location.read_bytes(key) for key in location.sizes()}
 
 

@@ -166,3 +166,18 @@ def test_no_import_cycle_anywhere():
 def test_the_cycle_finder_sees_a_cycle():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"e2"}, "e2": {"e"}, "f": {"a"}}
     assert import_cycles(graph) == [["a", "b", "c"], ["e", "e2"]]
+
+
+def test_storage_backends_sit_on_the_protocol_and_nothing_imports_them_but_the_factory():
+    """store/location.py (the protocol) imports no backend; a backend imports the protocol, the shared
+    remote base and the leaves, never another store module; only the factory (backends/__init__) names
+    the backends, so adding one is one file plus its line there."""
+    backends = {n for n in MODULES if n.startswith("logitcache.store.backends.")}
+    assert {"logitcache.store.backends.local", "logitcache.store.backends.fsspec",
+            "logitcache.store.backends.obstore"} <= backends
+    assert not GRAPH["logitcache.store.location"] & (backends | {"logitcache.store.backends"})
+    allowed = {"logitcache.store.location", "logitcache.store.backends.remote"}
+    for name in backends:
+        assert {t for t in GRAPH[name] if layer_of(t) != "base"} <= allowed - {name}, (name, GRAPH[name])
+    importers = {n for n, imported in GRAPH.items() if imported & backends} - backends
+    assert importers == {"logitcache.store.backends"}, importers

@@ -1,5 +1,6 @@
-"""`Location(where)`: one factory, one class per storage backend, and the transports' private calls kept
-inside the remote classes. The backends' behaviour against a real S3 server is tests/test_remote.py's."""
+"""The storage backends: the factory `as_location` picks one per place and transport, and every backend
+runs the one contract (tests/store_contract.py::LocationTests): local disk, and s3fs and obstore against a
+moto server. The transports' private calls stay inside their backend modules."""
 from __future__ import annotations
 
 import pickle
@@ -9,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from logitcache.errors import LogitcacheError
-from logitcache.store.location import (FsspecLocation, LocalLocation, Location, ObstoreLocation, S3FsspecLocation,
-                                       set_storage_options)
+from logitcache.store.backends import (FsspecLocation, LocalLocation, ObstoreLocation, S3FsspecLocation, as_location,
+                                       default_options, set_default_options)
+from logitcache.store.location import Location, StorageOptions
+from store_contract import LocationTests
 
 
 @pytest.mark.parametrize("where, env, kind", [
@@ -23,57 +26,116 @@ def test_the_factory_picks_the_class_for_the_place_and_transport(where, env, kin
         monkeypatch.setenv("LOGITCACHE_STORAGE_BACKEND", env)
     else:
         monkeypatch.delenv("LOGITCACHE_STORAGE_BACKEND", raising=False)
-    location = Location(where)
+    location = as_location(where)
     assert type(location) is kind
     again = pickle.loads(pickle.dumps(location))  # a worker gets the same place and the same transport
     assert type(again) is kind and again == location and str(again) == str(location)
     assert type(location.child("x")) is kind and str(location.child("x")).endswith("c.zarr/x")
 
 
-def test_the_storage_option_backend_chooses_obstore_for_s3(monkeypatch):
-    monkeypatch.delenv("LOGITCACHE_STORAGE_BACKEND", raising=False)
-    set_storage_options({"backend": "obstore"})
+def test_storage_options_choose_the_transport_and_travel_with_the_location(monkeypatch):
+    """Options given to the factory win over the process default and the environment; a location keeps the
+    options it was made with (its children too), whatever the default becomes later."""
+    monkeypatch.setenv("LOGITCACHE_STORAGE_BACKEND", "fsspec")
+    options = StorageOptions.parse(["backend=obstore", "endpoint_url=http://h:9000"])
+    assert options == StorageOptions(backend="obstore", settings={"endpoint_url": "http://h:9000"})
+    location = as_location("s3://b/c", options)
+    assert type(location) is ObstoreLocation and location.child("x").options == options
+    assert type(as_location("s3://b/c")) is S3FsspecLocation
     try:
-        assert type(Location("s3://b/c")) is ObstoreLocation
+        set_default_options(StorageOptions(backend="obstore"))
+        assert type(as_location("s3://b/c")) is ObstoreLocation and default_options().backend == "obstore"
+        assert type(as_location("s3://b/c", StorageOptions(backend="fsspec"))) is S3FsspecLocation
     finally:
-        set_storage_options({})
-    assert type(Location("s3://b/c")) is S3FsspecLocation
+        set_default_options(StorageOptions())
+    assert location.options == options and as_location(location) is location
+    with pytest.raises(LogitcacheError, match="backend must be one of fsspec, obstore"):
+        StorageOptions(backend="ftp")
 
 
-def test_a_subclass_refuses_another_place():
-    with pytest.raises(TypeError, match="S3FsspecLocation, not a LocalLocation"):
-        LocalLocation("s3://b/c")
+def test_the_protocol_is_no_factory():
+    with pytest.raises(TypeError):
+        Location("file", "/tmp/x", "/tmp/x")  # abstract: only a backend's class is made, by as_location
     with pytest.raises(LogitcacheError, match="unsupported storage URL scheme"):
-        Location("ftp://host/c")
+        as_location("ftp://host/c")
 
 
-def test_local_claim_is_taken_once_and_keeps_the_first_bytes(tmp_path):
-    location = Location(tmp_path / "c.zarr")
-    assert location.sizes() == {} and not location.exists()
-    assert location.create_exclusive("zarr.json", b"first")
-    assert not location.create_exclusive("zarr.json", b"second")
-    assert location.read_bytes("zarr.json") == b"first" and location.read_bytes("missing") is None
-    location.write_bytes("done/c/0", b"\x01")
-    assert location.sizes() == {"zarr.json": 5, "done/c/0": 1}
-    location.delete_all()
-    assert not (tmp_path / "c.zarr").exists() and not location.exists()
-
-
-def test_private_transport_calls_live_only_in_the_remote_classes():
+def test_private_transport_calls_live_only_in_their_backend_modules():
     root = Path(__file__).resolve().parents[1]
-    private = re.compile(r"\._call_s3\b|\._pipe_file\b|\.fs\._find\b|NoSuchBucket|AccessDenied")
-    found = [str(p.relative_to(root)) for folder in ("logitcache", "cli") for p in (root / folder).rglob("*.py")
-             if private.search(p.read_text())]
-    assert found == ["logitcache/store/remote.py"], found
+    private = re.compile(r"\._call_s3\b|\._pipe_file\b|\.fs\._find\b|NoSuchBucket|AccessDenied|InvalidPathError")
+    found = sorted(str(p.relative_to(root)) for folder in ("logitcache", "cli") for p in (root / folder).rglob("*.py")
+                   if private.search(p.read_text()))
+    assert found == ["logitcache/store/backends/fsspec.py", "logitcache/store/backends/obstore.py",
+                     "logitcache/store/backends/remote.py"], found
 
 
-@pytest.mark.parametrize("key", ["../x", "a/../../x", "/etc/x", "a\\..\\x", "a/./b", "a//b", "", "x\0y"])
-def test_an_unsafe_key_is_refused_before_any_file_is_touched(key, tmp_path):
-    """Keys name objects under the location only: one that could leave it is refused by every operation."""
-    location = Location(tmp_path / "store" / "inner")
-    (tmp_path / "x").write_bytes(b"outside")
-    for operation in (lambda: location.write_bytes(key, b"w"), lambda: location.read_bytes(key),
-                      lambda: location.create_exclusive(key, b"w")):
-        with pytest.raises(LogitcacheError, match="refused the object name"):
-            operation()
-    assert (tmp_path / "x").read_bytes() == b"outside" and sorted(p.name for p in tmp_path.rglob("*")) == ["x"]
+class TestLocal(LocationTests):
+    location_cls = LocalLocation
+
+    @pytest.fixture
+    def place(self, tmp_path) -> str:
+        (tmp_path / "parent").mkdir()
+        return str(tmp_path / "parent" / "store")
+
+    def raw_put(self, place: str, key: str, data: bytes) -> None:
+        path = Path(place) / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+    def raw_get(self, place: str, key: str) -> bytes | None:
+        path = Path(place) / key
+        return path.read_bytes() if path.is_file() else None
+
+
+class S3Tests(LocationTests):
+    """A prefix in a fresh moto bucket, read and written around the backend with boto3."""
+
+    @pytest.fixture
+    def place(self, s3, s3_endpoint) -> str:
+        self.endpoint = s3_endpoint
+        return f"{s3}/parent/store"
+
+    def client(self):
+        import boto3
+
+        from s3_server import CREDENTIALS
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name=CREDENTIALS["AWS_DEFAULT_REGION"],
+                            **{k.lower(): v for k, v in CREDENTIALS.items() if k != "AWS_DEFAULT_REGION"})
+
+    def raw_put(self, place: str, key: str, data: bytes) -> None:
+        bucket, _, prefix = place.removeprefix("s3://").partition("/")
+        self.client().put_object(Bucket=bucket, Key=f"{prefix}/{key}", Body=data)
+
+    def raw_get(self, place: str, key: str) -> bytes | None:
+        bucket, _, prefix = place.removeprefix("s3://").partition("/")
+        try:
+            return self.client().get_object(Bucket=bucket, Key=f"{prefix}/{key}")["Body"].read()
+        except self.client().exceptions.NoSuchKey:
+            return None
+
+    def test_a_listed_name_that_leaves_the_place_refuses_a_data_dir_copy(self, location, place, tmp_path):
+        """What a bucket can hold and a disk cannot: an object named with '..' under the prefix."""
+        from logitcache.store.copy import data_dir_keys
+
+        self.raw_put(place, "../../outside/PWNED.txt", b"pwned")
+        with pytest.raises(LogitcacheError, match=r"refused the object name '.*\.\./\.\./outside/PWNED.txt'"):
+            data_dir_keys(location)
+
+    def test_delete_all_at_a_bucket_root_keeps_the_bucket(self, location, place):
+        bucket = as_location(place.rsplit("/", 2)[0], self.options)
+        bucket.write_bytes("zarr.json", b"root")
+        bucket.delete_all()
+        assert bucket.sizes() == {} and self.client().head_bucket(Bucket=bucket.path)  # still there
+        bucket.write_bytes("again", b"x")
+        assert bucket.read_bytes("again") == b"x"
+
+
+class TestS3Fsspec(S3Tests):
+    location_cls = S3FsspecLocation
+    options = StorageOptions(backend="fsspec")
+
+
+class TestObstore(S3Tests):
+    location_cls = ObstoreLocation
+    options = StorageOptions(backend="obstore")

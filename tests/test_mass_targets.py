@@ -348,9 +348,9 @@ def test_torchrun_and_s3_mass_dumps_equal_one_process(tmp_path, tiny_data, tiny_
     remote, local = open_cache(url), open_cache(mass_cache)
     got, expected = remote.read(0, 40).arrays(), local.read(0, 40).arrays()
     assert got.keys() == expected.keys() and all(np.array_equal(got[k], expected[k]) for k in got)
-    from logitcache.store.location import Location
+    from logitcache.store.backends import as_location
 
-    theirs, ours = Location(url), Location(mass_cache)
+    theirs, ours = as_location(url), as_location(mass_cache)
     chunks = sorted(k for k in ours.sizes() if "/c/" in k)
     assert chunks == sorted(k for k in theirs.sizes() if "/c/" in k)
     assert all(theirs.read_bytes(k) == ours.read_bytes(k) for k in chunks)
@@ -359,7 +359,7 @@ def test_torchrun_and_s3_mass_dumps_equal_one_process(tmp_path, tiny_data, tiny_
     from logitcache.store.copy import copy_cache
 
     copy_cache(url, back)
-    assert json.loads((back / "zarr.json").read_text()) == json.loads(Location(url).read_bytes("zarr.json"))
+    assert json.loads((back / "zarr.json").read_text()) == json.loads(as_location(url).read_bytes("zarr.json"))
 
 
 def test_cache_size_sweeps_mass_targets_beside_top_k_with_two_student_seeds(tmp_path, tiny_data, tiny_teachers):
@@ -409,7 +409,7 @@ def test_ray_engine_writes_the_same_mass_cache(tmp_path, tiny_data, tiny_teacher
     """dump --engine ray (a local cluster, 2 workers) computes each block through the same block_targets: every
     stored chunk equals the one-process mass cache's."""
     ray = pytest.importorskip("ray")
-    from logitcache.store.location import Location
+    from logitcache.store.backends import as_location
 
     ray.init(address="local", num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
@@ -418,7 +418,7 @@ def test_ray_engine_writes_the_same_mass_cache(tmp_path, tiny_data, tiny_teacher
         dump(dump_config(tiny_data, tiny_teachers, out, engine="ray", ray=RayConfig(workers="2"), **MASS))
     finally:
         ray.shutdown()
-    theirs, ours = Location(out), Location(mass_cache)
+    theirs, ours = as_location(out), as_location(mass_cache)
     chunks = sorted(k for k in ours.sizes() if "/c/" in k)
     assert chunks == sorted(k for k in theirs.sizes() if "/c/" in k)
     assert all(theirs.read_bytes(k) == ours.read_bytes(k) for k in chunks)

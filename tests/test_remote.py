@@ -22,7 +22,7 @@ from conftest import dump_config
 from logitcache.dump import dump
 from logitcache.store import open_cache, verify_cache
 from logitcache.store.cache import CREATING, block_chunk_key, root_attrs
-from logitcache.store.location import Location
+from logitcache.store.backends import as_location
 from logitcache_cli.app import app
 
 runner = CliRunner()
@@ -50,17 +50,17 @@ def decoded(where) -> list[np.ndarray]:
 
 
 def objects(where) -> dict[str, bytes]:
-    location = Location(where)
+    location = as_location(where)
     return {key: location.read_bytes(key) for key in location.sizes()}
 
 
 def test_url_is_not_a_local_folder(tmp_path, monkeypatch):
     """`dump --out s3://b/c.zarr` names a bucket, never a local folder named `s3:`: a URL stays a URL."""
-    location = Location("s3://bucket/prefix/cache.zarr")
+    location = as_location("s3://bucket/prefix/cache.zarr")
     assert location.is_remote and location.url == "s3://bucket/prefix/cache.zarr" and location.bucket == "bucket"
-    assert Location("file://" + str(tmp_path / "c.zarr")) == Location(tmp_path / "c.zarr")
+    assert as_location("file://" + str(tmp_path / "c.zarr")) == as_location(tmp_path / "c.zarr")
     with pytest.raises(Exception, match="unsupported storage URL scheme"):
-        Location("ftp://host/c.zarr")
+        as_location("ftp://host/c.zarr")
     monkeypatch.chdir(tmp_path)
     result = invoke("verify", "s3://")
     assert result.exit_code == 2 and "needs a bucket" in result.output
@@ -91,7 +91,7 @@ def test_dump_to_s3_equals_the_same_dump_on_disk(s3, backend, tiny_data, tiny_te
 def test_verify_finds_a_flipped_byte_in_one_object(s3, backend, tiny_cache):
     url = f"{s3}/cache.zarr"
     assert invoke("copy", tiny_cache, url).exit_code == 0
-    location = Location(url)
+    location = as_location(url)
     key = block_chunk_key("topk_probs", 2)
     data = bytearray(location.read_bytes(key))
     data[len(data) // 2] ^= 0x10
@@ -159,9 +159,9 @@ def test_half_created_store_is_no_cache_and_resume_finishes_it(s3, backend, tiny
     """Killed right after the claim: readers refuse it, a dump without --resume refuses it, --resume finishes."""
     url = f"{s3}/half.zarr"
     # the claim as dump writes it: the same config's attributes with kind "cache-creating", nothing else
-    root = json.loads(Location(tiny_cache).read_bytes("zarr.json"))
+    root = json.loads(as_location(tiny_cache).read_bytes("zarr.json"))
     root["attributes"]["logitcache"]["kind"] = CREATING
-    assert Location(url).create_exclusive("zarr.json", json.dumps(root).encode())
+    assert as_location(url).create_exclusive("zarr.json", json.dumps(root).encode())
     result = invoke("verify", url)
     assert result.exit_code == 2 and "half-created" in result.output, result.output
     result = invoke(*dump_args(tiny_data, tiny_teachers, url))
@@ -183,7 +183,7 @@ def test_second_writer_is_refused_and_the_first_cache_kept(s3, backend, tiny_dat
     assert result.exit_code == 2 and "different config" in result.output
     assert objects(url) == before
     # the claim itself is atomic: a conditional PUT (If-None-Match) that the server refuses the second time
-    assert not Location(url).create_exclusive("zarr.json", b"{}")
+    assert not as_location(url).create_exclusive("zarr.json", b"{}")
     assert objects(url) == before
 
 
@@ -202,7 +202,8 @@ def test_missing_bucket_and_bad_scheme_are_one_line_errors(s3, backend, tiny_dat
 def test_transient_503s_are_retried(s3, backend, s3_endpoint, tiny_cache, monkeypatch):
     """Every 10th request answered 503 SlowDown by a proxy in front of the server: copy and verify still
     succeed, and the copy is exact."""
-    from logitcache.store.location import set_storage_options
+    from logitcache.store.backends import set_default_options
+    from logitcache.store.location import StorageOptions
     from s3_server import proxy_stats, serve
 
     url = f"{s3}/flaky.zarr"
@@ -214,7 +215,7 @@ def test_transient_503s_are_retried(s3, backend, s3_endpoint, tiny_cache, monkey
             assert result.exit_code == 0, result.output
             assert proxy_stats(proxy)["failed"] >= 3  # the faults really happened
         finally:
-            set_storage_options({})  # the CLI set them for this process
+            set_default_options(StorageOptions())  # the CLI set them for this process
     assert objects(url) == objects(tiny_cache)
 
 
@@ -238,6 +239,9 @@ def test_storage_options_parse():
         "max_concurrency": 8}
     with pytest.raises(Exception, match="key=value"):
         parse_storage_options(["novalue"])
+    from logitcache.store.location import StorageOptions
+
+    assert StorageOptions.parse(["backend=obstore", "anon=true"]) == StorageOptions("obstore", {"anon": True})
 
 
 def test_run_with_the_cache_in_a_bucket(s3, tmp_path, tiny_raw):
@@ -255,7 +259,7 @@ def test_run_with_the_cache_in_a_bucket(s3, tmp_path, tiny_raw):
     assert not (work / "cache.zarr").exists() and verify_cache(url) == []
     report = json.loads((work / "report.json").read_text())
     assert report["cache"]["path"] == url and report["cache"]["bytes_on_disk"] == sum(
-        size for key, size in Location(url).sizes().items() if key != "zarr.json")
+        size for key, size in as_location(url).sizes().items() if key != "zarr.json")
     before = objects(url)
     result = invoke(*args)
     assert result.exit_code == 0, result.output
@@ -265,7 +269,7 @@ def test_run_with_the_cache_in_a_bucket(s3, tmp_path, tiny_raw):
 def test_copy_of_a_data_dir_refuses_another_data_dir(s3, tiny_data, tmp_path):
     url = f"{s3}/data"
     # an interrupted copy: the tokenizer landed, the token store's root not yet -> no token store, completed
-    Location(url).write_bytes("tokenizer.json", (tiny_data / "tokenizer.json").read_bytes())
+    as_location(url).write_bytes("tokenizer.json", (tiny_data / "tokenizer.json").read_bytes())
     with pytest.raises(Exception, match="not a token store"):
         from logitcache.data.prepared import load_data
 
@@ -276,7 +280,7 @@ def test_copy_of_a_data_dir_refuses_another_data_dir(s3, tiny_data, tmp_path):
     assert again.exit_code == 0, again.output
     # a folder holding something else is refused and left as it is
     foreign = f"{s3}/foreign"
-    Location(foreign).write_bytes("notes.txt", b"mine")
+    as_location(foreign).write_bytes("notes.txt", b"mine")
     result = invoke("copy", tiny_data, foreign)
     assert result.exit_code == 2 and "not a prepared data dir" in result.output
     assert objects(foreign) == {"notes.txt": b"mine"}
@@ -302,9 +306,10 @@ def test_unreachable_endpoint_and_bad_options_are_one_line(s3, tmp_path, monkeyp
     assert result.exit_code == 2 and "no_such_s3fs_option" in result.output, result.output
     result = invoke("verify", f"{s3}/c.zarr", "--storage-option", f"endpoint_url={dead}",
                     "--storage-option", "config_kwargs.retries.max_attempts=2")
-    from logitcache.store.location import set_storage_options
+    from logitcache.store.backends import set_default_options
+    from logitcache.store.location import StorageOptions
 
-    set_storage_options({})
+    set_default_options(StorageOptions())
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "unreachable" in lines[0], result.output
@@ -314,19 +319,20 @@ def test_unreachable_endpoint_and_bad_options_are_one_line(s3, tmp_path, monkeyp
 def through_proxy():
     """`through_proxy(upstream, **proxy options)`: a proxy in front of the server that this process's s3://
     requests go through (endpoint_url) for the length of the test; returns the CLI's options that do the same."""
-    from logitcache.store.location import set_storage_options
+    from logitcache.store.backends import set_default_options
+    from logitcache.store.location import StorageOptions
     from s3_server import serve
 
     with contextlib.ExitStack() as stack:
         def start(upstream, **options) -> str:
             proxy = stack.enter_context(serve("proxy", upstream=upstream, **options))
-            set_storage_options({"endpoint_url": proxy})
+            set_default_options(StorageOptions(settings={"endpoint_url": proxy}))
             return ["--storage-option", f"endpoint_url={proxy}"]
 
         try:
             yield start
         finally:
-            set_storage_options({})
+            set_default_options(StorageOptions())
 
 
 @pytest.mark.parametrize("body", ["aws", "plain"])
@@ -337,7 +343,7 @@ def test_a_412_on_the_claim_means_taken_whatever_the_body(s3, backend, s3_endpoi
     written."""
     options = through_proxy(s3_endpoint, refuse_create=body)
     url = f"{s3}/raced.zarr"
-    assert not Location(url).create_exclusive("zarr.json", b"{}")
+    assert not as_location(url).create_exclusive("zarr.json", b"{}")
     result = invoke(*dump_args(tiny_data, tiny_teachers, url), *options)
     assert_one_line_error(result, "already exists")
     assert objects(url) == {}

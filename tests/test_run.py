@@ -202,10 +202,10 @@ def test_two_works_sharing_one_local_cache_never_delete_each_others(tmp_path, ti
 
 
 def test_two_works_sharing_one_s3_cache_never_delete_each_others(s3, tmp_path, tiny_raw):
-    from logitcache.store.location import Location
+    from logitcache.store.backends import as_location
 
     def objects(url):
-        location = Location(url)
+        location = as_location(url)
         return {key: location.read_bytes(key) for key in location.sizes()}
 
     config, url = tiny_config(tmp_path, tiny_raw), f"{s3}/shared/cache.zarr"

@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import LogitcacheError
 from ..files import sha256_file
 from ..store import TokenStore
-from ..store.location import as_location
+from ..store.backends import as_location
 from .tokenizer import BOS_ID, EOS_ID, PAD_ID, load_tokenizer, tokenizer_file_identity
 
 

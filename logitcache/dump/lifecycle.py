@@ -15,6 +15,7 @@ from ..config import DumpConfig, dump_output_settings
 from ..errors import LogitcacheError, ResumeMismatchError
 from ..store import CacheLayout, CacheStore, create_cache, same_attrs
 from ..store.cache import CREATING, delete_cache, root_attrs
+from ..store.backends import as_location
 from ..store.location import Location
 from ..training import distributed as D
 
@@ -109,7 +110,7 @@ def prepare_store(config: DumpConfig, layout: CacheLayout, attrs: dict, resume: 
     store, locally or in object storage (store.create_cache: claim, metadata, commit). A store to
     resume is checked afterwards by every rank (open_or_create); one whose creation was interrupted
     is finished here if its claim records this config."""
-    out = Location(config.out)
+    out = as_location(config.out)
     out.check_reachable()
     if overwrite and not resume:
         delete_cache(out)
@@ -149,7 +150,7 @@ def open_or_create(config: DumpConfig, layout: CacheLayout, attrs: dict, resume:
     if D.coordinated():
         error = D.broadcast_from_main(error)
     elif not env.is_main:
-        wait_for_store(Location(config.out), env)
+        wait_for_store(as_location(config.out), env)
     if error is not None:
         raise LogitcacheError(error if env.is_main else f"rank {env.rank}: rank 0 failed: {error}")
     store = CacheStore(config.out, mode="r+")

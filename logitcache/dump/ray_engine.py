@@ -28,6 +28,7 @@ from .lifecycle import DumpReport
 from ..errors import LogitcacheError
 from ..faults import record_event
 from ..progress import NULL_PROGRESS, ProgressHook
+from ..store.location import StorageOptions
 
 log = logging.getLogger(__name__)
 
@@ -90,17 +91,17 @@ class BlockWorker:
     block is encoded and written while the next is computed (as the local engine's writer threads do),
     yet each call returns only after its own block is committed."""
 
-    def __init__(self, config: DumpConfig, storage_options: dict, env: dict[str, str] | None = None):
+    def __init__(self, config: DumpConfig, storage_options: StorageOptions, env: dict[str, str] | None = None):
         if env is not None:  # in a Ray worker (None: this process, as it is)
             apply_worker_env(env)  # before torch is imported here: OpenMP reads its spin setting when it loads
         record_event("init", -1)  # block -1: the actor's start, then "ready" once the teachers are loaded
         from .lifecycle import check_resumable
         from .teaching import load_teaching
         from ..store import CacheStore
-        from ..store.location import set_storage_options
+        from ..store.backends import set_default_options
         from ..store.writers import device_kind, record_writer
 
-        set_storage_options(storage_options)
+        set_default_options(storage_options)  # the driver's: every location this worker opens takes them
         self.config = config
         self.refusal: str | None = None
         self.compute_lock = threading.Lock()
@@ -240,7 +241,7 @@ def run_blocks(ray, config: DumpConfig, todo: list[int], report: RayDumpReport, 
     """Compute and commit `todo` on the actor pool; the writer kinds (JSON) that committed blocks."""
     import ray.data
 
-    from ..store.location import _STORAGE_OPTIONS
+    from ..store.backends import default_options
 
     low, high = worker_range(config.ray.workers)
     quiet_ray_data()
@@ -248,7 +249,7 @@ def run_blocks(ray, config: DumpConfig, todo: list[int], report: RayDumpReport, 
     calls = 1 + config.writer_threads  # one computing, the others committing
     # the pool grows while its actors' queues are over 175% of their concurrency: queue twice as many
     results = items.map_batches(
-        BlockWorker, batch_size=1, fn_constructor_args=(config, dict(_STORAGE_OPTIONS), worker_env()),
+        BlockWorker, batch_size=1, fn_constructor_args=(config, default_options(), worker_env()),
         compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high, max_tasks_in_flight_per_actor=2 * calls,
                                            max_concurrent_calls_per_actor=calls, enable_true_multi_threading=True),
         num_cpus=config.ray.cpus_per_worker, num_gpus=config.ray.gpus_per_worker)

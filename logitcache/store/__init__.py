@@ -6,6 +6,8 @@
   cache.py    cache.zarr layout, creation, block writes, raw block reads
   reader.py   the public reader (open_cache)
   verify.py   verify (a cache or a data dir) and the inspect summary
+  location.py the storage protocol (Location), StorageOptions, the rules for object names
+  backends/   one module per storage backend (local, fsspec, obstore) and the factory as_location
 """
 import importlib
 

@@ -38,7 +38,8 @@ from ..targets import Targets
 from .chunks import ChunkEncoder, concurrently
 from .codecs import prob_code
 from .ids import decode_ids, encode_ids, token_dtype
-from .location import Location, _buffer, as_location
+from .backends import as_location
+from .location import Location, buffer_of
 from .tokens import ATTRS_KEY  # the one key both stores keep their attributes under
 
 SCHEMA_VERSION = 1
@@ -453,7 +454,7 @@ class CacheStore:
         for name, values in zip(self.layout.block_arrays, stored):
             encoder = self.encoders.get(name)
             if encoder is not None:
-                chunks[encoder.key(block)] = _buffer(encoder.encode(values))
+                chunks[encoder.key(block)] = buffer_of(encoder.encode(values))
             else:
                 writes.append((name, self._block_selection(name, block), values))
         with self.location.errors():

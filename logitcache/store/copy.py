@@ -18,7 +18,8 @@ import numpy as np
 from ..errors import CacheCorruptError, LogitcacheError
 from .cache import CREATING, CacheStore, block_checksum, metadata_keys, root_attrs, write_metadata
 from .fetch import read_ahead
-from .location import as_location, check_key
+from .backends import as_location
+from .location import check_key
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,8 @@ from zarr.codecs import ZstdCodec
 from ..errors import LogitcacheError
 from ..files import atomic_dir
 from .ids import token_dtype  # noqa: F401  (re-exported: the token store's id width)
-from .location import Location, as_location
+from .backends import as_location
+from .location import Location
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from ..errors import CacheCorruptError
 from .cache import CacheStore
 from .fetch import read_ahead
 from .ids import token_dtype
-from .location import as_location
+from .backends import as_location
 from .tokens import TokenStore
 
 

@@ -219,17 +219,17 @@ def test_run_killed_during_dump_resumes_without_retraining_teachers(setup, tmp_p
 
 
 def remote_stored(url: str) -> dict[str, np.ndarray]:
-    from logitcache.store.location import Location
+    from logitcache.store.backends import as_location
 
-    group = zarr.open_group(store=Location(url).zarr_store(), mode="r")
+    group = zarr.open_group(store=as_location(url).zarr_store(), mode="r")
     return {name: group[name][:] for name in ("tokens", "topk_ids", "topk_probs", "done", "checksum")}
 
 
 def remote_block_objects(url: str, block: int) -> dict[str, bytes]:
     from logitcache.store.cache import block_chunk_key
-    from logitcache.store.location import Location
+    from logitcache.store.backends import as_location
 
-    location = Location(url)
+    location = as_location(url)
     return {name: location.read_bytes(block_chunk_key(name, block)) for name in ("tokens", "topk_ids", "topk_probs")}
 
 
