@@ -148,6 +148,7 @@ def main() -> None:
         print(json.dumps(run_arm(args.arm, args)))
         return
 
+    sys.stdout.reconfigure(line_buffering=True)  # each table as soon as it is measured
     vocabs = [int(v) for v in args.vocabs.split(",")]
     memory = {v: {arm: run_process(f"memory:{arm}:{v}", args) for arm in "abcd"} for v in vocabs}
     rows = []
