@@ -129,7 +129,9 @@ def run_process(spec: str, args) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"arm {spec} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"# {spec}: {result}", file=sys.stderr, flush=True)  # progress, for a run cut short
+    return result
 
 
 def main() -> None:
