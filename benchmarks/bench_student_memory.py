@@ -60,10 +60,12 @@ def build(student: str, vocab: int):
         preset = ModelPreset("llama", m["n_layer"], m["hidden"], m["n_head"], m["ffn"], positions=m["seq"])
         batch, seq = m["batch"], m["seq"]
     model = build_model(preset, vocab, seed=0)
+    # targets made at (B, T, K) only: a (B, T, V) tensor freed here could stay on the heap and hide the step's
+    # own peak. K distinct ids per position, probabilities summing to 0.9 (a tail of 0.1).
     g = torch.Generator().manual_seed(0)
-    probs, ids = torch.softmax(torch.randn(batch, seq, vocab, generator=g), -1).topk(TOP_K, -1)  # (B, T, K)
-    batch = {"input_ids": torch.randint(0, vocab, (batch, seq), generator=g), "topk_ids": ids.contiguous(),
-             "topk_probs": probs.contiguous()}
+    ids = (torch.randint(0, vocab, (batch, seq, 1), generator=g) + torch.arange(TOP_K) * (vocab // TOP_K)) % vocab
+    probs = 0.9 * torch.softmax(torch.randn(batch, seq, TOP_K, generator=g) * 2, -1).sort(-1, descending=True).values
+    batch = {"input_ids": torch.randint(0, vocab, (batch, seq), generator=g), "topk_ids": ids, "topk_probs": probs}
     return model, batch
 
 
