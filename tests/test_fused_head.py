@@ -103,16 +103,6 @@ def test_any_chunk_size_gives_the_same_loss(chunk):
     check_parity(targets_of("topk"), "topk", "bucket", 0.5, 2.0, bias=False, chunk=chunk)
 
 
-@pytest.mark.parametrize("kind,tail", [("mass", "bucket"), ("sample", "renormalize")])
-def test_row_slices_within_a_chunk(kind, tail, monkeypatch):
-    """The loss body runs over row slices of ~CHUNK_ELEMENTS entries inside each chunk: 3 rows here, in
-    20-token chunks (slices of 3, 3, ..., 2)."""
-    from logitcache.training import losses
-
-    monkeypatch.setitem(losses.CHUNK_ELEMENTS, "cpu", 3 * V)
-    check_parity(targets_of(kind), kind, tail, 0.5, 2.0, chunk=20)
-
-
 @pytest.mark.parametrize("temperature", [0.7, 3.0, 6.0])  # the pow route and q_T's own softmax
 def test_other_temperatures_paper_reduction_and_retemper(temperature):
     check_parity(targets_of("mass"), "mass", "bucket", 0.3, temperature, reduction="paper")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .fused import CHUNK_ELEMENTS, flat_targets, kl_count, slice_loss_grad
+from .fused import flat_targets, kl_count, slice_loss_grad
 
 # The automatic chunk: its fp32 logits (C, V) within this budget. A chunk holds three such buffers (the
 # logits, their softmax and the gradient).
@@ -127,7 +127,6 @@ class _LinearDistill(torch.autograd.Function):
         z = torch.empty((min(chunk, n), v), dtype=torch.float32, device=hidden.device)  # reused (C, V) buffers
         g = torch.empty_like(z)
         kl_sum = ce_sum = hidden.new_zeros((), dtype=torch.float32)
-        rows = max(1, CHUNK_ELEMENTS.get(hidden.device.type, CHUNK_ELEMENTS["cpu"]) // v)
         for start in range(0, n, chunk):
             sl = slice(start, min(start + chunk, n))
             hc = h[sl].float()  # (C, H)
@@ -140,12 +139,9 @@ class _LinearDistill(torch.autograd.Function):
                 zc.mul_(logit_scale)
             if logit_softcap is not None:
                 zc.div_(logit_softcap).tanh_().mul_(logit_softcap)
-            # the loss body in row slices of ~CHUNK_ELEMENTS entries, which stay in cache across its passes
-            for r in range(0, hc.shape[0], rows):
-                rs, fs = slice(r, min(r + rows, hc.shape[0])), slice(start + r, min(start + r + rows, sl.stop))
-                kl, ce = slice_loss_grad(zc[rs], gc[rs], next_ids[fs], ce_w[fs],
-                                         None if targets is None else targets.rows(fs), temperature)
-                kl_sum, ce_sum = kl_sum + kl, ce_sum + ce
+            kl, ce = slice_loss_grad(zc, gc, next_ids[sl], ce_w[sl], None if targets is None else targets.rows(sl),
+                                     temperature)
+            kl_sum, ce_sum = kl_sum + kl, ce_sum + ce
             if logit_softcap is not None:  # d cap tanh(u / cap) / d u = 1 - tanh^2
                 gc.mul_(1.0 - (zc / logit_softcap).square_())
             if logit_scale != 1.0:
