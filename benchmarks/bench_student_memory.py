@@ -60,10 +60,12 @@ def build(student: str, vocab: int):
         preset = ModelPreset("llama", m["n_layer"], m["hidden"], m["n_head"], m["ffn"], positions=m["seq"])
         batch, seq = m["batch"], m["seq"]
     model = build_model(preset, vocab, seed=0)
+    # targets made at (B, T, K) only: a (B, T, V) tensor freed here could stay on the heap and hide the step's
+    # own peak. K distinct ids per position, probabilities summing to 0.9 (a tail of 0.1).
     g = torch.Generator().manual_seed(0)
-    probs, ids = torch.softmax(torch.randn(batch, seq, vocab, generator=g), -1).topk(TOP_K, -1)  # (B, T, K)
-    batch = {"input_ids": torch.randint(0, vocab, (batch, seq), generator=g), "topk_ids": ids.contiguous(),
-             "topk_probs": probs.contiguous()}
+    ids = (torch.randint(0, vocab, (batch, seq, 1), generator=g) + torch.arange(TOP_K) * (vocab // TOP_K)) % vocab
+    probs = 0.9 * torch.softmax(torch.randn(batch, seq, TOP_K, generator=g) * 2, -1).sort(-1, descending=True).values
+    batch = {"input_ids": torch.randint(0, vocab, (batch, seq), generator=g), "topk_ids": ids, "topk_probs": probs}
     return model, batch
 
 
@@ -129,7 +131,9 @@ def run_process(spec: str, args) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"arm {spec} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"# {spec}: {result}", file=sys.stderr, flush=True)  # progress, for a run cut short
+    return result
 
 
 def main() -> None:
@@ -148,6 +152,7 @@ def main() -> None:
         print(json.dumps(run_arm(args.arm, args)))
         return
 
+    sys.stdout.reconfigure(line_buffering=True)  # each table as soon as it is measured
     vocabs = [int(v) for v in args.vocabs.split(",")]
     memory = {v: {arm: run_process(f"memory:{arm}:{v}", args) for arm in "abcd"} for v in vocabs}
     rows = []
