@@ -84,7 +84,7 @@ def test_cache_attributes_and_integrity(tiny_cache, tiny_data):
     assert (np.diff(probs, axis=-1) <= 0).all() and (probs.sum(-1) <= 1 + 1e-6).all()
 
 
-@pytest.mark.parametrize("prob_dtype", ["sqrt-u7", "log-u7"])
+@pytest.mark.parametrize("prob_dtype", ["sqrt-u7", "log-s272"])
 def test_topk_codes_are_close_to_exact(tmp_path, tiny_data, tiny_teachers, prob_dtype):
     exact, coded = tmp_path / "exact.zarr", tmp_path / "coded.zarr"
     dump(dump_config(tiny_data, tiny_teachers, exact, prob_dtype="float32"))

@@ -16,6 +16,13 @@ from test_run import TINY
 TEACHER_VOCAB = 280  # the data's BPE has 300 ids (TINY)
 
 
+def blimp_of(tmp_path: Path) -> Path:
+    """tmp_path/blimp with a few BLiMP pairs (made once): run checks BLiMP before any stage."""
+    from test_evaluate import blimp_dir
+
+    return tmp_path / "blimp" if (tmp_path / "blimp").is_dir() else blimp_dir(tmp_path)
+
+
 def mixed_toml(raw: Path, blimp: Path, gpt2_keys: str = f"tokenizer_vocab_size = {TEACHER_VOCAB}",
                extra_teacher: str = "") -> str:
     text = TINY.format(raw=raw, blimp=blimp).replace("seeds = [0, 1]", "seeds = [0]")
@@ -81,7 +88,7 @@ def documents(data_dir: Path) -> list[str]:
 # ---- the keys -------------------------------------------------------------------------------------
 
 def test_teacher_tokenizer_keys_build_the_teachers_own_prepare(tmp_path, tiny_raw):
-    config = load_run_config(write_config(tmp_path, mixed_toml(tiny_raw, tmp_path)))
+    config = load_run_config(write_config(tmp_path, mixed_toml(tiny_raw, blimp_of(tmp_path))))
     configs = build_stage_configs(config, tmp_path / "W")
     own = configs["teacher_prepare"]["gpt2"]
     assert set(configs["teacher_prepare"]) == {"gpt2"}
@@ -95,10 +102,10 @@ def test_teacher_tokenizer_keys_build_the_teachers_own_prepare(tmp_path, tiny_ra
 
 def test_teacher_tokenizer_path_is_resolved_and_its_vocab_size_unused(tmp_path, tiny_raw, tiny_data, monkeypatch):
     monkeypatch.chdir(tiny_data.parent)
-    config = load_run_config(write_config(tmp_path, mixed_toml(tiny_raw, tmp_path, 'tokenizer = "data/tokenizer.json"')))
+    config = load_run_config(write_config(tmp_path, mixed_toml(tiny_raw, blimp_of(tmp_path), 'tokenizer = "data/tokenizer.json"')))
     own = build_stage_configs(config, tmp_path / "W")["teacher_prepare"]["gpt2"]
     assert own.tokenizer == tiny_data / "tokenizer.json" and own.tokenizer.is_absolute()
-    again = load_run_config(write_config(tmp_path, mixed_toml(tiny_raw, tmp_path, 'tokenizer = "data/tokenizer.json"')),
+    again = load_run_config(write_config(tmp_path, mixed_toml(tiny_raw, blimp_of(tmp_path), 'tokenizer = "data/tokenizer.json"')),
                             ("data.vocab_size=320",))
     assert build_stage_configs(again, tmp_path / "W")["teacher_prepare"]["gpt2"] == own  # data.vocab_size does not reach it
 
@@ -108,11 +115,11 @@ def test_teacher_tokenizer_path_is_resolved_and_its_vocab_size_unused(tmp_path, 
     ("tokenizer_vocab_size = 100", r"teachers\.gpt2\.tokenizer_vocab_size must be at least 259 .*got 100"),
     ("tokenizer_vocab_size = -5", r"teachers\.gpt2\.tokenizer_vocab_size must be at least 259 .*got -5"),
     ("tokenizer_vocab_size = 300", r"teachers\.gpt2\.tokenizer_vocab_size = 300 is data\.vocab_size"),
-    ('tokenizer_vocab_size = "6000"', r"'teachers\.tokenizer_vocab_size' must be an integer"),
+    ('tokenizer_vocab_size = "6000"', r"'teachers\.gpt2\.tokenizer_vocab_size' must be an integer"),
     ('tokenizer = "{missing}"', r"teachers\.gpt2\.tokenizer: .*missing does not exist"),
     ('tokenizer = "{empty}"', r"teachers\.gpt2\.tokenizer: .*empty holds no tokenizer"),
     ('tokenizer = "{junk}"', r"teachers\.gpt2\.tokenizer: .*junk\.json is not a tokenizers JSON file"),
-    ('tokenizer_kind = "metaspace"', r"unknown config key 'teachers\.tokenizer_kind'"),
+    ('tokenizer_kind = "metaspace"', r"unknown config key 'teachers\.gpt2\.tokenizer_kind'"),
 ])
 def test_bad_teacher_tokenizer_keys_are_refused_by_name(tmp_path, tiny_raw, keys, message):
     (tmp_path / "empty").mkdir()
@@ -120,11 +127,11 @@ def test_bad_teacher_tokenizer_keys_are_refused_by_name(tmp_path, tiny_raw, keys
     (tmp_path / "junk.json").write_text('{"not": "a tokenizer"}')
     keys = keys.format(missing=tmp_path / "missing", empty=tmp_path / "empty", junk=tmp_path / "junk.json")
     with pytest.raises(LogitcacheError, match=message):
-        load_run_config(write_config(tmp_path, mixed_toml(tiny_raw, tmp_path, keys)))
+        load_run_config(write_config(tmp_path, mixed_toml(tiny_raw, blimp_of(tmp_path), keys)))
 
 
 def test_mean_logits_with_a_teacher_on_its_own_tokenizer_is_refused(tmp_path, tiny_raw):
-    config = write_config(tmp_path, mixed_toml(tiny_raw, tmp_path))
+    config = write_config(tmp_path, mixed_toml(tiny_raw, blimp_of(tmp_path)))
     with pytest.raises(LogitcacheError, match=r'dump\.combine = "mean-logits" .* gpt2 .*"mean-probs"'):
         load_run_config(config, ('dump.combine="mean-logits"',))
     # without a teacher on its own tokenizer, mean-logits stays the paper's rule
@@ -155,7 +162,7 @@ def test_teacher_trains_on_its_own_data_with_its_own_tokenizer(tmp_path, tiny_ra
     from logitcache.data.tokenizer import folder_tokenizer_identity, tokenizer_file_identity
 
     work = tmp_path / "work"
-    run_until_dump(write_config(tmp_path, mixed_toml(tiny_raw, tmp_path)), work)
+    run_until_dump(write_config(tmp_path, mixed_toml(tiny_raw, blimp_of(tmp_path))), work)
     main, own = load_data(work / "data"), load_data(work / "data-gpt2")
     assert own.vocab_size <= TEACHER_VOCAB < main.vocab_size
     ours, theirs = documents(work / "data"), documents(work / "data-gpt2")
@@ -178,7 +185,7 @@ def test_teacher_on_an_existing_tokenizer_reads_the_same_documents(tmp_path, tin
 
     path = other_tokenizer(tmp_path / "theirs", synthetic_lines(400, 5), 270)
     work = tmp_path / "work"
-    run_until_dump(write_config(tmp_path, mixed_toml(tiny_raw, tmp_path, f'tokenizer = "{path}"')), work)
+    run_until_dump(write_config(tmp_path, mixed_toml(tiny_raw, blimp_of(tmp_path), f'tokenizer = "{path}"')), work)
     ours, theirs = documents(work / "data"), documents(work / "data-gpt2")
     n = min(len(ours), len(theirs))
     assert n > 100 and ours[:n] == theirs[:n]
@@ -190,7 +197,7 @@ def test_the_teachers_prepare_stage_reruns_what_reads_it(tmp_path, tiny_raw, sto
     """A second run reuses prepare:gpt2 and both teachers; another tokenizer_vocab_size reruns prepare:gpt2
     and teacher:gpt2 (new weights), keeps prepare and teacher:llama, and the dump's stamp then names the
     new teacher fingerprint; --force prepare reruns both prepares."""
-    config, work = write_config(tmp_path, mixed_toml(tiny_raw, tmp_path)), tmp_path / "work"
+    config, work = write_config(tmp_path, mixed_toml(tiny_raw, blimp_of(tmp_path))), tmp_path / "work"
     run_until_dump(config, work)
     gpt2_weights, llama_weights = (work / "teachers" / n / "model.safetensors" for n in ("gpt2", "llama"))
     before = {p: p.stat().st_mtime_ns for p in (gpt2_weights, llama_weights, work / "data-gpt2" / "tokenizer.json")}
@@ -296,7 +303,7 @@ def test_data_without_its_text_is_prepared_again_for_a_teacher_on_its_own_tokeni
 
     from logitcache.data.prepared import load_data
 
-    config, work = write_config(tmp_path, mixed_toml(tiny_raw, tmp_path)), tmp_path / "work"
+    config, work = write_config(tmp_path, mixed_toml(tiny_raw, blimp_of(tmp_path))), tmp_path / "work"
     run_until_dump(config, work)
     weights = work / "teachers" / "llama" / "model.safetensors"
     before = weights.stat().st_mtime_ns

@@ -81,7 +81,7 @@ def refuse_mean_logits(combine: str, own: list[str], option: str = "--combine {}
         from ..errors import LogitcacheError
 
         raise LogitcacheError(f"{option.format('mean-logits')} averages logits over one vocabulary, and teacher(s) "
-                              f"{', '.join(own)} have a tokenizer of their own (not the data's): use "
+                              f"{', '.join(own)} have a different tokenizer than the data (a tokenizer of their own): use "
                               f"{option.format('mean-probs')}")
 
 
