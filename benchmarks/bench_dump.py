@@ -16,9 +16,9 @@ slices) and once unbounded (the whole batch of 16 x 128 x V at once), so the tab
 """
 from __future__ import annotations
 
-from logitcache.training.memory import tune_process
+from logitcache.runtime.process import tune_process
 
-tune_process()  # before torch is imported (logitcache/training/memory.py)
+tune_process()  # before torch is imported (logitcache/runtime/process.py)
 
 import argparse  # noqa: E402
 import shutil
@@ -248,7 +248,7 @@ def writer_stages(blocks_by_t: dict, vocab_size: int, repeats: int) -> None:
 
 BARE_FORWARD = """
 import sys
-from logitcache.training.memory import tune_process
+from logitcache.runtime.process import tune_process
 tune_process()  # as the CLI does, before torch is imported: both processes run under the same heap and OpenMP settings
 import numpy as np, torch
 torch.set_num_threads(int(sys.argv[3]))

@@ -23,9 +23,9 @@ and its ratio to theirs.
 """
 from __future__ import annotations
 
-from logitcache.training.memory import tune_process
+from logitcache.runtime.process import tune_process
 
-tune_process()  # before torch is imported (logitcache/training/memory.py)
+tune_process()  # before torch is imported (logitcache/runtime/process.py)
 
 import argparse  # noqa: E402
 import io  # noqa: E402

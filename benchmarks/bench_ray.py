@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from logitcache.training.memory import tune_process  # noqa: E402
+from logitcache.runtime.process import tune_process  # noqa: E402
 
 tune_process()  # before torch is imported, as the CLI does (the Ray workers get the same in their runtime env)
 

@@ -146,7 +146,7 @@ def main() -> None:
     parser.add_argument("--arm", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.arm:
-        from logitcache.training.memory import tune_process  # the heap settings train-student runs with
+        from logitcache.runtime.process import tune_process  # the heap settings train-student runs with
 
         tune_process()
         print(json.dumps(run_arm(args.arm, args)))

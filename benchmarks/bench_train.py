@@ -9,9 +9,9 @@ one JSON line.
 """
 from __future__ import annotations
 
-from logitcache.training.memory import tune_process
+from logitcache.runtime.process import tune_process
 
-tune_process()  # before torch is imported (logitcache/training/memory.py)
+tune_process()  # before torch is imported (logitcache/runtime/process.py)
 
 import argparse  # noqa: E402
 import shutil

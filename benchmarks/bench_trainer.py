@@ -10,9 +10,9 @@ then one JSON line (trainer_vs_train_student: the goal is >= 0.9).
 """
 from __future__ import annotations
 
-from logitcache.training.memory import tune_process
+from logitcache.runtime.process import tune_process
 
-tune_process()  # before torch is imported (logitcache/training/memory.py)
+tune_process()  # before torch is imported (logitcache/runtime/process.py)
 
 import argparse  # noqa: E402
 import shutil  # noqa: E402

@@ -90,6 +90,11 @@ class TrainConfig:
     device: Device = setting("auto", help="Where to train: auto (CUDA when present), cpu or cuda.")
     precision: Precision = setting("auto", help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16 or fp16 (with dynamic loss scaling).")
     tensorboard: bool = setting(False, help="Also write TensorBoard event files to OUT/tensorboard.")
+    activation_checkpointing: bool = setting(False, help="Recompute each decoder layer in the backward instead of "
+                                             "keeping its activations (less memory, about a third more compute).",
+                                             affects_output=False)
+    fsdp: bool = setting(False, help="Under torchrun: shard the model over ranks with FSDP2 (per decoder layer), "
+                                     "instead of a full copy per rank (DDP).", affects_output=False)
 
     def __post_init__(self):
         check(self.lr > 0, f"lr must be positive, got {self.lr}")

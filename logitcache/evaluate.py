@@ -30,7 +30,7 @@ from .errors import LogitcacheError
 from .progress import NULL_PROGRESS, ProgressHook
 from .teachers.ensemble import Ensemble, load_teachers
 from .teachers.models import load_model
-from .training import distributed as D
+from .runtime import device as D
 from .training.losses import sparse_kl
 from .training.metrics import byte_counts, lm_metrics
 

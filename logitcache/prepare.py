@@ -20,7 +20,7 @@ from .files import check_output, prepare_output, sha256_file, write_json_atomic
 from .progress import NULL_PROGRESS, ProgressHook
 from .store import token_dtype, write_token_store
 from .store.tokens import text_ends_dtype
-from .training.memory import default_heap
+from .runtime.process import default_heap
 
 log = logging.getLogger(__name__)
 

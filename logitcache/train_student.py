@@ -21,7 +21,7 @@ from .progress import NULL_PROGRESS, ProgressHook
 from .store import CacheReader
 from .teachers.ensemble import Ensemble, load_teachers
 from .teachers.models import build_model, get_preset
-from .training import distributed as D
+from .runtime import device as D
 from .training.loop import TrainReport, fit
 from .training.losses import dense_kl, distill_loss, fused_next_token_ce, target_mask  # noqa: F401 (re-exported)
 from .training.losses.linear import Head, check_head, hidden_states_of, linear_head

@@ -11,7 +11,7 @@ import random
 import shutil
 from pathlib import Path
 
-from logitcache.training.memory import tune_process
+from logitcache.runtime.process import tune_process
 
 tune_process()  # as the CLI does, before torch is imported
 

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "logitcache"
 
 STAGES = {"prepare", "train_teacher", "dump", "train_student", "evaluate", "bench", "export", "run",
           "report", "export_targets"}
-BASE = {"errors", "files", "faults", "progress", "targets"}  # leaf modules every layer may use
+BASE = {"errors", "files", "faults", "progress", "targets", "runtime"}  # leaf modules every layer may use
 COMPONENT_FOLDERS = {"data", "teachers", "training", "store", "integrations"}
 # a stage may import these other stages: run and bench chain stages (a stage that is a package, dump/, is one stage)
 CHAINS = {"run": STAGES, "bench": {"dump", "evaluate", "train_student"}}

@@ -179,7 +179,7 @@ def test_the_cache_has_covered_and_uncovered_positions(mixed):
 def test_every_batch_carries_each_rows_teacher_count(mixed, which, world):
     """Each row a rank receives comes with its own row's count from the cache (matched by its tokens), on one
     rank and on two ranks splitting each global batch; the CE-only baseline reads no count."""
-    from logitcache.training.distributed import DistEnv
+    from logitcache.runtime.device import DistEnv
     from logitcache.training.loader import CacheRows
     from logitcache.store import CacheReader
 
@@ -204,7 +204,7 @@ def test_the_objective_masks_what_the_loader_carries(mixed):
     """DistillObjective on a loader batch (through the trainer's move to the device) equals the plain loop
     with that batch's counts; the same batch without its count gives a different (unmasked) loss."""
     from logitcache.data.prepared import load_data
-    from logitcache.training.distributed import DistEnv
+    from logitcache.runtime.device import DistEnv
     from logitcache.training.loader import CacheRows
     from logitcache.teachers.models import build_model, get_preset
     from logitcache.store import CacheReader
@@ -440,7 +440,7 @@ def test_batches_from_a_bucket_carry_the_same_teacher_count(s3, mixed):
     teacher_count included."""
     from typer.testing import CliRunner
 
-    from logitcache.training.distributed import DistEnv
+    from logitcache.runtime.device import DistEnv
     from logitcache.training.loader import CacheRows
     from logitcache.store import CacheReader
     from logitcache_cli.app import app

@@ -208,7 +208,7 @@ def check_grad_accum_same(trained):
 
 def check_prefetch_same(tiny_cache):
     """prefetch_blocks: how far the loader decodes ahead; the batches are the same."""
-    from logitcache.training.distributed import DistEnv
+    from logitcache.runtime.device import DistEnv
     from logitcache.training.loader import CacheRows
     from logitcache.store import CacheReader
 
@@ -220,7 +220,7 @@ def check_prefetch_same(tiny_cache):
 
 
 def check_shuffle_buffer(tiny_cache):
-    from logitcache.training.distributed import DistEnv
+    from logitcache.runtime.device import DistEnv
     from logitcache.training.loader import CacheRows
     from logitcache.store import CacheReader
 

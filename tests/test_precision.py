@@ -7,7 +7,7 @@ import transformers
 
 from conftest import dump_config, tiny_train
 from logitcache import open_cache
-from logitcache.training.distributed import autocast_for, resolve_precision
+from logitcache.runtime.device import autocast_for, resolve_precision
 from logitcache.dump import dump
 from logitcache.teachers.ensemble import Ensemble
 from logitcache.train_student import StudentConfig, train_student

@@ -14,7 +14,7 @@ from logitcache.teachers.ensemble import Ensemble
 from logitcache.errors import LogitcacheError
 from logitcache.training.loader import CacheRows, emission_order
 from logitcache.training.metrics import lm_metrics
-from logitcache.training.distributed import DistEnv
+from logitcache.runtime.device import DistEnv
 from logitcache.teachers.models import build_model, get_preset, load_model
 from logitcache.train_student import DistillObjective, OnlineObjective, StudentConfig, train_student
 from logitcache.training.loop import read_metrics

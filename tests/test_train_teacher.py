@@ -180,7 +180,7 @@ libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype = MallInfo2
 libc.malloc.restype = ctypes.c_void_p
 if sys.argv[1] == "tuned":
-    from logitcache.training.memory import tune_heap
+    from logitcache.runtime.process import tune_heap
     tune_heap()
 before = libc.mallinfo2().hblkhd
 buffer = libc.malloc(256 << 20)
@@ -195,11 +195,11 @@ print(libc.mallinfo2().hblkhd - before)
 @pytest.mark.parametrize("user_value", [None, "12345"])
 def test_tune_process_sets_the_openmp_spin_and_keeps_the_users(user_value):
     """libgomp reads GOMP_SPINCOUNT when torch loads it: tune_process sets ours unless the user set one."""
-    from logitcache.training.memory import GOMP_SPINCOUNT
+    from logitcache.runtime.process import GOMP_SPINCOUNT
 
     env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
     if user_value:
         env["GOMP_SPINCOUNT"] = user_value
-    script = "from logitcache.training.memory import tune_process; tune_process(); import os; print(os.environ['GOMP_SPINCOUNT'])"
+    script = "from logitcache.runtime.process import tune_process; tune_process(); import os; print(os.environ['GOMP_SPINCOUNT'])"
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env).stdout
     assert out.strip() == (user_value or GOMP_SPINCOUNT)

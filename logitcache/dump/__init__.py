@@ -13,7 +13,7 @@ from __future__ import annotations
 from .._settings import check
 from ..config import DumpConfig
 from ..progress import NULL_PROGRESS, ProgressHook
-from ..training import distributed as D
+from ..runtime import device as D
 from .lifecycle import (DumpReport, cache_attrs, check_resumable, open_or_create, prepare_store,
                         resume_differences)
 from .teaching import Teaching, load_teaching, select_rows

@@ -17,7 +17,7 @@ from ..store import CacheLayout, CacheStore, create_cache, same_attrs
 from ..store.cache import CREATING, delete_cache, root_attrs
 from ..store.backends import as_location
 from ..store.location import Location
-from ..training import distributed as D
+from ..runtime import device as D
 
 log = logging.getLogger(__name__)
 

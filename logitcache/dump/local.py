@@ -19,7 +19,7 @@ from ..progress import NULL_PROGRESS, ProgressHook
 from ..store import cache_summary
 from ..store.writers import BlockWriter, device_kind, record_writer
 from ..teachers.targets import block_targets
-from ..training import distributed as D
+from ..runtime import device as D
 from .lifecycle import DumpReport, open_or_create
 from .teaching import load_teaching
 

@@ -168,10 +168,10 @@ def worker_env() -> dict[str, str]:
 
 
 def apply_worker_env(env: dict[str, str]) -> None:
-    """In the actor, first thing: the driver's storage settings, and what memory.tune_process gives every
+    """In the actor, first thing: the driver's storage settings, and what process.tune_process gives every
     logitcache process (the heap thresholds, OpenMP's idle spin). Set here rather than as a Ray runtime_env,
     which would keep Ray from handing the pool one of the idle workers it starts with the cluster."""
-    from ..training.memory import tune_process
+    from ..runtime.process import tune_process
 
     os.environ.update(env)
     tune_process()
@@ -291,7 +291,7 @@ def prepare_driver(config: DumpConfig, resume: bool, overwrite: bool):
     the store as the local engine does. (layout, store, blocks not done)."""
     import torch
 
-    from ..training import distributed as D
+    from ..runtime import device as D
     from .lifecycle import open_or_create
     from .teaching import load_teaching
 

@@ -13,7 +13,7 @@ from ..config import DumpConfig
 from ..data.prepared import load_data, selected_indices
 from ..store import CacheLayout
 from ..teachers.ensemble import Ensemble, load_teachers
-from ..training import distributed as D
+from ..runtime import device as D
 from .lifecycle import cache_attrs
 
 

@@ -13,7 +13,7 @@ from .._settings import check
 from ..data.prepared import selected_indices, spread_indices
 from ..data.tokenizer import load_tokenizer
 from ..errors import LogitcacheError
-from ..training import distributed as D
+from ..runtime import device as D
 from .align import Aligner, ChunkTexts, folder_vocabulary, vocabulary
 from .combines import refuse_mean_logits
 from .mixed import MixedEnsemble

@@ -21,7 +21,7 @@ import torch
 from ..errors import CacheCorruptError
 from ..store import CacheReader
 from ..targets import Targets, batch_arrays
-from . import distributed as D
+from ..runtime import device as D
 
 log = logging.getLogger(__name__)
 

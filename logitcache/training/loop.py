@@ -19,14 +19,14 @@ from typing import Iterator, Protocol
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from .._settings import check
 from ..config import TrainConfig  # noqa: F401  (re-exported)
 from ..errors import LogitcacheError
 from ..files import atomic_dir, json_text, recover_dir, write_json_atomic, write_text_atomic
 from ..progress import NULL_PROGRESS, ProgressHook
-from . import distributed as D
+from ..runtime import device as D
+from . import parallel
 from .checkpoint import CHECKPOINT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .losses import fused_next_token_ce, next_token_ce  # noqa: F401  (next_token_ce re-exported)
 from .metrics import lm_metrics
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 TENSORBOARD = "tensorboard"
 RUNTIME_KEYS = ("world_size",)  # recorded beside the artifact; a resume may change them (same global batch)
+RUNTIME_TRAIN_KEYS = ("fsdp", "activation_checkpointing")  # how the same step is computed: a resume may change them
 
 
 class BatchSource(Protocol):
@@ -78,6 +79,24 @@ class CEObjective:
         logits = model(input_ids=batch["input_ids"]).logits  # (B, T, V)
         ce = fused_next_token_ce(logits, batch["input_ids"])
         return ce, {"ce": ce.detach()}
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Keep only each decoder layer's input in the forward and recompute the layer in the backward, through the
+    model's own gradient checkpointing (non-reentrant: it works with FSDP's hooks and with inputs that need
+    no gradient)."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise LogitcacheError(f"--activation-checkpointing: {type(model).__name__} has no gradient checkpointing")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False  # no key/value cache while training (transformers warns otherwise)
+
+
+def comparable(run_config: dict) -> dict:
+    """The settings a resume must share with its checkpoint: all but the runtime keys."""
+    kept = {k: v for k, v in run_config.items() if k not in RUNTIME_KEYS}
+    if isinstance(kept.get("train"), dict):
+        kept["train"] = {k: v for k, v in kept["train"].items() if k not in RUNTIME_TRAIN_KEYS}
+    return kept
 
 
 def lr_lambda(warmup: int, total: int):
@@ -133,6 +152,10 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         model.to(self.device)
         model.train()
+        if cfg.activation_checkpointing:
+            enable_activation_checkpointing(model)
+        # sharding replaces the parameters (FSDP2's DTensors): the optimizer is built over the wrapped ones
+        self.wrapped = parallel.wrap(model, self.env, cfg.fsdp, D.resolve_precision(self.device, cfg.precision))
         self.steps_per_epoch = source.n_rows // cfg.batch_size
         check(self.steps_per_epoch > 0, f"{source.n_rows} rows are fewer than one batch of {cfg.batch_size}")
         check(val_rows.shape[0] > 0, "the validation split has no chunks (is the dev split empty?)")
@@ -140,12 +163,12 @@ class Trainer:
         self.optimizer = make_optimizer(model, cfg)
         warmup = min(cfg.warmup_steps, self.total_steps // 2)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(warmup, self.total_steps))
-        self.autocast = D.autocast_for(self.device, cfg.precision)
+        # under FSDP its mixed-precision policy casts the parameters (parallel.mixed_precision): no autocast
+        self.autocast = contextlib.nullcontext if cfg.fsdp else D.autocast_for(self.device, cfg.precision)
         # fp16 gradients underflow to 0 without loss scaling; bf16 and fp32 need none (a disabled scaler
         # passes every call through, so their steps are unchanged)
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=D.resolve_precision(self.device, cfg.precision) == "fp16")
-        self.wrapped = DistributedDataParallel(model) if self.env.world > 1 else model
         self.metrics_path = self.out / "metrics.jsonl"
         self.tensorboard = None
         self.report = TrainReport()
@@ -158,13 +181,11 @@ class Trainer:
         if resume and state is None:
             log.info("no checkpoint in %s: starting from scratch", self.out)
         if state is not None:
-            saved = {k: v for k, v in state["config"].items() if k not in RUNTIME_KEYS}
-            wanted = {k: v for k, v in self.run_config.items() if k not in RUNTIME_KEYS}
+            saved, wanted = comparable(state["config"]), comparable(self.run_config)
             if saved != wanted:
                 changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
                 raise LogitcacheError(f"checkpoint in {self.out} was made with a different config (differs in: {', '.join(changed)})")
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            parallel.load_full_state(self.wrapped, state["model"], self.optimizer, state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             if "scaler" in state:
                 self.scaler.load_state_dict(state["scaler"])
@@ -186,9 +207,10 @@ class Trainer:
         D.barrier()
 
     def checkpoint(self) -> None:
+        model_state, optim_state = parallel.full_state(self.wrapped, self.optimizer)  # every rank: FSDP gathers
         if self.env.is_main:
             save_checkpoint(self.out, {
-                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "model": model_state, "optimizer": optim_state,
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "rng": rng_state(), "step": self.step,
                 "best_val_ce": self.report.best_val_ce, "best_step": self.report.best_step,
@@ -213,8 +235,7 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         n = len(micros)
         for i, part in enumerate(micros):
-            sync = i == n - 1 or self.env.world == 1
-            with (contextlib.nullcontext() if sync else self.wrapped.no_sync()), self.autocast():
+            with parallel.no_sync(self.wrapped, i == n - 1), self.autocast():
                 loss, metrics = self.objective(self.wrapped, part)
             self.scaler.scale(loss / n).backward()
             for name, value in metrics.items():
@@ -249,12 +270,14 @@ class Trainer:
 
     def validate(self) -> float:
         micro = self.cfg.batch_size // (self.env.world * self.cfg.grad_accum)
-        val_ce = lm_metrics(self.model, self.val_rows, max(micro, 8), self.device, self.env, self.autocast)["ce"]
+        val_ce = lm_metrics(self.wrapped, self.val_rows, max(micro, 8), self.device, self.env, self.autocast,
+                            lockstep=parallel.is_sharded(self.wrapped))["ce"]
         self.log_metrics({"step": self.step, "val_ce": val_ce})
         if val_ce < self.report.best_val_ce:
             self.report.best_val_ce, self.report.best_step = val_ce, self.step
+            model_state = parallel.full_state(self.wrapped)[0] if parallel.is_sharded(self.wrapped) else None
             if self.env.is_main:
-                save_model(self.model, self.out / "best", self.save_extra)
+                save_model(self.model, self.out / "best", self.save_extra, model_state)
         D.barrier()
         return val_ce
 
@@ -333,10 +356,11 @@ def _truncate_metrics(path: Path, step: int) -> None:
     write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
-def save_model(model, folder: Path, save_extra=None) -> None:
-    """save_pretrained into a temp folder, then swap it in."""
+def save_model(model, folder: Path, save_extra=None, state_dict: dict | None = None) -> None:
+    """save_pretrained into a temp folder, then swap it in; `state_dict`: the full weights of a sharded model
+    (`parallel.full_state`), saved as a plain Hugging Face folder."""
     with atomic_dir(folder) as tmp:
-        model.save_pretrained(str(tmp))
+        model.save_pretrained(str(tmp), state_dict=state_dict)
         if save_extra:
             save_extra(tmp)
 

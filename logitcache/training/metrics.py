@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from ..data.tokenizer import adds_prefix_space, decoded_bytes, spec_steps
 from ..errors import LogitcacheError
 from ..progress import NULL_PROGRESS, ProgressHook
-from . import distributed as D
+from ..runtime import device as D
 
 
 @dataclass(frozen=True)
@@ -71,12 +71,14 @@ def byte_counts(tokenizer) -> ByteCounts:
 @torch.no_grad()
 def lm_metrics(model, rows: np.ndarray, batch_size: int, device: torch.device, env: D.DistEnv = D.DistEnv(),
                autocast=contextlib.nullcontext, bytes_of: ByteCounts | None = None, ensemble=None,
-               progress: ProgressHook = NULL_PROGRESS) -> dict:
+               progress: ProgressHook = NULL_PROGRESS, lockstep: bool = False) -> dict:
     """Metrics of `model` on (N, T) token rows; each rank takes every world-th row and sums are all-reduced.
 
     Returns ce (nats per predicted token), ppl, tokens; bits_per_byte when `bytes_of` is given (special
     targets excluded from both sums); teacher_top1_agreement and teacher_kl (KL(teacher || model) at
-    the ensemble's temperature, per position) when an ensemble is given.
+    the ensemble's temperature, per position) when an ensemble is given. `lockstep`: every rank runs as many
+    forwards as the rank with the most rows (a sharded model's forward is a collective), the extra ones on a
+    row of its own whose results are dropped.
     """
     was_training = model.training
     model.eval()
@@ -84,7 +86,12 @@ def lm_metrics(model, rows: np.ndarray, batch_size: int, device: torch.device, e
     # (CE nats, predicted tokens, nats of text targets, bytes of text targets, agree, KL nats, KL positions)
     sums = torch.zeros(7, dtype=torch.float64, device=device)
     progress.start("eval", mine.shape[0])
-    for start in range(0, mine.shape[0], batch_size):
+    starts = range(0, -(-rows.shape[0] // env.world) if lockstep else mine.shape[0], batch_size)
+    for start in starts:
+        if start >= mine.shape[0]:  # lockstep: this rank has no rows left, the others still run a forward
+            with autocast():
+                model(input_ids=torch.from_numpy(rows[:1].astype(np.int64)).to(device))
+            continue
         ids = torch.from_numpy(mine[start:start + batch_size].astype(np.int64)).to(device)  # (B, T)
         with autocast():
             logits = model(input_ids=ids).logits

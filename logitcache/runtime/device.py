@@ -1,4 +1,5 @@
-"""Rank/world from torchrun's environment; process group set-up (gloo on CPU, NCCL on GPU)."""
+"""Rank/world from torchrun's environment; the device and precision a run uses; process group set-up (gloo on
+CPU, NCCL on GPU) and the collectives every rank takes together."""
 from __future__ import annotations
 
 import os
