@@ -22,7 +22,7 @@ from .store import CacheReader
 from .teachers.ensemble import Ensemble, load_teachers
 from .teachers.models import build_model, get_preset
 from .runtime import device as D
-from .training.loop import TrainReport, fit
+from .training.loop import TrainReport, check_parallel, fit
 from .training.losses import dense_kl, distill_loss, fused_next_token_ce, target_mask  # noqa: F401 (re-exported)
 from .training.losses.linear import Head, check_head, hidden_states_of, linear_head
 
@@ -132,6 +132,7 @@ def train_student(config: StudentConfig, resume: bool = False, overwrite: bool =
     from .training.loader import CacheRows
 
     check_output(config.out, resume, overwrite)
+    check_parallel(config.train)
     data = load_data(config.data)
     reader = CacheReader(config.cache, require_complete=True)
     check_cache_matches(reader, data)

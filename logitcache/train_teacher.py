@@ -10,7 +10,7 @@ from .errors import LogitcacheError
 from .files import check_output, prepare_output
 from .progress import NULL_PROGRESS, ProgressHook
 from .teachers.models import build_model, get_preset
-from .training.loop import CEObjective, TokenRows, TrainReport, fit
+from .training.loop import CEObjective, TokenRows, TrainReport, check_parallel, fit
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,7 @@ def train_teacher(config: TeacherConfig, resume: bool = False, overwrite: bool =
     """Train one teacher into `config.out`; an `out` holding something is refused unless `resume` (continue
     its checkpoint) or `overwrite` (replaced once the data and the preset have been checked)."""
     check_output(config.out, resume, overwrite)
+    check_parallel(config.train)
     data = load_data(config.data)
     check_vocab(data, config.vocab_size, f"preset '{config.preset}'")
     model = build_model(get_preset(config.preset), data.vocab_size, seed=config.train.seed, specials=data.special_ids)

@@ -87,8 +87,16 @@ def enable_activation_checkpointing(model) -> None:
     no gradient)."""
     if not getattr(model, "supports_gradient_checkpointing", False):
         raise LogitcacheError(f"--activation-checkpointing: {type(model).__name__} has no gradient checkpointing")
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False  # no key/value cache while training (transformers warns otherwise)
+
+
+def check_parallel(cfg: TrainConfig) -> None:
+    """Refuse a wrapping that cannot run, before the stage touches its output (the Trainer runs the same checks)."""
+    if cfg.fsdp:
+        env = D.dist_env()
+        parallel.check_fsdp(env)
+        parallel.mixed_precision(D.resolve_precision(D.pick_device(cfg.device, env), cfg.precision))
 
 
 def comparable(run_config: dict) -> dict:
