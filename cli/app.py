@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import typer
 
-from . import bench, copy, corpus, dump, evaluate, export, export_targets, inspect_cache, prepare, run, train_student, train_teacher, verify
+from . import (bench, copy, corpus, dump, evaluate, export, export_targets, inspect_cache, plan, prepare, run,
+               train_student, train_teacher, verify)
 from .common import STATE, OneLineErrors, setup_logging
 
 app = typer.Typer(
@@ -34,6 +35,7 @@ app.command("verify")(verify.command)
 app.command("copy")(copy.command)
 app.command("train-student")(train_student.command)
 app.command("eval")(evaluate.command)
+app.command("plan")(plan.command)
 app.command("export")(export.command)
 app.command("export-targets")(export_targets.command)
 app.add_typer(bench.app, name="bench")

@@ -374,6 +374,40 @@ class ExportTargetsConfig:
 
     def __post_init__(self):
         check(self.max_rows >= 0, "max_rows must be >= 0")
+PlanDevice = Literal["cuda", "cpu"]
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """`plan`: the per-GPU memory of a train-student configuration, estimated without training."""
+
+    preset: str = setting("llama-58m", help="Student preset (as train-student --preset); see --init-from.")
+    init_from: Optional[Path] = setting(None, help="Instead of --preset: a model folder or a config.json to plan.")
+    vocab_size: int = setting(0, help="Vocabulary (0: the --init-from config's; needed with a preset).")
+    seq_len: int = setting(128, help="Tokens per row (the data's seq_len).")
+    batch_size: int = setting(32, help="Global batch, as train-student --batch-size: rows per step over all ranks.")
+    grad_accum: int = setting(1, help="Micro-batches per step, as train-student --grad-accum.")
+    world_size: int = setting(1, help="Ranks (GPUs) under torchrun.")
+    fsdp: bool = setting(False, help="Shard with FSDP2, as train-student --fsdp.")
+    activation_checkpointing: bool = setting(False, help="As train-student --activation-checkpointing.")
+    precision: Precision = setting("auto", help="auto (bf16, a GPU's), fp32, bf16 or fp16.")
+    loss_chunk_tokens: int = setting(0, help="Tokens per chunk of the fused head loss (0: the unfused loss).")
+    top_k: int = setting(32, help="Target ids per position in the cache.")
+    gpu_memory: float = setting(0.0, help="GiB per GPU: also name the largest batch that fits (0: off).")
+    device: PlanDevice = setting("cuda", help="Where the step runs: cuda, or cpu (to check against a CPU run).")
+
+    def __post_init__(self):
+        get_preset(self.preset)
+        for name in ("seq_len", "batch_size", "grad_accum", "world_size"):
+            check(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
+        check(self.batch_size % (self.world_size * self.grad_accum) == 0,
+              f"batch_size {self.batch_size} must be a multiple of world size x grad_accum "
+              f"({self.world_size} x {self.grad_accum})")
+        check(self.loss_chunk_tokens >= 0 and self.gpu_memory >= 0 and self.vocab_size >= 0,
+              "loss_chunk_tokens, gpu_memory and vocab_size must not be negative")
+        check(not self.fsdp or self.world_size > 1, "--fsdp shards over ranks: give --world-size 2 or more")
+        _in(self.precision, Precision, "precision")
+        _in(self.device, PlanDevice, "device")
 
 
 @config_dataclass

@@ -10,7 +10,8 @@ from logitcache.store import block_chunk_path
 from logitcache_cli.app import app
 
 runner = CliRunner()
-COMMANDS = ["corpus", "prepare", "train-teacher", "dump", "inspect", "verify", "copy", "train-student", "eval", "export", "export-targets", "bench", "run"]
+COMMANDS = ["corpus", "prepare", "train-teacher", "dump", "inspect", "verify", "copy", "train-student", "eval", "plan", "export",
+            "export-targets", "bench", "run"]
 
 
 def invoke(*args):

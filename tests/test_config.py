@@ -11,7 +11,8 @@ import typer
 from logitcache._settings import field_default
 from logitcache.errors import LogitcacheError
 from logitcache.run import RunConfig, load_run_config, build_stage_configs
-from logitcache.config import (CacheSizeConfig, DumpConfig, EvalConfig, ExportConfig, ExportTargetsConfig, PrepareConfig, ProbDtype,
+from logitcache.config import (CacheSizeConfig, DumpConfig, EvalConfig, ExportConfig, ExportTargetsConfig, PlanConfig,
+                               PrepareConfig, ProbDtype,
                                StudentConfig, TeacherConfig, TrainConfig, choices)
 from logitcache.store import PROB_CODES, PROB_DTYPES
 from logitcache_cli.app import app
@@ -27,6 +28,7 @@ STAGES = [
     (CacheSizeConfig, ["bench", "cache-size"], None),
     (ExportConfig, ["export"], None),
     (ExportTargetsConfig, ["export-targets"], None),
+    (PlanConfig, ["plan"], None),
 ]
 MINIMAL_TOML = '[[teachers]]\nname = "a"\n'  # every other key at its default
 

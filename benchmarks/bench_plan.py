@@ -1,0 +1,156 @@
+"""The memory plan (`logitcache plan`, logitcache/training/plan.py) against the measured peak, and the plan's
+table of student sizes that fit a GPU.
+
+    flock /tmp/logitcache-heavy.lock python benchmarks/bench_plan.py [--steps 2] [--table-only]
+
+Measured: a LLaMA student of 4 layers x 512 hidden (8 heads, MLP 1024), vocabulary 128,256, one micro-batch of
+8 x 512 tokens with top-32 targets (alpha 0.5, T = 2), fp32 on CPU; each arm in its own process. Step memory =
+the peak RSS over --steps training steps (forward, backward, clip, AdamW, as the loop runs them) minus the RSS
+once the model and the batch are built (the peak is reset there, /proc/self/clear_refs). The plan's step
+memory is its peak less its weights and its batch. Goal: within 15% in every arm.
+
+Then the plan alone (an estimate, nothing is run): LLaMA students at vocabulary 128,256 and sequences of 2,048
+tokens, the most rows per micro-batch that fit a 24 GiB and an 80 GiB GPU with each option (bf16 on one GPU;
+FSDP over 8 GPUs). Prints the tables, then one JSON line.
+"""
+from __future__ import annotations
+
+from logitcache.runtime.process import tune_process
+
+tune_process()  # before torch is imported (logitcache/runtime/process.py), as the CLI does
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+
+from common import emit_json, parse_or_run_arm, print_table, run_arms_interleaved  # noqa: E402
+
+VOCAB, HIDDEN, LAYERS, HEADS, MLP = 128_256, 512, 4, 8, 1024
+ROWS, SEQ, TOP_K = 8, 512, 32
+GOAL = 0.15
+ARMS = {"unfused": {}, "unfused + checkpointing": {"activation_checkpointing": True}}
+
+# LLaMA-3-style shapes at vocabulary 128,256 (hidden, layers, heads, kv heads, MLP, tied head)
+SIZES = {
+    "0.5B": (1024, 24, 16, 8, 4096, True),
+    "1B (Llama-3.2-1B)": (2048, 16, 32, 8, 8192, True),
+    "3B (Llama-3.2-3B)": (3072, 28, 24, 8, 8192, True),
+    "8B (Llama-3.1-8B)": (4096, 32, 32, 8, 14336, False),
+}
+TABLE_SEQ = 2048
+
+
+def llama_config(hidden=HIDDEN, layers=LAYERS, heads=HEADS, kv_heads=HEADS, mlp=MLP, tied=False, vocab=VOCAB):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=layers,
+                       num_attention_heads=heads, num_key_value_heads=kv_heads, tie_word_embeddings=tied,
+                       max_position_embeddings=max(SEQ, TABLE_SEQ))
+
+
+def rss_mb(field: str = "VmRSS") -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(field)
+
+
+def run_arm(arm: str, work, args) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from logitcache.train_student import DistillObjective
+    from logitcache.training.loop import TrainConfig, enable_activation_checkpointing, make_optimizer
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(llama_config())
+    model.train()
+    options = ARMS[arm]
+    if options.get("activation_checkpointing"):
+        enable_activation_checkpointing(model)
+    optimizer = make_optimizer(model, TrainConfig())
+    objective = DistillObjective(alpha=0.5, temperature=2.0, tail="bucket", reduction="token", targets="topk")
+    g = torch.Generator().manual_seed(1)
+    probs = torch.softmax(torch.randn(ROWS, SEQ, TOP_K, generator=g), -1) * 0.9  # (B, T, K), a 0.1 tail
+    batch = {"input_ids": torch.randint(0, VOCAB, (ROWS, SEQ), generator=g),
+             "topk_ids": torch.randint(0, VOCAB, (ROWS, SEQ, TOP_K), generator=g), "topk_probs": probs}
+    with open("/proc/self/clear_refs", "w") as f:  # VmHWM := VmRSS: the peak from here on
+        f.write("5")
+    base = rss_mb()
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        loss, _ = objective(model, batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t0)
+    return {"step_mb": rss_mb("VmHWM") - base, "base_mb": base, "seconds": times}
+
+
+def planned(arm: str):
+    from logitcache.training.plan import ModelShape, Setup, plan
+
+    setup = Setup(micro_rows=ROWS, seq_len=SEQ, precision="fp32", device="cpu", top_k=TOP_K, **ARMS[arm])
+    return plan(ModelShape.of(llama_config()), setup)
+
+
+def size_table() -> list[dict]:
+    from logitcache.training.plan import ModelShape, Setup, largest_micro_batch
+
+    options = {"plain": {}, "checkpointing": {"activation_checkpointing": True},
+               "fused loss (4096-token chunks)": {"loss_chunk_tokens": 4096},
+               "fused + checkpointing": {"loss_chunk_tokens": 4096, "activation_checkpointing": True},
+               "FSDP x 8 + fused + checkpointing": {"loss_chunk_tokens": 4096, "activation_checkpointing": True,
+                                                     "fsdp": True, "world": 8}}
+    rows = []
+    for name, (hidden, layers, heads, kv, mlp, tied) in SIZES.items():
+        shape = ModelShape.of(llama_config(hidden, layers, heads, kv, mlp, tied))
+        for option, settings in options.items():
+            setup = Setup(micro_rows=1, seq_len=TABLE_SEQ, precision="bf16", device="cuda", **settings)
+            rows.append({"student": name, "params_b": round(shape.params / 1e9, 2), "option": option,
+                         **{f"rows_{gib}gib": largest_micro_batch(shape, setup, gib) for gib in (24, 80)}})
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--measured", default="", help="a JSON file of the arms' results: re-read, not re-run")
+    parser.add_argument("--table-only", type=lambda s: s in ("1", "True", "true"), nargs="?", const=True, default=False)
+    args = parse_or_run_arm(parser, run_arm)
+    if args is None:
+        return
+    payload = {}
+    if not args.table_only:
+        from pathlib import Path
+
+        if args.measured:  # the arms' results of an earlier run (its "measured" JSON)
+            results = json.loads(Path(args.measured).read_text())
+        else:
+            results = run_arms_interleaved(__file__, list(ARMS), args, Path("."))
+        payload["measured"] = results
+        rows = []
+        for arm, runs in results.items():
+            measured = sorted(r["step_mb"] for r in runs)[len(runs) // 2] / 1024  # GiB
+            p = planned(arm)
+            rows.append([arm, round(p.step / 2**30, 3), round(measured, 3), round(p.step / 2**30 / measured, 3), p.phase,
+                         round(min(min(r["seconds"]) for r in runs), 1)])
+        print_table(f"step memory, GiB: LLaMA {LAYERS} x {HIDDEN}, V = {VOCAB:,}, {ROWS} x {SEQ} tokens, top-{TOP_K}, "
+                    "fp32 CPU", ["arm", "plan", "measured", "plan/measured", "plan's peak phase", "step s"], rows)
+        payload["check"] = {r[0]: {"plan_gib": r[1], "measured_gib": r[2], "ratio": r[3]} for r in rows}
+        payload["within_goal"] = all(abs(r[3] - 1) <= GOAL for r in rows)
+    table = size_table()
+    print_table(f"\nestimate from the plan: rows of {TABLE_SEQ} tokens per micro-batch per GPU that fit (bf16, "
+                f"V = {VOCAB:,}; 0: does not fit)", ["student", "params (B)", "option", "24 GiB", "80 GiB"],
+                [[r["student"], r["params_b"], r["option"], r["rows_24gib"], r["rows_80gib"]] for r in table])
+    payload["fits"] = table
+    emit_json(payload)
+
+
+if __name__ == "__main__":
+    main()
