@@ -2,12 +2,16 @@
 table of student sizes that fit a GPU.
 
     flock /tmp/logitcache-heavy.lock python benchmarks/bench_plan.py [--steps 2] [--table-only]
+    python benchmarks/bench_plan.py --device cuda --precision bf16      (on a GPU: benchmarks/gpu_check.sh)
 
 Measured: a LLaMA student of 4 layers x 512 hidden (8 heads, MLP 1024), vocabulary 128,256, one micro-batch of
 8 x 512 tokens with top-32 targets (alpha 0.5, T = 2), fp32 on CPU; each arm in its own process. Step memory =
 the peak RSS over --steps training steps (forward, backward, clip, AdamW, as the loop runs them) minus the RSS
 once the model and the batch are built (the peak is reset there, /proc/self/clear_refs). The plan's step
-memory is its peak less its weights and its batch. Goal: within 15% in every arm.
+memory is its peak less its weights and its batch. Goal: within 15% in every arm. With --device cuda the
+measure is torch.cuda.max_memory_allocated less the memory allocated once the model and the batch are on the
+GPU (the caching allocator's own count: no CUDA context, no cached free blocks), and --precision bf16 runs the
+step under bf16 autocast as train-student does.
 
 Then the plan alone (an estimate, nothing is run): LLaMA students at vocabulary 128,256 and sequences of 2,048
 tokens, the most rows per micro-batch that fit a 24 GiB and an 80 GiB GPU with each option (bf16 on one GPU;
@@ -20,6 +24,7 @@ from logitcache.runtime.process import tune_process
 tune_process()  # before torch is imported (logitcache/runtime/process.py), as the CLI does
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 
@@ -65,7 +70,8 @@ def run_arm(arm: str, work, args) -> dict:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(llama_config())
+    device = torch.device(args.device)
+    model = AutoModelForCausalLM.from_config(llama_config()).to(device)
     model.train()
     options = ARMS[arm]
     if options.get("activation_checkpointing"):
@@ -76,25 +82,37 @@ def run_arm(arm: str, work, args) -> dict:
     probs = torch.softmax(torch.randn(ROWS, SEQ, TOP_K, generator=g), -1) * 0.9  # (B, T, K), a 0.1 tail
     batch = {"input_ids": torch.randint(0, VOCAB, (ROWS, SEQ), generator=g),
              "topk_ids": torch.randint(0, VOCAB, (ROWS, SEQ, TOP_K), generator=g), "topk_probs": probs}
-    with open("/proc/self/clear_refs", "w") as f:  # VmHWM := VmRSS: the peak from here on
-        f.write("5")
-    base = rss_mb()
+    batch = {k: v.to(device) for k, v in batch.items()}
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16"
+                else contextlib.nullcontext())
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated() / 2**20
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        with open("/proc/self/clear_refs", "w") as f:  # VmHWM := VmRSS: the peak from here on
+            f.write("5")
+        base = rss_mb()
     times = []
     for _ in range(args.steps):
         t0 = time.perf_counter()
-        loss, _ = objective(model, batch)
+        with autocast:
+            loss, _ = objective(model, batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    return {"step_mb": rss_mb("VmHWM") - base, "base_mb": base, "seconds": times}
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else rss_mb("VmHWM")
+    return {"step_mb": peak - base, "base_mb": base, "seconds": times}
 
 
-def planned(arm: str):
+def planned(arm: str, args):
     from logitcache.training.plan import ModelShape, Setup, plan
 
-    setup = Setup(micro_rows=ROWS, seq_len=SEQ, precision="fp32", device="cpu", top_k=TOP_K, **ARMS[arm])
+    setup = Setup(micro_rows=ROWS, seq_len=SEQ, precision=args.precision, device=args.device, top_k=TOP_K, **ARMS[arm])
     return plan(ModelShape.of(llama_config()), setup)
 
 
@@ -120,6 +138,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--measured", default="", help="a JSON file of the arms' results: re-read, not re-run")
     parser.add_argument("--table-only", type=lambda s: s in ("1", "True", "true"), nargs="?", const=True, default=False)
     args = parse_or_run_arm(parser, run_arm)
@@ -137,11 +157,11 @@ def main():
         rows = []
         for arm, runs in results.items():
             measured = sorted(r["step_mb"] for r in runs)[len(runs) // 2] / 1024  # GiB
-            p = planned(arm)
+            p = planned(arm, args)
             rows.append([arm, round(p.step / 2**30, 3), round(measured, 3), round(p.step / 2**30 / measured, 3), p.phase,
                          round(min(min(r["seconds"]) for r in runs), 1)])
         print_table(f"step memory, GiB: LLaMA {LAYERS} x {HIDDEN}, V = {VOCAB:,}, {ROWS} x {SEQ} tokens, top-{TOP_K}, "
-                    "fp32 CPU", ["arm", "plan", "measured", "plan/measured", "plan's peak phase", "step s"], rows)
+                    f"{args.precision} on {args.device}", ["arm", "plan", "measured", "plan/measured", "plan's peak phase", "step s"], rows)
         payload["check"] = {r[0]: {"plan_gib": r[1], "measured_gib": r[2], "ratio": r[3]} for r in rows}
         payload["within_goal"] = all(abs(r[3] - 1) <= GOAL for r in rows)
     table = size_table()

@@ -50,11 +50,24 @@ if [ "$NGPU" -ge 2 ]; then
   check student_torchrun_ddp_nccl $PY -m torch.distributed.run --standalone --nproc-per-node 2 -m logitcache_cli \
       train-student --cache $OUT/c1.zarr --data $OUT/data --out $OUT/s2 --preset llama-tiny --max-steps 20 --batch-size 16 \
       --device cuda --precision bf16 --val-chunks 16
+  check student_torchrun_fsdp_nccl $PY -m torch.distributed.run --standalone --nproc-per-node 2 -m logitcache_cli \
+      train-student --cache $OUT/c1.zarr --data $OUT/data --out $OUT/s3 --preset llama-tiny --max-steps 20 --batch-size 16 \
+      --device cuda --precision bf16 --val-chunks 16 --fsdp --activation-checkpointing
+  check student_fsdp_saved_model_loads $PY -c "from transformers import AutoModelForCausalLM as M; M.from_pretrained('$OUT/s3')"
 else
   echo '{"check": "nccl", "ok": null, "why": "one GPU: torchrun with NCCL needs two"}'
 fi
 check student_cuda_bf16_pinned .venv/bin/logitcache train-student --cache $OUT/c1.zarr --data $OUT/data --out $OUT/s1 \
     --preset llama-tiny --max-steps 30 --batch-size 16 --device cuda --precision bf16 --val-chunks 16
+check student_cuda_activation_checkpointing .venv/bin/logitcache train-student --cache $OUT/c1.zarr --data $OUT/data \
+    --out $OUT/s4 --preset llama-tiny --max-steps 10 --batch-size 16 --device cuda --precision bf16 --val-chunks 16 \
+    --activation-checkpointing
+# the memory plan beside the real peak (torch.cuda.max_memory_allocated) of the same step: LLaMA 4 x 512,
+# V = 128,256, 8 x 512 tokens, top-32, with and without activation checkpointing, in fp32 and under bf16 autocast
+for precision in fp32 bf16; do
+  check plan_vs_peak_$precision $PY benchmarks/bench_plan.py --device cuda --precision $precision --steps 3
+  sed -n '/^step memory/,/^$/p' "$OUT/plan_vs_peak_$precision.log"
+done
 # paper scale: the teachers' forward, the dump and the student steps on the GPU
 check paper_scale $PY benchmarks/bench_paper_scale.py --steps 8 --batch-size 32 --chunks 256 --dump-batch 32 --device cuda
 grep -h '^{' "$OUT/paper_scale.log" | tail -1

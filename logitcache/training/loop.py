@@ -2,8 +2,9 @@
 
 Exact resume: data order is a pure function of (seed, epoch), so a checkpoint needs only the step;
 model, optimizer, scheduler and RNG states are saved atomically (write, then rename).
-Under torchrun each rank takes a contiguous slice of every global batch and DDP averages gradients,
-so N processes follow the same loss curve as one process with the same global batch.
+Under torchrun each rank takes a contiguous slice of every global batch and DDP (or FSDP2, `--fsdp`:
+training/parallel.py) averages gradients, so N processes follow the same loss curve as one process with the
+same global batch.
 """
 from __future__ import annotations
 
