@@ -119,10 +119,10 @@ def planned(arm: str, args):
 def size_table() -> list[dict]:
     from logitcache.training.plan import ModelShape, Setup, largest_micro_batch
 
-    options = {"plain": {}, "checkpointing": {"activation_checkpointing": True},
-               "fused loss (4096-token chunks)": {"loss_chunk_tokens": 4096},
-               "fused + checkpointing": {"loss_chunk_tokens": 4096, "activation_checkpointing": True},
-               "FSDP x 8 + fused + checkpointing": {"loss_chunk_tokens": 4096, "activation_checkpointing": True,
+    options = {"unfused": {}, "checkpointing": {"activation_checkpointing": True},
+               "fused loss": {"loss_chunk_tokens": -1},
+               "fused + checkpointing": {"loss_chunk_tokens": -1, "activation_checkpointing": True},
+               "FSDP x 8 + fused + checkpointing": {"loss_chunk_tokens": -1, "activation_checkpointing": True,
                                                      "fsdp": True, "world": 8}}
     rows = []
     for name, (hidden, layers, heads, kv, mlp, tied) in SIZES.items():

@@ -391,7 +391,8 @@ class PlanConfig:
     fsdp: bool = setting(False, help="Shard with FSDP2, as train-student --fsdp.")
     activation_checkpointing: bool = setting(False, help="As train-student --activation-checkpointing.")
     precision: Precision = setting("auto", help="auto (bf16, a GPU's), fp32, bf16 or fp16.")
-    loss_chunk_tokens: int = setting(0, help="Tokens per chunk of the fused head loss (0: the unfused loss).")
+    loss_chunk_tokens: int = setting(-1, help="As train-student --loss-chunk-tokens: tokens per chunk of the fused "
+                                              "head loss (-1: automatic), 0 the loss from the full logits.")
     top_k: int = setting(32, help="Target ids per position in the cache.")
     gpu_memory: float = setting(0.0, help="GiB per GPU: also name the largest batch that fits (0: off).")
     device: PlanDevice = setting("cuda", help="Where the step runs: cuda, or cpu (to check against a CPU run).")
@@ -403,8 +404,8 @@ class PlanConfig:
         check(self.batch_size % (self.world_size * self.grad_accum) == 0,
               f"batch_size {self.batch_size} must be a multiple of world size x grad_accum "
               f"({self.world_size} x {self.grad_accum})")
-        check(self.loss_chunk_tokens >= 0 and self.gpu_memory >= 0 and self.vocab_size >= 0,
-              "loss_chunk_tokens, gpu_memory and vocab_size must not be negative")
+        check(self.loss_chunk_tokens >= -1 and self.gpu_memory >= 0 and self.vocab_size >= 0,
+              "loss_chunk_tokens must be -1 (automatic), 0 or positive; gpu_memory and vocab_size not negative")
         check(not self.fsdp or self.world_size > 1, "--fsdp shards over ranks: give --world-size 2 or more")
         _in(self.precision, Precision, "precision")
         _in(self.device, PlanDevice, "device")

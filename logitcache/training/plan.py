@@ -19,8 +19,10 @@ the parameter count, W the ranks.
 - loss: the unfused loss (--loss-chunk-tokens 0) holds the (N, V) logits and one (N, V) fp32 gradient buffer
   in its forward (that buffer is kept between steps and reused, `training/losses.py`), plus softmax slices
   of 4M (CPU) or 64M (CUDA) values; under bf16 the logits are bf16 and the backward adds a bf16 copy of the
-  gradient. The fused head loss with C tokens per chunk holds a chunk's fp32 logits and their gradient,
-  2 x C x V x 4, and the (N, H) gradient of the hidden states.
+  gradient. The fused head loss (`training/losses/linear.py`) with C tokens per chunk holds three (C, V) fp32
+  buffers (the chunk's logits, its softmax and its gradient), the (N, H) fp32 gradient of the hidden states
+  and the head's (V, H) fp32 gradient, made during the forward (an fp32 copy of the head too where its
+  parameters are bf16); C = -1 is its automatic chunk, a chunk's logits within 64 MiB.
 - autocast (bf16 or fp16 without FSDP) keeps a 2-byte copy of every matrix a linear layer uses, from the
   forward to the backward.
 
@@ -40,6 +42,8 @@ from dataclasses import asdict, dataclass
 GIB = 1 << 30
 RESERVE_GIB = 1.0  # CUDA context and allocator slack, kept free when a batch is fitted into --gpu-memory
 SLICE_VALUES = {"cpu": 1 << 22, "cuda": 1 << 26}  # the unfused loss's softmax slices (losses.CHUNK_ELEMENTS)
+CHUNK_BUDGET_BYTES = 64 << 20  # the fused head loss's automatic chunk: its fp32 logits within this
+FUSED_CHUNK_BUFFERS = 3  # (C, V) fp32 buffers a fused chunk holds: logits, softmax, gradient
 LLAMA_LIKE = {"llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2", "granite", "cohere", "gemma", "gemma2"}
 
 
@@ -99,7 +103,7 @@ class Setup:
     fsdp: bool = False
     activation_checkpointing: bool = False
     precision: str = "bf16"  # fp32, bf16 or fp16 (resolved)
-    loss_chunk_tokens: int = 0  # 0: the unfused loss
+    loss_chunk_tokens: int = 0  # 0: the unfused loss; -1: the fused head loss's automatic chunk
     top_k: int = 32
     device: str = "cuda"
 
@@ -163,9 +167,11 @@ def plan(shape: ModelShape, setup: Setup) -> MemoryPlan:
     else:
         activations = per_layer * shape.layers + final
     # ---- loss
-    if setup.loss_chunk_tokens > 0:
-        chunk = min(setup.loss_chunk_tokens, n)
-        loss_forward = 2 * chunk * v * 4 + n * h * 4
+    if setup.loss_chunk_tokens != 0:
+        chunk = min(fused_chunk_tokens(setup.loss_chunk_tokens, v), n)
+        head_copy = shape.head_params * 4 if fsdp and low else 0  # an fp32 copy of bf16 head parameters
+        # the head's gradient is made here, in the forward: it is the one the backward hands to the head
+        loss_forward = FUSED_CHUNK_BUFFERS * chunk * v * 4 + n * h * 4 + head_grad + head_copy
         loss_backward, loss_kept = 0, 0
     else:
         slices = 2 * min(SLICE_VALUES.get(setup.device, SLICE_VALUES["cpu"]), n * v) * 4
@@ -186,6 +192,11 @@ def plan(shape: ModelShape, setup: Setup) -> MemoryPlan:
     return MemoryPlan(weights=weights, gradients=grads, optimizer=optimizer, activations=activations,
                       loss=loss_kept + loss_forward, other=other, batch=targets, peak=persistent + phases[phase],
                       phase=phase)
+
+
+def fused_chunk_tokens(loss_chunk_tokens: int, vocab: int) -> int:
+    """Tokens per chunk of the fused head loss: as set, or automatic (-1) within CHUNK_BUDGET_BYTES."""
+    return loss_chunk_tokens if loss_chunk_tokens > 0 else max(1, CHUNK_BUDGET_BYTES // (4 * vocab))
 
 
 def largest_micro_batch(shape: ModelShape, setup: Setup, gpu_gib: float, limit: int = 1 << 16) -> int:
