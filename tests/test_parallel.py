@@ -175,3 +175,31 @@ def test_fsdp_sigkill_and_resume_equal_the_uninterrupted_run(fsdp_run, tmp_path,
     a, b = weights(fsdp_run), weights(out)
     for name in a:
         assert torch.allclose(a[name], b[name], rtol=0, atol=1e-6), name
+
+
+@pytest.mark.slow
+def test_a_one_process_checkpoint_resumes_under_fsdp(fsdp_run, tmp_path, tiny_data, tiny_cache, monkeypatch):
+    """Checkpoints hold full state dicts whatever the wrapping: a one-process run stopped after its checkpoint
+    at step 6 resumes on two FSDP ranks and ends where the FSDP run from scratch ends (the one-process and
+    two-rank tolerance of the test above)."""
+    import logitcache.training.loop as T
+
+    out = tmp_path / "switched"
+    original = T.save_checkpoint
+
+    def stop_after_step_6(folder, state):
+        original(folder, state)
+        if state["step"] == 6:
+            raise KeyboardInterrupt("stopped after the checkpoint of step 6")
+
+    monkeypatch.setattr(T, "save_checkpoint", stop_after_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        train_student(StudentConfig(cache=tiny_cache, data=tiny_data, out=out, preset="llama-tiny", alpha=0.5,
+                                    shuffle_buffer=16, train=tiny_train(FSDP_STEPS, checkpoint_every=2)))
+    monkeypatch.undo()
+    assert load_checkpoint(out)["step"] == 6
+    run_fsdp(student_args(tiny_cache, tiny_data, out) + ["--fsdp", "--resume"])
+    assert losses(out) == pytest.approx(losses(fsdp_run), rel=1e-5)
+    a, b = weights(fsdp_run), weights(out)
+    for name in a:
+        assert torch.allclose(a[name], b[name], rtol=0, atol=1e-4), name
