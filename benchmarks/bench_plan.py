@@ -66,7 +66,8 @@ def run_arm(arm: str, work, args) -> dict:
     from transformers import AutoModelForCausalLM
 
     from logitcache.train_student import DistillObjective
-    from logitcache.training.loop import TrainConfig, enable_activation_checkpointing, make_optimizer
+    from logitcache.training.loop import (TrainConfig, allocate_optimizer_state, enable_activation_checkpointing,
+                                         make_optimizer)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -77,6 +78,7 @@ def run_arm(arm: str, work, args) -> dict:
     if options.get("activation_checkpointing"):
         enable_activation_checkpointing(model)
     optimizer = make_optimizer(model, TrainConfig())
+    allocate_optimizer_state(optimizer)  # as the loop does
     objective = DistillObjective(alpha=0.5, temperature=2.0, tail="bucket", reduction="token", targets="topk")
     g = torch.Generator().manual_seed(1)
     probs = torch.softmax(torch.randn(ROWS, SEQ, TOP_K, generator=g), -1) * 0.9  # (B, T, K), a 0.1 tail

@@ -510,6 +510,16 @@ ELSEWHERE.update({f"export-targets {name}": ("test_integrations.py::test_the_axo
                   for name in ("CACHE", "OUT", "--format")})
 ELSEWHERE.update({f"export-targets {name}": "test_integrations.py::test_the_export_refuses_sampled_targets_keeps_what_"
                   "is_there_and_overwrites_on_request" for name in ("--overwrite", "--max-rows")})
+ELSEWHERE |= {
+    "train-teacher --activation-checkpointing":
+        "test_parallel.py::test_train_student_with_activation_checkpointing_follows_the_same_losses",
+    "train-teacher --fsdp": "test_parallel.py::test_fsdp_without_torchrun_is_refused",
+    **{f"plan --{name}": "test_plan.py::test_plan_command" for name in
+       ("preset", "vocab-size", "seq-len", "batch-size", "world-size", "gpu-memory", "json")},
+    **{f"plan --{name}": "test_plan.py::test_plan_command_passes_every_setting" for name in
+       ("init-from", "grad-accum", "fsdp", "activation-checkpointing", "precision", "device", "top-k",
+        "loss-chunk-tokens")},
+}
 ELSEWHERE["dump --min-coverage"] = "test_cross_tokenizer.py::test_a_lossy_teacher_tokenizer_is_refused_below_min_coverage"
 ELSEWHERE["dump --teacher-weights"] = "test_cross_tokenizer.py::test_teacher_weights_weigh_the_aligned_teachers"
 ELSEWHERE["bench cache-size --storage-option"] = "test_remote.py::test_unreachable_endpoint_and_bad_options_are_one_line"

@@ -203,3 +203,27 @@ def test_a_one_process_checkpoint_resumes_under_fsdp(fsdp_run, tmp_path, tiny_da
     a, b = weights(fsdp_run), weights(out)
     for name in a:
         assert torch.allclose(a[name], b[name], rtol=0, atol=1e-4), name
+
+
+def test_optimizer_state_made_before_the_first_step_equals_adamws_own():
+    """The loop allocates AdamW's moments up front (memory layout); after two steps the weights and the state
+    equal those of an AdamW that made its state itself, bit for bit."""
+    from logitcache.training.loop import TrainConfig, allocate_optimizer_state, make_optimizer
+
+    models = [build_model(get_preset("llama-tiny"), 300, seed=0) for _ in range(2)]
+    optimizers = [make_optimizer(m, TrainConfig(lr=1e-2)) for m in models]
+    allocate_optimizer_state(optimizers[0])
+    ids = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(0))
+    for _ in range(2):
+        for model, optimizer in zip(models, optimizers):
+            next_token_ce(model(input_ids=ids).logits, ids).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.equal(a, b)
+    ours, theirs = (o.state_dict()["state"] for o in optimizers)
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        assert ours[key].keys() == theirs[key].keys()
+        for name in ours[key]:
+            assert torch.equal(ours[key][name], theirs[key][name]) and ours[key][name].dtype == theirs[key][name].dtype

@@ -100,3 +100,19 @@ def test_plan_command(tmp_path):
     assert variants["DDP"]["as_set"] and variants["FSDP + checkpointing"]["max_batch_size"] > 0
     refused = runner.invoke(app, ["plan", "--preset", "llama-tiny"])
     assert refused.exit_code == 2 and "--vocab-size" in refused.output
+
+
+@pytest.mark.parametrize("chunk", [0, 64])
+def test_plan_command_passes_every_setting(tmp_path, chunk):
+    """Every option reaches the plan: the CLI's numbers are the plan of the same shape and setup."""
+    config = llama(kv_heads=2)
+    config.save_pretrained(tmp_path)
+    result = CliRunner().invoke(app, [
+        "plan", "--init-from", tmp_path / "config.json", "--seq-len", SEQ, "--batch-size", 16, "--grad-accum", 2,
+        "--world-size", 2, "--fsdp", "--activation-checkpointing", "--precision", "fp32", "--device", "cpu",
+        "--top-k", 16, "--loss-chunk-tokens", chunk, "--json", "-"])
+    assert result.exit_code == 0, result.output
+    got = json.loads(result.stdout[result.stdout.index("{"):])["variants"]["FSDP + checkpointing"]
+    expected = plan(ModelShape.of(config), Setup(4, SEQ, world=2, fsdp=True, activation_checkpointing=True,
+                                                 precision="fp32", device="cpu", top_k=16, loss_chunk_tokens=chunk))
+    assert got["as_set"] and got == pytest.approx(expected.gib() | {"as_set": True})

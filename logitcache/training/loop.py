@@ -129,6 +129,22 @@ def make_optimizer(model, cfg: TrainConfig):
     )
 
 
+def allocate_optimizer_state(optimizer: torch.optim.AdamW) -> None:
+    """AdamW's moments made before the first forward, as zeros (what its first step would make).
+
+    Made lazily, they land in the memory the first step's logits freed, so every later step's logits need
+    a new block beside that hole: on CPU the heap keeps both (1.6 GB more peak RSS for a 4 x 512 student at
+    V = 128,256, 8 x 512 tokens), and a GPU's caching allocator cannot release a segment the moments share.
+    Made first, they sit below every step's transient buffers, which reuse their own freed blocks."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state[p]
+            if not state:
+                state["step"] = torch.tensor(0.0, dtype=torch.float32)  # on the CPU, as AdamW keeps it
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
 @dataclass
 class TrainReport:
     steps: int = 0
@@ -170,6 +186,7 @@ class Trainer:
         check(val_rows.shape[0] > 0, "the validation split has no chunks (is the dev split empty?)")
         self.total_steps = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * self.steps_per_epoch
         self.optimizer = make_optimizer(model, cfg)
+        allocate_optimizer_state(self.optimizer)
         warmup = min(cfg.warmup_steps, self.total_steps // 2)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(warmup, self.total_steps))
         # under FSDP its mixed-precision policy casts the parameters (parallel.mixed_precision): no autocast
