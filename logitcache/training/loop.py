@@ -296,7 +296,9 @@ class Trainer:
 
     def validate(self) -> float:
         micro = self.cfg.batch_size // (self.env.world * self.cfg.grad_accum)
-        val_ce = lm_metrics(self.wrapped, self.val_rows, max(micro, 8), self.device, self.env, self.autocast,
+        # the model, not a DDP wrapper (whose forward broadcasts buffers: ranks with fewer rows would hang); FSDP2
+        # shards the model in place, so its forward is the sharded one, run in lockstep
+        val_ce = lm_metrics(self.model, self.val_rows, max(micro, 8), self.device, self.env, self.autocast,
                             lockstep=parallel.is_sharded(self.wrapped))["ce"]
         self.log_metrics({"step": self.step, "val_ce": val_ce})
         if val_ce < self.report.best_val_ce:
