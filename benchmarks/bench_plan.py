@@ -19,9 +19,12 @@ FSDP over 8 GPUs). Prints the tables, then one JSON line.
 """
 from __future__ import annotations
 
+import sys
+
 from logitcache.runtime.process import tune_process
 
-tune_process()  # before torch is imported (logitcache/runtime/process.py), as the CLI does
+if "--heap=default" not in sys.argv:  # an arm's process: the parent passes its options as --name=value
+    tune_process()  # before torch is imported (logitcache/runtime/process.py), as the CLI does
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
@@ -77,8 +80,6 @@ def run_arm(arm: str, work, args) -> dict:
     options = ARMS[arm]
     if options.get("activation_checkpointing"):
         enable_activation_checkpointing(model)
-    optimizer = make_optimizer(model, TrainConfig())
-    allocate_optimizer_state(optimizer)  # as the loop does
     objective = DistillObjective(alpha=0.5, temperature=2.0, tail="bucket", reduction="token", targets="topk")
     g = torch.Generator().manual_seed(1)
     probs = torch.softmax(torch.randn(ROWS, SEQ, TOP_K, generator=g), -1) * 0.9  # (B, T, K), a 0.1 tail
@@ -95,6 +96,8 @@ def run_arm(arm: str, work, args) -> dict:
         with open("/proc/self/clear_refs", "w") as f:  # VmHWM := VmRSS: the peak from here on
             f.write("5")
         base = rss_mb()
+    optimizer = make_optimizer(model, TrainConfig())
+    allocate_optimizer_state(optimizer)  # as the loop does: the step's memory includes AdamW's moments
     times = []
     for _ in range(args.steps):
         t0 = time.perf_counter()
@@ -142,6 +145,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--heap", choices=["tuned", "default"], default="tuned",
+                        help="tuned: the CLI's heap settings (freed buffers stay in the heap); default: glibc's "
+                             "(buffers above 32 MB are mapped and returned on free, so RSS follows live bytes)")
     parser.add_argument("--measured", default="", help="a JSON file of the arms' results: re-read, not re-run")
     parser.add_argument("--table-only", type=lambda s: s in ("1", "True", "true"), nargs="?", const=True, default=False)
     args = parse_or_run_arm(parser, run_arm)

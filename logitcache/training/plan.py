@@ -17,8 +17,8 @@ the parameter count, W the ranks.
   bf16 the norms keep fp32 (4H values of 4 bytes) and the rest 2 bytes. With activation checkpointing a layer
   keeps only its input (H values), and the backward recomputes one layer at a time.
 - loss: the unfused loss (--loss-chunk-tokens 0) holds the (N, V) logits and one (N, V) fp32 gradient buffer
-  in its forward (that buffer is kept between steps and reused, `training/losses.py`), plus softmax slices
-  of 4M (CPU) or 64M (CUDA) values; under bf16 the logits are bf16 and the backward adds a bf16 copy of the
+  in its forward (that buffer is kept between steps and reused, `training/losses.py`), plus a softmax slice
+  of whole rows within 4M (CPU) or 64M (CUDA) values, one row at least; under bf16 the logits are bf16 and the backward adds a bf16 copy of the
   gradient. The fused head loss (`training/losses/linear.py`) with C tokens per chunk holds three (C, V) fp32
   buffers (the chunk's logits, its softmax and its gradient), the (N, H) fp32 gradient of the hidden states
   and the head's (V, H) fp32 gradient, made during the forward (an fp32 copy of the head too where its
@@ -174,7 +174,10 @@ def plan(shape: ModelShape, setup: Setup) -> MemoryPlan:
         loss_forward = FUSED_CHUNK_BUFFERS * chunk * v * 4 + n * h * 4 + head_grad + head_copy
         loss_backward, loss_kept = 0, 0
     else:
-        slices = 2 * min(SLICE_VALUES.get(setup.device, SLICE_VALUES["cpu"]), n * v) * 4
+        # one softmax slice of whole rows, at least one row (losses._row_slices)
+        slice_rows = min(max(1, SLICE_VALUES.get(setup.device, SLICE_VALUES["cpu"]) // (setup.seq_len * v)),
+                         setup.micro_rows)
+        slices = slice_rows * setup.seq_len * v * 4
         loss_kept = n * v * 4  # the gradient buffer, reused from step to step
         loss_forward = n * v * (2 if low else 4) + slices
         loss_backward = n * v * 2 if low else 0  # the gradient cast to the logits' dtype
