@@ -1,2 +1,2 @@
-"""The shared training loop and its parts: checkpoints, the cache loader, losses, metrics, torch.distributed
-helpers, and the process's allocator and thread settings."""
+"""The shared training loop and its parts: checkpoints, the cache loader, losses, metrics, the model's wrapping
+over ranks (one process, DDP, FSDP2) and the memory plan of a step."""
