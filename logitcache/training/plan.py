@@ -23,6 +23,11 @@ the parameter count, W the ranks.
   buffers (the chunk's logits, its softmax and its gradient), the (N, H) fp32 gradient of the hidden states
   and the head's (V, H) fp32 gradient, made during the forward (an fp32 copy of the head too where its
   parameters are bf16); C = -1 is its automatic chunk, a chunk's logits within 64 MiB.
+- CPU heap (`--device cpu`, the unfused loss): with the CLI's heap settings (`runtime/process.py`) glibc keeps
+  the first step's freed (N, V) logits block, split by small allocations made during the step, so every
+  later step's logits take a second block. Found by measuring (benchmarks/bench_plan.py: the live terms
+  alone came to 0.75 of the measured RSS, the gap one logits block in both arms); a GPU's caching
+  allocator reports live bytes (`max_memory_allocated`) without it.
 - autocast (bf16 or fp16 without FSDP) keeps a 2-byte copy of every matrix a linear layer uses, from the
   forward to the backward.
 
@@ -117,7 +122,7 @@ class MemoryPlan:
     optimizer: int
     activations: int
     loss: int  # the loss's buffers at their largest (its forward)
-    other: int  # DDP's buckets, autocast's weight copies, FSDP's gathered parameters
+    other: int  # DDP's buckets, autocast's weight copies, FSDP's gathered parameters, the CPU heap's block
     batch: int  # the micro-batch's input ids and targets
     peak: int
     phase: str  # which phase sets the peak
@@ -182,8 +187,10 @@ def plan(shape: ModelShape, setup: Setup) -> MemoryPlan:
         loss_forward = n * v * (2 if low else 4) + slices
         loss_backward = n * v * 2 if low else 0  # the gradient cast to the logits' dtype
     targets = n * setup.top_k * (8 + 4) + n * 8  # ids, probabilities, input ids
+    heap = n * v * (2 if low else 4) if setup.device == "cpu" and setup.loss_chunk_tokens == 0 else 0
+    other += heap
     # ---- phases
-    persistent = weights + optimizer + buckets + loss_kept + targets
+    persistent = weights + optimizer + buckets + loss_kept + targets + heap
     phases = {
         "loss forward": activations + casts + loss_forward,
         "backward start": activations + casts + loss_backward + head_grad + n * h * 4,
