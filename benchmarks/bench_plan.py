@@ -36,7 +36,8 @@ from common import emit_json, parse_or_run_arm, print_table, run_arms_interleave
 VOCAB, HIDDEN, LAYERS, HEADS, MLP = 128_256, 512, 4, 8, 1024
 ROWS, SEQ, TOP_K = 8, 512, 32
 GOAL = 0.15
-ARMS = {"unfused": {}, "unfused + checkpointing": {"activation_checkpointing": True}}
+ARMS = {"unfused": {"loss_chunk_tokens": 0}, "unfused + checkpointing": {"loss_chunk_tokens": 0, "activation_checkpointing": True},
+        "fused": {"loss_chunk_tokens": -1}, "fused + checkpointing": {"loss_chunk_tokens": -1, "activation_checkpointing": True}}
 
 # LLaMA-3-style shapes at vocabulary 128,256 (hidden, layers, heads, kv heads, MLP, tied head)
 SIZES = {
@@ -80,7 +81,8 @@ def run_arm(arm: str, work, args) -> dict:
     options = ARMS[arm]
     if options.get("activation_checkpointing"):
         enable_activation_checkpointing(model)
-    objective = DistillObjective(alpha=0.5, temperature=2.0, tail="bucket", reduction="token", targets="topk")
+    objective = DistillObjective(alpha=0.5, temperature=2.0, tail="bucket", reduction="token", targets="topk",
+                                 chunk_tokens=options["loss_chunk_tokens"])
     g = torch.Generator().manual_seed(1)
     probs = torch.softmax(torch.randn(ROWS, SEQ, TOP_K, generator=g), -1) * 0.9  # (B, T, K), a 0.1 tail
     batch = {"input_ids": torch.randint(0, VOCAB, (ROWS, SEQ), generator=g),
