@@ -377,7 +377,7 @@ class ExportTargetsConfig:
 PlanDevice = Literal["cuda", "cpu"]
 
 
-@dataclass(frozen=True)
+@config_dataclass
 class PlanConfig:
     """`plan`: the per-GPU memory of a train-student configuration, estimated without training."""
 
