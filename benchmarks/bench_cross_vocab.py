@@ -82,7 +82,7 @@ def teacher_folder(work: Path, raw: Path, size: int, preset: str) -> Path:
 BARE = """
 import json, sys, time
 import numpy as np, torch
-from logitcache.training.memory import tune_process
+from logitcache.runtime.process import tune_process
 tune_process()
 from logitcache.data.prepared import load_data
 from logitcache.teachers.models import load_model
