@@ -431,6 +431,24 @@ def test_overwrite_refuses_user_files_under_a_cache_array_name(tmp_path, tiny_da
     assert (empty / "chapter1" / "figures").is_dir()
 
 
+def test_overwrite_refuses_symbolic_links(tmp_path, tiny_data, tiny_teachers):
+    """--out a link to a cache, and a cache holding a link named like one of its arrays: refused in one
+    line, the cache (its root zarr.json too) and the linked folder kept."""
+    cache = tmp_path / "cache.zarr"
+    assert _dump_cli(tiny_data, tiny_teachers, cache).exit_code == 0
+    before = _objects(cache)
+    link = tmp_path / "latest"
+    link.symlink_to(cache)
+    _refused(_dump_cli(tiny_data, tiny_teachers, link, "--overwrite"), link, "symbolic link")
+    assert _objects(cache) == before
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    (cache / "sample_weights").symlink_to(mine)
+    _refused(_dump_cli(tiny_data, tiny_teachers, cache, "--overwrite"), cache, "sample_weights")
+    assert _objects(cache) == before and (cache / "sample_weights").is_symlink()
+
+
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_overwrite_replaces_a_cache_and_a_half_made_claim(where, tmp_path, request, tiny_data, tiny_teachers):
     """What --overwrite may replace: a finished cache (another config), a claim whose creation was cut

@@ -325,6 +325,8 @@ def delete_cache(where) -> None:
     in one line naming it, before anything is deleted."""
     location = as_location(where)
     location.check_reachable()
+    if not location.is_remote and location.local_path.is_symlink():  # rmtree refuses it, after the root is gone
+        raise LogitcacheError(f"{location} is a symbolic link; not replaced (name the folder it points to)")
     if not location.is_remote and location.local_path.is_file():
         raise LogitcacheError(f"{location} is a file, not a cache; not replaced (choose another --out)")
     keys = sorted(_every_key(location))
@@ -336,7 +338,8 @@ def delete_cache(where) -> None:
     if "zarr.json" in keys and kind not in ("cache", CREATING):
         what = f"a store of kind {kind!r}" if kind else "a Zarr store that is not a logitcache cache"
         raise LogitcacheError(f"{location} holds {what}; not replaced (choose another --out)")
-    foreign = [key for key in keys if not belongs_to_cache(key)]
+    foreign = [key for key in keys if not belongs_to_cache(key)
+               or (not location.is_remote and (location.local_path / key).is_symlink())]  # a cache writes no link
     if foreign:
         held = "a cache and " if kind else ""
         raise LogitcacheError(f"{location} holds {held}{len(foreign)} file(s) a cache does not write "
