@@ -7,6 +7,7 @@ import functools
 import hashlib
 import json
 import math
+import numbers
 import types
 import typing
 from pathlib import Path
@@ -62,7 +63,7 @@ def check_finite(config) -> None:
     for name in float_fields(type(config)):
         value = getattr(config, name)
         for number in value if isinstance(value, (tuple, list)) else (value,):
-            check(not isinstance(number, float) or math.isfinite(number),
+            check(not isinstance(number, numbers.Real) or math.isfinite(number),  # np.float32 is no float
                   f"{name} must be a finite number, got {number}")
 
 

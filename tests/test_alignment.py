@@ -536,6 +536,15 @@ def test_document_markers_and_text_for_the_teachers(datasets, real_teachers):
     assert b"<|endoftext|>" in text  # the text spells a teacher special
 
 
+def test_the_self_check_counts_only_the_positions_it_checks():
+    """A position aligned with the teacher's last token has no next token in the chunk to check: it is not
+    counted among the positions checked (nothing of either vocabulary is read for it)."""
+    from logitcache.teachers.align import ChunkAlignment, check_alignment
+
+    last = ChunkAlignment(np.array([7, 8]), np.array([-1, 1]), np.zeros(2, dtype=np.int64))
+    assert check_alignment(last, np.array([3, 4]), b"ab", np.array([1, 2]), None, None, None) == (0, [])
+
+
 def test_a_chunk_with_no_teacher_token_gives_no_nan():
     """A chunk that gives a teacher no tokens: its row of the padded batch. transformers' attention gives a
     fully masked row finite outputs, but a backend may give NaN (emulated: NaN hidden states wherever the

@@ -228,6 +228,19 @@ def test_every_float_setting_refuses_infinity_and_nan(cls, name):
             cls(**required, **{name: (1.0, bad) if is_tuple else bad})
 
 
+def test_a_numpy_float32_setting_is_checked_finite():
+    """np.float32 is not a Python float (np.float64 is): a sweep's np.float32 infinity is refused all the same."""
+    import numpy as np
+
+    from logitcache.config import DumpConfig
+
+    for bad in (np.float32("inf"), np.float32("-inf")):
+        with pytest.raises(LogitcacheError, match=r"^temperature must be a finite number, got -?inf$"):
+            DumpConfig(data="d", teachers=("t",), out="o", temperature=bad)
+        with pytest.raises(LogitcacheError, match=r"^teacher_weights must be a finite number, got -?inf$"):
+            DumpConfig(data="d", teachers=("t", "u"), out="o", teacher_weights=(1.0, bad))
+
+
 def cli_float_cases():
     from logitcache_cli.options import cli_fields
 

@@ -411,6 +411,44 @@ def test_overwrite_refuses_a_bucket_root_and_a_prefix_of_other_objects(s3, tiny_
     assert _objects(cache) == kept and _objects(s3).items() >= before.items()
 
 
+def test_overwrite_refuses_user_files_under_a_cache_array_name(tmp_path, tiny_data, tiny_teachers):
+    """A name a cache uses at the top is not enough: a folder holding only tokens/notes.txt, a cache with a
+    file of the user's inside checksum/, and a folder of empty folders are refused, everything kept."""
+    only = tmp_path / "project"
+    (only / "tokens").mkdir(parents=True)
+    (only / "tokens" / "notes.txt").write_text("mine")
+    _refused(_dump_cli(tiny_data, tiny_teachers, only, "--overwrite"), only, "tokens/notes.txt")
+    assert (only / "tokens" / "notes.txt").read_text() == "mine"
+    cache = tmp_path / "cache.zarr"
+    assert _dump_cli(tiny_data, tiny_teachers, cache).exit_code == 0
+    (cache / "checksum" / "thesis.tex").write_text("mine")
+    before = _objects(cache)
+    _refused(_dump_cli(tiny_data, tiny_teachers, cache, "--overwrite"), cache, "checksum/thesis.tex")
+    assert _objects(cache) == before
+    empty = tmp_path / "drafts"
+    (empty / "chapter1" / "figures").mkdir(parents=True)
+    _refused(_dump_cli(tiny_data, tiny_teachers, empty, "--overwrite"), empty, "chapter1")
+    assert (empty / "chapter1" / "figures").is_dir()
+
+
+def test_overwrite_refuses_symbolic_links(tmp_path, tiny_data, tiny_teachers):
+    """--out a link to a cache, and a cache holding a link named like one of its arrays: refused in one
+    line, the cache (its root zarr.json too) and the linked folder kept."""
+    cache = tmp_path / "cache.zarr"
+    assert _dump_cli(tiny_data, tiny_teachers, cache).exit_code == 0
+    before = _objects(cache)
+    link = tmp_path / "latest"
+    link.symlink_to(cache)
+    _refused(_dump_cli(tiny_data, tiny_teachers, link, "--overwrite"), link, "symbolic link")
+    assert _objects(cache) == before
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    (cache / "sample_weights").symlink_to(mine)
+    _refused(_dump_cli(tiny_data, tiny_teachers, cache, "--overwrite"), cache, "sample_weights")
+    assert _objects(cache) == before and (cache / "sample_weights").is_symlink()
+
+
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_overwrite_replaces_a_cache_and_a_half_made_claim(where, tmp_path, request, tiny_data, tiny_teachers):
     """What --overwrite may replace: a finished cache (another config), a claim whose creation was cut

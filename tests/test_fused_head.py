@@ -215,7 +215,7 @@ def test_post_processing_the_config_does_not_name_is_refused_for_fusing(caplog):
     assert "post-processed after the head" in caplog.text
 
 
-def test_training_parity_fused_head_against_full_logits(tmp_path, tiny_data, tiny_cache):
+def test_training_parity_fused_head_against_full_logits(tmp_path, tiny_data, tiny_cache, caplog):
     """20 steps of train-student with the fused head loss in 7-token chunks (the default's one chunk here
     would run the head's matmul with the full logits' shapes) and with --loss-chunk-tokens 0: the same
     per-step losses (1e-5 relative) and final weights (1e-5 absolute, weights of magnitude ~1).
@@ -227,9 +227,11 @@ def test_training_parity_fused_head_against_full_logits(tmp_path, tiny_data, tin
     reports, weights = {}, {}
     for chunk in (7, 0):
         out = tmp_path / f"s{chunk}"
+        caplog.clear()
         reports[chunk] = train_student(StudentConfig(cache=tiny_cache, data=tiny_data, out=out, preset="llama-tiny",
                                                      loss_chunk_tokens=chunk, train=tiny_train(20)))
         weights[chunk] = load_file(out / "model.safetensors")
+        assert "computed from its full logits" not in caplog.text  # the fused run took the fused head loss
     fused, plain = ([r["loss"] for r in reports[c].history if "loss" in r] for c in (7, 0))
     assert len(fused) == 20
     np.testing.assert_allclose(fused, plain, rtol=1e-5)
@@ -267,6 +269,7 @@ def test_torchrun_two_ranks_fused_head_equals_full_logits(tmp_path, tiny_data, t
         proc = subprocess.run(command, capture_output=True, text=True, timeout=300,
                               env=dict(os.environ, OMP_NUM_THREADS="1"))
         assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "computed from its full logits" not in proc.stderr  # the fused run took the fused head loss
         losses[chunk] = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
                          if '"loss"' in line]
         weights[chunk] = load_file(out / "model.safetensors")

@@ -289,19 +289,33 @@ CACHE_NAMES = frozenset(("zarr.json", "done", "checksum", "sample_weights", "tea
                         + MASS_ARRAYS)
 
 
+def _is_partial(name: str, of: str) -> bool:
+    """zarr's LocalStore writes `<of>.<hex>.partial` beside a file and moves it in."""
+    stem = of.rsplit(".", 1)[0]
+    return name.startswith(stem + ".") and name.endswith(".partial")
+
+
 def belongs_to_cache(key: str) -> bool:
-    """A key a cache (or its creation claim) writes: under one of its arrays, the root, or the root's
-    temp file (zarr's LocalStore writes `zarr.<hex>.partial` and links it in)."""
-    top = key.split("/", 1)[0]
-    return top in CACHE_NAMES or ("/" not in key and top.startswith("zarr.") and top.endswith(".partial"))
+    """A key a cache (or its creation claim) writes, or a folder it makes on disk: the root `zarr.json`,
+    one of its arrays' `zarr.json` or chunk `c/<i>[/<j>...]` (digits), or the temp file of one of these."""
+    top, *rest = key.split("/")
+    if not rest:
+        return top == "zarr.json" or _is_partial(top, "zarr.json") or (top in CACHE_NAMES and top != "zarr.json")
+    if top not in CACHE_NAMES or top == "zarr.json":
+        return False
+    if len(rest) == 1 and (rest[0] in ("zarr.json", "c") or _is_partial(rest[0], "zarr.json")):
+        return True
+    *folders, last = rest[1:] if rest[0] == "c" else ["x"]
+    return (rest[0] == "c" and all(p.isdigit() for p in folders)
+            and (last.isdigit() or (last.split(".", 1)[0].isdigit() and _is_partial(last, last.split(".", 1)[0]))))
 
 
 def _every_key(location: Location) -> list[str]:
-    """Every object under a location; on disk every file, temp files (`.partial`) included."""
+    """Every object under a location; on disk every file and folder, temp files (`.partial`) included."""
     if location.is_remote:
         return list(location.sizes())
     root = location.local_path
-    return [p.relative_to(root).as_posix() for p in root.rglob("*") if not p.is_dir()] if root.is_dir() else []
+    return [p.relative_to(root).as_posix() for p in root.rglob("*")] if root.is_dir() else []
 
 
 def delete_cache(where) -> None:
@@ -311,6 +325,8 @@ def delete_cache(where) -> None:
     in one line naming it, before anything is deleted."""
     location = as_location(where)
     location.check_reachable()
+    if not location.is_remote and location.local_path.is_symlink():  # rmtree refuses it, after the root is gone
+        raise LogitcacheError(f"{location} is a symbolic link; not replaced (name the folder it points to)")
     if not location.is_remote and location.local_path.is_file():
         raise LogitcacheError(f"{location} is a file, not a cache; not replaced (choose another --out)")
     keys = sorted(_every_key(location))
@@ -322,7 +338,8 @@ def delete_cache(where) -> None:
     if "zarr.json" in keys and kind not in ("cache", CREATING):
         what = f"a store of kind {kind!r}" if kind else "a Zarr store that is not a logitcache cache"
         raise LogitcacheError(f"{location} holds {what}; not replaced (choose another --out)")
-    foreign = [key for key in keys if not belongs_to_cache(key)]
+    foreign = [key for key in keys if not belongs_to_cache(key)
+               or (not location.is_remote and (location.local_path / key).is_symlink())]  # a cache writes no link
     if foreign:
         held = "a cache and " if kind else ""
         raise LogitcacheError(f"{location} holds {held}{len(foreign)} file(s) a cache does not write "

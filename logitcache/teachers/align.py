@@ -353,9 +353,9 @@ def check_alignment(a: ChunkAlignment, tokens: np.ndarray, text: bytes, token_en
     checked = 0
     for t in np.flatnonzero(a.position >= 0).tolist():
         j = int(a.position[t])
-        checked += 1
-        if j + 1 >= length:
+        if j + 1 >= length:  # the teacher's last token: its next token lies past the chunk, nothing to check
             continue
+        checked += 1
         u, kind = int(a.teacher_ids[j + 1]), int(a.kind[t])
         s = int(tokens[t + 1]) if t + 1 < n_tokens else None
         theirs = teacher.bytes_of[u] if 0 <= u < teacher.size else None
