@@ -59,7 +59,8 @@ def _scale_saved_grad(grad: torch.Tensor, grad_loss: torch.Tensor, dtype: torch.
 
 
 def slice_loss_grad(z: torch.Tensor, g: torch.Tensor, next_ids: torch.Tensor, ce_w: torch.Tensor,
-                    targets: SliceTargets | None, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+                    targets: SliceTargets | None, temperature: float,
+                    z_scratch: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The loss terms of N positions and their gradient with respect to the logits: the per-slice body of
     every fused loss (over (B, T, V) logits here, over a chunk of tokens in linear.py).
 
@@ -72,12 +73,16 @@ def slice_loss_grad(z: torch.Tensor, g: torch.Tensor, next_ids: torch.Tensor, ce
     off them; sampled (sum_i w_i (log p_i - log q_i)) W q_v - sum_i w_i [v = i], W = sum_i w_i;
     renormalised r_k P - p_k / P over the kept ids (r: the student renormalised there, P = sum p / sum p,
     1 or 0), 0 off them; CE d / d z = q_1 - onehot(next). q_T = q_1^(1/T) / sum: a sqrt or pow and a sum
-    instead of a second softmax. At T = 1 the softmax is written into g and becomes the gradient in place.
+    instead of a second softmax. At T = 1 the softmax is written into g and becomes the gradient in place;
+    at other T it is written into z when `z_scratch` (the caller's own logits buffer, not needed afterwards),
+    so a slice holds two (N, V) buffers, not three.
     """
     t = targets
     nxt = next_ids.unsqueeze(-1)  # (N, 1)
     in_place = temperature == 1.0 or t is None or t.tail == "renormalize"  # only q_1 is needed over V
-    q1 = torch.softmax(z, dim=-1, dtype=torch.float32, out=g) if in_place else \
+    # q_T's own softmax (T > POW_ROUTE_MAX_T) reads z after q_1 is made
+    into = g if in_place else z if z_scratch and temperature <= POW_ROUTE_MAX_T else None
+    q1 = torch.softmax(z, dim=-1, dtype=torch.float32, out=into) if into is not None else \
         torch.softmax(z, dim=-1, dtype=torch.float32)  # (N, V)
     ce_rows = t.ce_rows if t is not None else ce_w > 0
     ce_sum = -torch.where(ce_rows, torch.log(q1.gather(-1, nxt).squeeze(-1).clamp(min=1e-30)), 0.0).sum()

@@ -23,14 +23,17 @@ from torch import nn
 
 from .fused import flat_targets, kl_count, slice_loss_grad
 
-# The automatic chunk: its fp32 logits (C, V) within this budget. A chunk holds three such buffers (the
-# logits, their softmax and the gradient).
-CHUNK_BUDGET_BYTES = 64 << 20
+# The automatic chunk: its (C, V) fp32 buffers, the logits (their softmax written over them) and the
+# gradient, within this budget together. Larger chunks amortise the per-chunk pass over the (V, H) weight
+# gradient (each chunk adds its rank-C update into it) and make the matmuls more efficient; the budget keeps
+# the step's memory goal (docs/benchmarks.md).
+CHUNK_BUDGET_BYTES = 256 << 20
+CHUNK_BUFFERS = 2
 
 
 def auto_chunk_tokens(vocab_size: int, budget_bytes: int = CHUNK_BUDGET_BYTES) -> int:
-    """Tokens per chunk whose fp32 logits fit `budget_bytes`."""
-    return max(1, budget_bytes // (4 * vocab_size))
+    """Tokens per chunk whose CHUNK_BUFFERS fp32 (C, V) buffers fit `budget_bytes` together."""
+    return max(1, budget_bytes // (CHUNK_BUFFERS * 4 * vocab_size))
 
 
 @dataclass(frozen=True)
@@ -139,8 +142,9 @@ class _LinearDistill(torch.autograd.Function):
                 zc.mul_(logit_scale)
             if logit_softcap is not None:
                 zc.div_(logit_softcap).tanh_().mul_(logit_softcap)
+            # zc is free for the softmax unless the soft-cap's derivative below reads it
             kl, ce = slice_loss_grad(zc, gc, next_ids[sl], ce_w[sl], None if targets is None else targets.rows(sl),
-                                     temperature)
+                                     temperature, z_scratch=logit_softcap is None)
             kl_sum, ce_sum = kl_sum + kl, ce_sum + ce
             if logit_softcap is not None:  # d cap tanh(u / cap) / d u = 1 - tanh^2
                 gc.mul_(1.0 - (zc / logit_softcap).square_())
