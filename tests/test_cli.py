@@ -298,6 +298,28 @@ def test_copy_of_a_data_dir_with_a_corrupt_chunk_is_refused(tiny_data, tmp_path)
     assert tree_bytes(dst) == tree_bytes(tiny_data)
 
 
+def test_copy_of_a_data_dir_resumes_its_own_partial_copy_and_refuses_other_files(tiny_data, tmp_path):
+    """A destination holding part of this data dir's files (any of them, tokenizer.json or not) resumes to
+    the source's bytes; one holding another tokenizer.json or a user's file is refused in one line (exit 2)
+    and left as it was."""
+    import shutil
+
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_data, partial)
+    (partial / "tokens.zarr" / "zarr.json").unlink()  # the root lands last
+    (partial / "tokenizer.json").unlink()  # copied in parallel: a chunk can land before it
+    assert invoke("copy", tiny_data, partial).exit_code == 0
+    assert tree_bytes(partial) == tree_bytes(tiny_data)
+
+    for name, data in [("tokenizer.json", b'{"model": "another"}'), ("notes.txt", b"mine")]:
+        other = tmp_path / name
+        other.mkdir()
+        (other / name).write_bytes(data)
+        before = tree_bytes(other)
+        assert_one_line_error(invoke("copy", tiny_data, other), str(other), "not a partial copy", name)
+        assert tree_bytes(other) == before
+
+
 def test_paths_and_decode_recipes_print_as_text_not_rich_markup(tmp_path, tiny_data, tiny_teachers, monkeypatch):
     """A cache folder named with Rich's closing tag `[/x]` is printed by the dump's summary and by inspect, and
     the mass recipe `mass_ids[b][:sum(c)]` (which Rich would read as a [b] bold tag) prints verbatim."""

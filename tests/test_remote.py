@@ -282,7 +282,7 @@ def test_copy_of_a_data_dir_refuses_another_data_dir(s3, tiny_data, tmp_path):
     foreign = f"{s3}/foreign"
     as_location(foreign).write_bytes("notes.txt", b"mine")
     result = invoke("copy", tiny_data, foreign)
-    assert result.exit_code == 2 and "not a prepared data dir" in result.output
+    assert result.exit_code == 2 and "not a partial copy" in result.output
     assert objects(foreign) == {"notes.txt": b"mine"}
     other = tmp_path / "other"
     shutil.copytree(tiny_data, other)

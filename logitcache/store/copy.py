@@ -61,13 +61,25 @@ def is_data_dir(where) -> bool:
     return location.read_bytes("tokenizer.json") is not None and location.child("tokens.zarr").read_bytes("zarr.json") is not None
 
 
+def check_partial_copy(source, target, keys: list[str]) -> None:
+    """A destination without a token store root resumes only as a partial copy of this source: every object
+    there is one of the source's data dir files with the same bytes (each was read back when written). Any
+    other object (another data dir's tokenizer.json, a user's file) refuses the copy before anything is written."""
+    wanted = set(keys)
+    foreign = [key for key in sorted(target.sizes())
+               if key not in wanted or target.read_bytes(key) != source.read_bytes(key)]
+    if foreign:
+        raise LogitcacheError(f"{target} holds {len(foreign)} file(s) that are not a partial copy of {source} "
+                              f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); not overwritten")
+
+
 def copy_data_dir(src, dst, progress=None, workers: int = 8) -> CopyReport:
     """A prepared data dir, verified first (every chunk's crc32c, the tokenizer's sha256, the fingerprint:
     with a problem nothing is written and the report lists it), then its own files (`data_dir_keys`) one by
     one (bytes compared after writing), the token store's root `zarr.json` last: until it lands the
     destination is no token store.
     A destination holding another data dir (another token store root: its fingerprint and attributes) is
-    refused; a partial copy (a tokenizer.json, no root yet) is completed."""
+    refused; a partial copy (no root yet: `check_partial_copy`) is completed."""
     source, target = as_location(src), as_location(dst)
     if source == target:
         raise LogitcacheError(f"copy: source and destination are the same place ({source})")
@@ -76,11 +88,12 @@ def copy_data_dir(src, dst, progress=None, workers: int = 8) -> CopyReport:
     theirs = target.read_bytes(root_key)
     if theirs is not None and theirs != source.read_bytes(root_key):
         raise LogitcacheError(f"{target} holds a different prepared data dir; not overwritten")
-    if theirs is None and target.sizes() and target.read_bytes("tokenizer.json") is None:
-        raise LogitcacheError(f"{target} exists and is not a prepared data dir; not overwritten")
+    every_key = data_dir_keys(source)
+    if theirs is None:
+        check_partial_copy(source, target, every_key)
     from .verify import verify_data
 
-    keys = [k for k in data_dir_keys(source) if k != root_key]
+    keys = [k for k in every_key if k != root_key]
     report = CopyReport(src=str(source), dst=str(target), n_blocks=len(keys) + 1)
     report.problems = verify_data(source, progress=progress)["problems"]
     if report.problems:  # a corrupt source copies nothing: its problems are the report (`copy` exits 1, as verify)
