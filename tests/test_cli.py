@@ -320,6 +320,28 @@ def test_copy_of_a_data_dir_resumes_its_own_partial_copy_and_refuses_other_files
         assert tree_bytes(other) == before
 
 
+def test_copy_refuses_a_destination_holding_a_symbolic_link(tiny_data, tiny_cache, copy_of, tmp_path):
+    """A link inside the destination (an empty folder but for `tokens.zarr` -> elsewhere; a partial cache
+    copy whose array folder is a link) would have the copy written where it points: refused in one line
+    (exit 2), nothing written there."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    (dst / "tokens.zarr").symlink_to(elsewhere)
+    assert_one_line_error(invoke("copy", tiny_data, dst), str(dst / "tokens.zarr"), "symbolic link")
+    assert list(elsewhere.iterdir()) == []
+
+    partial = copy_of(tiny_cache)
+    block_chunk_path(partial, "done", 2).unlink()
+    moved = tmp_path / "moved"
+    (partial / "topk_probs").rename(moved)
+    (partial / "topk_probs").symlink_to(moved)
+    before = tree_bytes(moved)
+    assert_one_line_error(invoke("copy", tiny_cache, partial), str(partial / "topk_probs"), "symbolic link")
+    assert tree_bytes(moved) == before
+
+
 def test_paths_and_decode_recipes_print_as_text_not_rich_markup(tmp_path, tiny_data, tiny_teachers, monkeypatch):
     """A cache folder named with Rich's closing tag `[/x]` is printed by the dump's summary and by inspect, and
     the mass recipe `mass_ids[b][:sum(c)]` (which Rich would read as a [b] bold tag) prints verbatim."""

@@ -165,6 +165,24 @@ def set_root_attrs(path, change):
     group.attrs["logitcache"] = attrs
 
 
+def test_resume_refuses_a_cache_holding_a_symbolic_link(tmp_path, tiny_data, tiny_teachers, copy_of, tiny_cache):
+    """An array folder of the cache replaced by a link: a resumed dump would write its blocks where the
+    link points; refused before anything is written."""
+    from logitcache.dump import dump
+    from logitcache.errors import LogitcacheError
+    from logitcache.store import block_chunk_path
+
+    cache = copy_of(tiny_cache)
+    block_chunk_path(cache, "done", 2).unlink()
+    moved = tmp_path / "moved"
+    (cache / "topk_probs").rename(moved)
+    (cache / "topk_probs").symlink_to(moved)
+    before = {p: p.read_bytes() for p in moved.rglob("*") if p.is_file()}
+    with pytest.raises(LogitcacheError, match="symbolic link"):
+        dump(dump_config(tiny_data, tiny_teachers, cache), resume=True)
+    assert {p: p.read_bytes() for p in moved.rglob("*") if p.is_file()} == before
+
+
 @pytest.mark.parametrize("setting,value,message", [
     ("precision", "bf16", 'precision: "fp32" in the cache, "bf16" here'),
     ("batch_size", 3, "batch_size: 4 in the cache, 3 here"),

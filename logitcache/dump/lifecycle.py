@@ -113,7 +113,8 @@ def prepare_store(config: DumpConfig, layout: CacheLayout, attrs: dict, resume: 
     out = as_location(config.out)
     out.check_reachable()
     if overwrite and not resume:
-        delete_cache(out)
+        delete_cache(out)  # refuses links in what it would delete
+    out.check_no_links()  # a resumed store's blocks would be written through one
     found = root_attrs(out)
     if found is not None and found.get("kind") == CREATING:
         if not resume:

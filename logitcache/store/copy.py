@@ -84,6 +84,7 @@ def copy_data_dir(src, dst, progress=None, workers: int = 8) -> CopyReport:
     if source == target:
         raise LogitcacheError(f"copy: source and destination are the same place ({source})")
     target.check_reachable()
+    target.check_no_links()
     root_key = "tokens.zarr/zarr.json"
     theirs = target.read_bytes(root_key)
     if theirs is not None and theirs != source.read_bytes(root_key):
@@ -141,6 +142,7 @@ def copy_cache(src, dst, progress=None, workers: int = 8, allow_incomplete: bool
         raise LogitcacheError(f"copy: source and destination are the same place ({source.path})")
     check_source_complete(source, allow_incomplete)
     target_location.check_reachable()
+    target_location.check_no_links()
     found = root_attrs(target_location)
     same = found is not None and {**found, "kind": "cache"} == source.attrs
     if found is not None and not same:

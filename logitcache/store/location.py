@@ -172,6 +172,10 @@ class Location(abc.ABC):
     def check_reachable(self) -> None:
         """Fail now, in one line, when the bucket is missing or the credentials are refused."""
 
+    def check_no_links(self) -> None:
+        """Before writing here: refuse, in one line, a symbolic link inside this location, which a write would
+        follow out of it (listings skip links). Object storage has none."""
+
     @abc.abstractmethod
     def read_bytes(self, key: str) -> bytes | None:
         """One object's bytes, or None when it does not exist."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from pathlib import Path
 
@@ -29,6 +30,14 @@ class LocalLocation(Location):
 
     def check_reachable(self) -> None:
         return None
+
+    def check_no_links(self) -> None:
+        root = Path(self.path)
+        for folder, names, files in os.walk(root):  # os.walk does not descend into linked folders
+            for name in sorted(names + files):
+                if (Path(folder) / name).is_symlink():
+                    raise LogitcacheError(f"{Path(folder) / name} is a symbolic link inside {self.url}; not written "
+                                          "through (remove it, or choose another destination)")
 
     def read_bytes(self, key: str) -> bytes | None:
         try:
