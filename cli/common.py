@@ -29,16 +29,18 @@ def setup_logging(verbose: bool) -> None:
 
 
 def handle_errors(func):
-    """Bad input becomes one line on stderr and exit code 2 (a traceback only with --debug)."""
+    """Bad input, or an OSError (a disk full, a permission refused: the path and the error), becomes one line
+    on stderr and exit code 2 (a traceback only with --debug; any other exception is a bug and keeps it)."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
-        except (LogitcacheError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+        except (LogitcacheError, OSError) as exc:  # OSError: a disk full, a permission, a path that will not go
             if STATE["debug"]:
                 raise
-            message = str(exc) if isinstance(exc, LogitcacheError) else f"{exc.strerror}: {exc.filename}"
+            named = isinstance(exc, OSError) and exc.filename is not None
+            message = f"{exc.strerror}: {exc.filename}" if named else str(exc)
             error_line(message)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:

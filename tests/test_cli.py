@@ -342,6 +342,20 @@ def test_copy_refuses_a_destination_holding_a_symbolic_link(tiny_data, tiny_cach
     assert tree_bytes(moved) == before
 
 
+@pytest.mark.parametrize("error,needles", [
+    (OSError(28, "No space left on device", "/full/disk/c.zarr"), ("No space left on device", "/full/disk/c.zarr")),
+    (OSError(39, "Directory not empty", "/a/b"), ("Directory not empty", "/a/b")),
+    (OSError(28, "No space left on device"), ("No space left on device",)),
+])
+def test_an_os_error_is_one_line_naming_the_path(tiny_data, tmp_path, monkeypatch, error, needles):
+    """A disk full or a folder that will not go (an OSError, not a bug) is one line and exit code 2."""
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr("logitcache.store.copy.copy_data_dir", fail)
+    assert_one_line_error(invoke("copy", tiny_data, tmp_path / "dst"), *needles)
+
+
 def test_paths_and_decode_recipes_print_as_text_not_rich_markup(tmp_path, tiny_data, tiny_teachers, monkeypatch):
     """A cache folder named with Rich's closing tag `[/x]` is printed by the dump's summary and by inspect, and
     the mass recipe `mass_ids[b][:sum(c)]` (which Rich would read as a [b] bold tag) prints verbatim."""
