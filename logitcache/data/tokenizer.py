@@ -269,12 +269,13 @@ def adds_prefix_space(spec: dict) -> bool:
             or any(s["type"] == "ByteLevel" and s.get("add_prefix_space") for s in pre))
 
 
-def token_byte_table(tokenizer: Tokenizer) -> list[bytes | None]:
+def token_byte_table(tokenizer: Tokenizer, spec: dict | None = None) -> list[bytes | None]:
     """Per id (0..V-1, added tokens included): the bytes the token decodes to in the middle of a text
     (decoded_bytes: byte-level through the byte decoder, Metaspace's ▁ as a space, a byte-fallback <0xNN>
     as that byte); None for special tokens (they stand for no text) and ids the vocabulary skips. An added
-    token that is not special stands for its own content."""
-    spec = json.loads(tokenizer.to_str())
+    token that is not special stands for its own content. `spec`: json.loads(tokenizer.to_str()) where the
+    caller has it (~0.7 s at 128k ids)."""
+    spec = json.loads(tokenizer.to_str()) if spec is None else spec
     decoder = spec_steps(spec.get("decoder"), "decoders")
     if not decoder:
         raise LogitcacheError("the tokenizer has no decoder, so the bytes its tokens stand for are unknown")

@@ -77,7 +77,7 @@ def vocabulary(tokenizer, specials: dict) -> Vocabulary:
     spec = json.loads(tokenizer.to_str())
     bos = specials.get("bos")
     adds_bos = bos is not None and tokenizer.encode("a", add_special_tokens=True).ids[:1] == [bos]
-    return Vocabulary(tokenizer, tuple(token_byte_table(tokenizer)), adds_prefix_space(spec), bos,
+    return Vocabulary(tokenizer, tuple(token_byte_table(tokenizer, spec)), adds_prefix_space(spec), bos,
                       specials.get("eos"), adds_bos)
 
 

@@ -119,9 +119,9 @@ class MixedEnsemble:
             if len(here):
                 at = torch.from_numpy(here).to(self.device)
                 out[at] = map_onto(flat[at], self._layers[i][k], self.vocab_size)
-        # no target where the teacher is not aligned: a select, not a product (a row with no real token has
-        # NaN logits, and NaN x 0 is NaN)
-        out = torch.where(aligned.reshape(-1, 1), out, torch.zeros((), dtype=out.dtype, device=out.device))
+        # no target where the teacher is not aligned: a fill, not a product (a row with no real token has NaN
+        # logits, and NaN x 0 is NaN); in place, so no second (B*T, V) buffer
+        out.masked_fill_(~aligned.reshape(-1, 1), 0.0)
         return out.reshape(*position.shape, self.vocab_size), aligned.float()
 
     @torch.no_grad()
