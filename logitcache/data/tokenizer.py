@@ -137,7 +137,7 @@ def identity_parts(tokenizer: Tokenizer) -> dict[str, str]:
     spec = json.loads(tokenizer.to_str())
     model = dict(spec.get("model") or {})
     if model.get("merges"):
-        model["merges"] = [m.split(" ", 1) if isinstance(m, str) else list(m) for m in model["merges"]]
+        model["merges"] = [m.split(" ", 1) if isinstance(m, str) else m for m in model["merges"]]  # json: lists
     parts = {key: value for key, value in spec.items() if key not in _NOT_ENCODING}
     parts |= {"model": model, "post_processor": _template(tokenizer),
               "added_tokens": sorted(spec.get("added_tokens") or [], key=lambda t: t["id"]),
