@@ -178,7 +178,7 @@ def main() -> None:
         print(f"{shape:10}{'bare teacher forward':24}{bare_s:>10.2f}  {', '.join(f'{s:.2f}' for s in bare)}")
         print(f"{shape:10}{'mixed dump (process)':24}{dump_s:>10.2f}  {', '.join(f'{s:.2f}' for s in dumps)}")
         print(f"{shape:10}ratio bare/dump {bare_s / dump_s:.3f}; positions aligned {coverage['positions']:.3f}, "
-              f"self-check {coverage['violations']}/{coverage['checked']}")
+              f"self-check {coverage['self_check']['violations']}/{coverage['self_check']['checked']}")
         results.append({"shape": shape, "bare_forward_s": round(bare_s, 2), "dump_s": round(dump_s, 2),
                         "ratio": round(bare_s / dump_s, 3)})
     print(json.dumps({"bench": "cross_vocab", "chunks": args.chunks, "teacher_vocab": args.teacher_vocab,
