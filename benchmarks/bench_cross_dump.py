@@ -54,10 +54,11 @@ def own_tokenizer(raw: Path, vocab: int):
     return with_bos_template(train_tokenizer((line for d in docs[::2] for line in d.splitlines()), vocab))
 
 
-def timed_dump(data: Path, folder: Path, out: Path, chunks: int) -> float:
+def timed_dump(data: Path, folder: Path, out: Path, chunks: int, *extra: str) -> float:
+    """Wall seconds of `logitcache dump` as a whole process (start-up included); `extra`: more options."""
     args = [sys.executable, "-m", "logitcache_cli", "dump", "--data", str(data), "--teacher", str(folder),
             "--out", str(out), "--overwrite", "--combine", "mean-probs", "--max-chunks", str(chunks),
-            "--device", "cpu", "--min-coverage", "0"]
+            "--device", "cpu", "--min-coverage", "0", *extra]
     t0 = time.perf_counter()
     subprocess.run(args, check=True, capture_output=True, cwd=ROOT)
     return time.perf_counter() - t0

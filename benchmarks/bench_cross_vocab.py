@@ -4,7 +4,7 @@ the same chunks. Prints a table and one JSON line; the goal is ratio = bare forw
 >= 0.8 (the dump's alignment, self-check, id map, tokenizer checks, softmax and writing cost at most a
 quarter of the teacher's forward).
 
-  flock /tmp/logitcache-heavy.lock python benchmarks/bench_cross_vocab.py [--chunks 256] [--repeats 3]
+  python benchmarks/bench_cross_vocab.py [--chunks 256] [--repeats 3]
 
 The data is the demo corpus prepared at vocabulary 8000 (bench_cross_dump.py's). The teacher's tokenizer is
 a byte-level BPE trained on every other training document, with Llama-3's specials and template, padded
@@ -23,7 +23,6 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,17 +135,8 @@ def bare_forward(data: Path, folder: Path, chunks: int, batch: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def timed_dump(data: Path, folder: Path, out: Path, chunks: int, batch: int) -> float:
-    args = [sys.executable, "-m", "logitcache_cli", "dump", "--data", str(data), "--teacher", str(folder), "--out",
-            str(out), "--overwrite", "--combine", "mean-probs", "--max-chunks", str(chunks), "--row-selection",
-            "first", "--batch-size", str(batch), "--device", "cpu", "--min-coverage", "0"]
-    t0 = time.perf_counter()
-    subprocess.run(args, check=True, capture_output=True, cwd=ROOT)
-    return time.perf_counter() - t0
-
-
 def main() -> None:
-    from bench_cross_dump import prepared
+    from bench_cross_dump import prepared, timed_dump
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--raw", type=Path, default=ROOT / "work" / "demo" / "raw")
@@ -172,7 +162,8 @@ def main() -> None:
         bare, dumps = [], []
         for _ in range(args.repeats):  # interleaved, so a change in the machine's load reaches both
             bare.append(bare_forward(data, folder, args.chunks, args.batch_size)["seconds"])
-            dumps.append(timed_dump(data, folder, args.work / "vocab.zarr", args.chunks, args.batch_size))
+            dumps.append(timed_dump(data, folder, args.work / "vocab.zarr", args.chunks, "--row-selection", "first",
+                                        "--batch-size", str(args.batch_size)))
         coverage = open_cache(args.work / "vocab.zarr").attrs["coverage"][0]
         bare_s, dump_s = statistics.median(bare), statistics.median(dumps)
         print(f"{shape:10}{'bare teacher forward':24}{bare_s:>10.2f}  {', '.join(f'{s:.2f}' for s in bare)}")

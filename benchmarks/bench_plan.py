@@ -1,7 +1,7 @@
 """The memory plan (`logitcache plan`, logitcache/training/plan.py) against the measured peak, and the plan's
 table of student sizes that fit a GPU.
 
-    flock /tmp/logitcache-heavy.lock python benchmarks/bench_plan.py [--steps 2] [--table-only]
+    python benchmarks/bench_plan.py [--steps 2] [--table-only]
     python benchmarks/bench_plan.py --device cuda --precision bf16      (on a GPU: benchmarks/gpu_check.sh)
 
 Measured: a LLaMA student of 4 layers x 512 hidden (8 heads, MLP 1024), vocabulary 128,256, one micro-batch of

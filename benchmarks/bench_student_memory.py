@@ -1,6 +1,6 @@
 """The student's step memory and speed with the fused head loss against the loss on the full logits.
 
-    flock /tmp/logitcache-heavy.lock python benchmarks/bench_student_memory.py [--vocabs 128256,256000]
+    python benchmarks/bench_student_memory.py [--vocabs 128256,256000]
         [--rounds 3] [--skip-speed]
 
 Memory: a LLaMA of 4 layers x 512 hidden, batch 8 x 512 tokens, top-32 targets (T = 2, alpha 0.5), one

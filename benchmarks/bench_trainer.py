@@ -1,7 +1,7 @@
 """Overhead of training through Hugging Face's Trainer with the cache dataset against train-student, the same
 student, cache, batch, steps, optimizer, schedule and data order.
 
-    flock /tmp/logitcache-heavy.lock python benchmarks/bench_trainer.py [--student llama-student-small]
+    python benchmarks/bench_trainer.py [--student llama-student-small]
 
 Arms: train-student (its loader: decode threads, a shuffle buffer) and DistillTrainer over CacheDataset with
 CacheOrderSampler (DataLoader workers decode blocks). Each arm runs in its own process, the arms alternate
