@@ -16,6 +16,17 @@ from logitcache.training.losses.reference import (next_token_ce, retemper, sampl
                                                   sparse_kl)
 
 B, T, H, V, K = 3, 47, 16, 123, 7  # odd shapes; 10-token chunks do not divide B * T = 141
+SUB_ROWS = 3  # the loss body's sub-slices within a chunk: 10-token chunks run as 3 + 3 + 3 + 1 rows
+
+
+@pytest.fixture(autouse=True)
+def small_sub_slices(monkeypatch):
+    """Sub-slices of SUB_ROWS rows at this module's vocabulary (at V = 123 a real sub-slice would hold the
+    whole chunk), so every parity test below runs the sub-slice loop across chunk and sub-slice ends."""
+    from logitcache.training.losses import linear
+
+    monkeypatch.setitem(linear.SUB_SLICE_VALUES, "cpu", SUB_ROWS * V)
+    assert linear.sub_slice_rows(V) == SUB_ROWS
 
 
 def targets_of(kind: str, t: int = T, seed: int = 0) -> dict:
@@ -101,6 +112,31 @@ def test_fused_head_loss_and_gradients_equal_the_reference(kind, tail, alpha, te
 @pytest.mark.parametrize("chunk", [1, 47, 141, 1000, 0])
 def test_any_chunk_size_gives_the_same_loss(chunk):
     check_parity(targets_of("topk"), "topk", "bucket", 0.5, 2.0, bias=False, chunk=chunk)
+
+
+@pytest.mark.parametrize("sub_rows", [1, 4, 10, 64])
+@pytest.mark.parametrize("temperature,softcap", [(1.0, None), (2.0, None), (6.0, None), (2.0, 3.0)])
+def test_any_sub_slice_size_gives_the_same_loss(monkeypatch, sub_rows, temperature, softcap):
+    """Sub-slices of one row, of 4 rows (10-token chunks: 4 + 4 + 2), of the whole chunk and larger; the
+    gradient written over the logits (T = 1, the sqrt route, q_T's own softmax) and beside them (soft cap)."""
+    from logitcache.training.losses import linear
+
+    monkeypatch.setitem(linear.SUB_SLICE_VALUES, "cpu", sub_rows * V)
+    for kind, tail in (("topk", "bucket"), ("mass", "renormalize"), ("sample", "bucket")):
+        check_parity(targets_of(kind), kind, tail, 0.5, temperature, softcap=softcap)
+
+
+def test_auto_chunk_and_its_scratch_fit_the_budget(monkeypatch):
+    """The automatic chunk's (C, V) buffer and the (sub-slice, V) scratch within CHUNK_BUDGET_BYTES, at
+    today's vocabularies and the paper's, on CPU and CUDA."""
+    from logitcache.training.losses import linear
+
+    monkeypatch.undo()  # the module's small sub-slices off: the real ones
+    for vocab in (16_000, 128_256, 151_936, 256_000):
+        for device in ("cpu", "cuda"):
+            chunk, sub = linear.auto_chunk_tokens(vocab, device=device), linear.sub_slice_rows(vocab, device)
+            assert 0 < sub < chunk, (vocab, device, chunk, sub)
+            assert (chunk + sub) * vocab * 4 <= linear.CHUNK_BUDGET_BYTES < (chunk + sub + 1) * vocab * 4
 
 
 @pytest.mark.parametrize("temperature", [0.7, 3.0, 6.0])  # the pow route and q_T's own softmax

@@ -47,8 +47,6 @@ from dataclasses import asdict, dataclass
 GIB = 1 << 30
 RESERVE_GIB = 1.0  # CUDA context and allocator slack, kept free when a batch is fitted into --gpu-memory
 SLICE_VALUES = {"cpu": 1 << 22, "cuda": 1 << 26}  # the unfused loss's softmax slices (losses.CHUNK_ELEMENTS)
-CHUNK_BUDGET_BYTES = 64 << 20  # the fused head loss's automatic chunk: its fp32 logits within this
-FUSED_CHUNK_BUFFERS = 3  # (C, V) fp32 buffers a fused chunk holds: logits, softmax, gradient
 LLAMA_LIKE = {"llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2", "granite", "cohere", "gemma", "gemma2"}
 
 
@@ -173,10 +171,12 @@ def plan(shape: ModelShape, setup: Setup) -> MemoryPlan:
         activations = per_layer * shape.layers + final
     # ---- loss
     if setup.loss_chunk_tokens != 0:
-        chunk = min(fused_chunk_tokens(setup.loss_chunk_tokens, v), n)
+        chunk, sub = fused_chunk_tokens(setup.loss_chunk_tokens, v, setup.device)
+        chunk = min(chunk, n)
         head_copy = shape.head_params * 4 if fsdp and low else 0  # an fp32 copy of bf16 head parameters
-        # the head's gradient is made here, in the forward: it is the one the backward hands to the head
-        loss_forward = FUSED_CHUNK_BUFFERS * chunk * v * 4 + n * h * 4 + head_grad + head_copy
+        # the head's gradient is made here, in the forward: it is the one the backward hands to the head; the
+        # chunk's (C, V) fp32 buffer (the logits, then their gradient) and the loss body's (sub-slice, V) scratch
+        loss_forward = (chunk + min(sub, chunk)) * v * 4 + n * h * 4 + head_grad + head_copy
         loss_backward, loss_kept = 0, 0
     else:
         # one softmax slice of whole rows, at least one row (losses._row_slices)
@@ -204,9 +204,13 @@ def plan(shape: ModelShape, setup: Setup) -> MemoryPlan:
                       phase=phase)
 
 
-def fused_chunk_tokens(loss_chunk_tokens: int, vocab: int) -> int:
-    """Tokens per chunk of the fused head loss: as set, or automatic (-1) within CHUNK_BUDGET_BYTES."""
-    return loss_chunk_tokens if loss_chunk_tokens > 0 else max(1, CHUNK_BUDGET_BYTES // (4 * vocab))
+def fused_chunk_tokens(loss_chunk_tokens: int, vocab: int, device: str = "cpu") -> tuple[int, int]:
+    """(tokens per chunk, rows per sub-slice) of the fused head loss: the chunk as set, or automatic (-1)
+    within linear.CHUNK_BUDGET_BYTES (what the loss itself runs)."""
+    from .losses.linear import auto_chunk_tokens, sub_slice_rows
+
+    chunk = loss_chunk_tokens if loss_chunk_tokens > 0 else auto_chunk_tokens(vocab, device=device)
+    return chunk, sub_slice_rows(vocab, device)
 
 
 def largest_micro_batch(shape: ModelShape, setup: Setup, gpu_gib: float, limit: int = 1 << 16) -> int:

@@ -60,7 +60,7 @@ def _scale_saved_grad(grad: torch.Tensor, grad_loss: torch.Tensor, dtype: torch.
 
 def slice_loss_grad(z: torch.Tensor, g: torch.Tensor, next_ids: torch.Tensor, ce_w: torch.Tensor,
                     targets: SliceTargets | None, temperature: float,
-                    z_scratch: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                    into_z: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The loss terms of N positions and their gradient with respect to the logits: the per-slice body of
     every fused loss (over (B, T, V) logits here, over a chunk of tokens in linear.py).
 
@@ -73,34 +73,37 @@ def slice_loss_grad(z: torch.Tensor, g: torch.Tensor, next_ids: torch.Tensor, ce
     off them; sampled (sum_i w_i (log p_i - log q_i)) W q_v - sum_i w_i [v = i], W = sum_i w_i;
     renormalised r_k P - p_k / P over the kept ids (r: the student renormalised there, P = sum p / sum p,
     1 or 0), 0 off them; CE d / d z = q_1 - onehot(next). q_T = q_1^(1/T) / sum: a sqrt or pow and a sum
-    instead of a second softmax. At T = 1 the softmax is written into g and becomes the gradient in place;
-    at other T it is written into z when `z_scratch` (the caller's own logits buffer, not needed afterwards),
-    so a slice holds two (N, V) buffers, not three.
+    instead of a second softmax. At T = 1 the softmax is written into the gradient's buffer and becomes the
+    gradient in place. With `into_z` (z is the caller's own logits buffer, not needed afterwards) the gradient
+    is written over z and g holds only q_T (T != 1): the caller needs neither a copy nor a second buffer at
+    T = 1, and at other T, q_1 is written into z, so a slice holds two (N, V) buffers, not three.
     """
     t = targets
     nxt = next_ids.unsqueeze(-1)  # (N, 1)
     in_place = temperature == 1.0 or t is None or t.tail == "renormalize"  # only q_1 is needed over V
+    # the renormalised KL reads the logits at the kept ids, which the softmax may overwrite
+    kept = z.gather(-1, t.ids).float() / temperature if t is not None and t.tail == "renormalize" else None  # (N, K)
+    out = z if into_z else g  # the gradient's buffer
     # q_T's own softmax (T > POW_ROUTE_MAX_T) reads z after q_1 is made
-    into = g if in_place else z if z_scratch and temperature <= POW_ROUTE_MAX_T else None
+    into = out if in_place else z if into_z and temperature <= POW_ROUTE_MAX_T else None
     q1 = torch.softmax(z, dim=-1, dtype=torch.float32, out=into) if into is not None else \
         torch.softmax(z, dim=-1, dtype=torch.float32)  # (N, V)
     ce_rows = t.ce_rows if t is not None else ce_w > 0
     ce_sum = -torch.where(ce_rows, torch.log(q1.gather(-1, nxt).squeeze(-1).clamp(min=1e-30)), 0.0).sum()
     cw = ce_w.unsqueeze(-1)  # (N, 1)
     if t is None or t.tail == "renormalize":
-        g.mul_(cw)  # CE's q_1 part; renormalised KL has no gradient off the kept ids
-        kl_sum = g.new_zeros(())
+        out.mul_(cw)  # CE's q_1 part; renormalised KL has no gradient off the kept ids
+        kl_sum = out.new_zeros(())
         if t is not None:
-            kept = z.gather(-1, t.ids).float() / temperature  # (N, K)
             valid = t.weights > 0 if t.weights is not None else t.p > 0
             kl = _renormalized_kl(kept, t.p, valid)  # (N,)
             lse = torch.logsumexp(kept.masked_fill(~valid, float("-inf")), dim=-1, keepdim=True)
             r = torch.where(valid, torch.exp(kept - lse), 0.0)  # (N, K); no NaN kept where no slot is valid
             p = torch.where(valid, t.p, 0.0)
             p_n = p / p.sum(-1, keepdim=True).clamp(min=1e-30)
-            g.scatter_add_(-1, t.ids, t.a.unsqueeze(-1) * (r * p_n.sum(-1, keepdim=True) - p_n))
+            out.scatter_add_(-1, t.ids, t.a.unsqueeze(-1) * (r * p_n.sum(-1, keepdim=True) - p_n))
             kl_sum = _masked_sum(kl, t.kl_rows)
-        g.scatter_add_(-1, nxt, -cw)
+        out.scatter_add_(-1, nxt, -cw)
         return kl_sum, ce_sum
     if temperature == 1.0:
         qt, norm = q1, None
@@ -125,22 +128,26 @@ def slice_loss_grad(z: torch.Tensor, g: torch.Tensor, next_ids: torch.Tensor, ce
         kept_grad = a * (q_kept - t.p)  # (N, K), replacing the tail's gradient at p > 0 slots
     if norm is not None:
         scale = scale / norm
-    if qt is q1:  # T = 1: both terms from one softmax
-        g.mul_(scale + cw)
+    if qt is q1:  # T = 1: both terms from one softmax (q_1 is in out)
+        out.mul_(scale + cw)
         if t.weights is None:
             kept_grad = kept_grad + cw * q_kept
     else:
-        g.mul_(scale)
-        g.addcmul_(q1, cw)
         if t.weights is None:
             kept_grad = kept_grad + cw * q1.gather(-1, t.ids)
+        if into_z:  # q_1 is z itself, or (T > POW_ROUTE_MAX_T) a tensor of its own; q_T is g
+            torch.mul(q1, cw, out=z)
+            z.addcmul_(g, scale)
+        else:
+            g.mul_(scale)
+            g.addcmul_(q1, cw)
     if t.weights is None:
         # added as differences from the tail gradient already there, and none at p = 0 slots (the tail's):
         # a padding id repeated, or equal to a kept id, leaves every id its own gradient
-        g.scatter_add_(-1, t.ids, torch.where(t.p > 0, kept_grad - g.gather(-1, t.ids), 0.0))
+        out.scatter_add_(-1, t.ids, torch.where(t.p > 0, kept_grad - out.gather(-1, t.ids), 0.0))
     else:
-        g.scatter_add_(-1, t.ids, kept_grad)
-    g.scatter_add_(-1, nxt, -cw)
+        out.scatter_add_(-1, t.ids, kept_grad)
+    out.scatter_add_(-1, nxt, -cw)
     return _masked_sum(kl, t.kl_rows), ce_sum
 
 

@@ -23,17 +23,26 @@ from torch import nn
 
 from .fused import flat_targets, kl_count, slice_loss_grad
 
-# The automatic chunk: its (C, V) fp32 buffers, the logits (their softmax written over them) and the
-# gradient, within this budget together. Larger chunks amortise the per-chunk pass over the (V, H) weight
-# gradient (each chunk adds its rank-C update into it) and make the matmuls more efficient; the budget keeps
-# the step's memory goal (docs/benchmarks.md).
+# The automatic chunk: its (C, V) fp32 buffer (the logits, then their gradient written over them) and the loss
+# body's scratch rows within this budget together. Larger chunks amortise the per-chunk pass over the (V, H)
+# weight gradient (each chunk adds its rank-C update into it) and make the matmuls more efficient; the budget
+# keeps the step's memory goal (docs/benchmarks.md).
 CHUNK_BUDGET_BYTES = 256 << 20
-CHUNK_BUFFERS = 2
+# The loss body (`slice_loss_grad`) runs over sub-slices of a chunk's rows: its second (rows, V) buffer and
+# its temporaries are this many fp32 values, not another (C, V) buffer. On CPU a sub-slice stays in cache
+# across the body's passes over it; on a GPU it is still large enough for full kernels.
+SUB_SLICE_VALUES = {"cpu": 1 << 22, "cuda": 1 << 24}
 
 
-def auto_chunk_tokens(vocab_size: int, budget_bytes: int = CHUNK_BUDGET_BYTES) -> int:
-    """Tokens per chunk whose CHUNK_BUFFERS fp32 (C, V) buffers fit `budget_bytes` together."""
-    return max(1, budget_bytes // (CHUNK_BUFFERS * 4 * vocab_size))
+def sub_slice_rows(vocab_size: int, device: str = "cpu") -> int:
+    """Rows of one loss-body sub-slice."""
+    return max(1, SUB_SLICE_VALUES.get(device, SUB_SLICE_VALUES["cpu"]) // vocab_size)
+
+
+def auto_chunk_tokens(vocab_size: int, budget_bytes: int = CHUNK_BUDGET_BYTES, device: str = "cpu") -> int:
+    """Tokens per chunk whose fp32 (C, V) buffer and the loss body's (sub-slice, V) scratch fit `budget_bytes`
+    together."""
+    return max(1, budget_bytes // (4 * vocab_size) - sub_slice_rows(vocab_size, device))
 
 
 @dataclass(frozen=True)
@@ -124,16 +133,18 @@ class _LinearDistill(torch.autograd.Function):
         w32 = weight.detach().float()  # (V, H)
         h = hidden.detach()
         grad_h = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)  # (N, H)
-        grad_w = torch.zeros(w32.shape, dtype=torch.float32, device=w32.device)  # (V, H)
-        grad_b = torch.zeros(v, dtype=torch.float32, device=w32.device) if bias is not None else None
+        grad_w = torch.zeros(w32.shape, dtype=torch.float32, device=w32.device) if n == 0 else \
+            torch.empty(w32.shape, dtype=torch.float32, device=w32.device)  # (V, H), written by the first chunk
+        grad_b = None if bias is None else torch.zeros(v, dtype=torch.float32, device=w32.device)
         b32 = bias.detach().float() if bias is not None else None
-        z = torch.empty((min(chunk, n), v), dtype=torch.float32, device=hidden.device)  # reused (C, V) buffers
-        g = torch.empty_like(z)
+        z = torch.empty((min(chunk, n), v), dtype=torch.float32, device=hidden.device)  # (C, V), reused
+        sub = min(sub_slice_rows(v, hidden.device.type), z.shape[0])
+        g = torch.empty((sub, v), dtype=torch.float32, device=hidden.device)  # (S, V): the loss body's scratch
         kl_sum = ce_sum = hidden.new_zeros((), dtype=torch.float32)
         for start in range(0, n, chunk):
             sl = slice(start, min(start + chunk, n))
             hc = h[sl].float()  # (C, H)
-            zc, gc = z[: hc.shape[0]], g[: hc.shape[0]]
+            zc = z[: hc.shape[0]]
             if b32 is not None:
                 torch.addmm(b32, hc, w32.t(), out=zc)
             else:
@@ -142,18 +153,27 @@ class _LinearDistill(torch.autograd.Function):
                 zc.mul_(logit_scale)
             if logit_softcap is not None:
                 zc.div_(logit_softcap).tanh_().mul_(logit_softcap)
-            # zc is free for the softmax unless the soft-cap's derivative below reads it
-            kl, ce = slice_loss_grad(zc, gc, next_ids[sl], ce_w[sl], None if targets is None else targets.rows(sl),
-                                     temperature, z_scratch=logit_softcap is None)
-            kl_sum, ce_sum = kl_sum + kl, ce_sum + ce
-            if logit_softcap is not None:  # d cap tanh(u / cap) / d u = 1 - tanh^2
-                gc.mul_(1.0 - (zc / logit_softcap).square_())
+            for s0 in range(0, zc.shape[0], sub):  # the gradient replaces the logits, sub-slice by sub-slice
+                ss, rows = slice(s0, min(s0 + sub, zc.shape[0])), slice(start + s0, min(start + s0 + sub, sl.stop))
+                zs, gs = zc[ss], g[: ss.stop - s0]
+                # the gradient is written over zs unless the soft-cap's derivative below reads it
+                kl, ce = slice_loss_grad(zs, gs, next_ids[rows], ce_w[rows],
+                                         None if targets is None else targets.rows(rows), temperature,
+                                         into_z=logit_softcap is None)
+                kl_sum, ce_sum = kl_sum + kl, ce_sum + ce
+                if logit_softcap is not None:  # d cap tanh(u / cap) / d u = 1 - tanh^2
+                    zs.div_(logit_softcap).square_().neg_().add_(1.0).mul_(gs)
             if logit_scale != 1.0:
-                gc.mul_(logit_scale)
-            torch.mm(gc, w32, out=grad_h[sl])  # (C, H)
-            grad_w.addmm_(gc.t(), hc)  # (V, H)
-            if grad_b is not None:
-                grad_b += gc.sum(0)
+                zc.mul_(logit_scale)
+            torch.mm(zc, w32, out=grad_h[sl])  # (C, H)
+            if start == 0:  # written, not added: no pass to zero the (V, H) buffer first
+                torch.mm(zc.t(), hc, out=grad_w)  # (V, H)
+                if grad_b is not None:
+                    torch.sum(zc, 0, out=grad_b)
+            else:
+                grad_w.addmm_(zc.t(), hc)
+                if grad_b is not None:
+                    grad_b += zc.sum(0)
         ce = ce_sum / n_ce
         kl = temperature**2 * kl_sum / count if targets is not None else torch.zeros_like(ce)
         ctx.grads = (grad_h.to(hidden.dtype), grad_w.to(weight.dtype),
@@ -185,7 +205,7 @@ def fused_linear_distill(hidden: torch.Tensor, weight: torch.Tensor, bias: torch
     distil = ids is not None
     next_ids, ce_w, targets = flat_targets(input_ids, ids, probs, weights, mask, float(alpha), float(temperature),
                                            tail, reduction)
-    chunk = chunk_tokens if chunk_tokens > 0 else auto_chunk_tokens(weight.shape[0])
+    chunk = chunk_tokens if chunk_tokens > 0 else auto_chunk_tokens(weight.shape[0], device=hidden.device.type)
     loss, kl, ce = _LinearDistill.apply(
         hidden.reshape(b * t, -1), weight, bias, next_ids, ce_w, targets, float(temperature), float(alpha),
         kl_count(input_ids, mask, reduction), max(1, b * (t - 1)), int(chunk), float(logit_scale),
