@@ -331,17 +331,20 @@ def test_the_mixed_path_splits_batches_by_the_logit_budget(tmp_path, odd_data, t
     assert probe.rows_per_pass(data.seq_len) < 12  # the 1 MB run did split its batches of 12
 
 
-def test_bf16_runs_a_different_tokenizer_teachers_head_in_fp32(tmp_path, odd_data, teachers, monkeypatch):
-    """--precision bf16: the different-tokenizer teacher's forward runs inside fp32_head (its head and what
-    follows in fp32; fp32_head itself is tested in test_precision.py), and its logits come out fp32."""
+@pytest.mark.parametrize("fast", [True, False])
+def test_bf16_runs_a_different_tokenizer_teachers_head_in_fp32(tmp_path, odd_data, teachers, monkeypatch, fast):
+    """--precision bf16: the different-tokenizer teacher's layers run under autocast and its head in fp32:
+    the fast head's GEMM outside autocast, or the model's own forward inside fp32_head (its head and what
+    follows in fp32; fp32_head itself is tested in test_precision.py). Under autocast a GEMM gives bf16, so
+    the probabilities' dtype shows where the head ran."""
     import contextlib
 
     from conftest import dump_config
     from logitcache.teachers import mixed
     from logitcache.dump import dump
 
-    seen = []
-    real = mixed.fp32_head
+    seen, dtypes = [], []
+    real, real_map = mixed.fp32_head, mixed.map_onto
 
     @contextlib.contextmanager
     def recording(model):
@@ -350,9 +353,15 @@ def test_bf16_runs_a_different_tokenizer_teachers_head_in_fp32(tmp_path, odd_dat
         seen.append(model.config.model_type)
 
     monkeypatch.setattr(mixed, "fp32_head", recording)
+    monkeypatch.setattr(mixed, "map_onto", lambda flat, *a: dtypes.append(flat.dtype) or real_map(flat, *a))
+    if not fast:
+        monkeypatch.setattr(mixed, "fast_head_is_exact", lambda *a: False)
     dump(dump_config(odd_data, [teachers["same"], teachers["unigram"]], tmp_path / "bf16.zarr", combine="mean-probs",
                      max_chunks=8, min_coverage=0.2, precision="bf16"))
-    assert seen and set(seen) == {"llama"}
+    import torch
+
+    assert dtypes and set(dtypes) == {torch.float32}
+    assert set(seen) == (set() if fast else {"llama"})
 
 
 def load_student(data_dir: Path):
@@ -548,3 +557,15 @@ def test_dump_and_inspect_print_each_teachers_coverage(tmp_path, odd_data, teach
     result = CliRunner().invoke(app, ["inspect", str(out)])
     assert result.exit_code == 0 and "coverage llama-unigram" in result.output, result.output
     assert f"{entry['positions']:.1%}" in result.output
+
+
+@pytest.mark.parametrize("rows,step,want", [(16, 14, 8), (16, 16, 16), (16, 5, 4), (5, 2, 2), (7, 3, 3), (1, 4, 1),
+                                            (0, 4, 4), (16, 1, 1)])
+def test_balanced_step_runs_equal_passes_no_larger_than_the_budget(rows, step, want):
+    """As many passes as the budget needs, of equal size: never a pass larger than `step`, never one more pass."""
+    from logitcache.teachers.ensemble import balanced_step
+
+    got = balanced_step(rows, step)
+    assert got == want
+    if rows:
+        assert got <= step and -(-rows // got) == -(-rows // step)

@@ -53,6 +53,13 @@ def fast_head_is_exact(model, vocab_size: int, device: torch.device) -> bool:
     return exact
 
 
+def balanced_step(rows: int, step: int) -> int:
+    """Rows per pass when `rows` run in passes of at most `step`: as many passes, of equal size (16 rows at
+    step 14: 8 + 8, not 14 + 2), so no pass runs the teachers on a sliver."""
+    passes = -(-rows // max(1, step))
+    return -(-rows // passes) if rows else step
+
+
 @contextlib.contextmanager
 def fp32_head(model):
     """Inside this context the model's output embedding runs in fp32 under any autocast: its input is upcast
@@ -163,7 +170,7 @@ class Ensemble:
     def topk(self, input_ids: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k ids (B, T, K) int64 and their ensemble probabilities (B, T, K) float32, decreasing.
         The batch runs in row slices that fit the logit budget, so memory is bounded at any V."""
-        step = self.rows_per_pass(input_ids.shape[1])
+        step = balanced_step(input_ids.shape[0], self.rows_per_pass(input_ids.shape[1]))
         parts = [self._topk_slice(input_ids[r:r + step], k) for r in range(0, input_ids.shape[0], step)]
         if len(parts) == 1:
             return parts[0]
@@ -186,7 +193,7 @@ class Ensemble:
     def probs(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The full ensemble distribution at T, (B, T, V) float32 (a fresh tensor the caller may keep). As in
         `topk`, the batch runs in row slices that fit the logit budget: the work buffers hold one slice."""
-        step = self.rows_per_pass(input_ids.shape[1])
+        step = balanced_step(input_ids.shape[0], self.rows_per_pass(input_ids.shape[1]))
         out = torch.empty((*input_ids.shape, self.vocab_size), dtype=torch.float32, device=self.device)  # (B, T, V)
         for r in range(0, input_ids.shape[0], step):
             out[r:r + step].copy_(self._combined(input_ids[r:r + step]))  # (b, T, V), b <= step

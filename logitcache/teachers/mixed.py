@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .align import KINDS, Aligner, ChunkAlignment
-from .ensemble import DEFAULT_LOGIT_BUDGET, Ensemble, fp32_head, topk_decreasing
+from .ensemble import DEFAULT_LOGIT_BUDGET, Ensemble, balanced_step, fast_head_is_exact, fp32_head, topk_decreasing
 from .targets import mass_targets, sample_targets
 
 
@@ -39,6 +39,10 @@ class MixedEnsemble:
                                               vocab_size=vocab_size, logit_budget=logit_budget), None))
             else:
                 self.members.append((model.to(device).eval(), aligner))
+        # a different-tokenizer teacher whose head is a plain fp32 GEMM runs it here on the aligned rows, 1/T
+        # folded into the GEMM (as Ensemble's fast head does): no (B*T, V_t) division pass
+        self._fast = [a is not None and fast_head_is_exact(model, a.teacher.size, device)
+                      for model, a in self.members]
         self._layers = [None if a is None else [[tuple(torch.from_numpy(x).to(device) for x in layer)
                                                   for layer in a.map.layers(kind)] for kind in range(KINDS)]
                         for _, a in self.members]
@@ -53,10 +57,14 @@ class MixedEnsemble:
 
     def rows_per_pass(self, seq_len: int) -> int:
         """Rows whose float32 work buffers fit --logit-budget-mb: per row the combined (T, V), one mapped
-        (T, V), and a different-tokenizer teacher's logits (L, V_t) with L taken as 2T (its tokens per
-        chunk are near T where both tokenizers are of a size) and its (T, V_t) softmax rows."""
-        widest = max([self.vocab_size] + [a.teacher.size for _, a in self.members if a is not None])
-        per_row = 4 * seq_len * (2 * self.vocab_size + 3 * widest)
+        (T, V), and the largest of one teacher's own: a teacher on the data's tokenizer its (T, V)
+        probabilities; a different-tokenizer teacher with a head its (T, V_t) logits at the student's
+        positions (head_rows), their softmax written over them; one without, its logits at all its positions
+        (L, V_t), L taken as 2T (its tokens per chunk are near T where both tokenizers are of a size), and the
+        (T, V_t) rows gathered from them."""
+        own = [self.vocab_size] + [(1 if has_head(model) else 3) * a.teacher.size
+                                   for model, a in self.members if a is not None]
+        per_row = 4 * seq_len * (2 * self.vocab_size + max(own))
         return max(1, self.logit_budget // per_row)
 
     @torch.no_grad()
@@ -64,7 +72,7 @@ class MixedEnsemble:
         """The combined distribution (B, T, V) float32 (zeros where no teacher is aligned) and the number of
         teachers aligned at each position (B, T) uint8, for cache rows `cache_rows` (B,) holding `input_ids`;
         computed in row slices of rows_per_pass (the result is the same, row by row)."""
-        step = self.rows_per_pass(input_ids.shape[1])
+        step = balanced_step(input_ids.shape[0], self.rows_per_pass(input_ids.shape[1]))
         if input_ids.shape[0] <= step:
             return self._targets(input_ids, cache_rows)
         parts = [self._targets(input_ids[r:r + step], cache_rows[r:r + step])
@@ -105,14 +113,26 @@ class MixedEnsemble:
         aligned = position >= 0
         rows = torch.arange(len(alignments), device=self.device).unsqueeze(1) * ids.shape[1]  # (B, 1)
         at_t = (rows + position.clamp(min=0)).reshape(-1)  # (B*T,) the teacher position aligned with each t
-        # the head runs on those rows alone: (B*T, V_model) logits, not (B, L, V_model) and a gather
-        with self.autocast(), fp32_head(model), head_rows(model, at_t) as gathered:
-            logits = model(input_ids=ids, attention_mask=mask).logits
-        if gathered:
-            flat = logits.reshape(-1, logits.shape[-1])[:, :vocab].float()  # (B*T, V_t)
-        else:  # a model without a separate head: every position's logits, then the rows
-            flat = logits.reshape(-1, logits.shape[-1]).index_select(0, at_t)[:, :vocab].float()
-        flat = torch.softmax(flat.div_(self.temperature), dim=-1)
+        if self._fast[i]:  # the head on those rows alone, z / T in one fp32 GEMM: (B*T, V_t)
+            with self.autocast():
+                hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, L, H)
+            rows = hidden.float().reshape(-1, hidden.shape[-1]).index_select(0, at_t)  # (B*T, H)
+            head = model.get_output_embeddings()
+            weight, bias = head.weight.detach().float()[:vocab], getattr(head, "bias", None)
+            # beta = 0 ignores the input (torch.addmm's documented contract): a 0-d stand-in
+            flat = torch.addmm(rows.new_zeros(()), rows, weight.t(), beta=0.0, alpha=1.0 / self.temperature)
+            if bias is not None:  # (h W^T + b) / T
+                flat.add_(bias.detach().float()[:vocab], alpha=1.0 / self.temperature)
+        else:
+            # the head runs on those rows alone: (B*T, V_model) logits, not (B, L, V_model) and a gather
+            with self.autocast(), fp32_head(model), head_rows(model, at_t) as gathered:
+                logits = model(input_ids=ids, attention_mask=mask).logits
+            if gathered:
+                flat = logits.reshape(-1, logits.shape[-1])[:, :vocab].float()  # (B*T, V_t)
+            else:  # a model without a separate head: every position's logits, then the rows
+                flat = logits.reshape(-1, logits.shape[-1]).index_select(0, at_t)[:, :vocab].float()
+            flat = flat.contiguous().div_(self.temperature)  # a copy only where the logits are wider than V_t
+        flat = torch.softmax(flat, dim=-1, out=flat)  # in place: one (B*T, V_t) buffer
         out = map_onto(flat, self._layers[i][0], self.vocab_size)  # (B*T, V)
         for k in range(1, KINDS):
             here = np.flatnonzero(kind == k)
@@ -128,7 +148,7 @@ class MixedEnsemble:
     def topk(self, input_ids: torch.Tensor, k: int, cache_rows: np.ndarray):
         """Top-k ids (B, T, K) int64, probabilities (B, T, K) float32 decreasing, and the teacher count (B, T)
         uint8; where no teacher is aligned the ids are 0..K-1 with probability 0."""
-        step = self.rows_per_pass(input_ids.shape[1])
+        step = balanced_step(input_ids.shape[0], self.rows_per_pass(input_ids.shape[1]))
         if input_ids.shape[0] > step:  # slice by slice, so the (B, T, V) buffers hold one slice at a time
             parts = [self.topk(input_ids[r:r + step], k, cache_rows[r:r + step])
                      for r in range(0, input_ids.shape[0], step)]
@@ -173,15 +193,20 @@ def coverage_of(stats: np.ndarray) -> list[dict]:
             for aligned, total, mass, checked, violations in np.asarray(stats, dtype=np.float64).tolist()]
 
 
+def has_head(model) -> bool:
+    """Whether the model has an output embedding head_rows can gather the rows of."""
+    return hasattr(model, "get_output_embeddings") and model.get_output_embeddings() is not None
+
+
 @contextlib.contextmanager
 def head_rows(model, index: torch.Tensor):
     """Inside this context the model's output embedding reads only the rows `index` (R,) of its flattened
     (B, L, H) input, so the forward returns (1, R, V) logits: what the model does after its head (soft-capping,
     scaling) is elementwise and follows unchanged. Yields whether it applies (a model with a head)."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is None:
+    if not has_head(model):
         yield False
         return
+    head = model.get_output_embeddings()
 
     def gather(module, args):
         hidden = args[0]
