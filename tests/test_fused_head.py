@@ -127,16 +127,19 @@ def test_any_sub_slice_size_gives_the_same_loss(monkeypatch, sub_rows, temperatu
 
 
 def test_auto_chunk_and_its_scratch_fit_the_budget(monkeypatch):
-    """The automatic chunk's (C, V) buffer and the (sub-slice, V) scratch within CHUNK_BUDGET_BYTES, at
-    today's vocabularies and the paper's, on CPU and CUDA."""
+    """The automatic chunk's (C, V) buffer and the loss body's (sub-slice, V) tensors within
+    CHUNK_BUDGET_BYTES, at today's vocabularies and the paper's, on CPU and CUDA: one at T <= 4, two with a
+    soft cap, four where q_T has its own softmax."""
     from logitcache.training.losses import linear
 
     monkeypatch.undo()  # the module's small sub-slices off: the real ones
     for vocab in (16_000, 128_256, 151_936, 256_000):
         for device in ("cpu", "cuda"):
-            chunk, sub = linear.auto_chunk_tokens(vocab, device=device), linear.sub_slice_rows(vocab, device)
-            assert 0 < sub < chunk, (vocab, device, chunk, sub)
-            assert (chunk + sub) * vocab * 4 <= linear.CHUNK_BUDGET_BYTES < (chunk + sub + 1) * vocab * 4
+            for temperature, softcap, slices in ((2.0, None, 1), (1.0, None, 1), (2.0, 30.0, 2), (6.0, None, 4)):
+                chunk = linear.auto_chunk_tokens(vocab, device=device, temperature=temperature, logit_softcap=softcap)
+                scratch = slices * linear.sub_slice_rows(vocab, device)
+                assert 0 < scratch < chunk, (vocab, device, chunk, scratch)
+                assert (chunk + scratch) * vocab * 4 <= linear.CHUNK_BUDGET_BYTES < (chunk + scratch + 1) * vocab * 4
 
 
 @pytest.mark.parametrize("temperature", [0.7, 3.0, 6.0])  # the pow route and q_T's own softmax

@@ -56,16 +56,28 @@ class MixedEnsemble:
         return len(self.members)
 
     def rows_per_pass(self, seq_len: int) -> int:
-        """Rows whose float32 work buffers fit --logit-budget-mb: per row the combined (T, V), one mapped
-        (T, V), and the largest of one teacher's own: a teacher on the data's tokenizer its (T, V)
-        probabilities; a different-tokenizer teacher with a head its (T, V_t) logits at the student's
-        positions (head_rows), their softmax written over them; one without, its logits at all its positions
-        (L, V_t), L taken as 2T (its tokens per chunk are near T where both tokenizers are of a size), and the
-        (T, V_t) rows gathered from them."""
-        own = [self.vocab_size] + [(1 if has_head(model) else 3) * a.teacher.size
-                                   for model, a in self.members if a is not None]
-        per_row = 4 * seq_len * (2 * self.vocab_size + max(own))
-        return max(1, self.logit_budget // per_row)
+        """Rows whose float32 work buffers fit --logit-budget-mb. Per position, in units of 4 bytes: the
+        combined distribution (V); each same-tokenizer member's Ensemble buffers (2 V, kept between calls)
+        while the largest transient one teacher needs is alive (member_values)."""
+        kept = self.vocab_size + sum(2 * self.vocab_size for _, a in self.members if a is None)
+        transient = max([self.member_values(i) for i in range(len(self.members))], default=0)
+        return max(1, self.logit_budget // (4 * seq_len * (kept + transient)))
+
+    def member_values(self, i: int) -> int:
+        """Per position, the values member i holds while it runs, beyond the kept buffers: a same-tokenizer
+        teacher its probabilities (V) and, off the fast head, its own logits (V_model); a teacher with a
+        tokenizer of its own the mapped distribution (V) and its logits at the student positions, their
+        softmax written over them: on the fast head one (T, V_t) buffer; through its own forward 3 V_model
+        (its logits, a soft-cap's temporary or the [:V_t] copy, and without a head its logits at all its
+        positions, L taken as 2T: its tokens per chunk are near T where both tokenizers are of a size)."""
+        model, aligner = self.members[i]
+        if aligner is None:
+            ensemble = model
+            width = max(int(m.config.vocab_size) for m in ensemble.models)
+            return self.vocab_size + (0 if all(ensemble._fast) else width)
+        if self._fast[i]:
+            return self.vocab_size + aligner.teacher.size
+        return self.vocab_size + 3 * max(int(model.config.vocab_size), aligner.teacher.size)
 
     @torch.no_grad()
     def targets(self, input_ids: torch.Tensor, cache_rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

@@ -135,12 +135,10 @@ def slice_loss_grad(z: torch.Tensor, g: torch.Tensor, next_ids: torch.Tensor, ce
     else:
         if t.weights is None:
             kept_grad = kept_grad + cw * q1.gather(-1, t.ids)
-        if into_z:  # q_1 is z itself, or (T > POW_ROUTE_MAX_T) a tensor of its own; q_T is g
-            torch.mul(q1, cw, out=z)
-            z.addcmul_(g, scale)
-        else:
-            g.mul_(scale)
-            g.addcmul_(q1, cw)
+        g.mul_(scale)
+        # q_T scale + q_1 cw, the same expression either way: into z (q_1 is z itself, or above
+        # POW_ROUTE_MAX_T a tensor of its own) or into g (q_T)
+        torch.addcmul(g, q1, cw, out=out)
     if t.weights is None:
         # added as differences from the tail gradient already there, and none at p = 0 slots (the tail's):
         # a padding id repeated, or equal to a kept id, leaves every id its own gradient

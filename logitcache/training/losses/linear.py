@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .fused import flat_targets, kl_count, slice_loss_grad
+from .fused import POW_ROUTE_MAX_T, flat_targets, kl_count, slice_loss_grad
 
 # The automatic chunk: its (C, V) fp32 buffer (the logits, then their gradient written over them) and the loss
 # body's scratch rows within this budget together. Larger chunks amortise the per-chunk pass over the (V, H)
@@ -31,7 +31,7 @@ CHUNK_BUDGET_BYTES = 256 << 20
 # The loss body (`slice_loss_grad`) runs over sub-slices of a chunk's rows: its second (rows, V) buffer and
 # its temporaries are this many fp32 values, not another (C, V) buffer. On CPU a sub-slice stays in cache
 # across the body's passes over it; on a GPU it is still large enough for full kernels.
-SUB_SLICE_VALUES = {"cpu": 1 << 22, "cuda": 1 << 24}
+SUB_SLICE_VALUES = {"cpu": 1 << 22, "cuda": 1 << 23}
 
 
 def sub_slice_rows(vocab_size: int, device: str = "cpu") -> int:
@@ -39,10 +39,19 @@ def sub_slice_rows(vocab_size: int, device: str = "cpu") -> int:
     return max(1, SUB_SLICE_VALUES.get(device, SUB_SLICE_VALUES["cpu"]) // vocab_size)
 
 
-def auto_chunk_tokens(vocab_size: int, budget_bytes: int = CHUNK_BUDGET_BYTES, device: str = "cpu") -> int:
-    """Tokens per chunk whose fp32 (C, V) buffer and the loss body's (sub-slice, V) scratch fit `budget_bytes`
-    together."""
-    return max(1, budget_bytes // (4 * vocab_size) - sub_slice_rows(vocab_size, device))
+def scratch_slices(temperature: float = 2.0, logit_softcap: float | None = None) -> int:
+    """(sub-slice, V) fp32 tensors the loss body holds besides the chunk's buffer: q_T (T != 1; the pow
+    route, q_1 written into the chunk's buffer); with a soft cap also q_1, as the capped logits stay for the
+    cap's derivative; above POW_ROUTE_MAX_T q_1, z / T and its softmax besides."""
+    return 4 if temperature > POW_ROUTE_MAX_T else 2 if logit_softcap is not None else 1
+
+
+def auto_chunk_tokens(vocab_size: int, budget_bytes: int = CHUNK_BUDGET_BYTES, device: str = "cpu",
+                      temperature: float = 2.0, logit_softcap: float | None = None) -> int:
+    """Tokens per chunk whose fp32 (C, V) buffer and the loss body's (sub-slice, V) tensors (scratch_slices)
+    fit `budget_bytes` together."""
+    scratch = scratch_slices(temperature, logit_softcap) * sub_slice_rows(vocab_size, device)
+    return max(1, budget_bytes // (4 * vocab_size) - scratch)
 
 
 @dataclass(frozen=True)
@@ -205,7 +214,8 @@ def fused_linear_distill(hidden: torch.Tensor, weight: torch.Tensor, bias: torch
     distil = ids is not None
     next_ids, ce_w, targets = flat_targets(input_ids, ids, probs, weights, mask, float(alpha), float(temperature),
                                            tail, reduction)
-    chunk = chunk_tokens if chunk_tokens > 0 else auto_chunk_tokens(weight.shape[0], device=hidden.device.type)
+    chunk = chunk_tokens if chunk_tokens > 0 else auto_chunk_tokens(weight.shape[0], device=hidden.device.type,
+                                                                    temperature=temperature, logit_softcap=logit_softcap)
     loss, kl, ce = _LinearDistill.apply(
         hidden.reshape(b * t, -1), weight, bias, next_ids, ce_w, targets, float(temperature), float(alpha),
         kl_count(input_ids, mask, reduction), max(1, b * (t - 1)), int(chunk), float(logit_scale),
