@@ -4,7 +4,7 @@ the same chunks. Prints a table and one JSON line; the goal is ratio = bare forw
 >= 0.8 (the dump's alignment, self-check, id map, tokenizer checks, softmax and writing cost at most a
 quarter of the teacher's forward).
 
-  python benchmarks/bench_cross_vocab.py [--chunks 256] [--repeats 3]
+  python benchmarks/bench_cross_vocab.py [--chunks 256] [--repeats 3] [--logit-budget-mb 2048]
 
 The data is the demo corpus prepared at vocabulary 8000 (bench_cross_dump.py's). The teacher's tokenizer is
 a byte-level BPE trained on every other training document, with Llama-3's specials and template, padded
@@ -14,7 +14,8 @@ hidden 512, 4 layers, 8 heads, MLP 1536) is the measured one, a width at which t
 size it has next to real checkpoints' layers; 64x2 (llama-tiny's layers) is reported beside it, where the
 head is a matmul of width 64 and the per-position softmax over 128k ids is as large as the forward.
 Both sides run as subprocesses on the same machine, interleaved: the dump timed from start to exit, the bare
-forward timed over its forward passes and head alone (batches of --batch-size chunks, no softmax).
+forward timed over its forward passes and head alone (batches of --batch-size chunks, no softmax). The
+dump's --logit-budget-mb (2048) lets its passes hold those 16-row batches at 128,256 teacher ids.
 """
 from __future__ import annotations
 
