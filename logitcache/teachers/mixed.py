@@ -66,18 +66,18 @@ class MixedEnsemble:
     def member_values(self, i: int) -> int:
         """Per position, the values member i holds while it runs, beyond the kept buffers: a same-tokenizer
         teacher its probabilities (V) and, off the fast head, its own logits (V_model); a teacher with a
-        tokenizer of its own the mapped distribution (V) and its logits at the student positions, their
-        softmax written over them: on the fast head one (T, V_t) buffer; through its own forward 3 V_model
-        (its logits, a soft-cap's temporary or the [:V_t] copy, and without a head its logits at all its
-        positions, L taken as 2T: its tokens per chunk are near T where both tokenizers are of a size)."""
+        tokenizer of its own its distribution (V), the mapped one at the aligned positions (V) and its logits
+        there, their softmax written over them: on the fast head one (T, V_t) buffer; through its own forward
+        3 V_model (its logits, a soft-cap's temporary or the [:V_t] copy, and without a head its logits at all
+        its positions, L taken as 2T: its tokens per chunk are near T where both tokenizers are of a size)."""
         model, aligner = self.members[i]
         if aligner is None:
             ensemble = model
             width = max(int(m.config.vocab_size) for m in ensemble.models)
             return self.vocab_size + (0 if all(ensemble._fast) else width)
         if self._fast[i]:
-            return self.vocab_size + aligner.teacher.size
-        return self.vocab_size + 3 * max(int(model.config.vocab_size), aligner.teacher.size)
+            return 2 * self.vocab_size + aligner.teacher.size
+        return 2 * self.vocab_size + 3 * max(int(model.config.vocab_size), aligner.teacher.size)
 
     @torch.no_grad()
     def targets(self, input_ids: torch.Tensor, cache_rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,39 +121,44 @@ class MixedEnsemble:
         ids, mask = padded(alignments, self.device)  # (B, L) each
         vocab = self.members[i][1].teacher.size
         position = torch.from_numpy(np.stack([a.position for a in alignments])).to(self.device)  # (B, T)
-        kind = np.stack([a.kind for a in alignments]).reshape(-1)  # (B*T,) the map kind at each position
         aligned = position >= 0
+        out = torch.zeros(aligned.numel(), self.vocab_size, dtype=torch.float32, device=self.device)  # (B*T, V)
+        keep_np = np.flatnonzero(np.stack([a.position for a in alignments]).reshape(-1) >= 0)  # (R,) aligned
+        if not len(keep_np):  # no position to read: no forward
+            return out.reshape(*position.shape, self.vocab_size), aligned.float()
+        keep = torch.from_numpy(keep_np).to(self.device)
+        kind = np.stack([a.kind for a in alignments]).reshape(-1)[keep_np]  # (R,) the map kind at each
         rows = torch.arange(len(alignments), device=self.device).unsqueeze(1) * ids.shape[1]  # (B, 1)
-        at_t = (rows + position.clamp(min=0)).reshape(-1)  # (B*T,) the teacher position aligned with each t
-        if self._fast[i]:  # the head on those rows alone, z / T in one fp32 GEMM: (B*T, V_t)
+        # (R,) the teacher position aligned with each aligned student position: the head runs on these rows
+        # alone (no logits, softmax or map where there is no target)
+        at_t = (rows + position.clamp(min=0)).reshape(-1).index_select(0, keep)
+        if self._fast[i]:  # z / T in one fp32 GEMM: (R, V_t)
             with self.autocast():
                 hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, L, H)
-            rows = hidden.float().reshape(-1, hidden.shape[-1]).index_select(0, at_t)  # (B*T, H)
+            h = hidden.float().reshape(-1, hidden.shape[-1]).index_select(0, at_t)  # (R, H)
             head = model.get_output_embeddings()
             weight, bias = head.weight.detach().float()[:vocab], getattr(head, "bias", None)
             # beta = 0 ignores the input (torch.addmm's documented contract): a 0-d stand-in
-            flat = torch.addmm(rows.new_zeros(()), rows, weight.t(), beta=0.0, alpha=1.0 / self.temperature)
+            flat = torch.addmm(h.new_zeros(()), h, weight.t(), beta=0.0, alpha=1.0 / self.temperature)
             if bias is not None:  # (h W^T + b) / T
                 flat.add_(bias.detach().float()[:vocab], alpha=1.0 / self.temperature)
         else:
-            # the head runs on those rows alone: (B*T, V_model) logits, not (B, L, V_model) and a gather
+            # (R, V_model) logits through the model's own forward, not (B, L, V_model) and a gather
             with self.autocast(), fp32_head(model), head_rows(model, at_t) as gathered:
                 logits = model(input_ids=ids, attention_mask=mask).logits
             if gathered:
-                flat = logits.reshape(-1, logits.shape[-1])[:, :vocab].float()  # (B*T, V_t)
+                flat = logits.reshape(-1, logits.shape[-1])[:, :vocab].float()  # (R, V_t)
             else:  # a model without a separate head: every position's logits, then the rows
                 flat = logits.reshape(-1, logits.shape[-1]).index_select(0, at_t)[:, :vocab].float()
             flat = flat.contiguous().div_(self.temperature)  # a copy only where the logits are wider than V_t
-        flat = torch.softmax(flat, dim=-1, out=flat)  # in place: one (B*T, V_t) buffer
-        out = map_onto(flat, self._layers[i][0], self.vocab_size)  # (B*T, V)
+        flat = torch.softmax(flat, dim=-1, out=flat)  # in place: one (R, V_t) buffer
+        mapped = map_onto(flat, self._layers[i][0], self.vocab_size)  # (R, V)
         for k in range(1, KINDS):
             here = np.flatnonzero(kind == k)
             if len(here):
                 at = torch.from_numpy(here).to(self.device)
-                out[at] = map_onto(flat[at], self._layers[i][k], self.vocab_size)
-        # no target where the teacher is not aligned: a fill, not a product (a row with no real token has NaN
-        # logits, and NaN x 0 is NaN); in place, so no second (B*T, V) buffer
-        out.masked_fill_(~aligned.reshape(-1, 1), 0.0)
+                mapped[at] = map_onto(flat[at], self._layers[i][k], self.vocab_size)
+        out.index_copy_(0, keep, mapped)  # zeros where the teacher is not aligned: no target there
         return out.reshape(*position.shape, self.vocab_size), aligned.float()
 
     @torch.no_grad()
