@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -166,6 +167,25 @@ def test_the_dataset_refuses_other_data_another_split_and_a_bad_block(tiny_cache
     dataset[0]  # block 0 is intact
     with pytest.raises((CacheCorruptError, LogitcacheError)):
         dataset[8]
+
+
+def test_a_pickled_dataset_refuses_a_cache_replaced_or_left_incomplete_since(tiny_cache, counted, copy_of):
+    from logitcache.errors import LogitcacheError
+    from logitcache.store.cache import block_chunk_path
+
+    path = copy_of(tiny_cache)
+    dataset = CacheDataset(path)
+    pickled = pickle.dumps(dataset)  # what a DataLoader worker gets: the location, not the reader
+    block_chunk_path(path, "done", 2).unlink()  # a block no longer done (a re-dump under way)
+    with pytest.raises(LogitcacheError, match="incomplete"):
+        pickle.loads(pickled)[0]
+    shutil.rmtree(path)
+    shutil.copytree(counted["cache"], path)  # another complete cache at the same place
+    with pytest.raises(LogitcacheError, match="changed since this dataset opened it"):
+        pickle.loads(pickled)[0]
+    shutil.rmtree(path)
+    shutil.copytree(tiny_cache, path)  # the same cache again: read as before
+    assert same_item(pickle.loads(pickled)[5], {k: v.numpy() for k, v in dataset[5].items()})
 
 
 def test_the_dataset_reads_s3_as_disk_and_pickles_its_url(s3, tiny_cache):

@@ -64,6 +64,17 @@ class CacheDataset(Dataset):
         self._blocks: OrderedDict[int, Targets] = OrderedDict()
         self._lock = threading.Lock()
 
+    def _reopen(self) -> CacheReader:
+        """The reader of a process that got this dataset pickled (a DataLoader worker): the same complete
+        cache, or a refusal. A cache replaced or re-dumped at the location since would mix blocks of two
+        dumps into one epoch."""
+        reader = CacheReader(self.cache, require_complete=True, verify=self.verify)
+        if reader.attrs != self.attrs:
+            changed = sorted(k for k in set(reader.attrs) | set(self.attrs) if reader.attrs.get(k) != self.attrs.get(k))
+            raise LogitcacheError(f"cache {reader.store.path} changed since this dataset opened it (attributes "
+                                  f"{', '.join(changed)}): open a new CacheDataset")
+        return reader
+
     def __getstate__(self) -> dict:  # the location and settings only: each process opens its own reader
         return {k: v for k, v in self.__dict__.items() if k not in ("_reader", "_blocks", "_lock")}
 
@@ -106,7 +117,7 @@ class CacheDataset(Dataset):
                 self._blocks.move_to_end(block)
                 return self._blocks[block]
             if self._reader is None:
-                self._reader = CacheReader(self.cache, require_complete=False, verify=self.verify)
+                self._reader = self._reopen()
             reader = self._reader
         decoded = reader.read_block(block, by_prob=self.by_prob)  # raises CacheCorruptError on a bad checksum
         with self._lock:
