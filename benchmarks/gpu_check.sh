@@ -34,6 +34,9 @@ for arch in ("llama", "gpt2"):
                                 train=tiny_train(10, device="cuda", precision="bf16")))
 PYEOF
 D="--data $OUT/data --teacher $OUT/llama --teacher $OUT/gpt2"
+# the fused head loss and the mixed-tokenizer dump on CUDA against their references (benchmarks/gpu_parity.py)
+check gpu_parity $PY benchmarks/gpu_parity.py --out $OUT/parity
+grep -h '^{' "$OUT/gpu_parity.log" | tail -1
 check dump_cuda_bf16 .venv/bin/logitcache dump $D --out $OUT/c1.zarr --device cuda --precision bf16 --top-k 8 --block-rows 32
 check dump_parity_cpu_vs_cuda_fp32 $PY - <<PYEOF
 import numpy as np, subprocess, sys

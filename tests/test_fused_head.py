@@ -315,3 +315,27 @@ def test_torchrun_two_ranks_fused_head_equals_full_logits(tmp_path, tiny_data, t
     assert len(losses[5]) == 6
     np.testing.assert_allclose(losses[5], losses[0], rtol=1e-5)
     assert max(float((weights[5][k] - weights[0][k]).abs().max()) for k in weights[0]) < 1e-5
+
+
+def test_the_gpu_parity_script_passes_here_and_catches_a_wrong_loss(monkeypatch):
+    """benchmarks/gpu_parity.py (run on a GPU box by gpu_check.sh) on CPU: every case within 1e-5, and a loss
+    off by 1e-3 is reported."""
+    import sys
+    from pathlib import Path
+
+    from logitcache.training.losses import linear
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import gpu_parity
+
+    cases = gpu_parity.fused_head_cases("cpu")
+    assert len(cases) == 16 and max(err for _, err in cases) < 1e-5
+    real = linear.slice_loss_grad
+
+    def off(*args, **kwargs):
+        kl, ce = real(*args, **kwargs)
+        return kl * 1.001, ce * 1.001
+
+    monkeypatch.setattr(linear, "slice_loss_grad", off)
+    assert min(err for _, err in gpu_parity.fused_head_cases("cpu")) > 1e-4
+    sys.modules.pop("gpu_parity", None)
