@@ -54,8 +54,9 @@ def fast_head_is_exact(model, vocab_size: int, device: torch.device) -> bool:
 
 
 def balanced_step(rows: int, step: int) -> int:
-    """Rows per pass when `rows` run in passes of at most `step`: as many passes, of equal size (16 rows at
-    step 14: 8 + 8, not 14 + 2), so no pass runs the teachers on a sliver."""
+    """Rows per pass when `rows` run in passes of at most `step`: the fewest passes, as even as one pass size
+    makes them (16 rows at step 14: 8 + 8, not 14 + 2; 7 at step 3: 3 + 3 + 1, the last short by less than
+    the number of passes), so no pass but the last runs the teachers on a sliver."""
     passes = -(-rows // max(1, step))
     return -(-rows // passes) if rows else step
 
