@@ -22,29 +22,18 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 
 def fused_head_cases(device: str = "cuda"):
-    """[(name, max relative difference)] of the fused head loss on `device` against the reference."""
-    import torch
-
-    from logitcache.training.losses import distill_loss, head_logits, linear
-    from test_fused_head import V, head_params, reference_loss, rel, targets_of
+    """[(name, worst relative error of the loss, its CE and the gradients)] of the fused head loss on `device`
+    against the reference (tests/test_fused_head.py's `parity_errors`)."""
+    from logitcache.training.losses import linear
+    from test_fused_head import V, parity_errors, targets_of
 
     linear.SUB_SLICE_VALUES[device] = 3 * V  # 3-row sub-slices: the loop crosses chunk and sub-slice ends
     results = []
     for kind, tail in (("topk", "bucket"), ("mass", "renormalize"), ("sample", "bucket"), ("sample", "renormalize")):
         for temperature, softcap in ((1.0, None), (2.0, None), (6.0, None), (2.0, 3.0)):
-            batch = {k: v.to(device) for k, v in targets_of(kind).items()}
-            params = [p.detach().to(device).requires_grad_(True) for p in head_params(True)]
-            hidden, weight, bias = params
-            loss, _, _ = distill_loss(batch, hidden=hidden, head_weight=weight, head_bias=bias, alpha=0.5,
-                                      temperature=temperature, tail=tail,
-                                      targets="sample" if kind == "sample" else "topk", logit_softcap=softcap,
-                                      chunk_tokens=10)
-            got = torch.autograd.grad(loss, params)
-            logits = head_logits(hidden, weight, bias, 1.0, softcap)
-            ref = reference_loss(logits, batch, kind, tail, 0.5, temperature)
-            want = torch.autograd.grad(ref, params)
-            err = max([rel(loss, ref)] + [rel(a, b) for a, b in zip(got, want)])
-            results.append((f"fused {kind}/{tail} T={temperature:g}" + (f" cap={softcap:g}" if softcap else ""), err))
+            errors = parity_errors(targets_of(kind), kind, tail, 0.5, temperature, softcap=softcap, device=device)
+            worst = max(errors[k] for k in ("loss", "ce", "hidden", "weight", "bias"))
+            results.append((f"fused {kind}/{tail} T={temperature:g}" + (f" cap={softcap:g}" if softcap else ""), worst))
     return results
 
 
@@ -90,8 +79,8 @@ def main() -> int:
     for name, value, ok in rows:
         print(f"{name:<52} {value:>10.3g}  {ok}")
     ok = all(r[2] for r in rows)
-    print(json.dumps({"check": "gpu_parity", "device": args.device, "ok": ok, "worst_fused_rel": max(r[1] for r in rows[:-2]),
-                      "mixed_max_dp": diff, "mixed_other_ids": id_share}))
+    print(json.dumps({"check": "gpu_parity", "device": args.device, "ok": ok,
+                      "worst_fused_rel": max(r[1] for r in rows[:-2]), "mixed_max_dp": diff, "mixed_other_ids": id_share}))
     return 0 if ok else 1
 
 

@@ -28,6 +28,7 @@ from torch.utils.data import Dataset, Sampler
 from ..data.prepared import check_cache_matches, load_data
 from ..errors import LogitcacheError
 from ..store import CacheReader
+from ..store.cache import same_attrs
 from ..store.location import Location
 from ..targets import Targets, batch_arrays
 from ..training.loader import step_plan
@@ -69,8 +70,8 @@ class CacheDataset(Dataset):
         cache, or a refusal. A cache replaced or re-dumped at the location since would mix blocks of two
         dumps into one epoch."""
         reader = CacheReader(self.cache, require_complete=True, verify=self.verify)
-        if reader.attrs != self.attrs:
-            changed = sorted(k for k in set(reader.attrs) | set(self.attrs) if reader.attrs.get(k) != self.attrs.get(k))
+        changed = same_attrs(reader.attrs, self.attrs, ignore=())
+        if changed:
             raise LogitcacheError(f"cache {reader.store.path} changed since this dataset opened it (attributes "
                                   f"{', '.join(changed)}): open a new CacheDataset")
         return reader
