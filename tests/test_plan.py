@@ -85,9 +85,9 @@ def test_the_fused_loss_and_checkpointing_lower_the_peak_at_a_large_vocabulary()
     # the chunk's (C, V) fp32 buffer and the loss body's (32, V) scratch (4M values on CPU), the hidden states'
     # gradient (N, H) and the head's (V, H), made in the forward
     assert fused.loss == (128 + 32) * 128_256 * 4 + 8 * SEQ * 128 * 4 + 128_256 * 128 * 4
-    automatic = plan(shape, Setup(8, SEQ, precision="fp32", device="cpu", loss_chunk_tokens=-1))
-    chunk = (256 << 20) // (4 * 128_256) - 32  # 491 tokens: buffer and scratch within 256 MB
-    assert automatic.loss == (chunk + 32) * 128_256 * 4 + 8 * SEQ * 128 * 4 + 128_256 * 128 * 4
+    automatic = plan(shape, Setup(32, SEQ, precision="fp32", device="cpu", loss_chunk_tokens=-1))  # 2,048 tokens
+    chunk = (512 << 20) // (4 * 128_256) - 32  # 1,014 tokens: buffer and scratch within 512 MB
+    assert automatic.loss == (chunk + 32) * 128_256 * 4 + 32 * SEQ * 128 * 4 + 128_256 * 128 * 4
     assert fused.peak < unfused.peak
 
 

@@ -17,12 +17,13 @@ the parameter count, W the ranks.
   bf16 the norms keep fp32 (4H values of 4 bytes) and the rest 2 bytes. With activation checkpointing a layer
   keeps only its input (H values), and the backward recomputes one layer at a time.
 - loss: the unfused loss (--loss-chunk-tokens 0) holds the (N, V) logits and one (N, V) fp32 gradient buffer
-  in its forward (that buffer is kept between steps and reused, `training/losses.py`), plus a softmax slice
+  in its forward (that buffer is kept between steps and reused, `training/losses/fused.py`), plus a softmax slice
   of whole rows within 4M (CPU) or 64M (CUDA) values, one row at least; under bf16 the logits are bf16 and the backward adds a bf16 copy of the
-  gradient. The fused head loss (`training/losses/linear.py`) with C tokens per chunk holds three (C, V) fp32
-  buffers (the chunk's logits, its softmax and its gradient), the (N, H) fp32 gradient of the hidden states
-  and the head's (V, H) fp32 gradient, made during the forward (an fp32 copy of the head too where its
-  parameters are bf16); C = -1 is its automatic chunk, a chunk's logits within 64 MiB.
+  gradient. The fused head loss (`training/losses/linear.py`) with C tokens per chunk holds one (C, V) fp32
+  buffer (the chunk's logits, their gradient written over them) and the loss body's (sub-slice, V) scratch,
+  the (N, H) fp32 gradient of the hidden states and the head's (V, H) fp32 gradient, made during the forward
+  (an fp32 copy of the head too where its parameters are bf16); C = -1 is its automatic chunk, the buffer and
+  the scratch within `linear.CHUNK_BUDGET_BYTES`.
 - CPU heap (`--device cpu`, the unfused loss): with the CLI's heap settings (`runtime/process.py`) glibc keeps
   the first step's freed (N, V) logits block, split by small allocations made during the step, so every
   later step's logits take a second block. Found by measuring (benchmarks/bench_plan.py: the live terms

@@ -24,10 +24,15 @@ from torch import nn
 from .fused import POW_ROUTE_MAX_T, flat_targets, kl_count, slice_loss_grad
 
 # The automatic chunk: its (C, V) fp32 buffer (the logits, then their gradient written over them) and the loss
-# body's scratch rows within this budget together. Larger chunks amortise the per-chunk pass over the (V, H)
-# weight gradient (each chunk adds its rank-C update into it) and make the matmuls more efficient; the budget
-# keeps the step's memory goal (docs/benchmarks.md).
-CHUNK_BUDGET_BYTES = 256 << 20
+# body's scratch rows within this budget together. A chunk costs two passes over the whole (V, H) weight that
+# do not shrink with C (the BLAS packs it for the logits' matmul and again for d h's, per call) and one rank-C
+# update of the (V, H) gradient, so larger chunks are faster. Their memory mostly comes back: the buffer is
+# freed (with the scratch next to it) before the backward, which then allocates the input embedding's (V, H)
+# gradient: where the freed block holds that gradient it is reused; where it is smaller, the gradient takes
+# new memory and the step's peak grows by it. 512 MB: 1,014 tokens at V = 128,256 and 508 at 256,000, blocks
+# that hold the embedding gradient of a student up to about 1,000 and 500 wide (docs/benchmarks.md: less step
+# memory than 256 MB at both vocabularies, and a faster step).
+CHUNK_BUDGET_BYTES = 512 << 20
 # The loss body (`slice_loss_grad`) runs over sub-slices of a chunk's rows: its second (rows, V) buffer and
 # its temporaries are this many fp32 values, not another (C, V) buffer. On CPU a sub-slice stays in cache
 # across the body's passes over it; on a GPU it is still large enough for full kernels.
