@@ -155,6 +155,20 @@ def test_auto_chunk_and_its_scratch_fit_the_budget(monkeypatch):
                 assert (chunk + scratch) * vocab * 4 <= linear.CHUNK_BUDGET_BYTES < (chunk + scratch + 1) * vocab * 4
 
 
+def test_auto_chunk_on_cpu_holds_the_embedding_gradient(monkeypatch):
+    """On CPU the automatic chunk is at least 1.25 H tokens, where the budget gives fewer: its freed (C, V)
+    buffer holds the (V, H) fp32 embedding gradient the backward allocates next. CUDA takes the budget alone."""
+    from logitcache.training.losses import linear
+
+    monkeypatch.undo()
+    assert linear.auto_chunk_tokens(256_000, device="cpu", hidden_size=512) == 640  # the budget: 508
+    assert linear.auto_chunk_tokens(256_000, device="cuda", hidden_size=512) == linear.auto_chunk_tokens(256_000, device="cuda")
+    assert linear.auto_chunk_tokens(128_256, device="cpu", hidden_size=512) == (512 << 20) // (4 * 128_256) - 32
+    for vocab, hidden in ((128_256, 2048), (151_936, 896), (256_000, 2304)):
+        chunk = linear.auto_chunk_tokens(vocab, device="cpu", hidden_size=hidden)
+        assert chunk * vocab >= 1.25 * vocab * hidden > (chunk - 1) * vocab, (vocab, hidden, chunk)
+
+
 @pytest.mark.parametrize("temperature", [0.7, 3.0, 6.0])  # the pow route and q_T's own softmax
 def test_other_temperatures_paper_reduction_and_retemper(temperature):
     check_parity(targets_of("mass"), "mass", "bucket", 0.3, temperature, reduction="paper")

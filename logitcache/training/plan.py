@@ -172,7 +172,7 @@ def plan(shape: ModelShape, setup: Setup) -> MemoryPlan:
         activations = per_layer * shape.layers + final
     # ---- loss
     if setup.loss_chunk_tokens != 0:
-        chunk, sub = fused_chunk_tokens(setup.loss_chunk_tokens, v, setup.device)
+        chunk, sub = fused_chunk_tokens(setup.loss_chunk_tokens, v, setup.device, h)
         chunk = min(chunk, n)
         head_copy = shape.head_params * 4 if fsdp and low else 0  # an fp32 copy of bf16 head parameters
         # the head's gradient is made here, in the forward: it is the one the backward hands to the head; the
@@ -205,12 +205,13 @@ def plan(shape: ModelShape, setup: Setup) -> MemoryPlan:
                       phase=phase)
 
 
-def fused_chunk_tokens(loss_chunk_tokens: int, vocab: int, device: str = "cpu") -> tuple[int, int]:
+def fused_chunk_tokens(loss_chunk_tokens: int, vocab: int, device: str = "cpu", hidden: int = 0) -> tuple[int, int]:
     """(tokens per chunk, rows per sub-slice) of the fused head loss: the chunk as set, or automatic (-1)
     within linear.CHUNK_BUDGET_BYTES (what the loss itself runs)."""
     from .losses.linear import auto_chunk_tokens, sub_slice_rows
 
-    chunk = loss_chunk_tokens if loss_chunk_tokens > 0 else auto_chunk_tokens(vocab, device=device)
+    chunk = loss_chunk_tokens if loss_chunk_tokens > 0 else auto_chunk_tokens(vocab, device=device,
+                                                                              hidden_size=hidden)
     return chunk, sub_slice_rows(vocab, device)
 
 

@@ -16,6 +16,7 @@ the model's own logits once, and any other post-processing is refused for fusing
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 
 import torch
@@ -25,14 +26,16 @@ from .fused import POW_ROUTE_MAX_T, flat_targets, kl_count, slice_loss_grad
 
 # The automatic chunk: its (C, V) fp32 buffer (the logits, then their gradient written over them) and the loss
 # body's scratch rows within this budget together. A chunk costs two passes over the whole (V, H) weight that
-# do not shrink with C (the BLAS packs it for the logits' matmul and again for d h's, per call) and one rank-C
-# update of the (V, H) gradient, so larger chunks are faster. Their memory mostly comes back: the buffer is
-# freed (with the scratch next to it) before the backward, which then allocates the input embedding's (V, H)
-# gradient: where the freed block holds that gradient it is reused; where it is smaller, the gradient takes
-# new memory and the step's peak grows by it. 512 MB: 1,014 tokens at V = 128,256 and 508 at 256,000, blocks
-# that hold the embedding gradient of a student up to about 1,000 and 500 wide (docs/benchmarks.md: less step
-# memory than 256 MB at both vocabularies, and a faster step).
+# do not shrink with C (MKL packs it for the logits' matmul and again for d h's, per call) and one rank-C
+# update of the (V, H) gradient, so larger chunks are faster: 1,014 tokens at V = 128,256, 508 at 256,000.
 CHUNK_BUDGET_BYTES = 512 << 20
+# On CPU the automatic chunk is at least this many times the hidden size H, in tokens: its buffer then holds the
+# (V, H) fp32 gradient that the input embedding's backward allocates after the loss has freed the buffer, with a
+# quarter to spare for the backward's other allocations meanwhile. glibc (with the CLI's heap settings) keeps a
+# freed block resident; one too small for that gradient stays unused and the gradient takes new memory beside
+# it, so the step's peak would grow by it (docs/benchmarks.md: at V = 256,000 and H = 512, 508 tokens gave a
+# step of 1.9 or 2.4 GB from run to run, 640 tokens 2.0 GB in every run).
+CPU_CHUNK_PER_HIDDEN = 1.25
 # The loss body (`slice_loss_grad`) runs over sub-slices of a chunk's rows: its second (rows, V) buffer and
 # its temporaries are this many fp32 values, not another (C, V) buffer. On CPU a sub-slice stays in cache
 # across the body's passes over it; on a GPU it is still large enough for full kernels.
@@ -52,11 +55,12 @@ def scratch_slices(temperature: float = 2.0, logit_softcap: float | None = None)
 
 
 def auto_chunk_tokens(vocab_size: int, budget_bytes: int = CHUNK_BUDGET_BYTES, device: str = "cpu",
-                      temperature: float = 2.0, logit_softcap: float | None = None) -> int:
+                      temperature: float = 2.0, logit_softcap: float | None = None, hidden_size: int = 0) -> int:
     """Tokens per chunk whose fp32 (C, V) buffer and the loss body's (sub-slice, V) tensors (scratch_slices)
-    fit `budget_bytes` together."""
+    fit `budget_bytes` together; on CPU at least CPU_CHUNK_PER_HIDDEN x `hidden_size`."""
     scratch = scratch_slices(temperature, logit_softcap) * sub_slice_rows(vocab_size, device)
-    return max(1, budget_bytes // (4 * vocab_size) - scratch)
+    chunk = max(1, budget_bytes // (4 * vocab_size) - scratch)
+    return max(chunk, math.ceil(CPU_CHUNK_PER_HIDDEN * hidden_size)) if device == "cpu" else chunk
 
 
 @dataclass(frozen=True)
@@ -219,8 +223,9 @@ def fused_linear_distill(hidden: torch.Tensor, weight: torch.Tensor, bias: torch
     distil = ids is not None
     next_ids, ce_w, targets = flat_targets(input_ids, ids, probs, weights, mask, float(alpha), float(temperature),
                                            tail, reduction)
-    chunk = chunk_tokens if chunk_tokens > 0 else auto_chunk_tokens(weight.shape[0], device=hidden.device.type,
-                                                                    temperature=temperature, logit_softcap=logit_softcap)
+    chunk = chunk_tokens if chunk_tokens > 0 else auto_chunk_tokens(
+        weight.shape[0], device=hidden.device.type, temperature=temperature, logit_softcap=logit_softcap,
+        hidden_size=weight.shape[1])
     loss, kl, ce = _LinearDistill.apply(
         hidden.reshape(b * t, -1), weight, bias, next_ids, ce_w, targets, float(temperature), float(alpha),
         kl_count(input_ids, mask, reduction), max(1, b * (t - 1)), int(chunk), float(logit_scale),
