@@ -8,13 +8,14 @@ Measured: a LLaMA student of 4 layers x 512 hidden (8 heads, MLP 1024), vocabula
 8 x 512 tokens with top-32 targets (alpha 0.5, T = 2), fp32 on CPU; each arm in its own process. Step memory =
 the peak RSS over --steps training steps (forward, backward, clip, AdamW, as the loop runs them) minus the RSS
 once the model and the batch are built (the peak is reset there, /proc/self/clear_refs), and the live bytes:
-the most bytes the same steps hold allocated at once, AdamW's moments included (the profiler's allocations
-and frees, summed in order). The plan's step memory is its peak less its weights and its batch. Goal: the plan's
-live terms within 15% of the live bytes in every arm, and the plan within 15% of the RSS where it models the
-CPU heap (the unfused loss: one kept logits block); with the fused loss glibc's footprint varies by run.
-With --device cuda the measure is torch.cuda.max_memory_allocated less the memory allocated once the model and the batch are on the
-GPU (the caching allocator's own count: no CUDA context, no cached free blocks), and --precision bf16 runs the
-step under bf16 autocast as train-student does.
+what a step keeps to the next (AdamW's moments, the unfused loss's reused buffer) plus the most bytes one
+more step holds allocated at once (the profiler's allocations and frees, summed in order). The plan's step
+memory is its peak less its weights and its batch. Goal: the plan's live terms within 15% of the live bytes
+in every arm, and the plan within 15% of the RSS where it models the CPU heap (the unfused loss: one kept
+logits block); with the fused loss glibc's footprint varies by run. With --device cuda the measure is
+torch.cuda.max_memory_allocated less the memory allocated once the model and the batch are on the GPU (the
+caching allocator's own count: no CUDA context, no cached free blocks), and --precision bf16 runs the step
+under bf16 autocast as train-student does.
 
 Then the plan alone (an estimate, nothing is run): LLaMA students at vocabulary 128,256 and sequences of 2,048
 tokens, the most rows per micro-batch that fit a 24 GiB and an 80 GiB GPU with each option (bf16 on one GPU;
@@ -101,33 +102,47 @@ def run_arm(arm: str, work, args) -> dict:
         with open("/proc/self/clear_refs", "w") as f:  # VmHWM := VmRSS: the peak from here on
             f.write("5")
         base = rss_mb()
+    optimizer = make_optimizer(model, TrainConfig())
+    allocate_optimizer_state(optimizer)  # as the loop does: the step's memory includes AdamW's moments
+
+    def step():
+        with autocast:
+            loss, _ = objective(model, batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
     times = []
-
-    def train():
-        optimizer = make_optimizer(model, TrainConfig())
-        allocate_optimizer_state(optimizer)  # as the loop does: the step's memory includes AdamW's moments
-        for _ in range(args.steps):
-            t0 = time.perf_counter()
-            with autocast:
-                loss, _ = objective(model, batch)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
     if device.type == "cuda":
-        train()
         return {"step_mb": torch.cuda.max_memory_allocated() / 2**20 - base, "base_mb": base, "seconds": times}
-    live = live_peak_bytes(train)  # on CPU the live bytes too, from the same steps
-    return {"step_mb": rss_mb("VmHWM") - base, "base_mb": base, "seconds": times, "live_mb": live / 2**20}
+    result = {"step_mb": rss_mb("VmHWM") - base, "base_mb": base, "seconds": times}
+    # the live bytes: what is held between steps, plus the most one more step holds at once (the profiler's
+    # records, taken after the RSS is read: they take memory of their own)
+    result["live_mb"] = (held_between_steps(optimizer) + live_peak_bytes(step)) / 2**20
+    return result
+
+
+def held_between_steps(optimizer) -> int:
+    """Bytes the step keeps from one step to the next (the model and the batch aside): AdamW's moments and
+    the unfused loss's reused gradient buffer (`losses/fused.py`); gradients are freed by zero_grad."""
+    import torch
+
+    from logitcache.training.losses import fused
+
+    moments = sum(t.nbytes for state in optimizer.state.values() for t in state.values() if isinstance(t, torch.Tensor))
+    return moments + sum(t.nbytes for t in fused._WORKSPACE.values())
 
 
 def live_peak_bytes(fn) -> int:
-    """The most bytes `fn` holds allocated at once on CPU beyond what was allocated when it started (what it
-    keeps included): the profiler's memory events, every allocation and free in order, summed."""
+    """The most bytes `fn` holds allocated at once on CPU beyond what was allocated when it started: the
+    profiler's memory events, every allocation and free in order, summed."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:

@@ -5,6 +5,10 @@ from . import common as C
 from .options import config_command
 
 TERMS = ["weights", "gradients", "optimizer", "activations", "loss", "other", "peak"]
+# the plan counts live bytes; with the fused loss on CPU the RSS is larger by what glibc keeps of freed blocks,
+# which varies by model and run (docs/benchmarks.md, The memory plan)
+CPU_HEAP = ("; on CPU with the fused loss the process's RSS runs above this peak by freed blocks glibc keeps "
+            "(0.4 to 1.5 GiB in docs/benchmarks.md's runs)")
 
 
 @config_command(PlanConfig)
@@ -28,5 +32,6 @@ def command(config: PlanConfig, json_out: C.JsonOut = None) -> None:
                   ["", *[f"{name}{' (as set)' if v['as_set'] else ''}" for name, v in variants.items()]], rows,
                   caption=f"an estimate; a GPU also needs ~{result['reserve_gib']:g} GiB for its context and the "
                           "allocator" + ("" if result["llama_like"] else
-                                         f"; activations counted as a LLaMA layer's ({model['model_type']} differs)"))
+                                         f"; activations counted as a LLaMA layer's ({model['model_type']} differs)")
+                          + (CPU_HEAP if config.device == "cpu" and config.loss_chunk_tokens != 0 else ""))
     C.write_json(json_out, result)

@@ -91,6 +91,17 @@ def test_the_fused_loss_and_checkpointing_lower_the_peak_at_a_large_vocabulary()
     assert fused.peak < unfused.peak
 
 
+def test_plan_on_cpu_with_the_fused_loss_says_rss_runs_above_it():
+    runner = CliRunner()
+    args = ["plan", "--preset", "llama-tiny", "--vocab-size", "1000", "--seq-len", "64", "--batch-size", "8"]
+    fused = runner.invoke(app, args + ["--device", "cpu"])
+    unfused = runner.invoke(app, args + ["--device", "cpu", "--loss-chunk-tokens", "0"])
+    gpu = runner.invoke(app, args)
+    assert fused.exit_code == unfused.exit_code == gpu.exit_code == 0, fused.output
+    assert "RSS runs above" in " ".join(fused.output.split())
+    assert "RSS" not in unfused.output and "RSS" not in gpu.output
+
+
 def test_plan_command(tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["plan", "--preset", "llama-tiny", "--vocab-size", "1000", "--seq-len", "64",
