@@ -28,7 +28,8 @@ the parameter count, W the ranks.
   the first step's freed (N, V) logits block, split by small allocations made during the step, so every
   later step's logits take a second block. Found by measuring (benchmarks/bench_plan.py: the live terms
   alone came to 0.75 of the measured RSS, the gap one logits block in both arms); a GPU's caching
-  allocator reports live bytes (`max_memory_allocated`) without it.
+  allocator reports live bytes (`max_memory_allocated`) without it. With the fused loss what glibc keeps
+  varies by model and run (0.4 to 1.5 GiB measured) and is not counted: the plan is the live bytes there.
 - autocast (bf16 or fp16 without FSDP) keeps a 2-byte copy of every matrix a linear layer uses, from the
   forward to the backward.
 
