@@ -210,9 +210,8 @@ def main():
             median_of = lambda key: sorted(r[key] for r in runs)[len(runs) // 2] / 1024  # noqa: E731 (GiB)
             measured = median_of("step_mb")
             p = planned(arm, args)
-            unfused_cpu = args.device == "cpu" and ARMS[arm]["loss_chunk_tokens"] == 0
-            heap = ROWS * SEQ * VOCAB * (2 if args.precision == "bf16" else 4) if unfused_cpu else 0  # plan.py's
-            step = p.step - (heap if args.heap == "default" else 0)  # the plan's CPU heap block is the tuned heap's
+            heap = p.cpu_heap  # the tuned heap's kept block: RSS, not allocated bytes
+            step = p.step - (heap if args.heap == "default" else 0)
             row = {"plan_gib": round(step / 2**30, 3), "measured_gib": round(measured, 3),
                    "ratio": round(step / 2**30 / measured, 3)}
             if "live_mb" in runs[0]:  # CPU: the plan's live terms (no heap block) against the live bytes

@@ -79,8 +79,9 @@ def main() -> int:
     for name, value, ok in rows:
         print(f"{name:<52} {value:>10.3g}  {ok}")
     ok = all(r[2] for r in rows)
-    print(json.dumps({"check": "gpu_parity", "device": args.device, "ok": ok,
-                      "worst_fused_rel": max(r[1] for r in rows[:-2]), "mixed_max_dp": diff, "mixed_other_ids": id_share}))
+    worst_fused = max(r[1] for r in rows[:-2])
+    print(json.dumps({"check": "gpu_parity", "device": args.device, "ok": ok, "worst_fused_rel": worst_fused,
+                      "mixed_max_dp": diff, "mixed_other_ids": id_share}))
     return 0 if ok else 1
 
 

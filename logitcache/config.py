@@ -271,8 +271,9 @@ class StudentConfig:
                                                      "(repeatable).", flag="--online-teacher", in_run=False)
     loss_chunk_tokens: int = setting(-1, help="The loss from the student's final hidden states and head, this many "
                                               "tokens at a time, never holding (tokens x vocabulary) logits: -1 "
-                                              "automatic (a chunk's fp32 logits buffer and scratch within 512 MB together; on CPU at least 1.25 x the hidden size), 0 "
-                                              "off (the loss from the full logits). Heads it cannot reproduce "
+                                              "automatic (a chunk's fp32 logits buffer and scratch within 512 MB "
+                                              "together; on CPU at least 1.25 x the hidden size), 0 off (the loss "
+                                              "from the full logits). Heads it cannot reproduce "
                                               "exactly take the full logits, with a warning.")
     shuffle_buffer: int = setting(4096, help="Rows in the shuffle buffer (bounds memory).")
     prefetch_blocks: int = setting(4, help="Blocks decoded ahead of use.")

@@ -126,6 +126,7 @@ class MemoryPlan:
     batch: int  # the micro-batch's input ids and targets
     peak: int
     phase: str  # which phase sets the peak
+    cpu_heap: int = 0  # of `other`: the block glibc keeps on CPU (the unfused loss), in RSS but not allocated
 
     @property
     def step(self) -> int:
@@ -203,7 +204,7 @@ def plan(shape: ModelShape, setup: Setup) -> MemoryPlan:
     phase = max(phases, key=phases.get)
     return MemoryPlan(weights=weights, gradients=grads, optimizer=optimizer, activations=activations,
                       loss=loss_kept + loss_forward, other=other, batch=targets, peak=persistent + phases[phase],
-                      phase=phase)
+                      phase=phase, cpu_heap=heap)
 
 
 def fused_chunk_tokens(loss_chunk_tokens: int, vocab: int, device: str = "cpu", hidden: int = 0) -> tuple[int, int]:

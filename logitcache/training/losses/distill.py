@@ -56,8 +56,8 @@ def distill_loss(
 
     Pass `logits`, or `hidden` + `head_weight` (+ `head_bias`): the student's logits are then
     softcap * tanh((hidden @ W^T + b) * logit_scale / softcap) (no tanh when `logit_softcap` is None), made
-    `chunk_tokens` tokens at a time (0: `linear.auto_chunk_tokens`, its fp32 buffers within `linear.CHUNK_BUDGET_BYTES`, on CPU at least
-    1.25 x the hidden size).
+    `chunk_tokens` tokens at a time (0: `linear.auto_chunk_tokens`, its fp32 buffers within
+    `linear.CHUNK_BUDGET_BYTES`, on CPU at least 1.25 x the hidden size).
     `tail`: bucket (the mass the cache did not keep is one bucket) or renormalize (dropped); `targets`: the
     cache's kind (topk, mass or sample: sampled targets weigh their ids by `sample_weights`); `reduction`:
     token (KL mean per position) or paper (sum / B); `retemper_from`: the cache's temperature when it
